@@ -1,0 +1,55 @@
+"""The exceptions cartflow raises for bad input: each names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CartflowError(Exception):
+    """Base class: a problem with the input, reported to the user in one line."""
+
+    def __init__(self, source: str | Path | None, problem: str) -> None:
+        self.source = str(source) if source is not None else None
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+    @property
+    def kind(self) -> str:
+        """Short machine-readable name of the error class, e.g. ``fcs-format``."""
+        return getattr(self, "code", "error")
+
+
+class FcsError(CartflowError):
+    """The file is not a readable FCS data set."""
+
+    code = "fcs-format"
+
+
+class FcsUnsupportedError(FcsError):
+    """A valid FCS feature this reader deliberately does not handle."""
+
+    code = "fcs-unsupported"
+
+
+class PanelError(CartflowError):
+    """A panel definition is invalid, or a file does not fit any panel."""
+
+    code = "panel"
+
+
+class PanelMismatchError(PanelError):
+    """The file's channels or markers do not fit the panel its tube needs."""
+
+    code = "panel-mismatch"
+
+
+class IdentityError(CartflowError):
+    """Patient, timepoint or tube cannot be established for a file."""
+
+    code = "identity"
+
+
+class ManifestError(CartflowError):
+    """The manifest CSV is malformed."""
+
+    code = "manifest"

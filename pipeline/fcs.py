@@ -1,0 +1,511 @@
+"""Strict, bounded-memory reader for FCS 2.0, 3.0 and 3.1 list-mode files.
+
+Every size the file claims is checked against the real file size before anything is
+allocated, so a hostile $TOT or offset costs nothing. Events come back as one float32
+matrix (events x parameters) read straight from disk with numpy; scaling ($PnE, $PnG,
+$TIMESTEP) is applied in place, per column.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import FcsError, FcsUnsupportedError
+
+HEADER_BYTES = 58
+MAX_TEXT_BYTES = 32 * 2**20
+MAX_PARAMETERS = 1000
+SUPPORTED_VERSIONS = ("FCS2.0", "FCS3.0", "FCS3.1", "FCS3.2")
+SPILL_KEYWORDS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP")
+_ALLOWED_CONTROL = {"\t", "\n", "\r"}
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One FCS parameter as described by its $Pn* keywords (index is 1-based)."""
+
+    index: int
+    name: str
+    marker: str | None
+    bits: int
+    range: float
+    log_decades: float = 0.0
+    log_offset: float = 0.0
+    gain: float = 1.0
+
+    @property
+    def is_time(self) -> bool:
+        return self.name.strip().lower() in {"time", "hdr-t"}
+
+    @property
+    def is_scatter(self) -> bool:
+        return self.name.strip().upper()[:3] in {"FSC", "SSC"}
+
+    @property
+    def is_log(self) -> bool:
+        return self.log_decades > 0
+
+
+@dataclass(frozen=True)
+class Spillover:
+    """A spillover matrix with the $PnN names of its rows and columns."""
+
+    channels: tuple[str, ...]
+    matrix: np.ndarray
+    keyword: str
+
+
+@dataclass
+class FcsFile:
+    """One FCS data set: TEXT keywords, channels and (optionally) the event matrix."""
+
+    path: Path
+    version: str
+    text: dict[str, str]
+    channels: tuple[Channel, ...]
+    event_count: int
+    events: np.ndarray | None
+    scaled: bool
+    spillover: Spillover | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c.name for c in self.channels]
+
+    @property
+    def cytometer(self) -> str | None:
+        return self.text.get("$CYT")
+
+    def keyword(self, name: str) -> str | None:
+        """A TEXT keyword, looked up case-insensitively."""
+        return self.text.get(name.upper())
+
+
+@dataclass(frozen=True)
+class _Header:
+    version: str
+    text: tuple[int, int]
+    data: tuple[int, int]
+
+
+def read_fcs(path: str | Path, *, events: bool = True, scale: bool = True) -> FcsFile:
+    """Read the first data set of an FCS file.
+
+    ``events=False`` validates the layout but skips reading DATA; ``scale=False`` returns
+    values as stored (what fcsparser gives), otherwise $PnE/$PnG/$TIMESTEP are applied.
+    Raises :class:`FcsError` naming the file and the problem.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            return _read(fh, path, size, read_events=events, scale=scale)
+    except FcsError:
+        raise
+    except IsADirectoryError as exc:
+        raise FcsError(path, "is a directory, not an FCS file") from exc
+    except OSError as exc:
+        raise FcsError(path, f"cannot be read: {exc.strerror or exc}") from exc
+
+
+def _read(fh, path: Path, size: int, *, read_events: bool, scale: bool) -> FcsFile:
+    notes: list[str] = []
+    header = _parse_header(fh.read(HEADER_BYTES), path, size)
+    text = _read_text(fh, path, size, header.text, notes)
+    supplemental = _supplemental_text_span(text, path, size)
+    if supplemental:
+        try:
+            extra = _read_text(fh, path, size, supplemental, notes, primary=False)
+        except FcsError as exc:
+            notes.append(f"supplemental TEXT ignored: {exc.problem}")
+        else:
+            for key, value in extra.items():
+                text.setdefault(key, value)
+    if _int_keyword(text, "$NEXTDATA", path, default=0):
+        notes.append("file holds more than one data set; the first was read")
+
+    channels = _channels(text, path)
+    datatype = _keyword(text, "$DATATYPE", path).upper()
+    mode = text.get("$MODE", "L").upper()
+    if mode != "L":
+        raise FcsUnsupportedError(path, f"$MODE {mode} (histogram data) is not list-mode data")
+    if datatype not in {"I", "F", "D"}:
+        raise FcsUnsupportedError(path, f"$DATATYPE {datatype!r} is not supported (I, F or D)")
+    byte_order, dtype = _event_layout(text, channels, datatype, path)
+    byte_count, start = _data_span(text, header, dtype.itemsize, size, path, notes)
+    event_count = byte_count // dtype.itemsize
+
+    matrix = None
+    if read_events:
+        matrix = _read_events(fh, start, event_count, dtype, byte_order, channels, datatype)
+        if scale:
+            _scale_in_place(matrix, channels, text)
+    return FcsFile(
+        path=path,
+        version=header.version,
+        text=text,
+        channels=channels,
+        event_count=event_count,
+        events=matrix,
+        scaled=bool(read_events and scale),
+        spillover=_spillover(text, channels, notes),
+        warnings=notes,
+    )
+
+
+def _parse_header(raw: bytes, path: Path, size: int) -> _Header:
+    if len(raw) < HEADER_BYTES:
+        raise FcsError(path, f"truncated: {size} bytes, shorter than the 58-byte FCS HEADER")
+    try:
+        version = raw[:6].decode("ascii")
+    except UnicodeDecodeError:
+        version = ""
+    if not version.startswith("FCS"):
+        raise FcsError(path, "not an FCS file: HEADER does not start with 'FCS'")
+    if version not in SUPPORTED_VERSIONS:
+        raise FcsUnsupportedError(path, f"FCS version {version!r} is not supported")
+    offsets = []
+    for i, name in enumerate(("TEXT start", "TEXT end", "DATA start", "DATA end")):
+        field_bytes = raw[10 + 8 * i : 18 + 8 * i]
+        token = field_bytes.decode("ascii", errors="replace").strip()
+        if token == "":
+            offsets.append(0)
+        elif token.isdigit():
+            offsets.append(int(token))
+        else:
+            raise FcsError(path, f"garbled HEADER: {name} offset is {field_bytes!r}")
+    text_span = (offsets[0], offsets[1])
+    if not HEADER_BYTES <= text_span[0] < text_span[1]:
+        raise FcsError(path, f"garbled HEADER: TEXT offsets {text_span} are not a valid range")
+    return _Header(version=version, text=text_span, data=(offsets[2], offsets[3]))
+
+
+def _read_text(
+    fh, path: Path, size: int, span: tuple[int, int], notes: list[str], *, primary: bool = True
+) -> dict[str, str]:
+    start, end = span
+    if end >= size:
+        raise FcsError(path, f"TEXT segment ends at byte {end}, past the end of the file ({size})")
+    if end - start + 1 > MAX_TEXT_BYTES:
+        raise FcsError(path, f"TEXT segment claims {end - start + 1} bytes, over the limit")
+    fh.seek(start)
+    raw = fh.read(end - start + 1)
+    return _parse_text(raw, path, notes, primary=primary)
+
+
+def _parse_text(raw: bytes, path: Path, notes: list[str], *, primary: bool) -> dict[str, str]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+        notes.append("TEXT is not UTF-8; read as Latin-1")
+    if len(text) < 2:
+        raise FcsError(path, "TEXT segment is empty")
+    delimiter = text[0]
+    bad = next(
+        (
+            (i, ch)
+            for i, ch in enumerate(text)
+            if (ord(ch) < 32 or ord(ch) == 127) and ch != delimiter and ch not in _ALLOWED_CONTROL
+        ),
+        None,
+    )
+    if bad is not None:
+        raise FcsError(
+            path, f"TEXT segment is not text: control byte 0x{ord(bad[1]):02x} at offset {bad[0]}"
+        )
+    body = text[1:].replace(delimiter * 2, "\0")
+    tokens = [t.replace("\0", delimiter) for t in body.split(delimiter)]
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    if len(tokens) % 2 and tokens[-1].strip() == "":
+        tokens.pop()
+    if len(tokens) % 2:
+        notes.append(f"TEXT has a dangling keyword {tokens[-1][:40]!r}; ignored")
+        tokens.pop()
+    keywords: dict[str, str] = {}
+    for key, value in zip(tokens[::2], tokens[1::2], strict=True):
+        key = key.strip().upper()
+        if key in keywords:
+            notes.append(f"keyword {key} appears twice; the first value was kept")
+            continue
+        keywords[key] = value.strip()
+    if primary and "$PAR" not in keywords:
+        raise FcsError(path, "TEXT segment has no $PAR keyword")
+    return keywords
+
+
+def _supplemental_text_span(text: dict, path: Path, size: int) -> tuple[int, int] | None:
+    start = _int_keyword(text, "$BEGINSTEXT", path, default=0)
+    end = _int_keyword(text, "$ENDSTEXT", path, default=0)
+    if start == 0 and end == 0:
+        return None
+    if not 0 < start < end < size:
+        return None
+    return start, end
+
+
+def _keyword(text: dict, key: str, path: Path) -> str:
+    value = text.get(key)
+    if value is None or value == "":
+        raise FcsError(path, f"required keyword {key} is missing")
+    return value
+
+
+def _int_keyword(text: dict, key: str, path: Path, default: int | None = None) -> int:
+    value = text.get(key, "").strip()
+    if value == "":
+        if default is None:
+            raise FcsError(path, f"required keyword {key} is missing")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise FcsError(path, f"keyword {key} is not a number: {value[:40]!r}") from None
+        if not as_float.is_integer():
+            raise FcsError(path, f"keyword {key} is not a whole number: {value[:40]!r}") from None
+        return int(as_float)
+
+
+def _float_keyword(text: dict, key: str, path: Path, default: float) -> float:
+    value = text.get(key, "").strip()
+    if value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise FcsError(path, f"keyword {key} is not a number: {value[:40]!r}") from None
+    if not math.isfinite(number):
+        raise FcsError(path, f"keyword {key} is not finite: {value[:40]!r}")
+    return number
+
+
+def _channels(text: dict, path: Path) -> tuple[Channel, ...]:
+    count = _int_keyword(text, "$PAR", path)
+    if not 0 < count <= MAX_PARAMETERS:
+        raise FcsError(path, f"$PAR claims {count} parameters (expected 1 to {MAX_PARAMETERS})")
+    channels = []
+    for n in range(1, count + 1):
+        bits_text = text.get(f"$P{n}B", "").strip()
+        if bits_text == "*":
+            raise FcsUnsupportedError(path, f"$P{n}B '*' (ASCII delimited data) is not supported")
+        bits = _int_keyword(text, f"$P{n}B", path)
+        decades, offset = 0.0, 0.0
+        amplification = text.get(f"$P{n}E", "0,0").strip() or "0,0"
+        try:
+            decades, offset = (float(x) for x in amplification.split(","))
+        except ValueError:
+            raise FcsError(path, f"$P{n}E is not 'decades,offset': {amplification[:40]!r}") from None
+        if decades > 0 and offset == 0:
+            offset = 1.0  # common vendor error; the spec's intent is 10^0
+        channels.append(
+            Channel(
+                index=n,
+                name=text.get(f"$P{n}N", "").strip() or f"P{n}",
+                marker=text.get(f"$P{n}S", "").strip() or None,
+                bits=bits,
+                range=_float_keyword(text, f"$P{n}R", path, default=0.0),
+                log_decades=decades,
+                log_offset=offset,
+                gain=_float_keyword(text, f"$P{n}G", path, default=1.0) or 1.0,
+            )
+        )
+    return tuple(channels)
+
+
+def _event_layout(text: dict, channels, datatype: str, path: Path) -> tuple[str, np.dtype]:
+    """Byte order and a per-event numpy dtype (uniform array or structured record)."""
+    byteord = text.get("$BYTEORD", "").replace(" ", "")
+    if byteord in {"1,2,3,4", "1,2", "1", "1,2,3,4,5,6,7,8"}:
+        order = "<"
+    elif byteord in {"4,3,2,1", "2,1", "8,7,6,5,4,3,2,1"}:
+        order = ">"
+    else:
+        raise FcsUnsupportedError(path, f"$BYTEORD {byteord or '(missing)'!r} is not supported")
+    kind = {"I": "u", "F": "f", "D": "f"}[datatype]
+    fields = []
+    for channel in channels:
+        bits = channel.bits
+        if datatype == "F" and bits != 32 or datatype == "D" and bits != 64:
+            raise FcsError(path, f"$P{channel.index}B is {bits} for $DATATYPE {datatype}")
+        if datatype == "I" and (bits <= 0 or bits % 8 or bits > 64):
+            raise FcsUnsupportedError(
+                path, f"$P{channel.index}B {bits}-bit packed integers are not supported"
+            )
+        width = bits // 8
+        fields.append((f"p{channel.index}", f"{order}{kind}{width}" if width != 3 else "V3"))
+    if len({f[1] for f in fields}) == 1 and fields[0][1] != "V3":
+        return order, np.dtype((np.dtype(fields[0][1]), (len(fields),)))
+    return order, np.dtype(fields)
+
+
+def _data_span(
+    text: dict, header: _Header, row_bytes: int, size: int, path: Path, notes: list[str]
+) -> tuple[int, int]:
+    """Return (byte count, start offset) of the event data after checking every claim."""
+    text_span = (
+        _int_keyword(text, "$BEGINDATA", path, default=0),
+        _int_keyword(text, "$ENDDATA", path, default=0),
+    )
+    candidates = [s for s in (header.data, text_span) if s[0] > 0 and s[1] >= s[0]]
+    if not candidates:
+        raise FcsError(path, "neither HEADER nor TEXT gives a DATA segment")
+    declared_total = text.get("$TOT", "").strip()
+    total = _int_keyword(text, "$TOT", path) if declared_total else None
+    if total is not None and total < 0:
+        raise FcsError(path, f"$TOT is negative ({total})")
+
+    def fits(span: tuple[int, int]) -> bool:
+        length = span[1] - span[0] + 1
+        if total is None:
+            return span[1] < size + 1
+        return length in {total * row_bytes, total * row_bytes + 1} and span[0] + total * row_bytes <= size
+
+    chosen = next((s for s in candidates if fits(s)), candidates[0])
+    if len(candidates) == 2 and candidates[0] != candidates[1]:
+        notes.append(
+            f"HEADER and TEXT disagree on DATA offsets {candidates[0]} vs {candidates[1]}; "
+            f"used {chosen}, whose length fits $TOT"
+        )
+    start, end = chosen
+    length = end - start + 1
+    if total is None:
+        total = length // row_bytes
+        notes.append("no $TOT keyword; event count taken from the DATA length")
+    needed = total * row_bytes
+    if start + needed > size:
+        raise FcsError(
+            path,
+            f"$TOT {total} x {row_bytes} bytes per event needs {needed} bytes from offset "
+            f"{start}, but the file has {size} bytes",
+        )
+    if length < needed:
+        raise FcsError(
+            path, f"DATA segment holds {length} bytes but $TOT {total} events need {needed}"
+        )
+    if length not in {needed, needed + 1}:
+        notes.append(f"DATA segment has {length - needed} bytes beyond the $TOT events; ignored")
+    return needed, start
+
+
+def _read_events(fh, start: int, count: int, dtype, byte_order: str, channels, datatype: str):
+    fh.seek(start)
+    raw = np.fromfile(fh, dtype=dtype, count=count)
+    if raw.dtype.names is None:
+        stored = raw.reshape(count, len(channels))
+        if datatype == "I":
+            _mask_to_range(stored, channels)
+        return stored.astype(np.float32)
+    matrix = np.empty((count, len(channels)), dtype=np.float32)
+    octets = raw.view(np.uint8).reshape(count, raw.dtype.itemsize)
+    for j, name in enumerate(raw.dtype.names):
+        column = raw[name]
+        if column.dtype.kind == "V":
+            offset = raw.dtype.fields[name][1]
+            column = _three_byte_ints(octets[:, offset : offset + 3], byte_order)
+        if datatype == "I":
+            column = column & _range_mask(channels[j])
+        matrix[:, j] = column
+    return matrix
+
+
+def _three_byte_ints(octets: np.ndarray, byte_order: str) -> np.ndarray:
+    """Unsigned 24-bit integers from an (n, 3) byte array."""
+    octets = octets.astype(np.uint32)
+    if byte_order == ">":
+        octets = octets[:, ::-1]
+    return octets[:, 0] | (octets[:, 1] << 8) | (octets[:, 2] << 16)
+
+
+def _range_mask(channel: Channel) -> int:
+    """Bits above the next power of two of $PnR carry no data (FCS 3.1, 3.2.16)."""
+    if channel.range <= 0:
+        return (1 << channel.bits) - 1
+    top = 1 << max(int(math.ceil(channel.range)) - 1, 0).bit_length()
+    return min(top, 1 << channel.bits) - 1
+
+
+def _mask_to_range(stored: np.ndarray, channels) -> None:
+    masks = np.array([_range_mask(c) for c in channels], dtype=stored.dtype)
+    if np.any(masks != np.iinfo(stored.dtype).max):
+        np.bitwise_and(stored, masks, out=stored)
+
+
+def _scale_in_place(matrix: np.ndarray, channels, text: dict) -> None:
+    timestep = text.get("$TIMESTEP", "").strip()
+    for j, channel in enumerate(channels):
+        column = matrix[:, j]
+        if channel.is_log and channel.range > 0:
+            np.multiply(column, np.float32(channel.log_decades / channel.range), out=column)
+            np.power(np.float32(10.0), column, out=column)
+            np.multiply(column, np.float32(channel.log_offset), out=column)
+        elif channel.is_time and timestep:
+            try:
+                step = float(timestep)
+            except ValueError:
+                continue
+            if math.isfinite(step) and step > 0:
+                np.multiply(column, np.float32(step), out=column)
+        elif channel.gain not in (0.0, 1.0):
+            np.divide(column, np.float32(channel.gain), out=column)
+
+
+def _spillover(text: dict, channels, notes: list[str]) -> Spillover | None:
+    for keyword in SPILL_KEYWORDS:
+        value = text.get(keyword)
+        if not value:
+            continue
+        try:
+            return _parse_spill(value, keyword, {c.name for c in channels})
+        except ValueError as exc:
+            notes.append(f"{keyword} ignored: {exc}")
+    return None
+
+
+def _parse_spill(value: str, keyword: str, names: set[str]) -> Spillover:
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        n = int(parts[0])
+    except ValueError:
+        raise ValueError("does not start with the channel count") from None
+    if n <= 0 or len(parts) != 1 + n + n * n:
+        raise ValueError(f"holds {len(parts)} fields, expected {1 + n + n * n} for {n} channels")
+    channel_names = tuple(parts[1 : n + 1])
+    unknown = [c for c in channel_names if c not in names]
+    if unknown:
+        raise ValueError(f"names channels not in the file: {', '.join(unknown)}")
+    try:
+        matrix = np.array(parts[n + 1 :], dtype=np.float64).reshape(n, n)
+    except ValueError:
+        raise ValueError("has values that are not numbers") from None
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("has values that are not finite")
+    return Spillover(channels=channel_names, matrix=matrix, keyword=keyword)
+
+
+_DATE_FORMATS = ("%d-%b-%Y", "%Y-%m-%d", "%d-%m-%Y", "%m/%d/%Y", "%d.%m.%Y")
+
+
+def acquisition_date(fcs: FcsFile) -> str | None:
+    """$DATE as an ISO date, when it parses."""
+    from datetime import datetime
+
+    raw = fcs.keyword("$DATE")
+    if not raw:
+        return None
+    cleaned = re.sub(r"\s+", "", raw)
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(cleaned, fmt).date().isoformat()
+        except ValueError:
+            continue
+    return None
