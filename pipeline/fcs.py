@@ -304,7 +304,9 @@ def _channels(text: dict, path: Path) -> tuple[Channel, ...]:
         try:
             decades, offset = (float(x) for x in amplification.split(","))
         except ValueError:
-            raise FcsError(path, f"$P{n}E is not 'decades,offset': {amplification[:40]!r}") from None
+            raise FcsError(
+                path, f"$P{n}E is not 'decades,offset': {amplification[:40]!r}"
+            ) from None
         if decades > 0 and offset == 0:
             offset = 1.0  # common vendor error; the spec's intent is 10^0
         channels.append(
@@ -335,7 +337,7 @@ def _event_layout(text: dict, channels, datatype: str, path: Path) -> tuple[str,
     fields = []
     for channel in channels:
         bits = channel.bits
-        if datatype == "F" and bits != 32 or datatype == "D" and bits != 64:
+        if (datatype == "F" and bits != 32) or (datatype == "D" and bits != 64):
             raise FcsError(path, f"$P{channel.index}B is {bits} for $DATATYPE {datatype}")
         if datatype == "I" and (bits <= 0 or bits % 8 or bits > 64):
             raise FcsUnsupportedError(
@@ -368,7 +370,10 @@ def _data_span(
         length = span[1] - span[0] + 1
         if total is None:
             return span[1] < size + 1
-        return length in {total * row_bytes, total * row_bytes + 1} and span[0] + total * row_bytes <= size
+        return (
+            length in {total * row_bytes, total * row_bytes + 1}
+            and span[0] + total * row_bytes <= size
+        )
 
     chosen = next((s for s in candidates if fits(s)), candidates[0])
     if len(candidates) == 2 and candidates[0] != candidates[1]:
@@ -430,7 +435,7 @@ def _range_mask(channel: Channel) -> int:
     """Bits above the next power of two of $PnR carry no data (FCS 3.1, 3.2.16)."""
     if channel.range <= 0:
         return (1 << channel.bits) - 1
-    top = 1 << max(int(math.ceil(channel.range)) - 1, 0).bit_length()
+    top = 1 << max(math.ceil(channel.range) - 1, 0).bit_length()
     return min(top, 1 << channel.bits) - 1
 
 

@@ -1,0 +1,285 @@
+"""The ``cartflow`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline import __version__
+from pipeline.errors import CartflowError
+
+app = typer.Typer(
+    name="cartflow",
+    help="Flow-cytometry monitoring of CAR-T cell therapy: ingest, gate, count, follow up.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_COHORT = REPO_ROOT / "fixtures" / "cohort"
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Store URL (sqlite:///path or postgresql://…) or a SQLite path."),
+]
+ManifestOption = Annotated[
+    Path | None,
+    typer.Option("--manifest", help="CSV: file, patient, timepoint, tube, blood volume, beads."),
+]
+RulesOption = Annotated[
+    Path | None,
+    typer.Option("--rules", help="YAML identity rules (keywords and file-name patterns)."),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"cartflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """cartflow command line."""
+
+
+def _load_context(manifest: Path | None, rules: Path | None):
+    from pipeline.identity import IdentityRules, load_manifest
+
+    loaded_manifest = load_manifest(manifest) if manifest else None
+    loaded_rules = IdentityRules.from_yaml(rules) if rules else IdentityRules()
+    return loaded_manifest, loaded_rules
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="An FCS file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    manifest: ManifestOption = None,
+    rules: RulesOption = None,
+) -> None:
+    """Show an FCS file: version, cytometer, events, channels, spillover, panel and identity."""
+    from panels import load_panels, match_panel
+    from pipeline.fcs import read_fcs
+    from pipeline.identity import identify
+
+    try:
+        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        fcs = read_fcs(file, events=False)
+    except CartflowError as exc:
+        if as_json:
+            console.print_json(json.dumps({"file": str(file), "error": str(exc)}))
+        raise _fail(str(exc)) from None
+    info: dict = {
+        "file": str(file),
+        "fcs_version": fcs.version,
+        "cytometer": fcs.cytometer,
+        "events": fcs.event_count,
+        "channels": [{"name": c.name, "marker": c.marker} for c in fcs.channels],
+        "spillover": fcs.spillover.keyword if fcs.spillover else None,
+        "warnings": fcs.warnings,
+    }
+    tube = None
+    try:
+        ident = identify(file, fcs.text, loaded_manifest, loaded_rules)
+        tube = ident.tube
+        info["identity"] = {
+            "patient": ident.patient,
+            "timepoint": ident.timepoint.label,
+            "nominal_day": ident.timepoint.nominal_day,
+            "tube": ident.tube,
+            "source": ident.source,
+        }
+    except CartflowError as exc:
+        info["identity"] = {"error": exc.problem}
+    try:
+        pairs = [(c.name, c.marker) for c in fcs.channels]
+        info["panel"] = match_panel(file, pairs, load_panels(), tube).panel.id
+    except CartflowError as exc:
+        info["panel"] = {"error": exc.problem}
+    if as_json:
+        console.print_json(json.dumps(info, default=str))
+        return
+    _print_inspection(info)
+
+
+def _print_inspection(info: dict) -> None:
+    console.print(f"[bold]{info['file']}[/bold]")
+    console.print(
+        f"  {info['fcs_version']}  cytometer {info['cytometer'] or '?'}  "
+        f"{info['events']:,} events  {len(info['channels'])} channels  "
+        f"spillover {info['spillover'] or 'none'}"
+    )
+    table = Table("#", "channel", "marker", box=None, pad_edge=False)
+    for i, channel in enumerate(info["channels"], start=1):
+        table.add_row(str(i), channel["name"], channel["marker"] or "")
+    console.print(table)
+    panel = info["panel"]
+    console.print(f"  panel: {panel if isinstance(panel, str) else 'none — ' + panel['error']}")
+    ident = info["identity"]
+    if "error" in ident:
+        console.print(f"  identity: not established — {ident['error']}")
+    else:
+        console.print(
+            f"  identity: patient {ident['patient']}, {ident['timepoint']} (day "
+            f"{ident['nominal_day']}), tube {ident['tube'] or '?'} [{ident['source']}]"
+        )
+    for warning in info["warnings"]:
+        console.print(f"  [yellow]warning:[/yellow] {warning}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    )
+
+
+def run_ingest(
+    batch_dir: Path, db: str | None, manifest: Path | None, rules: Path | None, out: Path
+):
+    """Ingest with a progress bar and a summary; returns the report."""
+    from pipeline.ingest import ingest_batch, scan_batch, write_quarantine_report
+    from pipeline.store import Store
+
+    if not batch_dir.is_dir():
+        raise _fail(f"{batch_dir}: not a folder")
+    try:
+        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    store = Store(db)
+    try:
+        total = len(scan_batch(batch_dir))
+        with _progress() as progress:
+            task = progress.add_task("ingest", total=total)
+            report = ingest_batch(
+                batch_dir,
+                store,
+                loaded_manifest,
+                loaded_rules,
+                on_file=lambda _outcome: progress.advance(task),
+            )
+    finally:
+        store.close()
+    counts = {
+        s: len(report.with_status(s)) for s in ("accepted", "known", "duplicate", "quarantined")
+    }
+    console.print(
+        f"ingest: {counts['accepted']} accepted, {counts['known']} already known, "
+        f"{counts['duplicate']} duplicate, {counts['quarantined']} quarantined "
+        f"(store {store.display_url})"
+    )
+    for outcome in report.with_status("duplicate"):
+        console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
+    for outcome in report.with_status("quarantined"):
+        console.print(f"  quarantined: {outcome.path.name}: {outcome.detail}")
+    target = write_quarantine_report(report, out)
+    if target:
+        console.print(f"quarantine report: {target}")
+    return report
+
+
+@app.command()
+def ingest(
+    batch_dir: Annotated[
+        Path, typer.Argument(help="Folder of FCS exports (searched recursively).")
+    ],
+    manifest: ManifestOption = None,
+    db: DbOption = None,
+    rules: RulesOption = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Where the quarantine/ report is written.")
+    ] = Path("cartflow-out"),
+) -> None:
+    """Scan, identify, validate and record a batch; bad files go to quarantine (exit 2)."""
+    report = run_ingest(batch_dir, db, manifest, rules, out)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
+    patients: Annotated[int, typer.Option(min=1, help="Number of patients.")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    events: Annotated[int, typer.Option(min=500, help="Events per file.")] = 50_000,
+    cytometer: Annotated[
+        str, typer.Option(help="FACSLyric (10 colours) or 'FACSCanto II' (8 colours).")
+    ] = "FACSLyric",
+    leukapheresis: Annotated[bool, typer.Option(help="Add a leukapheresis sample.")] = False,
+) -> None:
+    """Write a synthetic CAR-T monitoring cohort with per-event ground truth."""
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    config = SimulationConfig(
+        patients=patients,
+        seed=seed,
+        events=events,
+        cytometer=cytometer,
+        leukapheresis=leukapheresis,
+    )
+    try:
+        summary = simulate_cohort(out_dir, config)
+    except (CartflowError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"simulate: {len(summary.files)} FCS files in {summary.out_dir}; manifest "
+        f"{summary.manifest.name}, clinical table {summary.clinical.name}, truth in "
+        f"{summary.truth_dir.name}/"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the demo store and results.")
+    ] = Path("demo-out"),
+) -> None:
+    """Run the pipeline on the bundled demo cohort (or a freshly simulated one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    batch = FIXTURE_COHORT
+    if not (batch / "manifest.csv").is_file():
+        from pipeline.simulate import SimulationConfig, simulate_cohort
+
+        batch = out / "cohort"
+        console.print(f"demo: no bundled cohort; simulating one into {batch}")
+        simulate_cohort(batch, SimulationConfig(patients=3, seed=20251101, events=3000))
+    db_path = out / "cartflow.sqlite"
+    report = run_ingest(batch, str(db_path), batch / "manifest.csv", None, out)
+    console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
+    raise typer.Exit(report.exit_code)
+
+
+def main() -> None:
+    try:
+        app()
+    except CartflowError as exc:
+        errors.print(f"error: {exc}", soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Ingest: scan a batch folder, identify each file, check it against its panel, record it.
+
+Bad files are quarantined with a one-line reason and never stop the batch. A file is its
+SHA-256: content seen before is not processed again, whatever its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from panels import Panel, load_panels, match_panel
+from pipeline.errors import CartflowError
+from pipeline.fcs import FcsFile, acquisition_date, read_fcs
+from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
+from pipeline.store import FileRecord, SampleRecord, Store
+
+FCS_SUFFIXES = {".fcs", ".lmd"}
+HASH_CHUNK = 1 << 20
+
+Status = Literal["accepted", "known", "duplicate", "quarantined"]
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What ingest decided about one file."""
+
+    path: Path
+    status: Status
+    sha256: str | None
+    detail: str
+    kind: str = ""
+    new: bool = True
+
+
+@dataclass
+class IngestReport:
+    run_id: int
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    def with_status(self, status: Status) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file was accepted (now or before), 2 when any was quarantined."""
+        return 2 if self.with_status("quarantined") else 0
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_batch(batch_dir: Path) -> list[Path]:
+    """FCS files below a folder, in a stable order, skipping hidden and quarantine folders."""
+    found = []
+    for path in batch_dir.rglob("*"):
+        parts = path.relative_to(batch_dir).parts
+        if any(p.startswith(".") or p == "quarantine" for p in parts):
+            continue
+        if path.suffix.lower() in FCS_SUFFIXES and path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+def _json_safe(text: dict[str, str]) -> dict[str, str]:
+    return {k: v.encode("utf-8", "replace").decode("utf-8") for k, v in text.items()}
+
+
+def describe(fcs: FcsFile, sha256: str, path: Path) -> FileRecord:
+    iso = acquisition_date(fcs)
+    return FileRecord(
+        sha256=sha256,
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        fcs_version=fcs.version,
+        cytometer=fcs.cytometer,
+        event_count=fcs.event_count,
+        channel_count=len(fcs.channels),
+        has_spillover=fcs.spillover is not None,
+        acquisition_date=date.fromisoformat(iso) if iso else None,
+        keywords=_json_safe(fcs.text),
+        reader_warnings=list(fcs.warnings),
+    )
+
+
+def sample_record(identity: SampleIdentity, panel: Panel) -> SampleRecord:
+    return SampleRecord(
+        patient=identity.patient,
+        timepoint=identity.timepoint.label,
+        nominal_day=identity.timepoint.nominal_day,
+        tube=panel.tube,
+        panel_id=panel.id,
+        panel_version=panel.version,
+        panel_sha256=panel.sha256,
+        identity_source=identity.source,
+        blood_volume_ul=identity.blood_volume_ul,
+        beads_per_tube=identity.beads_per_tube,
+        bead_lot=identity.bead_lot,
+        sample_date=identity.sample_date,
+    )
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A file that passed every check, ready to be stored."""
+
+    fcs: FcsFile
+    identity: SampleIdentity
+    panel: Panel
+
+
+def check_file(
+    path: Path,
+    panels: Iterable[Panel],
+    manifest: Manifest | None = None,
+    rules: IdentityRules = IdentityRules(),
+) -> Checked:
+    """Read, identify and panel-match one file; raises CartflowError on any problem."""
+    fcs = read_fcs(path, events=False)
+    identity = identify(path, fcs.text, manifest, rules)
+    match = match_panel(path, [(c.name, c.marker) for c in fcs.channels], panels, identity.tube)
+    return Checked(fcs, identity, match.panel)
+
+
+def ingest_batch(
+    batch_dir: Path,
+    store: Store,
+    manifest: Manifest | None = None,
+    rules: IdentityRules = IdentityRules(),
+    panels: tuple[Panel, ...] | None = None,
+    on_file: Callable[[FileOutcome], None] | None = None,
+    run_id: int | None = None,
+) -> IngestReport:
+    """Ingest every FCS file of a batch folder into the store."""
+    panels = panels if panels is not None else load_panels()
+    files = scan_batch(batch_dir)
+    if run_id is None:
+        run_id = store.start_run(
+            "ingest",
+            {
+                "batch": str(batch_dir),
+                "manifest": str(manifest.path) if manifest else None,
+                "rules": rules.__dict__,
+                "panels": {p.id: p.sha256 for p in panels},
+            },
+        )
+    report = IngestReport(run_id)
+    seen: dict[str, Path] = {}
+    for path in files:
+        outcome = _ingest_one(path, store, run_id, panels, manifest, rules, seen)
+        report.outcomes.append(outcome)
+        if on_file:
+            on_file(outcome)
+    store.finish_run(run_id)
+    return report
+
+
+def _ingest_one(path, store, run_id, panels, manifest, rules, seen) -> FileOutcome:
+    try:
+        sha = sha256_of(path)
+    except OSError as exc:
+        reason = f"cannot be read: {exc.strerror or exc}"
+        new = store.quarantine(run_id, f"path:{path.resolve()}", str(path), None, "io", reason)
+        return FileOutcome(path, "quarantined", None, reason, "io", new)
+    if sha in seen:
+        return FileOutcome(path, "duplicate", sha, f"same content as {seen[sha].name}")
+    seen[sha] = path
+    known_id = store.file_id(sha)
+    if known_id is not None:
+        new_name = store.add_file_name(run_id, known_id, str(path))
+        if new_name:
+            return FileOutcome(
+                path, "duplicate", sha, "content already ingested under another name"
+            )
+        return FileOutcome(path, "known", sha, "already ingested", new=False)
+    if store.is_quarantined(sha):
+        return FileOutcome(path, "quarantined", sha, "already in quarantine", new=False)
+    try:
+        checked = check_file(path, panels, manifest, rules)
+    except CartflowError as exc:
+        store.quarantine(run_id, sha, str(path), sha, exc.kind, exc.problem)
+        return FileOutcome(path, "quarantined", sha, exc.problem, exc.kind)
+    except Exception as exc:  # a bad file must never stop the batch
+        reason = f"unexpected {type(exc).__name__}: {exc}"
+        store.quarantine(run_id, sha, str(path), sha, "internal", reason)
+        return FileOutcome(path, "quarantined", sha, reason, "internal")
+    record = describe(checked.fcs, sha, path)
+    stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+    if stored is None:  # another process stored the same content meanwhile
+        return FileOutcome(path, "known", sha, "already ingested", new=False)
+    ident = checked.identity
+    return FileOutcome(
+        path,
+        "accepted",
+        sha,
+        f"{ident.patient} {ident.timepoint.label} {checked.panel.tube} ({checked.panel.id})",
+    )
+
+
+def write_quarantine_report(report: IngestReport, out_dir: Path) -> Path | None:
+    """``quarantine/quarantine.csv`` with one line per refused file of this run."""
+    refused = report.with_status("quarantined")
+    if not refused:
+        return None
+    folder = out_dir / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "quarantine.csv"
+    with target.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "sha256", "kind", "reason"])
+        for outcome in refused:
+            writer.writerow([outcome.path, outcome.sha256 or "", outcome.kind, outcome.detail])
+    return target

@@ -1,0 +1,389 @@
+"""The results store: one SQLAlchemy schema on SQLite (default, WAL) or PostgreSQL (by URL).
+
+Every stored number belongs to a run (software version, parameters, panel and template
+hashes, timestamps) and to a file identified by its SHA-256. A file's rows are written in
+one transaction, so an interrupted write leaves all of them or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from pipeline import __version__
+
+DEFAULT_DB = "sqlite:///cartflow.sqlite"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Run(Base):
+    """One invocation of a command that writes results: the provenance anchor."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    command: Mapped[str] = mapped_column(String(64))
+    software_version: Mapped[str] = mapped_column(String(32))
+    parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+
+
+class FcsFileRow(Base):
+    """A distinct FCS file, identified by the SHA-256 of its bytes."""
+
+    __tablename__ = "files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    fcs_version: Mapped[str] = mapped_column(String(8))
+    cytometer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    event_count: Mapped[int] = mapped_column(Integer)
+    channel_count: Mapped[int] = mapped_column(Integer)
+    has_spillover: Mapped[bool] = mapped_column(Boolean)
+    acquisition_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    keywords: Mapped[dict] = mapped_column(JSON)
+    reader_warnings: Mapped[list] = mapped_column(JSON, default=list)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class FileName(Base):
+    """Every path under which a file's content was seen."""
+
+    __tablename__ = "file_names"
+    __table_args__ = (UniqueConstraint("file_id", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    path: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class SampleRow(Base):
+    """A file's identity (patient, timepoint, tube) and the panel it was checked against."""
+
+    __tablename__ = "samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), unique=True)
+    patient: Mapped[str] = mapped_column(String(128), index=True)
+    timepoint: Mapped[str] = mapped_column(String(16))
+    nominal_day: Mapped[int] = mapped_column(Integer)
+    tube: Mapped[str] = mapped_column(String(64))
+    panel_id: Mapped[str] = mapped_column(String(64))
+    panel_version: Mapped[int] = mapped_column(Integer)
+    panel_sha256: Mapped[str] = mapped_column(String(64))
+    identity_source: Mapped[str] = mapped_column(Text)
+    blood_volume_ul: Mapped[float | None] = mapped_column(Float, nullable=True)
+    beads_per_tube: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bead_lot: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sample_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class PopulationRow(Base):
+    """Event count of one gated population in one sample, for one run."""
+
+    __tablename__ = "populations"
+    __table_args__ = (UniqueConstraint("run_id", "sample_id", "population"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    population: Mapped[str] = mapped_column(String(256))
+    parent: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    count: Mapped[int] = mapped_column(Integer)
+    parent_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    template_id: Mapped[str] = mapped_column(String(64))
+    template_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class GateRow(Base):
+    """A placed gate or threshold and the evidence for it."""
+
+    __tablename__ = "gates"
+    __table_args__ = (UniqueConstraint("run_id", "sample_id", "gate"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    gate: Mapped[str] = mapped_column(String(256))
+    method: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    evidence: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class KineticsRow(Base):
+    """One kinetic summary value (Cmax, AUC14, …) of one patient and population."""
+
+    __tablename__ = "kinetics"
+    __table_args__ = (UniqueConstraint("run_id", "patient", "population", "metric"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    patient: Mapped[str] = mapped_column(String(128), index=True)
+    population: Mapped[str] = mapped_column(String(256))
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class QuarantineRow(Base):
+    """A file that was refused, with a one-line reason."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_key: Mapped[str] = mapped_column(String(128), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+TABLES = (
+    "runs",
+    "files",
+    "file_names",
+    "samples",
+    "populations",
+    "gates",
+    "kinetics",
+    "quarantine",
+)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    sha256: str
+    path: str
+    size_bytes: int
+    fcs_version: str
+    cytometer: str | None
+    event_count: int
+    channel_count: int
+    has_spillover: bool
+    acquisition_date: date | None
+    keywords: dict[str, str]
+    reader_warnings: list[str]
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    patient: str
+    timepoint: str
+    nominal_day: int
+    tube: str
+    panel_id: str
+    panel_version: int
+    panel_sha256: str
+    identity_source: str
+    blood_volume_ul: float | None
+    beads_per_tube: float | None
+    bead_lot: str | None
+    sample_date: date | None
+
+
+def normalise_url(url: str | os.PathLike | None) -> str:
+    """Accept a SQLAlchemy URL or a plain path to a SQLite file."""
+    url = str(url or os.environ.get("CARTFLOW_DB") or DEFAULT_DB)
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Store:
+    """A connection to the results store with the few operations the stages need."""
+
+    def __init__(self, url: str | os.PathLike | None = None) -> None:
+        self.url = normalise_url(url)
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(self.url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed together or not at all."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def start_run(self, command: str, parameters: dict[str, Any]) -> int:
+        with self.transaction() as session:
+            run = Run(
+                command=command,
+                software_version=__version__,
+                parameters=json.loads(json.dumps(parameters, default=str)),
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, status: str = "finished") -> None:
+        with self.transaction() as session:
+            run = session.get(Run, run_id)
+            run.finished_at = _now()
+            run.status = status
+
+    def file_id(self, sha256: str) -> int | None:
+        with self._sessions() as session:
+            return session.scalar(select(FcsFileRow.id).where(FcsFileRow.sha256 == sha256))
+
+    def is_quarantined(self, content_key: str) -> bool:
+        with self._sessions() as session:
+            found = session.scalar(
+                select(QuarantineRow.id).where(QuarantineRow.content_key == content_key)
+            )
+            return found is not None
+
+    def add_file_name(self, run_id: int, file_id: int, path: str) -> bool:
+        """Remember another path for known content; False when it was already known."""
+        try:
+            with self.transaction() as session:
+                known = session.scalar(
+                    select(FileName.id).where(FileName.file_id == file_id, FileName.path == path)
+                )
+                if known is not None:
+                    return False
+                session.add(FileName(file_id=file_id, path=path, run_id=run_id))
+            return True
+        except IntegrityError:
+            return False
+
+    def record_sample(self, run_id: int, file: FileRecord, sample: SampleRecord) -> int | None:
+        """Write a file and its sample in one transaction; None when the file already exists."""
+        try:
+            with self.transaction() as session:
+                row = FcsFileRow(
+                    sha256=file.sha256,
+                    name=Path(file.path).name,
+                    size_bytes=file.size_bytes,
+                    fcs_version=file.fcs_version,
+                    cytometer=file.cytometer,
+                    event_count=file.event_count,
+                    channel_count=file.channel_count,
+                    has_spillover=file.has_spillover,
+                    acquisition_date=file.acquisition_date,
+                    keywords=file.keywords,
+                    reader_warnings=file.reader_warnings,
+                    run_id=run_id,
+                )
+                session.add(row)
+                session.flush()
+                session.add(FileName(file_id=row.id, path=file.path, run_id=run_id))
+                session.add(SampleRow(file_id=row.id, run_id=run_id, **sample.__dict__))
+                session.flush()
+                return row.id
+        except IntegrityError:
+            return None
+
+    def quarantine(
+        self, run_id: int, content_key: str, path: str, sha256: str | None, kind: str, reason: str
+    ) -> bool:
+        """Record a refused file once; False when it was already in quarantine."""
+        try:
+            with self.transaction() as session:
+                session.add(
+                    QuarantineRow(
+                        content_key=content_key,
+                        path=path,
+                        sha256=sha256,
+                        error_kind=kind,
+                        reason=reason,
+                        run_id=run_id,
+                    )
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def row_counts(self) -> dict[str, int]:
+        with self._sessions() as session:
+            return {
+                table: session.scalar(select(func.count()).select_from(Base.metadata.tables[table]))
+                for table in TABLES
+            }
+
+    def samples(self) -> list[dict[str, Any]]:
+        """All samples with their file's name and SHA-256."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(SampleRow, FcsFileRow.sha256, FcsFileRow.name).join(
+                    FcsFileRow, SampleRow.file_id == FcsFileRow.id
+                )
+            ).all()
+        return [
+            {
+                "sample_id": s.id,
+                "file": name,
+                "sha256": sha,
+                "patient": s.patient,
+                "timepoint": s.timepoint,
+                "nominal_day": s.nominal_day,
+                "tube": s.tube,
+                "panel_id": s.panel_id,
+            }
+            for s, sha, name in rows
+        ]
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        with self._sessions() as session:
+            rows = session.scalars(select(QuarantineRow).order_by(QuarantineRow.id)).all()
+        return [
+            {"path": q.path, "sha256": q.sha256, "kind": q.error_kind, "reason": q.reason}
+            for q in rows
+        ]
