@@ -144,6 +144,8 @@ def _read(fh, path: Path, size: int, *, read_events: bool, scale: bool) -> FcsFi
     matrix = None
     if read_events:
         matrix = _read_events(fh, start, event_count, dtype, byte_order, channels, datatype)
+        if datatype in {"F", "D"}:
+            _check_plausible(matrix, path, text.get("$BYTEORD", ""))
         if scale:
             _scale_in_place(matrix, channels, text)
     return FcsFile(
@@ -421,6 +423,25 @@ def _read_events(fh, start: int, count: int, dtype, byte_order: str, channels, d
             column = column & _range_mask(channels[j])
         matrix[:, j] = column
     return matrix
+
+
+IMPLAUSIBLE_VALUE = 1e20
+IMPLAUSIBLE_SHARE = 0.01
+
+
+def _check_plausible(matrix: np.ndarray, path: Path, byteord: str) -> None:
+    """Reject float data that is mostly garbage, as a wrong $BYTEORD produces."""
+    if matrix.size == 0:
+        return
+    sample = matrix[:: max(1, matrix.shape[0] // 10_000)]
+    bad = ~np.isfinite(sample) | (np.abs(sample) > IMPLAUSIBLE_VALUE)
+    share = float(bad.mean())
+    if share > IMPLAUSIBLE_SHARE:
+        raise FcsError(
+            path,
+            f"{share:.0%} of event values are not finite or beyond 1e20; "
+            f"the data or its $BYTEORD ({byteord}) is wrong",
+        )
 
 
 def _three_byte_ints(octets: np.ndarray, byte_order: str) -> np.ndarray:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start a throw-away PostgreSQL server on 127.0.0.1 and print its URL on stdout.
+# Installs the Debian package when the server binaries are missing.
+set -euo pipefail
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq postgresql >&2
+  bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+fi
+port=${CARTFLOW_PG_PORT:-54329}
+data=$(mktemp -d /tmp/cartflow-pg.XXXXXX)
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+  chown postgres "$data"
+  as_pg=(runuser -u postgres --)
+fi
+"${as_pg[@]}" "$bindir/initdb" -D "$data/db" -U postgres -A trust >&2
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$data/db" -l "$data/log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c fsync=off" start >&2
+echo "postgresql://postgres@127.0.0.1:$port/postgres"

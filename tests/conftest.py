@@ -1,0 +1,70 @@
+"""Shared test fixtures: real FCS corpora and stores on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import fcsparser
+import pytest
+from sqlalchemy import create_engine, text
+
+from pipeline.store import Store, normalise_url
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+QUIRKS = SHARED / "fcs-quirks"
+GATINGML = SHARED / "gatingml2-compliance"
+FCSPARSER_DATA = Path(fcsparser.__file__).parent / "tests" / "data" / "FlowCytometers"
+FIXTURE_COHORT = REPO / "fixtures" / "cohort"
+PG_URL_ENV = "CARTFLOW_TEST_PG_URL"
+
+
+def corpus_files() -> list[Path]:
+    """Every real FCS file of fcs-quirks and fcsparser's packaged corpus."""
+    files = sorted(QUIRKS.glob("*.fcs")) + sorted(QUIRKS.glob("*.lmd"))
+    files += sorted(p for p in FCSPARSER_DATA.rglob("*") if p.suffix in {".fcs", ".lmd"})
+    return files
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not present beside the checkout")
+    return path
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get(PG_URL_ENV)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store URL on each backend (PostgreSQL: a throw-away database)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite'}"
+        return
+    base = _postgres_url()
+    if not base:
+        pytest.skip(f"PostgreSQL store tests skipped: set {PG_URL_ENV} to a server URL")
+    name = f"cartflow_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(base), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # server gone or unreachable
+        pytest.skip(
+            f"PostgreSQL store tests skipped: {base} unreachable ({exc.__class__.__name__})"
+        )
+    url = base.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    opened = Store(store_url)
+    yield opened
+    opened.close()

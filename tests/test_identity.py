@@ -1,0 +1,140 @@
+"""Sample identity: timepoint labels, manifests and keyword/file-name rules."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import IdentityError, ManifestError
+from pipeline.identity import IdentityRules, identify, load_manifest, parse_timepoint
+
+
+@pytest.mark.parametrize(
+    ("label", "day", "canonical"),
+    [
+        ("D5", 5, "D5"),
+        ("d+7", 7, "D7"),
+        ("Day 11", 11, "D11"),
+        ("day14", 14, "D14"),
+        ("D 21", 21, "D21"),
+        ("M3", 90, "M3"),
+        ("month 6", 180, "M6"),
+        ("Month 12", 365, "M12"),
+        ("m+9", 270, "M9"),
+        ("LA", -30, "LA"),
+        ("leukapheresis", -30, "LA"),
+    ],
+)
+def test_timepoint_labels_map_to_nominal_days(label, day, canonical):
+    timepoint = parse_timepoint(label)
+    assert (timepoint.nominal_day, timepoint.label) == (day, canonical)
+
+
+@pytest.mark.parametrize("label", ["", "week 2", "D", "5", "M0", "Dx7", "day seven"])
+def test_unparseable_timepoints_name_file_and_label(label):
+    with pytest.raises(IdentityError) as caught:
+        parse_timepoint(label, "batch/P01.fcs")
+    assert "batch/P01.fcs" in str(caught.value)
+    assert repr(label) in caught.value.problem
+
+
+def _manifest(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text(
+        "file,patient,timepoint,tube,blood_volume_ul,beads_per_tube,sample_date\n" + body,
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_manifest_rows_identify_files(tmp_path):
+    manifest = load_manifest(
+        _manifest(tmp_path, "sub/a.fcs,CART-01,Day 7,memory,50,50150,2025-03-07\n")
+    )
+    identity = identify(tmp_path / "a.fcs", {}, manifest)
+    assert identity.patient == "CART-01"
+    assert identity.timepoint.nominal_day == 7
+    assert identity.tube == "memory"
+    assert identity.blood_volume_ul == 50.0 and identity.beads_per_tube == 50150.0
+    assert identity.sample_date == date(2025, 3, 7)
+    assert identity.source == "manifest line 2"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("a.fcs,CART-01,D7,memory,fifty,50000,2025-03-07\n", "line 2, column blood_volume_ul"),
+        ("a.fcs,CART-01,D7,memory,50,-3,2025-03-07\n", "line 2, column beads_per_tube"),
+        ("a.fcs,CART-01,D7,memory,50,50000,07.03.2025\n", "line 2, column sample_date"),
+        ("a.fcs,,D7,memory,50,50000,2025-03-07\n", "line 2, column patient: empty"),
+        ("a.fcs,CART-01,D7,memory,,,\na.fcs,CART-02,D7,memory,,,\n", "line 3, column file"),
+        ("a.fcs,CART-01,week 1,memory,,,\n", "line 2"),
+    ],
+)
+def test_manifest_errors_name_line_and_column(tmp_path, body, fragment):
+    with pytest.raises((ManifestError, IdentityError)) as caught:
+        load_manifest(_manifest(tmp_path, body))
+    assert fragment in str(caught.value)
+    assert "manifest.csv" in str(caught.value)
+
+
+def test_manifest_missing_columns(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("file,patient\nx.fcs,P1\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="missing column"):
+        load_manifest(path)
+
+
+def test_file_absent_from_manifest_is_an_identity_error(tmp_path):
+    manifest = load_manifest(_manifest(tmp_path, "a.fcs,CART-01,D7,memory,,,\n"))
+    with pytest.raises(IdentityError, match="not listed in manifest"):
+        identify(tmp_path / "b.fcs", {}, manifest)
+
+
+def test_keywords_come_before_the_file_name():
+    keywords = {"PATIENT ID": "CART-07", "TIMEPOINT": "M3", "TUBE NAME": "CAR-T memory"}
+    identity = identify(Path("CART-99 D5_other_001.fcs"), keywords)
+    assert (identity.patient, identity.timepoint.label, identity.tube) == (
+        "CART-07",
+        "M3",
+        "CAR-T memory",
+    )
+    assert "keyword" in identity.source
+
+
+def test_file_name_rules_fill_the_gaps():
+    identity = identify(Path("CART-003 D7_CAR-T memory_001.fcs"), {"$SRC": "DOE^JANE"})
+    assert (identity.patient, identity.timepoint.nominal_day, identity.tube) == (
+        "CART-003",
+        7,
+        "CAR-T memory",
+    )
+    assert "file name" in identity.source
+
+
+def test_no_identity_is_a_clear_error():
+    with pytest.raises(IdentityError, match="no patient"):
+        identify(Path("sample.fcs"), {})
+
+
+def test_rules_from_yaml(tmp_path):
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        "patient_keywords: [STUDY NO]\nfilename_patterns: ['^(?P<timepoint>D\\d+)']\n",
+        encoding="utf-8",
+    )
+    rules = IdentityRules.from_yaml(rules_file)
+    identity = identify(Path("D14 something.fcs"), {"STUDY NO": "X-1"}, rules=rules)
+    assert (identity.patient, identity.timepoint.nominal_day) == ("X-1", 14)
+
+
+def test_rules_yaml_errors_are_specific(tmp_path):
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("patient_keyword: [X]\n", encoding="utf-8")
+    with pytest.raises(IdentityError, match="unknown identity rule"):
+        IdentityRules.from_yaml(rules_file)
+    rules_file.write_text("filename_patterns: ['(unclosed']\n", encoding="utf-8")
+    with pytest.raises(IdentityError, match="filename pattern"):
+        IdentityRules.from_yaml(rules_file)

@@ -1,0 +1,132 @@
+"""Panels: the shipped definitions, marker spellings and matching files to panels."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from panels import PANEL_DIR, load_panel, load_panels, marker_from_label, match_panel
+from pipeline.errors import PanelError, PanelMismatchError
+
+SCATTER = [("FSC-A", None), ("FSC-H", None), ("SSC-A", None), ("Time", None)]
+
+
+def _file_channels(panel, relabel=None):
+    relabel = relabel or {}
+    pairs = list(SCATTER)
+    for entry in panel.channels:
+        label = relabel.get(entry.marker, f"{entry.marker} {entry.fluorochrome}")
+        pairs.append((entry.channel, label))
+    return pairs
+
+
+def test_shipped_panels():
+    panels = {p.id: p for p in load_panels()}
+    assert set(panels) == {
+        f"{tube}-{cyt}" for tube in ("memory", "function", "bcell") for cyt in ("canto", "lyric")
+    }
+    lyric_memory = panels["memory-lyric"]
+    assert set(lyric_memory.markers) == {
+        "CD45",
+        "CD3",
+        "CAR",
+        "CD4",
+        "CD8",
+        "CD45RA",
+        "CD62L",
+        "CD27",
+        "CD95",
+    }
+    assert lyric_memory.beads
+    assert set(panels["function-lyric"].markers) == {
+        "CD45",
+        "CD3",
+        "CAR",
+        "CD4",
+        "CD8",
+        "PD1",
+        "LAG3",
+        "CD71",
+        "Ki67",
+        "TCRgd",
+    }
+    assert {"CD45", "CD19", "CD3", "CAR"} == set(panels["bcell-lyric"].markers)
+    for panel in panels.values():
+        limit = 8 if panel.cytometer == "FACSCanto II" else 10
+        assert len(panel.channels) <= limit
+        assert len(panel.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    ("label", "marker"),
+    [
+        ("CD45RA BV421", "CD45RA"),
+        ("CD45RA-FITC", "CD45RA"),
+        ("CD45RA", "CD45RA"),
+        ("cd3 apc-h7", "CD3"),
+        ("PerCP-Cy5.5 CD8", "CD8"),
+        ("TCR γδ PE", "TCRgd"),
+        ("PD-1", "PD1"),
+        ("CCR7", "CD62L"),
+        ("Ki-67 PE-Cy7", "Ki67"),
+        ("CAR19 FITC", "CAR"),
+        ("viability", None),
+        (None, None),
+    ],
+)
+def test_marker_spellings(label, marker):
+    assert marker_from_label(label) == marker
+
+
+@pytest.mark.parametrize("panel_id", ["memory-lyric", "function-canto", "bcell-lyric"])
+def test_file_matches_its_panel_without_a_tube(panel_id):
+    panel = {p.id: p for p in load_panels()}[panel_id]
+    match = match_panel("f.fcs", _file_channels(panel), load_panels())
+    assert match.panel.id == panel_id
+    assert match.marker_channels["CD3"] == panel.channel_for("CD3")
+
+
+def test_tube_label_selects_the_panel():
+    panels = load_panels()
+    memory = {p.id: p for p in panels}["memory-lyric"]
+    with pytest.raises(PanelMismatchError, match="panel bcell-lyric: missing marker"):
+        match_panel("f.fcs", _file_channels(memory), panels, tube="BCELL COUNT")
+    assert (
+        match_panel("f.fcs", _file_channels(memory), panels, "CAR-T memory").panel.tube == "memory"
+    )
+
+
+def test_missing_markers_are_named():
+    panels = load_panels()
+    memory = {p.id: p for p in panels}["memory-lyric"]
+    channels = _file_channels(memory, relabel={"CD27": "", "CD95": "CD28 BV605"})
+    with pytest.raises(PanelMismatchError) as caught:
+        match_panel("p1.fcs", channels, panels, tube="memory")
+    problem = caught.value.problem
+    assert "CD27" in problem and "CD95" in problem and "'CD28 BV605'" in problem
+    assert "CD3" not in problem.replace("CD3+", "")
+    assert str(caught.value).startswith("p1.fcs")
+
+
+def test_unknown_layout():
+    with pytest.raises(PanelMismatchError, match="fit no known panel layout"):
+        match_panel("x.fcs", [("FL1-H", "CD3"), ("FL2-H", "CD8")], load_panels())
+
+
+def test_invalid_panel_yaml_names_the_line(tmp_path):
+    for name in ("markers.yaml", "fluorochromes.yaml"):
+        shutil.copy(PANEL_DIR / name, tmp_path / name)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "id: x\ntube: memory\nchannels: [\n  {channel: A, marker: CD3\n", encoding="utf-8"
+    )
+    with pytest.raises(PanelError, match="line"):
+        load_panel(bad)
+    bad.write_text(
+        "id: x\ntube: m\ncytometer: c\nscatter: []\ntime: Time\n"
+        "channels:\n  - {channel: A, marker: CD333}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(PanelError, match="unknown marker 'CD333'"):
+        load_panel(bad)

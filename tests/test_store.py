@@ -1,0 +1,132 @@
+"""The results store on SQLite and PostgreSQL: schema, provenance, one transaction per file."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from pipeline import __version__
+from pipeline.store import (
+    TABLES,
+    FcsFileRow,
+    FileRecord,
+    Run,
+    SampleRecord,
+    SampleRow,
+    Store,
+    normalise_url,
+)
+
+
+def _file(sha="a" * 64, path="/batch/x.fcs") -> FileRecord:
+    return FileRecord(
+        sha256=sha,
+        path=path,
+        size_bytes=1234,
+        fcs_version="FCS3.1",
+        cytometer="FACSLyric",
+        event_count=1000,
+        channel_count=14,
+        has_spillover=True,
+        acquisition_date=date(2025, 3, 7),
+        keywords={"$CYT": "FACSLyric", "$SRC": "DOE^JANE"},
+        reader_warnings=[],
+    )
+
+
+def _sample(patient="CART-01") -> SampleRecord:
+    return SampleRecord(
+        patient=patient,
+        timepoint="D7",
+        nominal_day=7,
+        tube="memory",
+        panel_id="memory-lyric",
+        panel_version=1,
+        panel_sha256="b" * 64,
+        identity_source="manifest line 2",
+        blood_volume_ul=50.0,
+        beads_per_tube=50000.0,
+        bead_lot="L1",
+        sample_date=date(2025, 3, 7),
+    )
+
+
+def test_schema_has_every_table(store):
+    assert set(store.row_counts()) == set(TABLES)
+    assert all(n == 0 for n in store.row_counts().values())
+
+
+def test_run_provenance(store):
+    run_id = store.start_run("ingest", {"batch": "/b", "panels": {"memory-lyric": "c" * 64}})
+    store.finish_run(run_id)
+    with store.transaction() as session:
+        run = session.get(Run, run_id)
+        assert run.software_version == __version__
+        assert run.parameters["panels"]["memory-lyric"] == "c" * 64
+        assert run.status == "finished" and run.finished_at >= run.started_at
+
+
+def test_record_sample_once_per_content(store):
+    run_id = store.start_run("ingest", {})
+    first = store.record_sample(run_id, _file(), _sample())
+    assert first is not None
+    assert store.file_id("a" * 64) == first
+    assert store.record_sample(run_id, _file(path="/other/name.fcs"), _sample()) is None
+    counts = store.row_counts()
+    assert (counts["files"], counts["samples"], counts["file_names"]) == (1, 1, 1)
+    assert store.add_file_name(run_id, first, "/other/name.fcs") is True
+    assert store.add_file_name(run_id, first, "/other/name.fcs") is False
+    assert store.row_counts()["file_names"] == 2
+    [sample] = store.samples()
+    assert (sample["patient"], sample["timepoint"], sample["sha256"]) == ("CART-01", "D7", "a" * 64)
+
+
+def test_a_failed_write_leaves_nothing_of_the_file(store):
+    """The sample row fails (its patient is NULL), so the file row goes too."""
+    run_id = store.start_run("ingest", {})
+    broken = _sample(patient=None)
+    with pytest.raises(IntegrityError), store.transaction() as session:
+        row = FcsFileRow(
+            **{k: v for k, v in _file().__dict__.items() if k != "path"},
+            name="x.fcs",
+            run_id=run_id,
+        )
+        session.add(row)
+        session.flush()
+        session.add(SampleRow(file_id=row.id, run_id=run_id, **broken.__dict__))
+    assert store.file_id("a" * 64) is None
+    assert store.row_counts()["files"] == 0
+
+
+def test_quarantine_records_each_file_once(store):
+    run_id = store.start_run("ingest", {})
+    assert store.quarantine(run_id, "d" * 64, "/b/bad.fcs", "d" * 64, "fcs-format", "truncated")
+    assert not store.quarantine(run_id, "d" * 64, "/b/bad2.fcs", "d" * 64, "fcs-format", "x")
+    assert store.is_quarantined("d" * 64)
+    assert store.quarantined() == [
+        {"path": "/b/bad.fcs", "sha256": "d" * 64, "kind": "fcs-format", "reason": "truncated"}
+    ]
+
+
+def test_sqlite_uses_wal(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+
+
+def test_url_forms(tmp_path):
+    assert normalise_url(tmp_path / "a.sqlite") == f"sqlite:///{tmp_path / 'a.sqlite'}"
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_keywords_survive_the_round_trip(store):
+    run_id = store.start_run("ingest", {})
+    store.record_sample(run_id, _file(), _sample())
+    with store.transaction() as session:
+        row = session.scalars(select(FcsFileRow)).one()
+        assert row.keywords["$CYT"] == "FACSLyric"
