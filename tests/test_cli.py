@@ -1,0 +1,69 @@
+"""The command line: inspect never shows a traceback; ingest exit codes and summaries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from tests.conftest import FIXTURE_COHORT, QUIRKS, corpus_files
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
+def test_inspect_prints_a_result_or_one_line_error(path):
+    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    output = result.output
+    assert "Traceback" not in output
+    if result.exit_code == 0:
+        info = json.loads(output)
+        assert info["events"] >= 0
+        assert len(info["channels"]) > 0
+    else:
+        assert result.exit_code == 1
+        assert "error" in json.loads(output.split("\n}")[0] + "\n}")
+
+
+def test_inspect_text_output_on_a_cohort_file():
+    path = sorted(FIXTURE_COHORT.glob("*.fcs"))[0]
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "panel: " in result.output and "none" not in result.output.split("panel: ")[1][:6]
+    assert "identity: patient" in result.output
+
+
+def test_ingest_exit_codes(tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for source in sorted(FIXTURE_COHORT.glob("*.fcs"))[:2]:
+        shutil.copy(source, batch / source.name)
+    db = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "2 accepted" in result.output
+    shutil.copy(QUIRKS / "G11.fcs", batch / "G11.fcs")
+    result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "2 already known" in result.output and "1 quarantined" in result.output
+    assert (tmp_path / "quarantine" / "quarantine.csv").is_file()
+
+
+def test_ingest_bad_manifest_is_one_line(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,patient\n", encoding="utf-8")
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--manifest", str(manifest)])
+    assert result.exit_code == 1
+    assert "missing column" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_every_command_has_help():
+    for command in ("inspect", "ingest", "simulate", "demo"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0
+        assert "Usage" in result.output

@@ -1,0 +1,157 @@
+"""Ingest of real batches: identify, validate, record; quarantine bad files; never twice."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.identity import load_manifest
+from pipeline.ingest import ingest_batch, scan_batch, write_quarantine_report
+from pipeline.store import Store
+from tests.conftest import FCSPARSER_DATA, FIXTURE_COHORT, QUIRKS, require_shared
+from tests.fcs_mutate import rewrite
+
+
+@pytest.fixture(scope="module")
+def cohort() -> Path:
+    if not (FIXTURE_COHORT / "manifest.csv").is_file():
+        pytest.fail("fixtures/cohort is missing: regenerate it (see fixtures/cohort/README.md)")
+    return FIXTURE_COHORT
+
+
+def _manifest_rows(cohort: Path) -> dict[str, dict[str, str]]:
+    with (cohort / "manifest.csv").open(encoding="utf-8") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def test_cohort_is_ingested_and_identified(cohort, store):
+    report = ingest_batch(cohort, store, load_manifest(cohort / "manifest.csv"))
+    rows = _manifest_rows(cohort)
+    assert report.exit_code == 0, [o.detail for o in report.with_status("quarantined")]
+    assert len(report.with_status("accepted")) == len(rows) == len(scan_batch(cohort))
+    samples = {s["file"]: s for s in store.samples()}
+    for name, row in rows.items():
+        sample = samples[Path(name).name]
+        assert (sample["patient"], sample["timepoint"], sample["tube"]) == (
+            row["patient"],
+            row["timepoint"],
+            row["tube"],
+        )
+        assert sample["panel_id"].startswith(row["tube"])
+
+
+def test_identity_without_manifest_comes_from_keywords(cohort, store):
+    report = ingest_batch(cohort, store)
+    assert report.exit_code == 0
+    rows = _manifest_rows(cohort)
+    for sample in store.samples():
+        row = rows[sample["file"]]
+        assert (sample["patient"], sample["timepoint"], sample["tube"]) == (
+            row["patient"],
+            row["timepoint"],
+            row["tube"],
+        )
+
+
+def test_second_ingest_adds_nothing(cohort, store):
+    manifest = load_manifest(cohort / "manifest.csv")
+    ingest_batch(cohort, store, manifest)
+    before = store.row_counts()
+    again = ingest_batch(cohort, store, manifest)
+    after = store.row_counts()
+    assert {o.status for o in again.outcomes} == {"known"}
+    assert after["runs"] == before["runs"] + 1
+    assert {k: v for k, v in after.items() if k != "runs"} == {
+        k: v for k, v in before.items() if k != "runs"
+    }
+
+
+def _small_batch(cohort: Path, target: Path, count: int = 3) -> list[Path]:
+    target.mkdir()
+    copies = []
+    for source in sorted(cohort.glob("*.fcs"))[:count]:
+        copies.append(Path(shutil.copy(source, target / source.name)))
+    return copies
+
+
+def test_same_content_under_another_name_is_a_duplicate(cohort, store, tmp_path):
+    batch = tmp_path / "batch"
+    first, *_ = _small_batch(cohort, batch)
+    shutil.copy(first, batch / "renamed copy.fcs")
+    report = ingest_batch(batch, store)
+    duplicates = report.with_status("duplicate")
+    assert [o.path.name for o in duplicates] == ["renamed copy.fcs"]
+    assert store.row_counts()["files"] == 3
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.copy(first, later / "another name.fcs")
+    report = ingest_batch(later, store)
+    assert [o.status for o in report.outcomes] == ["duplicate"]
+    assert store.row_counts()["files"] == 3
+    assert store.row_counts()["file_names"] == 4
+
+
+BAD_FILES = {
+    "corrupted.fcs": (FCSPARSER_DATA / "corrupted" / "corrupted.fcs", "truncated"),
+    "G11.fcs": (QUIRKS / "G11.fcs", "no known panel layout"),
+}
+
+
+def test_bad_files_are_quarantined_and_the_batch_goes_on(cohort, store, tmp_path):
+    batch = tmp_path / "batch"
+    good = _small_batch(cohort, batch)
+    for name, (source, _) in BAD_FILES.items():
+        shutil.copy(require_shared(source), batch / name)
+    (batch / "empty.fcs").write_bytes(b"")
+    report = ingest_batch(batch, store)
+    assert report.exit_code == 2
+    assert len(report.with_status("accepted")) == len(good)
+    reasons = {o.path.name: o.detail for o in report.with_status("quarantined")}
+    assert set(reasons) == {*BAD_FILES, "empty.fcs"}
+    for name, (_, fragment) in BAD_FILES.items():
+        assert fragment in reasons[name]
+    assert "truncated" in reasons["empty.fcs"]
+    assert len(store.quarantined()) == 3
+    report_file = write_quarantine_report(report, tmp_path / "out")
+    lines = report_file.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and lines[0] == "file,sha256,kind,reason"
+    again = ingest_batch(batch, store)
+    assert again.exit_code == 2
+    assert len(store.quarantined()) == 3
+    assert store.row_counts()["files"] == len(good)
+
+
+def test_file_missing_a_marker_is_rejected_naming_it(cohort, store, tmp_path):
+    rows = _manifest_rows(cohort)
+    name = next(n for n, r in rows.items() if r["tube"] == "memory")
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    from pipeline.fcs import read_fcs
+
+    fcs = read_fcs(cohort / name, events=False)
+    index = next(c.index for c in fcs.channels if c.marker and c.marker.startswith("CD27"))
+    rewrite(cohort / name, batch / name, **{f"P{index}S": "CD28 PE-Cy7"})
+    report = ingest_batch(batch, store)
+    [outcome] = report.outcomes
+    assert outcome.status == "quarantined"
+    assert outcome.kind == "panel-mismatch"
+    assert "missing marker(s) CD27" in outcome.detail
+
+
+def test_file_not_in_manifest_is_quarantined(cohort, store, tmp_path):
+    batch = tmp_path / "batch"
+    _small_batch(cohort, batch, count=1)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,patient,timepoint,tube\nother.fcs,P1,D7,memory\n", encoding="utf-8")
+    report = ingest_batch(batch, store, load_manifest(manifest))
+    assert [o.kind for o in report.outcomes] == ["identity"]
+    assert "not listed in manifest" in report.outcomes[0].detail
+
+
+def test_sqlite_store_file_is_created_where_asked(tmp_path):
+    store = Store(tmp_path / "deep" / "dir" / "s.sqlite")
+    store.close()
+    assert (tmp_path / "deep" / "dir" / "s.sqlite").exists()
