@@ -1,0 +1,93 @@
+"""Kinetics with hand-computed values (the worked example of the domain notes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.kinetics import (
+    AUC14_DAYS,
+    KineticsOptions,
+    Observation,
+    auc,
+    b_cell_aplasia,
+    summarise,
+)
+
+EXAMPLE = [Observation(5, 10.0), Observation(7, 80.0), Observation(11, 40.0), Observation(14, 20.0)]
+
+
+def test_auc14_linear():
+    assert auc(EXAMPLE, AUC14_DAYS).value == pytest.approx(420.0)
+
+
+def test_auc14_anchored_at_day0():
+    assert auc(EXAMPLE, AUC14_DAYS, KineticsOptions(anchor_day0=True)).value == pytest.approx(445.0)
+
+
+def test_auc14_linear_up_log_down():
+    result = auc(EXAMPLE, AUC14_DAYS, KineticsOptions(method="linear-up/log-down"))
+    assert result.value == pytest.approx(407.4, abs=0.05)
+
+
+def test_missing_day11_is_bridged():
+    without = [o for o in EXAMPLE if o.nominal_day != 11]
+    assert auc(without, AUC14_DAYS).value == pytest.approx(440.0)
+
+
+def test_two_points_are_not_computed():
+    result = auc(EXAMPLE[:2], AUC14_DAYS)
+    assert result.value is None
+    assert "2 point(s)" in result.reason
+
+
+def test_below_lod_conventions():
+    obs = [
+        Observation(5, None, below_lod=True),
+        Observation(7, 80.0),
+        Observation(11, None, below_lod=True),
+        Observation(14, 20.0),
+        Observation(21, None, below_lod=True),
+    ]
+    # leading → 0 at day 5, middle dropped, trailing → 0 at day 21
+    expected = (0 + 80) / 2 * 2 + (80 + 20) / 2 * 7 + (20 + 0) / 2 * 7
+    assert auc(obs, None).value == pytest.approx(expected)
+
+
+def test_summary_uses_actual_days_and_flags_drift():
+    obs = [
+        Observation(5, 10.0, actual_day=5),
+        Observation(7, 80.0, actual_day=6),
+        Observation(11, 80.0, actual_day=11),
+        Observation(14, 20.0, actual_day=17),
+        Observation(28, 2.0, actual_day=28),
+        Observation(90, None, below_lod=True, actual_day=90),
+    ]
+    summary = summarise(obs)
+    assert (summary.cmax, summary.tmax) == (80.0, 6)  # first occurrence on ties
+    assert (summary.clast, summary.tlast) == (2.0, 28)
+    assert summary.persistence_day == 28
+    assert summary.drift_flags == ("day 14: sampled on day 17",)
+    expected = (10 + 80) / 2 * 1 + (80 + 80) / 2 * 5 + (80 + 20) / 2 * 6
+    assert summary.auc14.value == pytest.approx(expected)
+    assert summary.options["anchor_day0"] is False
+
+
+def test_b_cell_aplasia_and_confirmed_loss():
+    values = {5: 0.2, 7: 0.0, 14: 0.5, 28: 3.0, 90: 12.0}
+    summary = b_cell_aplasia([Observation(d, v) for d, v in values.items()])
+    assert [s.aplastic for s in summary.statuses] == [True, True, True, False, False]
+    assert (summary.onset_day, summary.loss_day, summary.loss_confirmed) == (5, 28, True)
+    assert summary.duration_days == 23
+
+
+def test_transient_rise_is_not_a_loss():
+    values = {5: 0.2, 14: 2.0, 28: 0.3, 90: 0.1}
+    summary = b_cell_aplasia([Observation(d, v) for d, v in values.items()])
+    assert summary.loss_day is None
+
+
+def test_relapse_during_aplasia_is_cd19_negative_compatible():
+    obs = [Observation(d, 0.1) for d in (5, 14, 28, 90, 180)]
+    assert b_cell_aplasia(obs, relapse_day=150).cd19_negative_relapse_pattern
+    recovered = [*obs[:3], Observation(90, 30.0), Observation(180, 40.0)]
+    assert not b_cell_aplasia(recovered, relapse_day=150).cd19_negative_relapse_pattern
