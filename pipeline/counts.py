@@ -154,7 +154,7 @@ def dual_platform_concentration(
     reference_per_ul: float | None,
     settings: CountSettings = CountSettings(),
 ) -> Concentration:
-    """cells/µL from a subset's share of a reference population counted by a haematology analyser."""
+    """cells/µL from a share of a reference population counted by a haematology analyser."""
     inputs = {"reference_events": reference_events, "reference_per_ul": reference_per_ul}
     flags = []
     if not reference_per_ul:

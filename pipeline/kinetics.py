@@ -9,6 +9,7 @@ ones are dropped, trailing ones count as 0. Every option is returned with the re
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -110,10 +111,7 @@ def auc(
     xy = [(_day(o, options), float(o.value)) for o in points]
     if options.anchor_day0:
         xy.insert(0, (0.0, 0.0))
-    total = sum(
-        _segment(t0, c0, t1, c1, options.method)
-        for (t0, c0), (t1, c1) in zip(xy, xy[1:], strict=False)
-    )
+    total = sum(_segment(t0, c0, t1, c1, options.method) for (t0, c0), (t1, c1) in pairwise(xy))
     return Auc(total, len(points))
 
 
