@@ -9,9 +9,9 @@ ones are dropped, trailing ones count as 0. Every option is returned with the re
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Literal
 
 AucMethod = Literal["linear", "linear-up/log-down"]
