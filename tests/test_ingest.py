@@ -96,7 +96,7 @@ def test_same_content_under_another_name_is_a_duplicate(cohort, store, tmp_path)
 
 BAD_FILES = {
     "corrupted.fcs": (FCSPARSER_DATA / "corrupted" / "corrupted.fcs", "truncated"),
-    "G11.fcs": (QUIRKS / "G11.fcs", "no known panel layout"),
+    "G11.fcs": (QUIRKS / "G11.fcs", "no patient"),
 }
 
 
@@ -155,3 +155,38 @@ def test_sqlite_store_file_is_created_where_asked(tmp_path):
     store = Store(tmp_path / "deep" / "dir" / "s.sqlite")
     store.close()
     assert (tmp_path / "deep" / "dir" / "s.sqlite").exists()
+
+
+def test_fixture_cohort_regenerates_byte_for_byte(cohort, tmp_path):
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    simulate_cohort(tmp_path / "again", SimulationConfig(patients=3, seed=20251121, events=1600))
+    made = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.*"))
+    committed = sorted(p.relative_to(cohort) for p in cohort.rglob("*.*") if p.name != "README.md")
+    assert made == committed
+    for relative in made:
+        if relative.suffix in {".fcs", ".csv"}:
+            assert (tmp_path / "again" / relative).read_bytes() == (cohort / relative).read_bytes()
+
+
+@pytest.mark.parametrize("cytometer", ["FACSCanto II", "FACSLyric"])
+def test_generated_cohorts_are_accepted_and_identified(cytometer, store, tmp_path):
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    summary = simulate_cohort(
+        tmp_path / "c", SimulationConfig(patients=2, seed=5, events=2000, cytometer=cytometer)
+    )
+    report = ingest_batch(summary.out_dir, store)  # identity from keywords, no manifest
+    assert report.exit_code == 0, [o.detail for o in report.with_status("quarantined")]
+    rows = _manifest_rows(summary.out_dir)
+    samples = store.samples()
+    assert len(samples) == len(rows) == len(summary.files)
+    suffix = "canto" if cytometer == "FACSCanto II" else "lyric"
+    for sample in samples:
+        row = rows[sample["file"]]
+        assert (sample["patient"], sample["timepoint"], sample["tube"]) == (
+            row["patient"],
+            row["timepoint"],
+            row["tube"],
+        )
+        assert sample["panel_id"] == f"{row['tube']}-{suffix}"
