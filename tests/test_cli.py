@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from tests.conftest import FIXTURE_COHORT, QUIRKS, corpus_files
+from tests.conftest import FIXTURE_COHORT, QUIRKS, corpus_files, require_shared
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def test_ingest_exit_codes(tmp_path):
     result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "2 accepted" in result.output
-    shutil.copy(QUIRKS / "G11.fcs", batch / "G11.fcs")
+    shutil.copy(require_shared(QUIRKS / "G11.fcs"), batch / "G11.fcs")
     result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "2 already known" in result.output and "1 quarantined" in result.output

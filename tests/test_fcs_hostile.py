@@ -15,6 +15,10 @@ from pipeline.fcs import read_fcs
 from tests.conftest import QUIRKS, require_shared
 from tests.fcs_mutate import rewrite
 
+pytestmark = pytest.mark.skipif(
+    not QUIRKS.is_dir(), reason=f"{QUIRKS} is not present beside the checkout"
+)
+
 SMALL = "variable_int_example.fcs"
 FLOAT = "G11.fcs"
 
