@@ -1,0 +1,259 @@
+"""Gating-ML 2.0 transformations as small frozen dataclasses.
+
+flin, flog, fasinh, logicle and hyperlog map one column of values; fratio maps two columns
+(numerator, denominator) to one. Parameters are named and checked as in the Gating-ML 2.0
+specification (section 6); logicle, hyperlog, flog and fasinh are computed by flowutils, the
+implementation FlowKit uses. ``apply`` always computes in float64 and returns float64.
+
+All five one-column transforms are monotone increasing, so each has an exact ``inverse``: a cut
+drawn on the transformed axis maps to one cut on the untransformed axis, which is what lets the
+engine evaluate range gates without transforming events.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import flowutils
+import numpy as np
+
+from gating.errors import GatingError
+
+
+def _as_float64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _check(name: str, condition: bool, problem: str) -> None:
+    if not condition:
+        raise GatingError(f"{name} transformation", problem)
+
+
+def _finite(name: str, **params: float) -> None:
+    for key, value in params.items():
+        _check(
+            name,
+            isinstance(value, int | float) and math.isfinite(value),
+            f"parameter {key}={value!r} is not a finite number",
+        )
+
+
+def _keep_non_finite(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """flowutils' C kernels return -1 for NaN and +-inf; give NaN and +-inf back instead."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        y[bad] = x[bad]
+    return y
+
+
+@dataclass(frozen=True)
+class Flin:
+    """flin(x, T, A) = (x + A) / (T + A): linear, [-A, T] onto [0, 1]."""
+
+    t: float
+    a: float
+
+    kind: ClassVar[str] = "flin"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        _finite(self.kind, T=self.t, A=self.a)
+        _check(self.kind, self.t > 0, f"T={self.t} must be > 0")
+        _check(self.kind, self.t + self.a > 0, f"T + A = {self.t + self.a} must be > 0")
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to 1 (T), the scale of the untransformed axis."""
+        return self.t
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out)."""
+        return (_as_float64(x) + self.a) / (self.t + self.a)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Map transformed values back to data values."""
+        return _as_float64(y) * (self.t + self.a) - self.a
+
+
+@dataclass(frozen=True)
+class Flog:
+    """flog(x, T, M) = log10(x / T) / M + 1: M decades onto [0, 1]; undefined for x < 0."""
+
+    t: float
+    m: float
+
+    kind: ClassVar[str] = "flog"
+    domain_min: ClassVar[float] = 0.0
+
+    def __post_init__(self) -> None:
+        _finite(self.kind, T=self.t, M=self.m)
+        _check(self.kind, self.t > 0, f"T={self.t} must be > 0")
+        _check(self.kind, self.m > 0, f"M={self.m} must be > 0")
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to 1 (T), the scale of the untransformed axis."""
+        return self.t
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out; NaN below 0, -inf at 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return flowutils.transforms.log(_as_float64(x), None, t=self.t, m=self.m)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Map transformed values back to data values."""
+        with np.errstate(over="ignore"):
+            return flowutils.transforms.log_inverse(_as_float64(y), None, t=self.t, m=self.m)
+
+
+@dataclass(frozen=True)
+class Fasinh:
+    """fasinh(x, T, M, A): inverse hyperbolic sine, T onto 1, M + A decades on the scale."""
+
+    t: float
+    m: float
+    a: float
+
+    kind: ClassVar[str] = "fasinh"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        _finite(self.kind, T=self.t, M=self.m, A=self.a)
+        _check(self.kind, self.t > 0, f"T={self.t} must be > 0")
+        _check(self.kind, self.m > 0, f"M={self.m} must be > 0")
+        _check(self.kind, 0 <= self.a <= self.m, f"A={self.a} must be between 0 and M={self.m}")
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to 1 (T), the scale of the untransformed axis."""
+        return self.t
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out)."""
+        return flowutils.transforms.asinh(_as_float64(x), None, t=self.t, m=self.m, a=self.a)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Map transformed values back to data values."""
+        with np.errstate(over="ignore"):
+            return flowutils.transforms.asinh_inverse(
+                _as_float64(y), None, t=self.t, m=self.m, a=self.a
+            )
+
+
+def _check_biexponential(kind: str, t: float, w: float, m: float, a: float, *, w_min_open: bool):
+    _finite(kind, T=t, W=w, M=m, A=a)
+    _check(kind, t > 0, f"T={t} must be > 0")
+    _check(kind, m > 0, f"M={m} must be > 0")
+    low_ok = w > 0 if w_min_open else w >= 0
+    _check(
+        kind,
+        low_ok and w <= m / 2,
+        f"W={w} must be {'>' if w_min_open else '>='} 0 and <= M/2={m / 2}",
+    )
+    _check(kind, -w <= a <= m - 2 * w, f"A={a} must be between -W={-w} and M - 2W={m - 2 * w}")
+
+
+@dataclass(frozen=True)
+class Logicle:
+    """logicle(x, T, W, M, A) (Parks & Moore), computed by flowutils' C implementation."""
+
+    t: float
+    w: float
+    m: float
+    a: float
+
+    kind: ClassVar[str] = "logicle"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        _check_biexponential(self.kind, self.t, self.w, self.m, self.a, w_min_open=False)
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to 1 (T), the scale of the untransformed axis."""
+        return self.t
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out; NaN and +-inf pass through)."""
+        x = _as_float64(x)
+        y = flowutils.transforms.logicle(x, None, t=self.t, m=self.m, w=self.w, a=self.a)
+        return _keep_non_finite(x, y)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Map transformed values back to data values."""
+        y = _as_float64(y)
+        x = flowutils.transforms.logicle_inverse(y, None, t=self.t, m=self.m, w=self.w, a=self.a)
+        return _keep_non_finite(y, x)
+
+
+@dataclass(frozen=True)
+class Hyperlog:
+    """hyperlog(x, T, W, M, A) (Bagwell), computed by flowutils' C implementation."""
+
+    t: float
+    w: float
+    m: float
+    a: float
+
+    kind: ClassVar[str] = "hyperlog"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        _check_biexponential(self.kind, self.t, self.w, self.m, self.a, w_min_open=True)
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to 1 (T), the scale of the untransformed axis."""
+        return self.t
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out; NaN and +-inf pass through)."""
+        x = _as_float64(x)
+        y = flowutils.transforms.hyperlog(x, None, t=self.t, m=self.m, w=self.w, a=self.a)
+        return _keep_non_finite(x, y)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Map transformed values back to data values."""
+        y = _as_float64(y)
+        x = flowutils.transforms.hyperlog_inverse(y, None, t=self.t, m=self.m, w=self.w, a=self.a)
+        return _keep_non_finite(y, x)
+
+
+@dataclass(frozen=True)
+class Fratio:
+    """fratio(x, y, A, B, C) = A * (x - B) / (y - C) over two named channels."""
+
+    numerator: str
+    denominator: str
+    a: float
+    b: float
+    c: float
+
+    kind: ClassVar[str] = "fratio"
+
+    def __post_init__(self) -> None:
+        _finite(self.kind, A=self.a, B=self.b, C=self.c)
+        _check(
+            self.kind,
+            bool(self.numerator) and bool(self.denominator),
+            "needs a numerator and a denominator channel",
+        )
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Ratio of column 0 over column 1 of an (n, 2) array (float64 out; inf/NaN at y = C)."""
+        x = _as_float64(x)
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise GatingError(f"{self.kind} transformation", f"needs (n, 2) values, got {x.shape}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.a * ((x[:, 0] - self.b) / (x[:, 1] - self.c))
+
+
+ScaleTransform = Flin | Flog | Fasinh | Logicle | Hyperlog
+"""A one-column, monotone increasing transformation."""
+
+Transform = ScaleTransform | Fratio
+"""Any Gating-ML 2.0 transformation."""
+
+SCALE_TRANSFORMS: tuple[type, ...] = (Flin, Flog, Fasinh, Logicle, Hyperlog)
