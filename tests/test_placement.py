@@ -1,0 +1,82 @@
+"""Threshold placement on one marker: valley, mixture and tail, each with evidence and fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gating.placement import (
+    Bounds,
+    mixture_threshold,
+    tail_threshold,
+    valley_threshold,
+)
+
+BOUNDS = Bounds(0.2, 0.6, 0.35)
+
+
+def _bimodal(rng, negative=0.12, positive=0.65, share=0.4, n=20_000, sd=0.05):
+    pos = rng.random(n) < share
+    return np.where(pos, rng.normal(positive, sd, n), rng.normal(negative, sd, n)), pos
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_valley_separates_two_modes(seed):
+    rng = np.random.default_rng(seed)
+    values, truth = _bimodal(rng, positive=rng.uniform(0.55, 0.75))
+    decision = valley_threshold(values, BOUNDS)
+    assert not decision.fallback
+    assert 0.2 < decision.value < 0.55
+    accuracy = np.mean((values >= decision.value) == truth)
+    assert accuracy > 0.995
+    assert len(decision.evidence["peaks"]) >= 2
+
+
+def test_valley_falls_back_on_one_mode():
+    values = np.random.default_rng(1).normal(0.12, 0.05, 5000)
+    decision = valley_threshold(values, BOUNDS)
+    assert decision.fallback and decision.value == BOUNDS.default
+    assert "one mode" in decision.reason
+
+
+def test_too_few_events_fall_back():
+    decision = valley_threshold(np.array([0.1, 0.7, 0.72]), BOUNDS)
+    assert decision.fallback and "only 3 events" in decision.reason
+
+
+def test_mixture_finds_the_crossing():
+    rng = np.random.default_rng(3)
+    values, truth = _bimodal(rng, share=0.3)
+    decision = mixture_threshold(values, BOUNDS)
+    assert not decision.fallback
+    assert np.mean((values >= decision.value) == truth) > 0.995
+    assert decision.evidence["separation"] > 1
+
+
+def test_mixture_refuses_overlapping_components():
+    values = np.random.default_rng(4).normal(0.3, 0.1, 5000)
+    decision = mixture_threshold(values, BOUNDS)
+    assert decision.fallback
+
+
+def test_tail_anchors_on_the_negative_population():
+    rng = np.random.default_rng(5)
+    negatives = rng.normal(0.12, 0.04, 10_000)
+    decision = tail_threshold(negatives, BOUNDS, quantile=0.999, margin=0.02)
+    assert decision.value == pytest.approx(np.quantile(negatives, 0.999) + 0.02)
+    assert not decision.fallback
+    out_of_bounds = tail_threshold(negatives + 0.5, BOUNDS)
+    assert out_of_bounds.fallback and "outside bounds" in out_of_bounds.reason
+
+
+def test_non_finite_values_are_ignored():
+    rng = np.random.default_rng(6)
+    values, _ = _bimodal(rng)
+    values[:100] = np.nan
+    values[100:200] = np.inf
+    assert not valley_threshold(values, BOUNDS).fallback
+
+
+def test_bounds_must_contain_the_default():
+    with pytest.raises(ValueError, match="outside bounds"):
+        Bounds(0.2, 0.3, 0.5)
