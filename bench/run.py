@@ -1,7 +1,8 @@
 """Benchmarks, reported as ratios measured in one run (never as timed unit tests).
 
-Reading: cartflow's reader against fcsparser, FlowIO and flowkit on the same file.
-Usage: python bench/run.py [--events N] [--repeat R]
+read: cartflow's reader against fcsparser, FlowIO and flowkit on the same file.
+simulate: generation time of a 24-patient cohort at 50,000 events per file.
+Usage: python bench/run.py [read] [simulate] [--events N] [--repeat R]
 """
 
 from __future__ import annotations
@@ -75,12 +76,32 @@ def bench_read(events: int, repeat: int) -> None:
         print(f"  {name:40s} {seconds * 1000:8.1f} ms   ratio to cartflow {seconds / ours:6.1f}x")
 
 
+def bench_simulate(patients: int, events: int) -> None:
+    """Cohort generation time (target: 24 patients x 9 timepoints x 3 tubes at 50k in < 60 s)."""
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        summary = simulate_cohort(
+            Path(tmp) / "cohort", SimulationConfig(patients=patients, seed=1, events=events)
+        )
+        seconds = time.perf_counter() - start
+    print(
+        f"simulate {patients} patients: {len(summary.files)} files x {events:,} events in "
+        f"{seconds:.1f} s ({seconds / 60:.2f} of the one-minute budget)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", nargs="*", default=["read", "simulate"])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    bench_read(args.events, args.repeat)
+    if "read" in args.what:
+        bench_read(args.events, args.repeat)
+    if "simulate" in args.what:
+        bench_simulate(24, 50_000)
 
 
 if __name__ == "__main__":

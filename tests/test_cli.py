@@ -67,3 +67,17 @@ def test_every_command_has_help():
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0
         assert "Usage" in result.output
+
+
+def test_inspect_identifies_every_fixture_file():
+    import csv
+
+    with (FIXTURE_COHORT / "manifest.csv").open(encoding="utf-8") as fh:
+        rows = {row["file"]: row for row in csv.DictReader(fh)}
+    for name, row in rows.items():
+        result = runner.invoke(app, ["inspect", str(FIXTURE_COHORT / name), "--json"])
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.output)
+        assert info["panel"] == f"{row['tube']}-lyric"
+        identity = info["identity"]
+        assert (identity["patient"], identity["timepoint"]) == (row["patient"], row["timepoint"])
