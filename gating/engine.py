@@ -568,6 +568,83 @@ class _Evaluation:
         )
 
 
+class Evaluator:
+    """Gates evaluated one at a time on one event matrix, sharing every column cache.
+
+    Data-driven placement adds a gate, looks at the values of the population it made, places
+    the next cut and adds the next gate; ``result()`` then equals what :func:`evaluate` gives
+    for the same gates.
+    """
+
+    def __init__(
+        self,
+        transforms: Mapping,
+        compensations: Mapping,
+        events: np.ndarray,
+        channel_names: Sequence[str],
+        spill: tuple[Sequence[str], np.ndarray] | None = None,
+        *,
+        ranges_in_raw_space: bool = True,
+    ) -> None:
+        self._transforms = dict(transforms)
+        self._compensations = dict(compensations)
+        self._gates: list[Gate] = []
+        events = _check_events(events, channel_names)
+        base = GateSet((), self._transforms, self._compensations)
+        self._columns = _Columns(base, events, channel_names, spill)
+        self._evaluation = _Evaluation(self._columns, ranges_in_raw_space)
+
+    @property
+    def event_count(self) -> int:
+        """Number of events."""
+        return self._columns.n
+
+    @property
+    def gate_set(self) -> GateSet:
+        """The gates added so far, with the transforms and matrices."""
+        return GateSet(tuple(self._gates), self._transforms, self._compensations)
+
+    def add(self, gate: Gate, *, checked: bool = False) -> None:
+        """Evaluate one more gate (its parent and references must be there already)."""
+        if not checked:
+            GateSet((*self._gates, gate), self._transforms, self._compensations)
+        try:
+            self._evaluation.run(gate)
+        except GatingError as exc:
+            if exc.source and exc.source.startswith("gate "):
+                raise
+            raise GatingError(f"gate {gate.id!r}", f"{exc.source}: {exc.problem}") from exc
+        self._gates.append(gate)
+
+    def count(self, population: str) -> int:
+        """Events in a population evaluated so far."""
+        return self._evaluation.counts[population]
+
+    def positions(self, population: str | None) -> np.ndarray:
+        """Indices of a population's events (None: all events)."""
+        idx = self._evaluation.positions(population)
+        return np.arange(self._columns.n) if idx is None else idx
+
+    def values(self, axis: Axis, population: str | None, limit: int | None = None) -> np.ndarray:
+        """Transformed values of an axis on a population's events (an even subsample of at
+        most ``limit`` of them, in file order, when given)."""
+        idx = self.positions(population)
+        if limit is not None and idx.size > limit:
+            idx = idx[:: math.ceil(idx.size / limit)]
+        return self._columns.transformed(axis, idx)
+
+    def result(self) -> GatingResult:
+        """Masks, counts, parents and diagnostics of every population added."""
+        evaluation = self._evaluation
+        return GatingResult(
+            event_count=self._columns.n,
+            masks=MappingProxyType(dict(evaluation.masks)),
+            counts=MappingProxyType(dict(evaluation.counts)),
+            parents=MappingProxyType(dict(evaluation.parents)),
+            diagnostics=MappingProxyType(dict(evaluation.diagnostics)),
+        )
+
+
 def evaluate(
     gate_set: GateSet,
     events: np.ndarray,
@@ -585,20 +662,14 @@ def evaluate(
     to check that claim). Raises :class:`GatingError` for channels missing from the data or a
     bad spillover matrix.
     """
-    events = _check_events(events, channel_names)
-    columns = _Columns(gate_set, events, channel_names, spill)
-    evaluation = _Evaluation(columns, ranges_in_raw_space)
-    for gate in gate_set.gates:
-        try:
-            evaluation.run(gate)
-        except GatingError as exc:
-            if exc.source and exc.source.startswith("gate "):
-                raise
-            raise GatingError(f"gate {gate.id!r}", f"{exc.source}: {exc.problem}") from exc
-    return GatingResult(
-        event_count=columns.n,
-        masks=MappingProxyType(evaluation.masks),
-        counts=MappingProxyType(evaluation.counts),
-        parents=MappingProxyType(evaluation.parents),
-        diagnostics=MappingProxyType(evaluation.diagnostics),
+    evaluator = Evaluator(
+        gate_set.transforms,
+        gate_set.compensations,
+        events,
+        channel_names,
+        spill,
+        ranges_in_raw_space=ranges_in_raw_space,
     )
+    for gate in gate_set.gates:
+        evaluator.add(gate, checked=True)
+    return evaluator.result()
