@@ -1,0 +1,121 @@
+"""Gating stage: one FCS file → its panel's template placed on its data → counts and evidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gating.auto import ChannelMap, PlacedGating, place
+from gating.engine import GatingResult
+from gating.template import Template, load_template
+from panels import PANEL_DIR, Panel, load_panels, match_panel
+from pipeline.errors import CartflowError
+from pipeline.fcs import FcsFile, read_fcs
+
+TEMPLATE_DIR = PANEL_DIR / "templates"
+
+
+class GateStageError(CartflowError):
+    code = "gating"
+
+
+@dataclass(frozen=True)
+class SampleGating:
+    """A gated sample: the file, its panel, the placed gates and the per-population result."""
+
+    fcs: FcsFile
+    panel: Panel
+    template: Template
+    placed: PlacedGating
+    result: GatingResult
+
+    def counts(self) -> dict[str, int]:
+        return {p: self.result.count(p) for p in self.placed.populations}
+
+    def parent_counts(self) -> dict[str, int | None]:
+        return {
+            p: (self.result.count(parent) if parent else self.result.event_count)
+            for p, parent in self.placed.parents.items()
+        }
+
+
+def template_for(tube: str, directory: Path = TEMPLATE_DIR) -> Template:
+    """The default template of a tube (``panels/templates/<tube>.yaml``)."""
+    path = directory / f"{tube}.yaml"
+    if not path.is_file():
+        raise GateStageError(path, f"no gating template for tube {tube!r}")
+    return load_template(path)
+
+
+def channel_map(panel: Panel, fcs: FcsFile) -> ChannelMap:
+    """Marker → detector from the panel; every compensated detector for the bead gate."""
+    fluorescence = (
+        tuple(fcs.spillover.channels) if fcs.spillover else tuple(c.channel for c in panel.channels)
+    )
+    return ChannelMap(
+        markers={c.marker: c.channel for c in panel.channels},
+        fluorescence=fluorescence,
+        fsc_area=panel.scatter[0],
+        fsc_height=panel.scatter[1],
+        ssc_area=panel.scatter[2],
+        time=panel.time,
+    )
+
+
+def gate_fcs(
+    fcs: FcsFile,
+    panel: Panel,
+    template: Template | None = None,
+    fixed_cuts: dict[str, float] | None = None,
+) -> SampleGating:
+    """Place the template on one read file (events scaled, not yet compensated)."""
+    template = template or template_for(panel.tube)
+    missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
+    if missing:
+        raise GateStageError(
+            fcs.path,
+            f"template {template.id} needs marker(s) {', '.join(missing)} "
+            f"that panel {panel.id} does not carry",
+        )
+    if fcs.events is None or fcs.events.shape[0] == 0:
+        raise GateStageError(fcs.path, "the file holds no events")
+    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
+    events = fcs.events
+    placed, result = place(
+        template, events, fcs.channel_names, channel_map(panel, fcs), spill, fixed_cuts
+    )
+    if spill is None:
+        placed = _with_flag(placed, "no_spillover_matrix")
+    return SampleGating(fcs, panel, template, placed, result)
+
+
+def _with_flag(placed: PlacedGating, flag: str) -> PlacedGating:
+    from dataclasses import replace
+
+    return replace(placed, flags=(*placed.flags, flag))
+
+
+def gate_file(
+    path: Path,
+    template: Template | None = None,
+    tube: str | None = None,
+    panels: tuple[Panel, ...] | None = None,
+) -> SampleGating:
+    """Read, match the panel and gate one FCS file."""
+    fcs = read_fcs(path)
+    pairs = [(c.name, c.marker) for c in fcs.channels]
+    panel = match_panel(
+        path, pairs, panels or load_panels(), tube or (template.tube if template else None)
+    ).panel
+    return gate_fcs(fcs, panel, template)
+
+
+def membership_table(gated: SampleGating):
+    """One boolean column per population, one row per event in file order."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {p: np.asarray(gated.result.mask(p)) for p in gated.placed.populations}, copy=False
+    )
