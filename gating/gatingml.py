@@ -342,13 +342,43 @@ def _hierarchy_order(gates: Iterable[Gate]) -> list[Gate]:
 # ----------------------------------------------------------------------------------- export
 
 
+_NCNAME_REPLACEMENTS = (("::", "__"), (":", "_"), ("++", "bright"), ("+", "pos"), (" ", "_"))
+
+
+def xml_id(gate_id: str) -> str:
+    """A gate id as an XML NCName (Gating-ML ids are xs:ID): ``A::CD3+`` → ``A__CD3pos``."""
+    for old, new in _NCNAME_REPLACEMENTS:
+        gate_id = gate_id.replace(old, new)
+    return gate_id if gate_id[:1].isalpha() or gate_id[:1] == "_" else f"_{gate_id}"
+
+
+def with_xml_ids(gate_set: GateSet) -> GateSet:
+    """The same gates with every id (and reference to it) made a valid XML id."""
+    from dataclasses import replace
+
+    def renamed(gate: Gate) -> Gate:
+        changes: dict[str, Any] = {"id": xml_id(gate.id)}
+        if gate.parent is not None:
+            changes["parent"] = xml_id(gate.parent)
+        if isinstance(gate, BooleanGate):
+            changes["refs"] = tuple(replace(r, gate=xml_id(r.gate)) for r in gate.refs)
+        if isinstance(gate, QuadrantGate):
+            changes["quadrants"] = tuple(replace(q, id=xml_id(q.id)) for q in gate.quadrants)
+        return replace(gate, **changes)
+
+    return GateSet(
+        tuple(renamed(g) for g in gate_set.gates), gate_set.transforms, gate_set.compensations
+    )
+
+
 def export_gatingml(gate_set: GateSet, path: str | Path) -> None:
-    """Write ``gate_set`` as a Gating-ML 2.0 document (FlowKit's writer)."""
+    """Write ``gate_set`` as a Gating-ML 2.0 document (FlowKit's writer); ids that are not
+    valid XML ids are rewritten with :func:`xml_id`."""
     import flowkit
 
     path = Path(path)
     try:
-        strategy = to_flowkit(gate_set)
+        strategy = to_flowkit(with_xml_ids(gate_set))
     except GatingError as exc:
         raise GatingError(path, f"cannot export: {exc.source}: {exc.problem}") from exc
     try:

@@ -221,6 +221,77 @@ def ingest(
 
 
 @app.command()
+def gate(
+    file: Annotated[Path, typer.Argument(help="An FCS file.")],
+    template: Annotated[
+        Path | None, typer.Option(help="Gating template YAML (default: the tube's template).")
+    ] = None,
+    tube: Annotated[str | None, typer.Option(help="Tube, when the file does not say.")] = None,
+    membership: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file: one boolean column per population, one row per event."),
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per gate.")] = None,
+    gatingml: Annotated[
+        Path | None, typer.Option("--gatingml", help="Write the placed gates as Gating-ML 2.0.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Gate one file automatically: counts per population, cuts and their evidence."""
+    from gating.gatingml import export_gatingml
+    from gating.template import load_template
+    from pipeline.gate import gate_file, membership_table
+
+    try:
+        loaded = load_template(template) if template else None
+        gated = gate_file(file, template=loaded, tube=tube)
+        if gatingml:
+            export_gatingml(gated.placed.gate_set, gatingml)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    counts, parents = gated.counts(), gated.parent_counts()
+    decisions = gated.placed.decisions
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "file": str(file),
+                    "panel": gated.panel.id,
+                    "template": gated.template.id,
+                    "counts": counts,
+                    "cuts": {k: d.value for k, d in decisions.items()},
+                    "fallbacks": {k: d.reason for k, d in decisions.items() if d.fallback},
+                    "flags": list(gated.placed.flags),
+                    "skipped": dict(gated.placed.skipped),
+                },
+                default=str,
+            )
+        )
+    else:
+        table = Table("population", "events", "% of parent", box=None, pad_edge=False)
+        for population, count in counts.items():
+            parent = parents[population]
+            share = f"{100 * count / parent:.2f}" if parent else "–"
+            table.add_row(population, f"{count:,}", share)
+        console.print(
+            f"[bold]{file.name}[/bold]  panel {gated.panel.id}, template {gated.template.id}"
+        )
+        console.print(table)
+        for name, decision in decisions.items():
+            state = f"[yellow]fallback[/yellow] ({decision.reason})" if decision.fallback else ""
+            console.print(f"  cut {name}: {decision.value:.4g} by {decision.method} {state}")
+        for flag in gated.placed.flags:
+            console.print(f"  flag: {flag}")
+    if membership:
+        membership_table(gated).to_parquet(membership)
+        console.print(f"membership: {membership}")
+    if plots:
+        from pipeline.plots import gate_plots
+
+        console.print(f"plots: {len(gate_plots(gated, plots))} PNG files in {plots}")
+
+
+@app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients.")] = 6,

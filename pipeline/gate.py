@@ -13,6 +13,7 @@ from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
 from pipeline.fcs import FcsFile, read_fcs
+from pipeline.store import GateRecord, PopulationRecord
 
 TEMPLATE_DIR = PANEL_DIR / "templates"
 
@@ -30,6 +31,10 @@ class SampleGating:
     template: Template
     placed: PlacedGating
     result: GatingResult
+
+    def panel_markers(self) -> dict[str, str]:
+        """Marker → detector of the sample's panel."""
+        return {c.marker: c.channel for c in self.panel.channels}
 
     def counts(self) -> dict[str, int]:
         return {p: self.result.count(p) for p in self.placed.populations}
@@ -110,6 +115,48 @@ def gate_file(
         path, pairs, panels or load_panels(), tube or (template.tube if template else None)
     ).panel
     return gate_fcs(fcs, panel, template)
+
+
+def _compact(value, points: int = 128):
+    """JSON-safe evidence: arrays thinned to ``points`` values and rounded."""
+    if isinstance(value, np.ndarray):
+        step = max(1, value.size // points)
+        return [round(float(v), 5) for v in value[::step]]
+    if isinstance(value, dict):
+        return {str(k): _compact(v, points) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_compact(v, points) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def gate_records(gated: SampleGating) -> tuple[list[PopulationRecord], list[GateRecord]]:
+    """Store rows for a gated sample: counts per population, each decision with evidence."""
+    counts, parents = gated.counts(), gated.parent_counts()
+    populations = [
+        PopulationRecord(p, gated.placed.parents[p], counts[p], parents[p])
+        for p in gated.placed.populations
+    ]
+    gates = [
+        GateRecord(
+            gate=name,
+            method=d.method,
+            value=float(d.value),
+            fallback=d.fallback,
+            evidence=_compact({"reason": d.reason, "events": d.events, **d.evidence}),
+        )
+        for name, d in gated.placed.decisions.items()
+    ]
+    for population, reason in gated.placed.skipped.items():
+        gates.append(GateRecord(population, "skipped", None, False, {"reason": reason}))
+    for population, note in gated.placed.approximations.items():
+        gates.append(
+            GateRecord(f"{population}.phenotype", "approximated", None, False, {"note": note})
+        )
+    return populations, gates
 
 
 def membership_table(gated: SampleGating):

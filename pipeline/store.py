@@ -144,6 +144,17 @@ class GateRow(Base):
     evidence: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
+class FlagRow(Base):
+    """A QC flag raised on a sample in a run (``threshold_fallback:CD3``, …)."""
+
+    __tablename__ = "flags"
+    __table_args__ = (UniqueConstraint("run_id", "sample_id", "flag"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    flag: Mapped[str] = mapped_column(String(256))
+
+
 class KineticsRow(Base):
     """One kinetic summary value (Cmax, AUC14, …) of one patient and population."""
 
@@ -175,6 +186,7 @@ class QuarantineRow(Base):
 
 
 TABLES = (
+    "flags",
     "runs",
     "files",
     "file_names",
@@ -215,6 +227,23 @@ class SampleRecord:
     beads_per_tube: float | None
     bead_lot: str | None
     sample_date: date | None
+
+
+@dataclass(frozen=True)
+class PopulationRecord:
+    population: str
+    parent: str | None
+    count: int
+    parent_count: int | None
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    gate: str
+    method: str
+    value: float | None
+    fallback: bool
+    evidence: dict[str, Any]
 
 
 def normalise_url(url: str | os.PathLike | None) -> str:
@@ -330,6 +359,73 @@ class Store:
                 return row.id
         except IntegrityError:
             return None
+
+    def sample_id(self, sha256: str) -> int | None:
+        """The sample recorded for a file's content, if any."""
+        with self._sessions() as session:
+            return session.scalar(
+                select(SampleRow.id)
+                .join(FcsFileRow, SampleRow.file_id == FcsFileRow.id)
+                .where(FcsFileRow.sha256 == sha256)
+            )
+
+    def record_gating(
+        self,
+        run_id: int,
+        sample_id: int,
+        template_id: str,
+        template_sha256: str,
+        populations: list[PopulationRecord],
+        gates: list[GateRecord],
+        flags: tuple[str, ...] = (),
+    ) -> bool:
+        """Write one sample's counts and gate decisions in one transaction (False if present)."""
+        try:
+            with self.transaction() as session:
+                session.add_all(
+                    PopulationRow(
+                        run_id=run_id,
+                        sample_id=sample_id,
+                        template_id=template_id,
+                        template_sha256=template_sha256,
+                        **p.__dict__,
+                    )
+                    for p in populations
+                )
+                session.add_all(
+                    GateRow(run_id=run_id, sample_id=sample_id, **g.__dict__) for g in gates
+                )
+                session.add_all(
+                    FlagRow(run_id=run_id, sample_id=sample_id, flag=f)
+                    for f in dict.fromkeys(flags)
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def population_counts(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        """Population counts with their sample's identity (latest run per sample by default)."""
+        with self._sessions() as session:
+            query = select(PopulationRow, SampleRow).join(
+                SampleRow, PopulationRow.sample_id == SampleRow.id
+            )
+            if run_id is not None:
+                query = query.where(PopulationRow.run_id == run_id)
+            rows = session.execute(query.order_by(PopulationRow.id)).all()
+        return [
+            {
+                "run_id": p.run_id,
+                "sample_id": s.id,
+                "patient": s.patient,
+                "timepoint": s.timepoint,
+                "tube": s.tube,
+                "population": p.population,
+                "parent": p.parent,
+                "count": p.count,
+                "parent_count": p.parent_count,
+            }
+            for p, s in rows
+        ]
 
     def quarantine(
         self, run_id: int, content_key: str, path: str, sha256: str | None, kind: str, reason: str

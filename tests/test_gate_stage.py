@@ -1,0 +1,125 @@
+"""The gating stage on real generated files: counts, membership, plots, export, storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from gating.engine import evaluate
+from gating.gatingml import export_gatingml, load_gatingml, xml_id
+from pipeline.cli import app
+from pipeline.gate import gate_file, gate_records
+from pipeline.ingest import ingest_batch, sha256_of
+from tests.conftest import FIXTURE_COHORT
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def memory_file() -> Path:
+    return sorted(FIXTURE_COHORT.glob("CART-001 D11_CAR-T memory_*.fcs"))[0]
+
+
+@pytest.fixture(scope="module")
+def gated(memory_file):
+    return gate_file(memory_file)
+
+
+def test_counts_follow_the_hierarchy(gated):
+    counts = gated.counts()
+    for population, parent in gated.placed.parents.items():
+        if parent is not None:
+            assert counts[population] <= counts[parent]
+            assert not np.any(gated.result.mask(population) & ~gated.result.mask(parent))
+    assert counts["CAR"] + counts["CARneg"] == counts["T"]
+
+
+def test_every_cut_has_evidence(gated):
+    for name, decision in gated.placed.decisions.items():
+        assert decision.method, name
+        if decision.fallback:
+            assert decision.reason
+        assert f"threshold_fallback:{name}" in gated.placed.flags or not decision.fallback
+
+
+def test_placed_gates_reapply_exactly(gated):
+    again = evaluate(
+        gated.placed.gate_set,
+        gated.fcs.events,
+        gated.fcs.channel_names,
+        (list(gated.fcs.spillover.channels), gated.fcs.spillover.matrix),
+    )
+    for population in gated.placed.populations:
+        assert np.array_equal(again.mask(population), gated.result.mask(population))
+
+
+def test_gatingml_export_gives_flowkit_the_same_counts(gated, memory_file, tmp_path):
+    import flowkit
+
+    target = tmp_path / "gates.xml"
+    export_gatingml(gated.placed.gate_set, target)
+    session = flowkit.Session(
+        gating_strategy=flowkit.parse_gating_xml(str(target)),
+        fcs_samples=[flowkit.Sample(str(memory_file))],
+    )
+    session.analyze_samples()
+    report = session.get_gating_results(session.get_sample_ids()[0]).report
+    for population in gated.placed.populations:
+        row = report[report.gate_name == xml_id(population)]
+        assert int(row["count"].iloc[0]) == gated.result.count(population), population
+    reimported = load_gatingml(target)
+    assert set(map(xml_id, gated.placed.populations)) <= set(reimported.population_ids)
+
+
+def test_gate_command_writes_membership_and_plots(memory_file, gated, tmp_path):
+    membership = tmp_path / "membership.parquet"
+    result = runner.invoke(
+        app,
+        ["gate", str(memory_file), "--membership", str(membership), "--plots", str(tmp_path / "p")],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(membership)
+    assert len(table) == gated.fcs.event_count
+    assert list(table.columns) == list(gated.placed.populations)
+    assert table["T"].sum() == gated.result.count("T")
+    pngs = sorted((tmp_path / "p").glob("*.png"))
+    assert len(pngs) == len(gated.placed.populations)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_gate_command_json_and_errors(memory_file, tmp_path):
+    result = runner.invoke(app, ["gate", str(memory_file), "--json"])
+    info = json.loads(result.output)
+    assert info["template"] == "cart-memory" and info["counts"]["T"] > 0
+    bad = runner.invoke(app, ["gate", str(tmp_path / "missing.fcs")])
+    assert bad.exit_code == 1 and "cannot be read" in bad.output
+
+
+def test_gating_is_stored_once_per_run(memory_file, gated, store, tmp_path):
+    batch = tmp_path / "b"
+    batch.mkdir()
+    (batch / memory_file.name).write_bytes(memory_file.read_bytes())
+    ingest_batch(batch, store)
+    sample_id = store.sample_id(sha256_of(memory_file))
+    run_id = store.start_run("gate", {"template": gated.template.sha256})
+    populations, gates = gate_records(gated)
+    assert store.record_gating(
+        run_id,
+        sample_id,
+        gated.template.id,
+        gated.template.sha256,
+        populations,
+        gates,
+        gated.placed.flags,
+    )
+    assert not store.record_gating(
+        run_id, sample_id, gated.template.id, gated.template.sha256, populations, gates
+    )
+    stored = {r["population"]: r["count"] for r in store.population_counts(run_id)}
+    assert stored == gated.counts()
+    assert store.row_counts()["gates"] == len(gates)
