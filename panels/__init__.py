@@ -163,8 +163,9 @@ def load_panel(path: Path) -> Panel:
     )
 
 
+@cache
 def load_panels(directory: Path = PANEL_DIR) -> tuple[Panel, ...]:
-    """Every panel YAML file in a directory, sorted by id."""
+    """Every panel YAML file in a directory, sorted by id (read once per process)."""
     files = sorted(p for p in directory.glob("*.yaml") if p.name not in _NON_FILE_YAML)
     panels = tuple(load_panel(p) for p in files)
     ids = [p.id for p in panels]

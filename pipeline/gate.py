@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,9 @@ class SampleGating:
         }
 
 
+@cache
 def template_for(tube: str, directory: Path = TEMPLATE_DIR) -> Template:
-    """The default template of a tube (``panels/templates/<tube>.yaml``)."""
+    """The default template of a tube (``panels/templates/<tube>.yaml``), read once."""
     path = directory / f"{tube}.yaml"
     if not path.is_file():
         raise GateStageError(path, f"no gating template for tube {tube!r}")
