@@ -82,7 +82,8 @@ def main() -> None:
             same = all(counts[xml_id(p)] == gated.result.count(p) for p in pops)
             ours, theirs = statistics.median(times), statistics.median(fk_times)
             print(
-                f"{gated.fcs.event_count:>10,} {ours:>11.2f} {theirs:>10.2f} {theirs / ours:>6.1f}x "
+                f"{gated.fcs.event_count:>10,} {ours:>11.2f} {theirs:>10.2f} "
+                f"{theirs / ours:>6.1f}x "
                 f"{peak / matrix:>11.2f}x  same counts: {same}"
             )
             del gated

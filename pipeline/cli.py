@@ -291,6 +291,95 @@ def gate(
         console.print(f"plots: {len(gate_plots(gated, plots))} PNG files in {plots}")
 
 
+KINETICS_HELP = "Anchor day 0 at 0 cells/µL in AUCs (recorded with the result)."
+
+
+def _kinetics_options(anchor_day0: bool, log_down: bool):
+    from pipeline.kinetics import KineticsOptions
+
+    return KineticsOptions(
+        anchor_day0=anchor_day0, method="linear-up/log-down" if log_down else "linear"
+    )
+
+
+def _print_follow_up(follow) -> None:
+    patients = len(follow.kinetics)
+    console.print(
+        f"kinetics: {patients} patient(s), {len(follow.timepoints)} timepoint rows; "
+        + ", ".join(str(p) for k, p in follow.files.items() if not k.endswith("_parquet"))
+    )
+
+
+@app.command()
+def run(
+    batch_dir: Annotated[
+        Path, typer.Argument(help="Folder of FCS exports (searched recursively).")
+    ],
+    manifest: ManifestOption = None,
+    clinical: Annotated[
+        Path | None, typer.Option(help="Clinical table (infusion dates, outcomes).")
+    ] = None,
+    db: DbOption = None,
+    rules: RulesOption = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
+    anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
+    log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+) -> None:
+    """ingest → gate → counts → kinetics for every new file of a batch (exit 2 if any file
+    was quarantined)."""
+    from pipeline.batch import follow_up, gate_batch, pending_gating
+    from pipeline.store import Store
+
+    report = run_ingest(batch_dir, db, manifest, rules, out)
+    files = [(o.path, o.sha256) for o in report.outcomes if o.status in ("accepted", "known")]
+    store = Store(db)
+    try:
+        run_id = store.start_run("run", {"batch": str(batch_dir), "clinical": str(clinical)})
+        pending = pending_gating(store, files)
+        with _progress() as progress:
+            task = progress.add_task("gate", total=len(pending))
+            done = gate_batch(store, run_id, pending, lambda _work: progress.advance(task))
+        failed = [w for w in done if w.error]
+        flagged = [w for w in done if w.flags]
+        console.print(
+            f"gate: {len(done) - len(failed)} gated, {len(files) - len(pending)} already gated, "
+            f"{len(failed)} failed, {len(flagged)} flagged"
+        )
+        for work in failed:
+            console.print(f"  gating failed: {work.path.name}: {work.error}")
+        follow = follow_up(store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down))
+        store.finish_run(run_id)
+    finally:
+        store.close()
+    _print_follow_up(follow)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def kinetics(
+    db: DbOption = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
+    clinical: Annotated[
+        Path | None, typer.Option(help="Clinical table (infusion dates for actual days).")
+    ] = None,
+    anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
+    log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+) -> None:
+    """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
+    timepoints.csv/.parquet)."""
+    from pipeline.batch import follow_up
+    from pipeline.store import Store
+
+    store = Store(db)
+    try:
+        run_id = store.start_run("kinetics", {"anchor_day0": anchor_day0, "log_down": log_down})
+        follow = follow_up(store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down))
+        store.finish_run(run_id)
+    finally:
+        store.close()
+    _print_follow_up(follow)
+
+
 @app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
@@ -328,20 +417,37 @@ def demo(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for the demo store and results.")
     ] = Path("demo-out"),
+    bundled: Annotated[
+        bool, typer.Option(help="Use the small committed cohort in fixtures/ instead.")
+    ] = False,
+    events: Annotated[int, typer.Option(help="Events per file of the generated cohort.")] = 20_000,
 ) -> None:
-    """Run the pipeline on the bundled demo cohort (or a freshly simulated one)."""
+    """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
     out.mkdir(parents=True, exist_ok=True)
-    batch = FIXTURE_COHORT
-    if not (batch / "manifest.csv").is_file():
+    if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
+        batch = FIXTURE_COHORT
+    else:
         from pipeline.simulate import SimulationConfig, simulate_cohort
 
         batch = out / "cohort"
-        console.print(f"demo: no bundled cohort; simulating one into {batch}")
-        simulate_cohort(batch, SimulationConfig(patients=3, seed=20251101, events=3000))
+        if not (batch / "manifest.csv").is_file():
+            simulate_cohort(batch, SimulationConfig(patients=3, seed=20251121, events=events))
+        console.print(f"demo: cohort of 3 patients in {batch}")
     db_path = out / "cartflow.sqlite"
-    report = run_ingest(batch, str(db_path), batch / "manifest.csv", None, out)
-    console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
-    raise typer.Exit(report.exit_code)
+    try:
+        run(
+            batch,
+            manifest=batch / "manifest.csv",
+            clinical=batch / "clinical.csv",
+            db=str(db_path),
+            rules=None,
+            out=out,
+            anchor_day0=False,
+            log_down=False,
+        )
+    except typer.Exit as done:
+        console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
+        raise typer.Exit(done.exit_code) from None
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from scipy import stats
 
 DEFAULT_LOD_EVENTS = 20
 DEFAULT_LLOQ_EVENTS = 50
-DEFAULT_MIN_BEAD_EVENTS = 500
+DEFAULT_MIN_BEAD_EVENTS = 100
 
 Method = Literal["single-platform beads", "dual-platform"]
 

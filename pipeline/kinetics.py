@@ -213,3 +213,128 @@ def b_cell_aplasia(
         duration_days=(end - onset) if onset is not None and end is not None else None,
         cd19_negative_relapse_pattern=aplastic_at_relapse,
     )
+
+
+@dataclass(frozen=True)
+class KineticPopulation:
+    """A population followed over time: where it is counted and what it is called."""
+
+    name: str
+    tube: str
+    population: str
+    unit: str = "cells/µL"
+
+
+DEFAULT_POPULATIONS = (
+    KineticPopulation("car_t", "memory", "CAR"),
+    KineticPopulation("cd8_car_t", "memory", "CAR_CD8"),
+    KineticPopulation("cd8_scm_car_t", "memory", "CAR_CD8_SCM"),
+    KineticPopulation("car_neg_cd8_scm", "memory", "CARneg_CD8_SCM"),
+)
+B_CELLS = KineticPopulation("b_cells", "bcell", "B")
+PERCENT_AT_PEAK = {
+    "car_pct_of_cd3_at_peak": ("memory", "CAR"),
+    "cd8_pct_of_car_at_peak": ("memory", "CAR_CD8"),
+    "scm_pct_of_cd8_car_at_peak": ("memory", "CAR_CD8_SCM"),
+}
+
+
+def _observations(rows) -> list[Observation]:
+    return [
+        Observation(
+            nominal_day=int(r.nominal_day),
+            value=None
+            if r.cells_per_ul is None or r.cells_per_ul != r.cells_per_ul
+            else float(r.cells_per_ul),
+            below_lod=bool(r.below_lod) if r.below_lod is not None else False,
+            actual_day=None
+            if r.actual_day is None or r.actual_day != r.actual_day
+            else float(r.actual_day),
+        )
+        for r in rows.itertuples(index=False)
+    ]
+
+
+def patient_kinetics(
+    timepoints,
+    populations: Sequence[KineticPopulation] = DEFAULT_POPULATIONS,
+    options: KineticsOptions = KineticsOptions(),
+    relapse_days: dict[str, float] | None = None,
+):
+    """One row per patient (wide) and the same numbers as long rows for the store."""
+    import pandas as pd
+
+    relapse_days = relapse_days or {}
+    wide, long = [], []
+    if timepoints is None or len(timepoints) == 0:
+        return pd.DataFrame(), long
+    for patient, rows in timepoints.groupby("patient", sort=True):
+        record: dict = {"patient": patient}
+        for followed in populations:
+            selected = rows[(rows.tube == followed.tube) & (rows.population == followed.population)]
+            summary = summarise(_observations(selected), options)
+            values = {
+                "cmax": summary.cmax,
+                "tmax_day": summary.tmax,
+                "clast": summary.clast,
+                "tlast_day": summary.tlast,
+                "auc14": summary.auc14.value,
+                "auc28": summary.auc28.value,
+                "auclast": summary.auclast.value,
+                "persistence_day": summary.persistence_day,
+            }
+            notes = {
+                "auc14": summary.auc14.reason,
+                "auc28": summary.auc28.reason,
+                "auclast": summary.auclast.reason,
+            }
+            for metric, value in values.items():
+                record[f"{followed.name}_{metric}"] = value
+                long.append(
+                    {
+                        "patient": patient,
+                        "population": f"{followed.tube}/{followed.population}",
+                        "metric": metric,
+                        "value": value,
+                        "unit": "day"
+                        if metric.endswith("day")
+                        else (
+                            f"{followed.unit}·day" if metric.startswith("auc") else followed.unit
+                        ),
+                        "note": notes.get(metric) or ("; ".join(summary.drift_flags) or None),
+                        "parameters": summary.options,
+                    }
+                )
+            if followed.name == "car_t":
+                record["expanded"] = summary.cmax is not None and summary.cmax > 5
+                peak_day = _peak_nominal_day(selected, summary.cmax)
+                for column, (tube, population) in PERCENT_AT_PEAK.items():
+                    at_peak = rows[
+                        (rows.tube == tube)
+                        & (rows.population == population)
+                        & (rows.nominal_day == peak_day)
+                    ]
+                    record[column] = (
+                        float(at_peak.percent_of_parent.iloc[0])
+                        if len(at_peak) and at_peak.percent_of_parent.notna().iloc[0]
+                        else None
+                    )
+        b_rows = rows[(rows.tube == B_CELLS.tube) & (rows.population == B_CELLS.population)]
+        if len(b_rows):
+            aplasia = b_cell_aplasia(_observations(b_rows), relapse_day=relapse_days.get(patient))
+            record.update(
+                b_cell_aplasia_onset_day=aplasia.onset_day,
+                b_cell_aplasia_loss_day=aplasia.loss_day,
+                b_cell_aplasia_loss_confirmed=aplasia.loss_confirmed,
+                b_cell_aplasia_duration_days=aplasia.duration_days,
+                cd19_negative_relapse_pattern=aplasia.cd19_negative_relapse_pattern,
+            )
+        wide.append(record)
+    return pd.DataFrame.from_records(wide), long
+
+
+def _peak_nominal_day(rows, cmax: float | None) -> int | None:
+    if cmax is None:
+        return None
+    hit = rows[rows.cells_per_ul == cmax]
+    return int(hit.nominal_day.min()) if len(hit) else None

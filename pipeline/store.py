@@ -403,6 +403,79 @@ class Store:
         except IntegrityError:
             return False
 
+    def has_gating(self, sample_id: int, template_sha256: str) -> bool:
+        """Whether a sample already has counts from this exact template."""
+        with self._sessions() as session:
+            found = session.scalar(
+                select(PopulationRow.id).where(
+                    PopulationRow.sample_id == sample_id,
+                    PopulationRow.template_sha256 == template_sha256,
+                )
+            )
+            return found is not None
+
+    def latest_counts(self) -> list[dict[str, Any]]:
+        """Each sample's population counts from its most recent gating run, with identity."""
+        with self._sessions() as session:
+            latest = (
+                select(PopulationRow.sample_id, func.max(PopulationRow.run_id).label("run_id"))
+                .group_by(PopulationRow.sample_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(PopulationRow, SampleRow, FcsFileRow.sha256, FcsFileRow.name)
+                .join(
+                    latest,
+                    (PopulationRow.sample_id == latest.c.sample_id)
+                    & (PopulationRow.run_id == latest.c.run_id),
+                )
+                .join(SampleRow, PopulationRow.sample_id == SampleRow.id)
+                .join(FcsFileRow, SampleRow.file_id == FcsFileRow.id)
+                .order_by(PopulationRow.id)
+            ).all()
+        return [
+            {
+                "sample_id": s.id,
+                "run_id": p.run_id,
+                "file": name,
+                "sha256": sha,
+                "patient": s.patient,
+                "timepoint": s.timepoint,
+                "nominal_day": s.nominal_day,
+                "tube": s.tube,
+                "panel_id": s.panel_id,
+                "blood_volume_ul": s.blood_volume_ul,
+                "beads_per_tube": s.beads_per_tube,
+                "bead_lot": s.bead_lot,
+                "sample_date": s.sample_date,
+                "template_id": p.template_id,
+                "template_sha256": p.template_sha256,
+                "population": p.population,
+                "parent": p.parent,
+                "count": p.count,
+                "parent_count": p.parent_count,
+            }
+            for p, s, sha, name in rows
+        ]
+
+    def sample_flags(self) -> dict[int, list[str]]:
+        """Flags per sample from each sample's most recent run that raised any."""
+        with self._sessions() as session:
+            rows = session.execute(select(FlagRow.sample_id, FlagRow.run_id, FlagRow.flag)).all()
+        latest: dict[int, int] = {}
+        for sample_id, run_id, _ in rows:
+            latest[sample_id] = max(run_id, latest.get(sample_id, run_id))
+        flags: dict[int, list[str]] = {}
+        for sample_id, run_id, flag in rows:
+            if run_id == latest[sample_id]:
+                flags.setdefault(sample_id, []).append(flag)
+        return flags
+
+    def record_kinetics(self, run_id: int, rows: list[dict[str, Any]]) -> None:
+        """Store one run's kinetic summaries (patient, population, metric, value, …) at once."""
+        with self.transaction() as session:
+            session.add_all(KineticsRow(run_id=run_id, **row) for row in rows)
+
     def population_counts(self, run_id: int | None = None) -> list[dict[str, Any]]:
         """Population counts with their sample's identity (latest run per sample by default)."""
         with self._sessions() as session:
@@ -472,6 +545,9 @@ class Store:
                 "nominal_day": s.nominal_day,
                 "tube": s.tube,
                 "panel_id": s.panel_id,
+                "blood_volume_ul": s.blood_volume_ul,
+                "beads_per_tube": s.beads_per_tube,
+                "sample_date": s.sample_date,
             }
             for s, sha, name in rows
         ]

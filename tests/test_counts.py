@@ -55,7 +55,7 @@ def test_rare_counts_are_flagged_not_zeroed():
         (5000, None, 50.0, "missing_beads_per_tube"),
         (5000, 50_000, None, "missing_blood_volume"),
         (60_000, 50_000, 50.0, "bead_events_exceed_beads_per_tube"),
-        (40, 50_000, 50.0, "too_few_bead_events"),
+        (40, 50_000, 50.0, "too_few_bead_events"),  # default minimum: 100
     ],
 )
 def test_bad_bead_inputs_give_a_flag_and_no_number(beads, per_tube, volume, flag):

@@ -1,0 +1,168 @@
+"""Orchestration of a batch: ingest → gate → counts → kinetics, results into the store and
+tables into the output folder. Each stage is a module of its own; this one only wires them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import CartflowError
+from pipeline.gate import gate_file, gate_records, template_for
+from pipeline.kinetics import KineticsOptions, patient_kinetics
+from pipeline.store import GateRecord, PopulationRecord, Store
+from pipeline.timepoints import timepoint_table
+
+
+@dataclass(frozen=True)
+class GateWork:
+    """What gating one file produced, ready to be written by the process that owns the store."""
+
+    path: Path
+    sha256: str
+    sample_id: int
+    template_id: str
+    template_sha256: str
+    populations: tuple[PopulationRecord, ...] = ()
+    gates: tuple[GateRecord, ...] = ()
+    flags: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    path: Path
+    sha256: str
+    sample_id: int
+    tube: str
+
+
+def gate_one(item: PendingFile) -> GateWork:
+    """Gate one file; any problem becomes the work's error, never an exception."""
+    base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id}
+    try:
+        template = template_for(item.tube)
+    except CartflowError as exc:
+        return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
+    base |= {"template_id": template.id, "template_sha256": template.sha256}
+    try:
+        gated = gate_file(item.path, template=template, tube=item.tube)
+    except CartflowError as exc:
+        return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
+    except Exception as exc:  # a bad file must never stop the batch
+        return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
+    populations, gates = gate_records(gated)
+    return GateWork(
+        **base, populations=tuple(populations), gates=tuple(gates), flags=gated.placed.flags
+    )
+
+
+def pending_gating(store: Store, files: Sequence[tuple[Path, str]]) -> list[PendingFile]:
+    """Stored samples among ``files`` (path, sha256) without counts from their current template."""
+    by_sha = {s["sha256"]: s for s in store.samples()}
+    pending = []
+    for path, sha in files:
+        sample = by_sha.get(sha)
+        if sample is None:
+            continue
+        try:
+            done = store.has_gating(sample["sample_id"], template_for(sample["tube"]).sha256)
+        except CartflowError:
+            done = False  # gating will say what is missing
+        if not done:
+            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"]))
+    return pending
+
+
+def write_gating(store: Store, run_id: int, work: GateWork) -> None:
+    """Store one file's gating in one transaction (a failure is stored as a flag)."""
+    if work.error:
+        store.record_gating(
+            run_id,
+            work.sample_id,
+            work.template_id,
+            work.template_sha256,
+            [],
+            [],
+            (f"gating_failed: {work.error}",),
+        )
+        return
+    store.record_gating(
+        run_id,
+        work.sample_id,
+        work.template_id,
+        work.template_sha256,
+        list(work.populations),
+        list(work.gates),
+        work.flags,
+    )
+
+
+def gate_batch(
+    store: Store,
+    run_id: int,
+    pending: Sequence[PendingFile],
+    on_file: Callable[[GateWork], None] | None = None,
+) -> list[GateWork]:
+    """Gate pending files one after the other and store each as it finishes."""
+    done = []
+    for item in pending:
+        work = gate_one(item)
+        write_gating(store, run_id, work)
+        done.append(work)
+        if on_file:
+            on_file(work)
+    return done
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The tables of the counts and kinetics stages and where they were written."""
+
+    timepoints: pd.DataFrame
+    kinetics: pd.DataFrame
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def infusion_dates(clinical: Path | None) -> tuple[dict[str, date], dict[str, float]]:
+    """Infusion dates and relapse days (from infusion) per patient from a clinical CSV."""
+    if clinical is None:
+        return {}, {}
+    table = pd.read_csv(clinical, dtype=str)
+    infusion, relapse = {}, {}
+    for row in table.itertuples(index=False):
+        start = pd.to_datetime(getattr(row, "infusion_date", None), errors="coerce")
+        if pd.isna(start):
+            continue
+        infusion[row.patient] = start.date()
+        end = pd.to_datetime(getattr(row, "relapse_date", None), errors="coerce")
+        if not pd.isna(end):
+            relapse[row.patient] = float((end - start).days)
+    return infusion, relapse
+
+
+def follow_up(
+    store: Store,
+    run_id: int,
+    out_dir: Path,
+    clinical: Path | None = None,
+    options: KineticsOptions = KineticsOptions(),
+) -> FollowUp:
+    """Counts per timepoint and kinetics per patient from the store; written as CSV and
+    Parquet, and the kinetic summaries stored under ``run_id``."""
+    infusion, relapse = infusion_dates(clinical)
+    timepoints = timepoint_table(store.latest_counts(), infusion)
+    kinetics, long_rows = patient_kinetics(timepoints, options=options, relapse_days=relapse)
+    store.record_kinetics(run_id, long_rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, table in (("timepoints", timepoints), ("kinetics", kinetics)):
+        csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
+        table.to_csv(csv_path, index=False)
+        table.to_parquet(parquet_path, index=False)
+        files[name] = csv_path
+        files[f"{name}_parquet"] = parquet_path
+    return FollowUp(timepoints, kinetics, files)
