@@ -411,7 +411,7 @@ def _read_events(fh, start: int, count: int, dtype, byte_order: str, channels, d
         stored = raw.reshape(count, len(channels))
         if datatype == "I":
             _mask_to_range(stored, channels)
-        return stored.astype(np.float32)
+        return stored.astype(np.float32, copy=False)
     matrix = np.empty((count, len(channels)), dtype=np.float32)
     octets = raw.view(np.uint8).reshape(count, raw.dtype.itemsize)
     for j, name in enumerate(raw.dtype.names):
