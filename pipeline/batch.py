@@ -38,6 +38,7 @@ class PendingFile:
     sha256: str
     sample_id: int
     tube: str
+    overview: Path | None = None
 
 
 def gate_one(item: PendingFile) -> GateWork:
@@ -55,13 +56,22 @@ def gate_one(item: PendingFile) -> GateWork:
     except Exception as exc:  # a bad file must never stop the batch
         return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
     populations, gates = gate_records(gated)
+    if item.overview is not None:
+        from pipeline.plots import sample_overview
+
+        sample_overview(gated, item.overview)
     return GateWork(
         **base, populations=tuple(populations), gates=tuple(gates), flags=gated.placed.flags
     )
 
 
-def pending_gating(store: Store, files: Sequence[tuple[Path, str]]) -> list[PendingFile]:
-    """Stored samples among ``files`` (path, sha256) without counts from their current template."""
+def pending_gating(
+    store: Store, files: Sequence[tuple[Path, str]], report_dir: Path | None = None
+) -> list[PendingFile]:
+    """Stored samples among ``files`` (path, sha256) without counts from their current
+    template (with the path of their overview plot when a report is wanted)."""
+    from pipeline.report import overview_path
+
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
@@ -73,7 +83,8 @@ def pending_gating(store: Store, files: Sequence[tuple[Path, str]]) -> list[Pend
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
-            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"]))
+            overview = overview_path(report_dir, sha) if report_dir else None
+            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"], overview))
     return pending
 
 

@@ -328,6 +328,7 @@ def run(
     """ingest → gate → counts → kinetics for every new file of a batch (exit 2 if any file
     was quarantined)."""
     from pipeline.batch import follow_up, gate_batch, pending_gating
+    from pipeline.report import write_report
     from pipeline.store import Store
 
     report = run_ingest(batch_dir, db, manifest, rules, out)
@@ -335,7 +336,7 @@ def run(
     store = Store(db)
     try:
         run_id = store.start_run("run", {"batch": str(batch_dir), "clinical": str(clinical)})
-        pending = pending_gating(store, files)
+        pending = pending_gating(store, files, out / "report")
         with _progress() as progress:
             task = progress.add_task("gate", total=len(pending))
             done = gate_batch(store, run_id, pending, lambda _work: progress.advance(task))
@@ -348,10 +349,12 @@ def run(
         for work in failed:
             console.print(f"  gating failed: {work.path.name}: {work.error}")
         follow = follow_up(store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down))
+        index = write_report(store, out / "report", follow.timepoints, follow.kinetics)
         store.finish_run(run_id)
     finally:
         store.close()
     _print_follow_up(follow)
+    console.print(f"report: {index.resolve()}")
     raise typer.Exit(report.exit_code)
 
 

@@ -12,7 +12,7 @@ from gating.compensation import compensate
 from gating.model import BooleanGate, Dimension, PolygonGate, RangeGate, RectangleGate
 from pipeline.gate import SampleGating
 
-PLOT_EVENTS = 30_000
+PLOT_EVENTS = 20_000
 
 
 def _matplotlib():
@@ -46,70 +46,81 @@ def _cuts(gate) -> list[tuple[Dimension, float | None, float | None]]:
     return []
 
 
+def _compensated(gated: SampleGating) -> np.ndarray:
+    fcs, spill = gated.fcs, gated.fcs.spillover
+    if spill is None:
+        return fcs.events
+    return compensate(fcs.events, fcs.channel_names, list(spill.channels), spill.matrix)
+
+
+def draw_population(ax, gated: SampleGating, compensated: np.ndarray, population: str) -> list[str]:
+    """Draw a population's parent as density with its gate; returns notes on its cuts."""
+    parent = gated.placed.parents[population]
+    parent_mask = (
+        np.ones(gated.result.event_count, bool) if parent is None else gated.result.mask(parent)
+    )
+    idx = np.flatnonzero(parent_mask)
+    if idx.size > PLOT_EVENTS:
+        idx = idx[:: int(np.ceil(idx.size / PLOT_EVENTS))]
+    gates = _population_gates(gated, population)
+    axes: list[Dimension] = []
+    for gate in gates:
+        for axis in getattr(gate, "axes", ()):
+            if isinstance(axis, Dimension) and axis not in axes:
+                axes.append(axis)
+    axes = axes[:2]
+    count, parent_count = gated.result.count(population), int(parent_mask.sum())
+    share = 100 * count / parent_count if parent_count else 0.0
+    ax.set_title(
+        f"{population}: {count:,} of {parent_count:,} {parent or 'events'} ({share:.1f} %)",
+        fontsize=8,
+    )
+    if axes and idx.size:
+        x = _axis_values(gated, compensated, axes[0], idx)
+        if len(axes) == 2:
+            y = _axis_values(gated, compensated, axes[1], idx)
+            (x0, x1), (y0, y1) = _limits(x), _limits(y)
+            density, _, _ = np.histogram2d(x, y, bins=96, range=((x0, x1), (y0, y1)))
+            shown = np.ma.masked_equal(np.log1p(density.T), 0)
+            ax.imshow(shown, origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="viridis")
+            ax.set_ylabel(_label(gated, axes[1]), fontsize=7)
+        else:
+            ax.hist(x, bins=120, color="0.45", range=_limits(x))
+        ax.set_xlabel(_label(gated, axes[0]), fontsize=7)
+        for gate in gates:
+            if isinstance(gate, PolygonGate):
+                vertices = np.array((*gate.vertices, gate.vertices[0]))
+                ax.plot(vertices[:, 0], vertices[:, 1], color="red", lw=1.2)
+            for axis, low, high in _cuts(gate):
+                if axis not in axes:
+                    continue
+                draw = ax.axvline if axis == axes[0] else ax.axhline
+                for value in (low, high):
+                    if value is not None and np.isfinite(value):
+                        draw(value, color="red", lw=1.2)
+        ax.set_xlim(*_limits(x))
+        if len(axes) == 2:
+            ax.set_ylim(*_limits(y))
+    ax.tick_params(labelsize=6)
+    markers = gated.panel_markers()
+    shown = {a.channel for a in axes}
+    notes = []
+    for name, decision in gated.placed.decisions.items():
+        if name.split(".")[0] == population or markers.get(name.split(".")[0]) in shown:
+            state = f"fallback ({decision.reason})" if decision.fallback else decision.method
+            notes.append(f"{name}: cut {decision.value:.3g} by {state}")
+    return notes
+
+
 def gate_plots(gated: SampleGating, out_dir: Path) -> list[Path]:
     """Write one PNG per population into ``out_dir``; returns the paths."""
     plt = _matplotlib()
     out_dir.mkdir(parents=True, exist_ok=True)
-    fcs = gated.fcs
-    spill = fcs.spillover
-    compensated = (
-        compensate(fcs.events, fcs.channel_names, list(spill.channels), spill.matrix)
-        if spill
-        else fcs.events
-    )
+    compensated = _compensated(gated)
     written = []
     for population in gated.placed.populations:
-        parent = gated.placed.parents[population]
-        parent_mask = (
-            np.ones(gated.result.event_count, bool) if parent is None else gated.result.mask(parent)
-        )
-        idx = np.flatnonzero(parent_mask)
-        if idx.size > PLOT_EVENTS:
-            idx = idx[:: int(np.ceil(idx.size / PLOT_EVENTS))]
-        gates = _population_gates(gated, population)
-        axes = []
-        for gate in gates:
-            for axis in getattr(gate, "axes", ()):
-                if isinstance(axis, Dimension) and axis not in axes:
-                    axes.append(axis)
-        axes = axes[:2]
         fig, ax = plt.subplots(figsize=(5, 4), dpi=90)
-        count, parent_count = gated.result.count(population), int(parent_mask.sum())
-        share = 100 * count / parent_count if parent_count else 0.0
-        title = f"{population}: {count:,} of {parent_count:,} {parent or 'events'} ({share:.1f} %)"
-        notes = []
-        if axes and idx.size:
-            x = _axis_values(gated, compensated, axes[0], idx)
-            if len(axes) == 2:
-                y = _axis_values(gated, compensated, axes[1], idx)
-                ax.hist2d(x, y, bins=120, cmap="viridis", cmin=1)
-                ax.set_ylabel(_label(gated, axes[1]))
-            else:
-                ax.hist(x, bins=150, color="0.45")
-            ax.set_xlabel(_label(gated, axes[0]))
-            for gate in gates:
-                if isinstance(gate, PolygonGate):
-                    vertices = np.array((*gate.vertices, gate.vertices[0]))
-                    ax.plot(vertices[:, 0], vertices[:, 1], color="red", lw=1.2)
-                for axis, low, high in _cuts(gate):
-                    draw = ax.axvline if axis == axes[0] else ax.axhline
-                    if axis not in axes:
-                        continue
-                    for value in (low, high):
-                        if value is not None and np.isfinite(value):
-                            draw(value, color="red", lw=1.2)
-        markers = gated.panel_markers()
-        shown = {a.channel for a in axes}
-        if axes and idx.size:
-            ax.set_xlim(*_limits(x))
-            if len(axes) == 2:
-                ax.set_ylim(*_limits(y))
-        for name, decision in gated.placed.decisions.items():
-            marker = name.split(".")[0]
-            if marker == population or markers.get(marker) in shown:
-                state = f"fallback ({decision.reason})" if decision.fallback else decision.method
-                notes.append(f"{name}: cut {decision.value:.3g} by {state}")
-        ax.set_title(title, fontsize=9)
+        notes = draw_population(ax, gated, compensated, population)
         if notes:
             fig.text(0.01, 0.005, "\n".join(notes[:4]), fontsize=6, va="bottom")
         fig.tight_layout(rect=(0, 0.06 if notes else 0, 1, 1))
@@ -118,6 +129,67 @@ def gate_plots(gated: SampleGating, out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def sample_overview(gated: SampleGating, path: Path, columns: int = 5) -> Path:
+    """All of a sample's gates in one PNG (for the report)."""
+    plt = _matplotlib()
+    populations = gated.placed.populations
+    rows = max(1, -(-len(populations) // columns))
+    fig, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), dpi=60)
+    compensated = _compensated(gated)
+    flat = np.atleast_1d(grid).ravel()
+    for ax, population in zip(flat, populations, strict=False):
+        draw_population(ax, gated, compensated, population)
+    for ax in flat[len(populations) :]:
+        ax.axis("off")
+    fig.suptitle(f"{gated.fcs.path.name} — {gated.panel.id}, {gated.template.id}", fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.05, top=0.93, wspace=0.3, hspace=0.45)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def kinetics_figure(rows, patient: str, path: Path) -> Path:
+    """CAR-T (and B cells) per µL over days with 95 % intervals and LOD/LLOQ shading."""
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=80)
+    for (tube, population), colour in ((("memory", "CAR"), "C3"), (("bcell", "B"), "C0")):
+        part = rows[(rows.tube == tube) & (rows.population == population)].sort_values(
+            "nominal_day"
+        )
+        part = part[part.cells_per_ul.notna()]
+        if part.empty:
+            continue
+        day = part.actual_day.fillna(part.nominal_day).astype(float)
+        value = part.cells_per_ul.clip(lower=1e-2)
+        low = (value - part.cells_ci_low.clip(lower=1e-2)).clip(lower=0)
+        high = (part.cells_ci_high - value).clip(lower=0)
+        label = "CAR-T cells/µL" if population == "CAR" else "B cells/µL"
+        ax.errorbar(day, value, yerr=[low, high], fmt="o-", color=colour, label=label, ms=4)
+        below = part.below_lod.fillna(False).astype(bool)
+        ax.scatter(day[below], value[below], facecolors="white", edgecolors=colour, zorder=3)
+        if population == "CAR":
+            ax.fill_between(
+                day, 1e-2, part.lloq_cells_per_ul, color="0.85", step="mid", label="below LLOQ"
+            )
+            ax.fill_between(
+                day, 1e-2, part.lod_cells_per_ul, color="0.7", step="mid", label="below LOD"
+            )
+    ax.set_yscale("log")
+    ax.set_xscale("symlog", linthresh=30)
+    ticks = [5, 7, 11, 14, 21, 28, 90, 180, 365]
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+    ax.set_xlabel("day after infusion")
+    ax.set_ylabel("cells/µL")
+    ax.set_title(patient)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
