@@ -88,27 +88,17 @@ def pending_gating(
     return pending
 
 
-def write_gating(store: Store, run_id: int, work: GateWork) -> None:
-    """Store one file's gating in one transaction (a failure is stored as a flag)."""
-    if work.error:
-        store.record_gating(
-            run_id,
-            work.sample_id,
-            work.template_id,
-            work.template_sha256,
-            [],
-            [],
-            (f"gating_failed: {work.error}",),
-        )
-        return
-    store.record_gating(
+def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
+    """Store one file's gating in one transaction; False when another run stored it first."""
+    return store.record_gating(
         run_id,
         work.sample_id,
         work.template_id,
         work.template_sha256,
         list(work.populations),
         list(work.gates),
-        work.flags,
+        (*work.flags, *((f"gating_failed: {work.error}",) if work.error else ())),
+        error=work.error,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from gating.auto import PART
 from gating.compensation import compensate
@@ -162,7 +163,7 @@ def kinetics_figure(rows, patient: str, path: Path) -> Path:
         part = part[part.cells_per_ul.notna()]
         if part.empty:
             continue
-        day = part.actual_day.fillna(part.nominal_day).astype(float)
+        day = pd.to_numeric(part.actual_day, errors="coerce").fillna(part.nominal_day).astype(float)
         value = part.cells_per_ul.clip(lower=1e-2)
         low = (value - part.cells_ci_low.clip(lower=1e-2)).clip(lower=0)
         high = (part.cells_ci_high - value).clip(lower=0)

@@ -113,30 +113,41 @@ class SampleRow(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
-class PopulationRow(Base):
-    """Event count of one gated population in one sample, for one run."""
+class GatingRow(Base):
+    """One sample gated with one template: at most once, however many runs try at once."""
 
-    __tablename__ = "populations"
-    __table_args__ = (UniqueConstraint("run_id", "sample_id", "population"),)
+    __tablename__ = "gatings"
+    __table_args__ = (UniqueConstraint("sample_id", "template_sha256"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    template_id: Mapped[str] = mapped_column(String(64))
+    template_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class PopulationRow(Base):
+    """Event count of one gated population of one gating."""
+
+    __tablename__ = "populations"
+    __table_args__ = (UniqueConstraint("gating_id", "population"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gating_id: Mapped[int] = mapped_column(ForeignKey("gatings.id"), index=True)
     population: Mapped[str] = mapped_column(String(256))
     parent: Mapped[str | None] = mapped_column(String(256), nullable=True)
     count: Mapped[int] = mapped_column(Integer)
     parent_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    template_id: Mapped[str] = mapped_column(String(64))
-    template_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class GateRow(Base):
     """A placed gate or threshold and the evidence for it."""
 
     __tablename__ = "gates"
-    __table_args__ = (UniqueConstraint("run_id", "sample_id", "gate"),)
+    __table_args__ = (UniqueConstraint("gating_id", "gate"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
-    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    gating_id: Mapped[int] = mapped_column(ForeignKey("gatings.id"), index=True)
     gate: Mapped[str] = mapped_column(String(256))
     method: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -145,14 +156,13 @@ class GateRow(Base):
 
 
 class FlagRow(Base):
-    """A QC flag raised on a sample in a run (``threshold_fallback:CD3``, …)."""
+    """A QC flag raised by one gating (``threshold_fallback:CD3``, …)."""
 
     __tablename__ = "flags"
-    __table_args__ = (UniqueConstraint("run_id", "sample_id", "flag"),)
+    __table_args__ = (UniqueConstraint("gating_id", "flag"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
-    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
-    flag: Mapped[str] = mapped_column(String(256))
+    gating_id: Mapped[int] = mapped_column(ForeignKey("gatings.id"), index=True)
+    flag: Mapped[str] = mapped_column(Text)
 
 
 class KineticsRow(Base):
@@ -186,6 +196,7 @@ class QuarantineRow(Base):
 
 
 TABLES = (
+    "gatings",
     "flags",
     "runs",
     "files",
@@ -378,65 +389,68 @@ class Store:
         populations: list[PopulationRecord],
         gates: list[GateRecord],
         flags: tuple[str, ...] = (),
+        error: str | None = None,
     ) -> bool:
-        """Write one sample's counts and gate decisions in one transaction (False if present)."""
+        """Write one sample's gating (counts, decisions, flags) in one transaction.
+
+        False when this sample was already gated with this template (by any run)."""
         try:
             with self.transaction() as session:
-                session.add_all(
-                    PopulationRow(
-                        run_id=run_id,
-                        sample_id=sample_id,
-                        template_id=template_id,
-                        template_sha256=template_sha256,
-                        **p.__dict__,
-                    )
-                    for p in populations
+                gating = GatingRow(
+                    run_id=run_id,
+                    sample_id=sample_id,
+                    template_id=template_id,
+                    template_sha256=template_sha256,
+                    status="failed" if error else "ok",
+                    error=error,
                 )
+                session.add(gating)
+                session.flush()
                 session.add_all(
-                    GateRow(run_id=run_id, sample_id=sample_id, **g.__dict__) for g in gates
+                    PopulationRow(gating_id=gating.id, **p.__dict__) for p in populations
                 )
-                session.add_all(
-                    FlagRow(run_id=run_id, sample_id=sample_id, flag=f)
-                    for f in dict.fromkeys(flags)
-                )
+                session.add_all(GateRow(gating_id=gating.id, **g.__dict__) for g in gates)
+                session.add_all(FlagRow(gating_id=gating.id, flag=f) for f in dict.fromkeys(flags))
             return True
         except IntegrityError:
             return False
 
     def has_gating(self, sample_id: int, template_sha256: str) -> bool:
-        """Whether a sample already has counts from this exact template."""
+        """Whether a sample was already gated (or tried) with this exact template."""
         with self._sessions() as session:
             found = session.scalar(
-                select(PopulationRow.id).where(
-                    PopulationRow.sample_id == sample_id,
-                    PopulationRow.template_sha256 == template_sha256,
+                select(GatingRow.id).where(
+                    GatingRow.sample_id == sample_id,
+                    GatingRow.template_sha256 == template_sha256,
                 )
             )
             return found is not None
 
+    def _latest_gatings(self):
+        """Subquery: the newest successful gating of each sample."""
+        return (
+            select(func.max(GatingRow.id).label("gating_id"))
+            .where(GatingRow.status == "ok")
+            .group_by(GatingRow.sample_id)
+            .subquery()
+        )
+
     def latest_counts(self) -> list[dict[str, Any]]:
-        """Each sample's population counts from its most recent gating run, with identity."""
+        """Each sample's population counts from its newest gating, with its identity."""
+        latest = self._latest_gatings()
         with self._sessions() as session:
-            latest = (
-                select(PopulationRow.sample_id, func.max(PopulationRow.run_id).label("run_id"))
-                .group_by(PopulationRow.sample_id)
-                .subquery()
-            )
             rows = session.execute(
-                select(PopulationRow, SampleRow, FcsFileRow.sha256, FcsFileRow.name)
-                .join(
-                    latest,
-                    (PopulationRow.sample_id == latest.c.sample_id)
-                    & (PopulationRow.run_id == latest.c.run_id),
-                )
-                .join(SampleRow, PopulationRow.sample_id == SampleRow.id)
+                select(PopulationRow, GatingRow, SampleRow, FcsFileRow.sha256, FcsFileRow.name)
+                .join(GatingRow, PopulationRow.gating_id == GatingRow.id)
+                .join(latest, GatingRow.id == latest.c.gating_id)
+                .join(SampleRow, GatingRow.sample_id == SampleRow.id)
                 .join(FcsFileRow, SampleRow.file_id == FcsFileRow.id)
                 .order_by(PopulationRow.id)
             ).all()
         return [
             {
                 "sample_id": s.id,
-                "run_id": p.run_id,
+                "run_id": g.run_id,
                 "file": name,
                 "sha256": sha,
                 "patient": s.patient,
@@ -448,27 +462,33 @@ class Store:
                 "beads_per_tube": s.beads_per_tube,
                 "bead_lot": s.bead_lot,
                 "sample_date": s.sample_date,
-                "template_id": p.template_id,
-                "template_sha256": p.template_sha256,
+                "template_id": g.template_id,
+                "template_sha256": g.template_sha256,
                 "population": p.population,
                 "parent": p.parent,
                 "count": p.count,
                 "parent_count": p.parent_count,
             }
-            for p, s, sha, name in rows
+            for p, g, s, sha, name in rows
         ]
 
     def sample_flags(self) -> dict[int, list[str]]:
-        """Flags per sample from each sample's most recent run that raised any."""
+        """QC flags of each sample's newest gating (failed gatings included)."""
+        newest = (
+            select(func.max(GatingRow.id).label("gating_id"))
+            .group_by(GatingRow.sample_id)
+            .subquery()
+        )
         with self._sessions() as session:
-            rows = session.execute(select(FlagRow.sample_id, FlagRow.run_id, FlagRow.flag)).all()
-        latest: dict[int, int] = {}
-        for sample_id, run_id, _ in rows:
-            latest[sample_id] = max(run_id, latest.get(sample_id, run_id))
+            rows = session.execute(
+                select(GatingRow.sample_id, FlagRow.flag)
+                .join(FlagRow, FlagRow.gating_id == GatingRow.id)
+                .join(newest, GatingRow.id == newest.c.gating_id)
+                .order_by(FlagRow.id)
+            ).all()
         flags: dict[int, list[str]] = {}
-        for sample_id, run_id, flag in rows:
-            if run_id == latest[sample_id]:
-                flags.setdefault(sample_id, []).append(flag)
+        for sample_id, flag in rows:
+            flags.setdefault(sample_id, []).append(flag)
         return flags
 
     def record_kinetics(self, run_id: int, rows: list[dict[str, Any]]) -> None:
@@ -477,27 +497,30 @@ class Store:
             session.add_all(KineticsRow(run_id=run_id, **row) for row in rows)
 
     def population_counts(self, run_id: int | None = None) -> list[dict[str, Any]]:
-        """Population counts with their sample's identity (latest run per sample by default)."""
+        """Population counts with their sample's identity (all gatings, or one run's)."""
         with self._sessions() as session:
-            query = select(PopulationRow, SampleRow).join(
-                SampleRow, PopulationRow.sample_id == SampleRow.id
+            query = (
+                select(PopulationRow, GatingRow, SampleRow)
+                .join(GatingRow, PopulationRow.gating_id == GatingRow.id)
+                .join(SampleRow, GatingRow.sample_id == SampleRow.id)
             )
             if run_id is not None:
-                query = query.where(PopulationRow.run_id == run_id)
+                query = query.where(GatingRow.run_id == run_id)
             rows = session.execute(query.order_by(PopulationRow.id)).all()
         return [
             {
-                "run_id": p.run_id,
+                "run_id": g.run_id,
                 "sample_id": s.id,
                 "patient": s.patient,
                 "timepoint": s.timepoint,
                 "tube": s.tube,
+                "template_sha256": g.template_sha256,
                 "population": p.population,
                 "parent": p.parent,
                 "count": p.count,
                 "parent_count": p.parent_count,
             }
-            for p, s in rows
+            for p, g, s in rows
         ]
 
     def quarantine(
