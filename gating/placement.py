@@ -62,7 +62,7 @@ def density(values: np.ndarray, lo: float, hi: float, bandwidth: float | None = 
         spread = min(np.std(values), np.subtract(*np.percentile(values, [75, 25])) / 1.349)
         bandwidth = 0.9 * max(spread, 1e-6) * len(values) ** -0.2
     sigma = max(bandwidth / step, 1.0)
-    radius = int(4 * sigma)
+    radius = min(int(4 * sigma), GRID_POINTS // 2 - 1)
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     smooth = np.convolve(counts.astype(np.float64), kernel / kernel.sum(), mode="same")
     return centres, smooth / (smooth.sum() * step)

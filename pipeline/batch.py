@@ -3,7 +3,10 @@ tables into the output folder. Each stage is a module of its own; this one only 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed as as_completed_futures
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -102,16 +105,49 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
     )
 
 
+def _one_thread_each() -> None:
+    """Worker initialiser: one BLAS/OpenMP thread per process (the pool is the parallelism)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def gate_parallel(
+    pending: Sequence[PendingFile], workers: int = 1, scheduler: str | None = None
+) -> Iterator[GateWork]:
+    """Gate files as they finish: in this process, a local process pool, or on a Dask
+    distributed cluster (``scheduler`` = ``tcp://host:port``)."""
+    if not pending:
+        return
+    if scheduler:
+        from dask.distributed import Client, as_completed
+
+        with Client(scheduler) as client:
+            futures = client.map(gate_one, list(pending), pure=False)
+            for future in as_completed(futures):
+                yield future.result()
+        return
+    if workers <= 1 or len(pending) == 1:
+        yield from map(gate_one, pending)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each) as pool:
+        futures = [pool.submit(gate_one, item) for item in pending]
+        for future in as_completed_futures(futures):
+            yield future.result()
+
+
 def gate_batch(
     store: Store,
     run_id: int,
     pending: Sequence[PendingFile],
     on_file: Callable[[GateWork], None] | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> list[GateWork]:
-    """Gate pending files one after the other and store each as it finishes."""
+    """Gate pending files (in parallel when asked) and store each as it finishes."""
     done = []
-    for item in pending:
-        work = gate_one(item)
+    for work in gate_parallel(pending, workers, scheduler):
         write_gating(store, run_id, work)
         done.append(work)
         if on_file:

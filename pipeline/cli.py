@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -324,9 +325,15 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
     anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
     log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Local worker processes (default: all cores).")
+    ] = os.cpu_count() or 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask distributed scheduler, e.g. tcp://host:8786.")
+    ] = None,
 ) -> None:
-    """ingest → gate → counts → kinetics for every new file of a batch (exit 2 if any file
-    was quarantined)."""
+    """ingest → gate → counts → kinetics → report for every new file of a batch (exit 2 if
+    any file was quarantined)."""
     from pipeline.batch import follow_up, gate_batch, pending_gating
     from pipeline.report import write_report
     from pipeline.store import Store
@@ -335,11 +342,28 @@ def run(
     files = [(o.path, o.sha256) for o in report.outcomes if o.status in ("accepted", "known")]
     store = Store(db)
     try:
-        run_id = store.start_run("run", {"batch": str(batch_dir), "clinical": str(clinical)})
+        run_id = store.start_run(
+            "run",
+            {
+                "batch": str(batch_dir),
+                "clinical": str(clinical) if clinical else None,
+                "anchor_day0": anchor_day0,
+                "log_down": log_down,
+                "workers": workers,
+                "scheduler": scheduler,
+            },
+        )
         pending = pending_gating(store, files, out / "report")
         with _progress() as progress:
             task = progress.add_task("gate", total=len(pending))
-            done = gate_batch(store, run_id, pending, lambda _work: progress.advance(task))
+            done = gate_batch(
+                store,
+                run_id,
+                pending,
+                lambda _work: progress.advance(task),
+                workers=workers,
+                scheduler=scheduler,
+            )
         failed = [w for w in done if w.error]
         flagged = [w for w in done if w.flags]
         console.print(
@@ -447,6 +471,8 @@ def demo(
             out=out,
             anchor_day0=False,
             log_down=False,
+            workers=os.cpu_count() or 1,
+            scheduler=None,
         )
     except typer.Exit as done:
         console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
