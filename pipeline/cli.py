@@ -331,6 +331,9 @@ def run(
     scheduler: Annotated[
         str | None, typer.Option(help="Dask distributed scheduler, e.g. tcp://host:8786.")
     ] = None,
+    html_report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write the HTML report and its plots.")
+    ] = True,
 ) -> None:
     """ingest → gate → counts → kinetics → report for every new file of a batch (exit 2 if
     any file was quarantined)."""
@@ -353,7 +356,7 @@ def run(
                 "scheduler": scheduler,
             },
         )
-        pending = pending_gating(store, files, out / "report")
+        pending = pending_gating(store, files, out / "report" if html_report else None)
         with _progress() as progress:
             task = progress.add_task("gate", total=len(pending))
             done = gate_batch(
@@ -373,12 +376,15 @@ def run(
         for work in failed:
             console.print(f"  gating failed: {work.path.name}: {work.error}")
         follow = follow_up(store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down))
-        index = write_report(store, out / "report", follow.timepoints, follow.kinetics)
+        index = None
+        if html_report:
+            index = write_report(store, out / "report", follow.timepoints, follow.kinetics)
         store.finish_run(run_id)
     finally:
         store.close()
     _print_follow_up(follow)
-    console.print(f"report: {index.resolve()}")
+    if index:
+        console.print(f"report: {index.resolve()}")
     raise typer.Exit(report.exit_code)
 
 
@@ -473,6 +479,7 @@ def demo(
             log_down=False,
             workers=os.cpu_count() or 1,
             scheduler=None,
+            html_report=True,
         )
     except typer.Exit as done:
         console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")

@@ -543,6 +543,42 @@ class Store:
         except IntegrityError:
             return False
 
+    def snapshot(self) -> dict[str, list[tuple]]:
+        """The store's results without run bookkeeping (ids, timestamps): two stores that
+        hold the same results give equal snapshots."""
+        with self._sessions() as session:
+            sha = {f.id: f.sha256 for f in session.scalars(select(FcsFileRow))}
+            samples = {s.id: s for s in session.scalars(select(SampleRow))}
+            key = {i: sha[s.file_id] for i, s in samples.items()}
+            gatings = {g.id: g for g in session.scalars(select(GatingRow))}
+            where = {i: (key[g.sample_id], g.template_sha256) for i, g in gatings.items()}
+            newest_kinetics = session.scalar(select(func.max(KineticsRow.run_id)))
+            kinetics = session.scalars(
+                select(KineticsRow).where(KineticsRow.run_id == newest_kinetics)
+            ).all()
+            return {
+                "files": sorted(sha.values()),
+                "samples": sorted(
+                    (key[i], s.patient, s.timepoint, s.tube, s.panel_id) for i, s in samples.items()
+                ),
+                "gatings": sorted((*where[i], g.status) for i, g in gatings.items()),
+                "populations": sorted(
+                    (*where[p.gating_id], p.population, p.count)
+                    for p in session.scalars(select(PopulationRow))
+                ),
+                "gates": sorted(
+                    (*where[g.gating_id], g.gate, g.method, g.value)
+                    for g in session.scalars(select(GateRow))
+                ),
+                "flags": sorted(
+                    (*where[f.gating_id], f.flag) for f in session.scalars(select(FlagRow))
+                ),
+                "quarantine": sorted(
+                    (q.content_key, q.reason) for q in session.scalars(select(QuarantineRow))
+                ),
+                "kinetics": sorted((k.patient, k.population, k.metric, k.value) for k in kinetics),
+            }
+
     def row_counts(self) -> dict[str, int]:
         with self._sessions() as session:
             return {

@@ -1,0 +1,153 @@
+"""Batch runs as a lab uses them: incremental, parallel (process pool and Dask), crash-safe,
+safe when two runs overlap, and reported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.store import Store
+from tests.conftest import FIXTURE_COHORT
+
+runner = CliRunner()
+PATIENT_FILES = ("CART-001 D7_", "CART-001 D11_", "CART-001 D14_", "CART-003 D11_")
+
+
+def _batch(target: Path, prefixes=PATIENT_FILES, tubes=("memory", "BCELL")) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for source in sorted(FIXTURE_COHORT.glob("*.fcs")):
+        if source.name.startswith(prefixes) and any(t in source.name for t in tubes):
+            shutil.copy(source, target / source.name)
+    return target
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def _run_args(batch: Path, db: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(batch),
+        "--db",
+        db,
+        "--out",
+        str(out),
+        "--no-report",
+        "--clinical",
+        str(FIXTURE_COHORT / "clinical.csv"),
+        *extra,
+    ]
+
+
+def test_run_writes_tables_and_report_and_is_incremental(tmp_path, store_url):
+    batch = _batch(tmp_path / "batch")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["run", str(batch), "--db", store_url, "--out", str(out), "--workers", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("timepoints.csv", "timepoints.parquet", "kinetics.csv", "kinetics.parquet"):
+        assert (out / name).is_file(), name
+    assert (out / "report" / "index.html").is_file()
+    assert f"{len(list(batch.glob('*.fcs')))} gated" in result.output
+    store = Store(store_url)
+    first = store.snapshot()
+    again = runner.invoke(app, _run_args(batch, store_url, out))
+    assert again.exit_code == 0, again.output
+    assert "0 gated" in again.output and "already gated" in again.output
+    assert store.snapshot()["gatings"] == first["gatings"]
+    assert store.snapshot()["populations"] == first["populations"]
+    store.close()
+
+
+def test_dask_cluster_gives_the_same_results(tmp_path):
+    from dask.distributed import LocalCluster
+
+    batch = _batch(tmp_path / "batch", prefixes=("CART-001 D11_", "CART-003 D11_"))
+    local = f"sqlite:///{tmp_path / 'local.sqlite'}"
+    assert (
+        runner.invoke(app, _run_args(batch, local, tmp_path / "a", "--workers", "1")).exit_code == 0
+    )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        dask_db = f"sqlite:///{tmp_path / 'dask.sqlite'}"
+        result = runner.invoke(
+            app, _run_args(batch, dask_db, tmp_path / "b", "--scheduler", cluster.scheduler_address)
+        )
+    assert result.exit_code == 0, result.output
+    assert Store(local).snapshot()["populations"] == Store(dask_db).snapshot()["populations"]
+
+
+def _reference(tmp_path: Path, batch: Path, url: str) -> dict:
+    done = subprocess.run(_cli(*_run_args(batch, url, tmp_path / "ref")), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    store = Store(url)
+    snapshot = store.snapshot()
+    store.close()
+    return snapshot
+
+
+@pytest.mark.parametrize("delay", [0.8, 2.0, 3.5, 5.0])
+def test_kill_and_rerun_gives_the_same_store(tmp_path, store_url, delay):
+    """SIGKILL a real run at some moment, run again: the store equals an uninterrupted run's."""
+    batch = _batch(tmp_path / "batch")
+    reference_url = f"sqlite:///{tmp_path / 'reference.sqlite'}"
+    reference = _reference(tmp_path, batch, reference_url)
+    process = subprocess.Popen(
+        _cli(*_run_args(batch, store_url, tmp_path / "out", "--workers", "2")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    time.sleep(delay)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    again = subprocess.run(
+        _cli(*_run_args(batch, store_url, tmp_path / "out")), capture_output=True
+    )
+    assert again.returncode == 0, again.stderr.decode()
+    store = Store(store_url)
+    snapshot = store.snapshot()
+    store.close()
+    for table, rows in reference.items():
+        assert snapshot[table] == rows, (table, set(snapshot[table]) ^ set(rows))
+
+
+def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
+    first = _batch(tmp_path / "first", prefixes=("CART-001 D7_", "CART-001 D11_", "CART-003 D11_"))
+    second = _batch(
+        tmp_path / "second", prefixes=("CART-001 D11_", "CART-001 D14_", "CART-003 D11_")
+    )
+    Store(store_url).close()  # schema first, so both runs start on a ready store
+    runs = [
+        subprocess.Popen(
+            _cli(*_run_args(batch, store_url, tmp_path / f"out{i}", "--workers", "1")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i, batch in enumerate((first, second))
+    ]
+    for process in runs:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()
+    store = Store(store_url)
+    snapshot = store.snapshot()
+    union = {p.name for p in first.glob("*.fcs")} | {p.name for p in second.glob("*.fcs")}
+    assert len(snapshot["files"]) == len(union)
+    assert len(snapshot["samples"]) == len(union)
+    gated = [(sha, template) for sha, template, _ in snapshot["gatings"]]
+    assert len(gated) == len(set(gated)) == len(union)
+    populations = [(sha, template, pop) for sha, template, pop, _ in snapshot["populations"]]
+    assert len(populations) == len(set(populations))
+    store.close()
