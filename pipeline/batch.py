@@ -15,7 +15,10 @@ import pandas as pd
 
 from pipeline.errors import CartflowError
 from pipeline.gate import gate_file, gate_records, template_for
+from pipeline.identity import IdentityRules, Manifest
+from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
+from pipeline.report import overview_path, write_report
 from pipeline.store import GateRecord, PopulationRecord, Store
 from pipeline.timepoints import timepoint_table
 
@@ -73,8 +76,6 @@ def pending_gating(
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
     template (with the path of their overview plot when a report is wanted)."""
-    from pipeline.report import overview_path
-
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
@@ -203,3 +204,91 @@ def follow_up(
         files[name] = csv_path
         files[f"{name}_parquet"] = parquet_path
     return FollowUp(timepoints, kinetics, files)
+
+
+Advance = Callable[[], None]
+StageProgress = Callable[[str, int], Advance]
+
+
+def _silent(_stage: str, _total: int) -> Advance:
+    return lambda: None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs besides the batch folder and the store."""
+
+    out: Path
+    manifest: Manifest | None = None
+    rules: IdentityRules = IdentityRules()
+    clinical: Path | None = None
+    kinetics: KineticsOptions = KineticsOptions()
+    workers: int = 1
+    scheduler: str | None = None
+    html_report: bool = True
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: int
+    ingest: IngestReport
+    gated: tuple[GateWork, ...]
+    already_gated: int
+    follow: FollowUp
+    report: Path | None
+    quarantine_report: Path | None
+
+    @property
+    def failed(self) -> list[GateWork]:
+        return [w for w in self.gated if w.error]
+
+    @property
+    def flagged(self) -> list[GateWork]:
+        return [w for w in self.gated if w.flags and not w.error]
+
+    @property
+    def exit_code(self) -> int:
+        return self.ingest.exit_code
+
+
+def run_batch(
+    batch_dir: Path, store: Store, settings: RunSettings, progress: StageProgress = _silent
+) -> RunSummary:
+    """ingest → gate → counts → kinetics → report for every new file of a batch."""
+    files_total = len(scan_batch(batch_dir))
+    advance = progress("ingest", files_total)
+    ingest = ingest_batch(
+        batch_dir, store, settings.manifest, settings.rules, on_file=lambda _o: advance()
+    )
+    quarantine_report = write_quarantine_report(ingest, settings.out)
+    files = [(o.path, o.sha256) for o in ingest.outcomes if o.status in ("accepted", "known")]
+    run_id = store.start_run(
+        "run",
+        {
+            "batch": str(batch_dir),
+            "clinical": str(settings.clinical) if settings.clinical else None,
+            "kinetics": settings.kinetics.__dict__,
+            "workers": settings.workers,
+            "scheduler": settings.scheduler,
+        },
+    )
+    report_dir = settings.out / "report"
+    pending = pending_gating(store, files, report_dir if settings.html_report else None)
+    advance = progress("gate", len(pending))
+    gated = gate_batch(
+        store,
+        run_id,
+        pending,
+        lambda _work: advance(),
+        workers=settings.workers,
+        scheduler=settings.scheduler,
+    )
+    follow = follow_up(store, run_id, settings.out, settings.clinical, settings.kinetics)
+    index = None
+    if settings.html_report:
+        progress("report", 1)
+        index = write_report(store, report_dir, follow.timepoints, follow.kinetics)
+    store.finish_run(run_id)
+    return RunSummary(
+        run_id, ingest, tuple(gated), len(files) - len(pending), follow, index, quarantine_report
+    )

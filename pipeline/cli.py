@@ -159,6 +159,23 @@ def _progress() -> Progress:
     )
 
 
+def _print_ingest(report, store_url: str, quarantine_report: Path | None) -> None:
+    counts = {
+        s: len(report.with_status(s)) for s in ("accepted", "known", "duplicate", "quarantined")
+    }
+    console.print(
+        f"ingest: {counts['accepted']} accepted, {counts['known']} already known, "
+        f"{counts['duplicate']} duplicate, {counts['quarantined']} quarantined "
+        f"(store {store_url})"
+    )
+    for outcome in report.with_status("duplicate"):
+        console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
+    for outcome in report.with_status("quarantined"):
+        console.print(f"  quarantined: {outcome.path.name}: {outcome.detail}")
+    if quarantine_report:
+        console.print(f"quarantine report: {quarantine_report}")
+
+
 def run_ingest(
     batch_dir: Path, db: str | None, manifest: Path | None, rules: Path | None, out: Path
 ):
@@ -186,21 +203,7 @@ def run_ingest(
             )
     finally:
         store.close()
-    counts = {
-        s: len(report.with_status(s)) for s in ("accepted", "known", "duplicate", "quarantined")
-    }
-    console.print(
-        f"ingest: {counts['accepted']} accepted, {counts['known']} already known, "
-        f"{counts['duplicate']} duplicate, {counts['quarantined']} quarantined "
-        f"(store {store.display_url})"
-    )
-    for outcome in report.with_status("duplicate"):
-        console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
-    for outcome in report.with_status("quarantined"):
-        console.print(f"  quarantined: {outcome.path.name}: {outcome.detail}")
-    target = write_quarantine_report(report, out)
-    if target:
-        console.print(f"quarantine report: {target}")
+    _print_ingest(report, store.display_url, write_quarantine_report(report, out))
     return report
 
 
@@ -337,55 +340,57 @@ def run(
 ) -> None:
     """ingest → gate → counts → kinetics → report for every new file of a batch (exit 2 if
     any file was quarantined)."""
-    from pipeline.batch import follow_up, gate_batch, pending_gating
-    from pipeline.report import write_report
+    from pipeline.batch import RunSettings
+
+    settings = RunSettings(
+        out=out,
+        clinical=clinical,
+        kinetics=_kinetics_options(anchor_day0, log_down),
+        workers=workers,
+        scheduler=scheduler,
+        html_report=html_report,
+    )
+    summary = _run_once(batch_dir, db, manifest, rules, settings)
+    raise typer.Exit(summary.exit_code)
+
+
+def _run_once(batch_dir: Path, db, manifest, rules, settings):
+    """One run with progress bars and a printed summary."""
+    from dataclasses import replace
+
+    from pipeline.batch import run_batch
     from pipeline.store import Store
 
-    report = run_ingest(batch_dir, db, manifest, rules, out)
-    files = [(o.path, o.sha256) for o in report.outcomes if o.status in ("accepted", "known")]
+    if not batch_dir.is_dir():
+        raise _fail(f"{batch_dir}: not a folder")
+    try:
+        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    settings = replace(settings, manifest=loaded_manifest, rules=loaded_rules)
     store = Store(db)
     try:
-        run_id = store.start_run(
-            "run",
-            {
-                "batch": str(batch_dir),
-                "clinical": str(clinical) if clinical else None,
-                "anchor_day0": anchor_day0,
-                "log_down": log_down,
-                "workers": workers,
-                "scheduler": scheduler,
-            },
-        )
-        pending = pending_gating(store, files, out / "report" if html_report else None)
         with _progress() as progress:
-            task = progress.add_task("gate", total=len(pending))
-            done = gate_batch(
-                store,
-                run_id,
-                pending,
-                lambda _work: progress.advance(task),
-                workers=workers,
-                scheduler=scheduler,
-            )
-        failed = [w for w in done if w.error]
-        flagged = [w for w in done if w.flags]
-        console.print(
-            f"gate: {len(done) - len(failed)} gated, {len(files) - len(pending)} already gated, "
-            f"{len(failed)} failed, {len(flagged)} flagged"
-        )
-        for work in failed:
-            console.print(f"  gating failed: {work.path.name}: {work.error}")
-        follow = follow_up(store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down))
-        index = None
-        if html_report:
-            index = write_report(store, out / "report", follow.timepoints, follow.kinetics)
-        store.finish_run(run_id)
+
+            def stage(name: str, total: int):
+                task = progress.add_task(name, total=total)
+                return lambda: progress.advance(task)
+
+            summary = run_batch(batch_dir, store, settings, stage)
     finally:
         store.close()
-    _print_follow_up(follow)
-    if index:
-        console.print(f"report: {index.resolve()}")
-    raise typer.Exit(report.exit_code)
+    _print_ingest(summary.ingest, store.display_url, summary.quarantine_report)
+    failed = summary.failed
+    console.print(
+        f"gate: {len(summary.gated) - len(failed)} gated, {summary.already_gated} already "
+        f"gated, {len(failed)} failed, {len(summary.flagged)} flagged"
+    )
+    for work in failed:
+        console.print(f"  gating failed: {work.path.name}: {work.error}")
+    _print_follow_up(summary.follow)
+    if summary.report:
+        console.print(f"report: {summary.report.resolve()}")
+    return summary
 
 
 @app.command()
@@ -466,24 +471,13 @@ def demo(
         if not (batch / "manifest.csv").is_file():
             simulate_cohort(batch, SimulationConfig(patients=3, seed=20251121, events=events))
         console.print(f"demo: cohort of 3 patients in {batch}")
+    from pipeline.batch import RunSettings
+
     db_path = out / "cartflow.sqlite"
-    try:
-        run(
-            batch,
-            manifest=batch / "manifest.csv",
-            clinical=batch / "clinical.csv",
-            db=str(db_path),
-            rules=None,
-            out=out,
-            anchor_day0=False,
-            log_down=False,
-            workers=os.cpu_count() or 1,
-            scheduler=None,
-            html_report=True,
-        )
-    except typer.Exit as done:
-        console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
-        raise typer.Exit(done.exit_code) from None
+    settings = RunSettings(out=out, clinical=batch / "clinical.csv", workers=os.cpu_count() or 1)
+    summary = _run_once(batch, str(db_path), batch / "manifest.csv", None, settings)
+    console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
+    raise typer.Exit(summary.exit_code)
 
 
 def main() -> None:
