@@ -252,13 +252,23 @@ class RunSummary:
 
 
 def run_batch(
-    batch_dir: Path, store: Store, settings: RunSettings, progress: StageProgress = _silent
+    batch_dir: Path,
+    store: Store,
+    settings: RunSettings,
+    progress: StageProgress = _silent,
+    only: list[Path] | None = None,
 ) -> RunSummary:
-    """ingest → gate → counts → kinetics → report for every new file of a batch."""
-    files_total = len(scan_batch(batch_dir))
-    advance = progress("ingest", files_total)
+    """ingest → gate → counts → kinetics → report for every new file of a batch (or for the
+    files ``only`` names)."""
+    candidates = scan_batch(batch_dir) if only is None else sorted(only)
+    advance = progress("ingest", len(candidates))
     ingest = ingest_batch(
-        batch_dir, store, settings.manifest, settings.rules, on_file=lambda _o: advance()
+        batch_dir,
+        store,
+        settings.manifest,
+        settings.rules,
+        on_file=lambda _o: advance(),
+        files=candidates,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
     files = [(o.path, o.sha256) for o in ingest.outcomes if o.status in ("accepted", "known")]
@@ -292,3 +302,39 @@ def run_batch(
     return RunSummary(
         run_id, ingest, tuple(gated), len(files) - len(pending), follow, index, quarantine_report
     )
+
+
+@dataclass
+class ArrivalWatch:
+    """Which files of a folder are complete: same size on two looks and readable (or, when
+    unreadable, unchanged for ``settle`` looks, so that ingest can quarantine them)."""
+
+    folder: Path
+    settle: int = 3
+    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    handed_over: set[Path] = field(default_factory=set)
+
+    def complete(self) -> list[Path]:
+        from pipeline.fcs import read_fcs
+
+        ready = []
+        for path in scan_batch(self.folder):
+            if path in self.handed_over:
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            previous, stable = self.sizes.get(path, (-1, 0))
+            stable = stable + 1 if size == previous else 0
+            self.sizes[path] = (size, stable)
+            if stable == 0:
+                continue
+            try:
+                read_fcs(path, events=False)
+            except CartflowError:
+                if stable < self.settle:
+                    continue
+            ready.append(path)
+        self.handed_over.update(ready)
+        return ready

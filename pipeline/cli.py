@@ -354,7 +354,7 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
-def _run_once(batch_dir: Path, db, manifest, rules, settings):
+def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
     """One run with progress bars and a printed summary."""
     from dataclasses import replace
 
@@ -376,7 +376,7 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings):
                 task = progress.add_task(name, total=total)
                 return lambda: progress.advance(task)
 
-            summary = run_batch(batch_dir, store, settings, stage)
+            summary = run_batch(batch_dir, store, settings, stage, only)
     finally:
         store.close()
     _print_ingest(summary.ingest, store.display_url, summary.quarantine_report)
@@ -391,6 +391,47 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings):
     if summary.report:
         console.print(f"report: {summary.report.resolve()}")
     return summary
+
+
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Folder the cytometer exports into.")],
+    manifest: ManifestOption = None,
+    clinical: Annotated[
+        Path | None, typer.Option(help="Clinical table (infusion dates, outcomes).")
+    ] = None,
+    db: DbOption = None,
+    rules: RulesOption = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between looks.")] = 10.0,
+    cycles: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many looks (default: never).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    html_report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write the HTML report and its plots.")
+    ] = True,
+) -> None:
+    """Process files as they arrive, each once it is complete; bad files are quarantined and
+    watching goes on."""
+    import time
+
+    from pipeline.batch import ArrivalWatch, RunSettings
+
+    if not folder.is_dir():
+        raise _fail(f"{folder}: not a folder")
+    settings = RunSettings(out=out, clinical=clinical, workers=workers, html_report=html_report)
+    arrivals = ArrivalWatch(folder)
+    look = 0
+    console.print(f"watch: {folder} every {interval:g} s")
+    while cycles is None or look < cycles:
+        look += 1
+        ready = arrivals.complete()
+        if ready:
+            console.print(f"watch: {len(ready)} new file(s)")
+            _run_once(folder, db, manifest, rules, settings, only=ready)
+        if cycles is None or look < cycles:
+            time.sleep(interval)
 
 
 @app.command()

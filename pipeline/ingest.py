@@ -140,10 +140,11 @@ def ingest_batch(
     panels: tuple[Panel, ...] | None = None,
     on_file: Callable[[FileOutcome], None] | None = None,
     run_id: int | None = None,
+    files: list[Path] | None = None,
 ) -> IngestReport:
-    """Ingest every FCS file of a batch folder into the store."""
+    """Ingest every FCS file of a batch folder (or just ``files``) into the store."""
     panels = panels if panels is not None else load_panels()
-    files = scan_batch(batch_dir)
+    files = scan_batch(batch_dir) if files is None else sorted(files)
     if run_id is None:
         run_id = store.start_run(
             "ingest",

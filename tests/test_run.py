@@ -151,3 +151,45 @@ def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
     populations = [(sha, template, pop) for sha, template, pop, _ in snapshot["populations"]]
     assert len(populations) == len(set(populations))
     store.close()
+
+
+def test_watch_takes_files_once_complete_and_survives_bad_ones(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    db = f"sqlite:///{tmp_path / 'watch.sqlite'}"
+    source = sorted(FIXTURE_COHORT.glob("CART-001 D11_CAR-T memory_*.fcs"))[0]
+    raw = source.read_bytes()
+    watcher = subprocess.Popen(
+        _cli(
+            "watch",
+            str(folder),
+            "--db",
+            db,
+            "--out",
+            str(tmp_path / "out"),
+            "--no-report",
+            "--interval",
+            "0.4",
+            "--cycles",
+            "14",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    arriving = folder / source.name
+    with arriving.open("wb") as fh:  # an export still being written
+        fh.write(raw[: len(raw) // 2])
+        fh.flush()
+        time.sleep(1.5)
+        fh.write(raw[len(raw) // 2 :])
+    (folder / "broken.fcs").write_bytes(b"FCS3.1 garbage that never becomes a file")
+    _, err = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, err.decode()
+    store = Store(db)
+    snapshot = store.snapshot()
+    assert len(snapshot["files"]) == 1
+    [(_, reason)] = snapshot["quarantine"]
+    assert "truncated" in reason
+    assert all(source.name not in q["path"] for q in store.quarantined())
+    assert len(snapshot["gatings"]) == 1
+    store.close()
