@@ -19,7 +19,7 @@ import yaml
 from pipeline.errors import PanelError, PanelMismatchError
 
 PANEL_DIR = Path(__file__).resolve().parent
-_NON_FILE_YAML = {"markers.yaml", "fluorochromes.yaml"}
+_NON_FILE_YAML = {"markers.yaml", "fluorochromes.yaml", "hematotox.yaml"}
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,7 @@ class RunSettings:
     workers: int = 1
     scheduler: str | None = None
     html_report: bool = True
+    analysis: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,8 @@ class RunSummary:
     follow: FollowUp
     report: Path | None
     quarantine_report: Path | None
+    outcomes: object | None = None
+    outcome_error: str | None = None
 
     @property
     def failed(self) -> list[GateWork]:
@@ -294,13 +297,35 @@ def run_batch(
         scheduler=settings.scheduler,
     )
     follow = follow_up(store, run_id, settings.out, settings.clinical, settings.kinetics)
+    outcomes, outcome_error = None, None
+    outcome_dir = settings.out / "outcomes"
+    if settings.clinical is not None and len(follow.kinetics):
+        progress("outcomes", 1)
+        try:
+            outcomes = outcomes_stage(follow, settings.clinical, outcome_dir, settings.analysis)
+        except CartflowError as exc:
+            outcome_error = str(exc)
     index = None
     if settings.html_report:
         progress("report", 1)
-        index = write_report(store, report_dir, follow.timepoints, follow.kinetics)
+        index = write_report(
+            store,
+            report_dir,
+            follow.timepoints,
+            follow.kinetics,
+            outcome_dir if outcomes is not None else None,
+        )
     store.finish_run(run_id)
     return RunSummary(
-        run_id, ingest, tuple(gated), len(files) - len(pending), follow, index, quarantine_report
+        run_id,
+        ingest,
+        tuple(gated),
+        len(files) - len(pending),
+        follow,
+        index,
+        quarantine_report,
+        outcomes,
+        outcome_error,
     )
 
 
@@ -338,3 +363,39 @@ class ArrivalWatch:
             ready.append(path)
         self.handed_over.update(ready)
         return ready
+
+
+OUTCOME_COLUMNS = {
+    "car_t_cmax": "cmax_car_t_per_ul",
+    "car_t_tmax_day": "tmax_day",
+    "car_t_auc14": "auc14_car_t",
+    "car_t_auc28": "auc28_car_t",
+    "car_t_persistence_day": "persistence_day",
+}
+
+
+def outcome_inputs(follow: FollowUp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-patient table and the CAR-T expansion points the outcome stage reads."""
+    patients = follow.kinetics.rename(columns=OUTCOME_COLUMNS)
+    points = follow.timepoints
+    if len(points):
+        points = points[(points.tube == "memory") & (points.population == "CAR")]
+        points = points.rename(columns={"cells_per_ul": "car_t_per_ul"})[
+            ["patient", "nominal_day", "car_t_per_ul"]
+        ]
+    return patients, points
+
+
+def outcomes_stage(follow: FollowUp, clinical: Path, out_dir: Path, config_path: Path | None):
+    """The outcome-correlation stage on this store's patients."""
+    from pipeline.outcomes import load_outcome_config, run_outcomes
+
+    patients, points = outcome_inputs(follow)
+    return run_outcomes(
+        clinical,
+        patients,
+        out_dir,
+        load_outcome_config(config_path),
+        points if len(points) else None,
+        known_patients=set(patients.patient) if len(patients) else None,
+    )

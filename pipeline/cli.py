@@ -73,15 +73,26 @@ def _load_context(manifest: Path | None, rules: Path | None):
 
 @app.command()
 def inspect(
-    file: Annotated[Path, typer.Argument(help="An FCS file.")],
+    file: Annotated[Path | None, typer.Argument(help="An FCS file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     manifest: ManifestOption = None,
     rules: RulesOption = None,
+    sample: Annotated[
+        int | None, typer.Option("--sample", help="Show the provenance of a stored sample.")
+    ] = None,
+    db: DbOption = None,
 ) -> None:
-    """Show an FCS file: version, cytometer, events, channels, spillover, panel and identity."""
+    """Show an FCS file (version, cytometer, events, channels, spillover, panel, identity),
+    or with --sample the trail behind a stored sample's numbers."""
     from panels import load_panels, match_panel
     from pipeline.fcs import read_fcs
     from pipeline.identity import identify
+
+    if sample is not None:
+        _inspect_sample(sample, db, as_json)
+        return
+    if file is None:
+        raise _fail("give an FCS file or --sample ID")
 
     try:
         loaded_manifest, loaded_rules = _load_context(manifest, rules)
@@ -121,6 +132,51 @@ def inspect(
         console.print_json(json.dumps(info, default=str))
         return
     _print_inspection(info)
+
+
+def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
+    from pipeline.store import Store
+
+    store = Store(db)
+    try:
+        trail = store.provenance(sample_id)
+    finally:
+        store.close()
+    if trail is None:
+        raise _fail(f"no sample {sample_id} in {store.display_url}")
+    if as_json:
+        console.print_json(json.dumps(trail, default=str))
+        return
+    file = trail["file"]
+    console.print(
+        f"[bold]sample {trail['sample_id']}[/bold]: {trail['patient']} {trail['timepoint']} "
+        f"(day {trail['nominal_day']}), tube {trail['tube']} [{trail['identity_source']}]"
+    )
+    console.print(
+        f"  file sha256 {file['sha256']} ({file['fcs_version']}, {file['events']:,} events)"
+    )
+    for name in file["names"]:
+        console.print(f"    seen as {name}")
+    panel = trail["panel"]
+    console.print(f"  panel {panel['id']} v{panel['version']} sha256 {panel['sha256']}")
+    ingest = trail["ingest"]
+    console.print(
+        f"  ingested by run {ingest['run_id']} (cartflow {ingest['software_version']}, "
+        f"{ingest['started_at']})"
+    )
+    for gating in trail["gatings"]:
+        run = gating["run"]
+        console.print(
+            f"  gated by run {run['run_id']} ({run['command']}, cartflow "
+            f"{run['software_version']}, {run['started_at']}): template {gating['template_id']} "
+            f"sha256 {gating['template_sha256']}, {gating['status']}"
+        )
+        for name, cut in gating["cuts"].items():
+            if cut["value"] is not None:
+                note = " (fallback)" if cut["fallback"] else ""
+                console.print(f"    cut {name} = {cut['value']:.4g} by {cut['method']}{note}")
+        for flag in gating["flags"]:
+            console.print(f"    flag {flag}")
 
 
 def _print_inspection(info: dict) -> None:
@@ -337,9 +393,12 @@ def run(
     html_report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write the HTML report and its plots.")
     ] = True,
+    analysis: Annotated[
+        Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
+    ] = None,
 ) -> None:
-    """ingest → gate → counts → kinetics → report for every new file of a batch (exit 2 if
-    any file was quarantined)."""
+    """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
+    file of a batch (exit 2 if any file was quarantined)."""
     from pipeline.batch import RunSettings
 
     settings = RunSettings(
@@ -349,6 +408,7 @@ def run(
         workers=workers,
         scheduler=scheduler,
         html_report=html_report,
+        analysis=analysis,
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
@@ -388,6 +448,11 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
     for work in failed:
         console.print(f"  gating failed: {work.path.name}: {work.error}")
     _print_follow_up(summary.follow)
+    if summary.outcome_error:
+        console.print(f"[red]outcomes not computed:[/red] {summary.outcome_error}")
+    elif summary.outcomes is not None:
+        where = summary.follow.files["kinetics"].parent / "outcomes"
+        console.print(f"outcomes: {len(summary.outcomes.figures)} figures and tables in {where}")
     if summary.report:
         console.print(f"report: {summary.report.resolve()}")
     return summary
@@ -457,6 +522,71 @@ def kinetics(
     finally:
         store.close()
     _print_follow_up(follow)
+
+
+@app.command()
+def outcomes(
+    clinical: Annotated[Path, typer.Option(help="Clinical table (CSV or Excel).")],
+    db: DbOption = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path(
+        "cartflow-out/outcomes"
+    ),
+    config: Annotated[
+        Path | None, typer.Option("--config", help="analysis.yaml overriding the defaults.")
+    ] = None,
+) -> None:
+    """Outcome correlation: group comparisons, ROC cut-points, Kaplan-Meier, log-rank, Cox."""
+    from pipeline.batch import follow_up, outcomes_stage
+    from pipeline.store import Store
+
+    store = Store(db)
+    try:
+        run_id = store.start_run("outcomes", {"clinical": str(clinical), "config": str(config)})
+        follow = follow_up(store, run_id, out.parent, clinical)
+        try:
+            report = outcomes_stage(follow, clinical, out, config)
+        except CartflowError as exc:
+            raise _fail(str(exc)) from None
+        store.finish_run(run_id)
+    finally:
+        store.close()
+    console.print(f"outcomes: {len(report.figures)} figures, tables and outcomes.json in {out}")
+    for note in report.notes:
+        console.print(f"  note: {note}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the tables.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    db: DbOption = None,
+    clinical: Annotated[
+        Path | None, typer.Option(help="Clinical table (infusion dates for actual days).")
+    ] = None,
+    pseudonymise: Annotated[
+        bool,
+        typer.Option(
+            help="Replace patient ids by keyed pseudonyms (key from CARTFLOW_PSEUDONYM_KEY)."
+        ),
+    ] = False,
+) -> None:
+    """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
+    from pipeline.export import export as export_tables
+    from pipeline.store import Store
+
+    key = None
+    if pseudonymise:
+        key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
+        if not key:
+            raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
+    store = Store(db)
+    try:
+        written = export_tables(store, out, fmt, key, clinical)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+    console.print(f"export: {len(written)} files in {out}")
 
 
 @app.command()

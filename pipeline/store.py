@@ -543,6 +543,83 @@ class Store:
         except IntegrityError:
             return False
 
+    def provenance(self, sample_id: int) -> dict[str, Any] | None:
+        """Where a sample's numbers come from: file, runs, software, panel, templates, cuts."""
+
+        def run_info(session: Session, run_id: int) -> dict[str, Any]:
+            run = session.get(Run, run_id)
+            return {
+                "run_id": run.id,
+                "command": run.command,
+                "software_version": run.software_version,
+                "parameters": run.parameters,
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+                "status": run.status,
+            }
+
+        with self._sessions() as session:
+            sample = session.get(SampleRow, sample_id)
+            if sample is None:
+                return None
+            file = session.get(FcsFileRow, sample.file_id)
+            names = session.scalars(select(FileName.path).where(FileName.file_id == file.id)).all()
+            gatings = session.scalars(
+                select(GatingRow).where(GatingRow.sample_id == sample_id).order_by(GatingRow.id)
+            ).all()
+            trail = []
+            for gating in gatings:
+                trail.append(
+                    {
+                        "gating_id": gating.id,
+                        "template_id": gating.template_id,
+                        "template_sha256": gating.template_sha256,
+                        "status": gating.status,
+                        "error": gating.error,
+                        "run": run_info(session, gating.run_id),
+                        "counts": {
+                            p.population: p.count
+                            for p in session.scalars(
+                                select(PopulationRow).where(PopulationRow.gating_id == gating.id)
+                            )
+                        },
+                        "cuts": {
+                            g.gate: {"value": g.value, "method": g.method, "fallback": g.fallback}
+                            for g in session.scalars(
+                                select(GateRow).where(GateRow.gating_id == gating.id)
+                            )
+                        },
+                        "flags": session.scalars(
+                            select(FlagRow.flag).where(FlagRow.gating_id == gating.id)
+                        ).all(),
+                    }
+                )
+            return {
+                "sample_id": sample.id,
+                "patient": sample.patient,
+                "timepoint": sample.timepoint,
+                "nominal_day": sample.nominal_day,
+                "tube": sample.tube,
+                "identity_source": sample.identity_source,
+                "file": {
+                    "sha256": file.sha256,
+                    "names": list(names),
+                    "size_bytes": file.size_bytes,
+                    "fcs_version": file.fcs_version,
+                    "cytometer": file.cytometer,
+                    "events": file.event_count,
+                    "acquisition_date": file.acquisition_date,
+                    "reader_warnings": file.reader_warnings,
+                },
+                "panel": {
+                    "id": sample.panel_id,
+                    "version": sample.panel_version,
+                    "sha256": sample.panel_sha256,
+                },
+                "ingest": run_info(session, sample.run_id),
+                "gatings": trail,
+            }
+
     def snapshot(self) -> dict[str, list[tuple]]:
         """The store's results without run bookkeeping (ids, timestamps): two stores that
         hold the same results give equal snapshots."""

@@ -1,0 +1,162 @@
+"""Tidy tables for downstream analyses, with a data dictionary, and an optional pseudonymisation.
+
+Only identities established through the manifest or the identity rules leave the store: FCS
+keywords (``$SRC`` and other patient-name fields) are never exported, and with a key every
+patient id becomes a stable keyed pseudonym (HMAC-SHA-256) while file names are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from pipeline.batch import infusion_dates
+from pipeline.errors import CartflowError
+from pipeline.kinetics import patient_kinetics
+from pipeline.store import Store
+from pipeline.timepoints import timepoint_table
+
+Format = Literal["csv", "parquet"]
+
+DICTIONARY: dict[str, dict[str, str]] = {
+    "samples": {
+        "sample_id": "store id of the sample",
+        "patient": "patient id (from the manifest or identity rules; pseudonymised on request)",
+        "timepoint": "timepoint label (D5 … M12, LA)",
+        "nominal_day": "nominal day after infusion (M3 = 90, M6 = 180, M12 = 365)",
+        "tube": "tube (memory, function, bcell)",
+        "panel_id": "panel the file was checked against",
+        "sha256": "SHA-256 of the FCS file's bytes",
+        "file": "file name (left out when pseudonymised)",
+        "blood_volume_ul": "blood volume stained, µL",
+        "beads_per_tube": "counting beads per tube (lot-specific)",
+        "sample_date": "date the sample was drawn",
+    },
+    "populations": {
+        "sample_id": "store id of the sample",
+        "patient": "patient id",
+        "timepoint": "timepoint label",
+        "tube": "tube",
+        "population": "population id of the gating template",
+        "parent": "parent population",
+        "count": "events in the population",
+        "parent_count": "events in the parent",
+        "template_sha256": "SHA-256 of the gating template used",
+        "run_id": "run that gated the sample",
+    },
+    "timepoints": {
+        "patient": "patient id",
+        "timepoint": "timepoint label",
+        "nominal_day": "nominal day after infusion",
+        "actual_day": "day after infusion from sample and infusion dates, when both are known",
+        "day_drift": "actual day more than 2 days from the nominal one",
+        "tube": "tube",
+        "population": "population id",
+        "events": "events in the population",
+        "percent_of_parent": "events as % of the parent (empty when not evaluable)",
+        "percent_ci_low": "lower 95 % binomial limit of the percentage",
+        "percent_ci_high": "upper 95 % binomial limit of the percentage",
+        "percent_evaluable": "parent has at least LLOQ events",
+        "cells_per_ul": "cells/µL of blood",
+        "cells_ci_low": "lower exact 95 % limit, cells/µL",
+        "cells_ci_high": "upper exact 95 % limit, cells/µL",
+        "lod_cells_per_ul": "limit of detection for this sample, cells/µL (20 events)",
+        "lloq_cells_per_ul": "lower limit of quantification, cells/µL (50 events)",
+        "below_lod": "fewer events than the LOD",
+        "below_lloq": "fewer events than the LLOQ",
+        "count_method": "single-platform beads or dual-platform",
+        "count_inputs": "inputs of the concentration (JSON)",
+        "count_flags": "why no concentration was given, or what to watch",
+    },
+    "kinetics": {
+        "patient": "patient id",
+        "car_t_cmax": "peak CAR-T cells/µL",
+        "car_t_tmax_day": "day of the peak (first on ties)",
+        "car_t_auc14": "AUC of CAR-T/µL over days 5, 7, 11, 14 (linear trapezoid, ≥ 3 points)",
+        "car_t_auc28": "AUC over days 5 … 28",
+        "car_t_auclast": "AUC up to the last value above LOD",
+        "car_t_persistence_day": "last day with CAR-T above LOD",
+        "expanded": "peak above 5 CAR-T/µL",
+        "car_pct_of_cd3_at_peak": "CAR-T as % of CD3+ at the peak",
+        "scm_pct_of_cd8_car_at_peak": "stem-cell memory as % of CD8 CAR-T at the peak",
+        "b_cell_aplasia_duration_days": "days of B-cell aplasia (≤ 1 B cell/µL)",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Pseudonymiser:
+    """Stable keyed pseudonyms: the same key always gives the same pseudonym."""
+
+    key: bytes
+
+    def __call__(self, patient: str) -> str:
+        digest = hmac.new(self.key, patient.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"P-{digest[:10]}"
+
+
+def tables(store: Store, clinical: Path | None = None) -> dict[str, pd.DataFrame]:
+    """The tidy tables from the store's newest gatings."""
+    counts = store.latest_counts()
+    infusion, relapse = infusion_dates(clinical)
+    timepoints = timepoint_table(counts, infusion)
+    kinetics, _ = patient_kinetics(timepoints, relapse_days=relapse)
+    samples = pd.DataFrame(store.samples())
+    populations = pd.DataFrame(counts)
+    if len(populations):
+        populations = populations[list(DICTIONARY["populations"])]
+    if len(timepoints):
+        timepoints = timepoints.drop(columns=["file"])
+    return {
+        "samples": samples,
+        "populations": populations,
+        "timepoints": timepoints,
+        "kinetics": kinetics,
+    }
+
+
+def _pseudonymise(frame: pd.DataFrame, alias: Callable[[str], str]) -> pd.DataFrame:
+    frame = frame.copy()
+    if "patient" in frame:
+        frame["patient"] = frame["patient"].map(alias)
+    return frame.drop(columns=[c for c in ("file",) if c in frame])
+
+
+def export(
+    store: Store,
+    out_dir: Path,
+    fmt: Format = "csv",
+    key: str | None = None,
+    clinical: Path | None = None,
+) -> dict[str, Path]:
+    """Write samples, populations, timepoints and kinetics plus data_dictionary.csv."""
+    if fmt not in ("csv", "parquet"):
+        raise CartflowError(None, f"export format {fmt!r} is not csv or parquet")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    alias = Pseudonymiser(key.encode("utf-8")) if key else None
+    written = {}
+    for name, frame in tables(store, clinical).items():
+        if alias is not None:
+            frame = _pseudonymise(frame, alias)
+        path = out_dir / f"{name}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
+        written[name] = path
+    rows = [
+        {"table": table, "column": column, "description": text}
+        for table, columns in DICTIONARY.items()
+        for column, text in columns.items()
+        if not (alias and column == "file")
+    ]
+    dictionary = out_dir / "data_dictionary.csv"
+    pd.DataFrame(rows).to_csv(dictionary, index=False)
+    written["data_dictionary"] = dictionary
+    return written
