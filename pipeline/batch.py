@@ -386,8 +386,16 @@ def outcome_inputs(follow: FollowUp) -> tuple[pd.DataFrame, pd.DataFrame]:
     return patients, points
 
 
-def outcomes_stage(follow: FollowUp, clinical: Path, out_dir: Path, config_path: Path | None):
-    """The outcome-correlation stage on this store's patients."""
+def outcomes_stage(
+    follow: FollowUp,
+    clinical: Path,
+    out_dir: Path,
+    config_path: Path | None,
+    known_patients: set[str] | None = None,
+):
+    """The outcome-correlation stage on this store's patients. With ``known_patients`` a
+    clinical row naming anyone else is an error (a batch run passes None: its store may not
+    hold every patient of the clinical table yet)."""
     from pipeline.outcomes import load_outcome_config, run_outcomes
 
     patients, points = outcome_inputs(follow)
@@ -397,5 +405,5 @@ def outcomes_stage(follow: FollowUp, clinical: Path, out_dir: Path, config_path:
         out_dir,
         load_outcome_config(config_path),
         points if len(points) else None,
-        known_patients=set(patients.patient) if len(patients) else None,
+        known_patients=known_patients,
     )

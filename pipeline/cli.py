@@ -544,7 +544,8 @@ def outcomes(
         run_id = store.start_run("outcomes", {"clinical": str(clinical), "config": str(config)})
         follow = follow_up(store, run_id, out.parent, clinical)
         try:
-            report = outcomes_stage(follow, clinical, out, config)
+            known = {s["patient"] for s in store.samples()}
+            report = outcomes_stage(follow, clinical, out, config, known)
         except CartflowError as exc:
             raise _fail(str(exc)) from None
         store.finish_run(run_id)

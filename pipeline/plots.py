@@ -185,7 +185,8 @@ def kinetics_figure(rows, patient: str, path: Path) -> Path:
     ax.set_xlabel("day after infusion")
     ax.set_ylabel("cells/µL")
     ax.set_title(patient)
-    ax.legend(fontsize=7, loc="upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -1,0 +1,211 @@
+"""Exports, provenance and the HTML report: tidy tables with a dictionary, no identifiers
+from FCS keywords anywhere, a trail behind every number, a report that loads in a browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.export import DICTIONARY
+from pipeline.store import Store
+from tests.conftest import FIXTURE_COHORT
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, str, Path]:
+    """One run with a report on two patients' memory and B-cell tubes."""
+    root = tmp_path_factory.mktemp("run")
+    batch = root / "batch"
+    batch.mkdir()
+    for source in sorted(FIXTURE_COHORT.glob("*.fcs")):
+        if source.name.startswith(("CART-001 D", "CART-003 D1")) and "function" not in source.name:
+            shutil.copy(source, batch / source.name)
+    db = f"sqlite:///{root / 'store.sqlite'}"
+    out = root / "out"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(batch),
+            "--db",
+            db,
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--manifest",
+            str(FIXTURE_COHORT / "manifest.csv"),
+            "--clinical",
+            str(FIXTURE_COHORT / "clinical.csv"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return batch, db, out
+
+
+def _src_names() -> list[str]:
+    with (FIXTURE_COHORT / "truth" / "patients.csv").open(encoding="utf-8") as fh:
+        return [row["src_keyword"] for row in csv.DictReader(fh)]
+
+
+def _text_files(folder: Path):
+    for path in folder.rglob("*"):
+        if path.suffix in {".csv", ".html", ".json", ".svg"}:
+            yield path
+
+
+def test_export_tables_with_dictionary(finished_run, tmp_path):
+    _, db, _ = finished_run
+    for fmt in ("csv", "parquet"):
+        out = tmp_path / fmt
+        result = runner.invoke(app, ["export", "--format", fmt, "--out", str(out), "--db", db])
+        assert result.exit_code == 0, result.output
+        read = pd.read_csv if fmt == "csv" else pd.read_parquet
+        for table in ("samples", "populations", "timepoints", "kinetics"):
+            frame = read(out / f"{table}.{fmt}")
+            assert len(frame) > 0, table
+            documented = set(DICTIONARY[table])
+            assert documented & set(frame.columns), table
+        dictionary = pd.read_csv(out / "data_dictionary.csv")
+        assert {"table", "column", "description"} <= set(dictionary.columns)
+        assert dictionary.description.notna().all()
+
+
+def test_pseudonymised_export_hides_patient_ids(finished_run, tmp_path, monkeypatch):
+    _, db, _ = finished_run
+    out = tmp_path / "pseudo"
+    monkeypatch.setenv("CARTFLOW_PSEUDONYM_KEY", "test-key")
+    result = runner.invoke(app, ["export", "--out", str(out), "--db", db, "--pseudonymise"])
+    assert result.exit_code == 0, result.output
+    text = "\n".join(p.read_text(encoding="utf-8") for p in out.glob("*.csv"))
+    assert "CART-00" not in text
+    assert re.search(r"P-[0-9a-f]{10}", text)
+    again = tmp_path / "again"
+    runner.invoke(app, ["export", "--out", str(again), "--db", db, "--pseudonymise"])
+    assert (again / "samples.csv").read_text() == (out / "samples.csv").read_text()
+    monkeypatch.delenv("CARTFLOW_PSEUDONYM_KEY")
+    refused = runner.invoke(
+        app, ["export", "--out", str(tmp_path / "x"), "--db", db, "--pseudonymise"]
+    )
+    assert refused.exit_code == 1 and "CARTFLOW_PSEUDONYM_KEY" in refused.output
+
+
+def test_fcs_patient_names_never_reach_report_or_exports(finished_run, tmp_path):
+    _, db, out = finished_run
+    runner.invoke(app, ["export", "--out", str(tmp_path / "e"), "--db", db])
+    names = _src_names()
+    assert names
+    for folder in (out, tmp_path / "e"):
+        for path in _text_files(folder):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for name in names:
+                assert name not in text, (path, name)
+                assert name.split("^")[0] not in text, (path, name)
+
+
+def test_every_number_has_a_trail(finished_run):
+    _, db, _ = finished_run
+    store = Store(db)
+    sample = next(s for s in store.samples() if s["tube"] == "memory")
+    store.close()
+    result = runner.invoke(
+        app, ["inspect", "--sample", str(sample["sample_id"]), "--db", db, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    trail = json.loads(result.output)
+    assert trail["file"]["sha256"] == sample["sha256"]
+    assert len(trail["panel"]["sha256"]) == 64
+    assert trail["ingest"]["software_version"]
+    [gating] = trail["gatings"]
+    assert len(gating["template_sha256"]) == 64
+    assert gating["run"]["parameters"]["workers"] == 2
+    assert gating["counts"] and gating["cuts"]
+    missing = runner.invoke(app, ["inspect", "--sample", "99999", "--db", db])
+    assert missing.exit_code == 1 and "no sample 99999" in missing.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (Debian package chromium)"
+)
+def test_report_pages_load_in_chromium(finished_run, tmp_path):
+    _, _, out = finished_run
+    report = out / "report"
+    pages = [report / "index.html", report / "patients.html", report / "cohort.html"]
+    pages += sorted((report / "samples").glob("*.html"))[:2]
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert not re.findall(r'(?:src|href)="(?:https?:)?//', html), page  # nothing remote
+        for src in re.findall(r'src="([^"]+)"', html):
+            assert (page.parent / src).is_file(), (page, src)
+        profile = tmp_path / f"profile-{page.stem}"
+        done = subprocess.run(
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        console_errors = [
+            line
+            for line in done.stderr.splitlines()
+            if "CONSOLE" in line and "ERROR" in line.upper()
+        ]
+        assert not console_errors, console_errors
+        dom = done.stdout
+        assert "<table" in dom, page
+        if page.name in ("patients.html",) or page.parent.name == "samples":
+            assert "<img" in dom, page
+    cohort = (report / "cohort.html").read_text(encoding="utf-8")
+    assert "<img" in cohort and "<table" in cohort
+    shot = out / "report-screenshot.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'shot'}",
+            "--window-size=1280,1600",
+            f"--screenshot={shot}",
+            (report / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("CARTFLOW_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)
