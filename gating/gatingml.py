@@ -68,6 +68,34 @@ def load_gatingml(path: str | Path) -> GateSet:
         raise GatingError(path, f"{exc.source}: {exc.problem}") from exc
 
 
+def load_flowjo(path: str | Path, sample: str | None = None) -> GateSet:
+    """Read one sample's gates from a FlowJo 10 workspace (through FlowKit), after the same
+    size and DOCTYPE/entity checks as Gating-ML. ``sample`` picks the sample by its name;
+    by default the first sample of the workspace."""
+    import flowkit
+
+    path = Path(path)
+    data = _read_bounded(path)
+    try:
+        etree.fromstring(data, _safe_parser(target=_DoctypeGuard()))
+    except _DoctypeFoundError as exc:
+        raise GatingError(path, _DOCTYPE_REFUSED) from exc
+    except etree.XMLSyntaxError as exc:
+        raise GatingError(path, f"is not well-formed XML: {exc}") from exc
+    try:
+        workspace = flowkit.Workspace(str(path), ignore_missing_files=True)
+        ids = workspace.get_sample_ids()
+    except Exception as exc:  # FlowKit's own parse errors, whatever their class
+        raise GatingError(path, f"is not a FlowJo 10 workspace FlowKit can read: {exc}") from exc
+    if not ids:
+        raise GatingError(path, "the workspace holds no sample")
+    chosen = sample if sample in ids else ids[0]
+    try:
+        return from_flowkit(workspace.get_gating_strategy(chosen))
+    except GatingError as exc:
+        raise GatingError(path, f"sample {chosen}: {exc.source}: {exc.problem}") from exc
+
+
 def _read_bounded(path: Path) -> bytes:
     try:
         size = path.stat().st_size

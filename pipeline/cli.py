@@ -296,11 +296,20 @@ def gate(
         Path | None, typer.Option("--gatingml", help="Write the placed gates as Gating-ML 2.0.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    gates: Annotated[
+        Path | None,
+        typer.Option(help="Apply a lab's fixed gates (Gating-ML .xml or FlowJo .wsp) instead."),
+    ] = None,
 ) -> None:
-    """Gate one file automatically: counts per population, cuts and their evidence."""
+    """Gate one file automatically: counts per population, cuts and their evidence (or apply
+    fixed gates with --gates)."""
     from gating.gatingml import export_gatingml
     from gating.template import load_template
     from pipeline.gate import gate_file, membership_table
+
+    if gates is not None:
+        _gate_fixed(file, gates, membership, as_json)
+        return
 
     try:
         loaded = load_template(template) if template else None
@@ -588,6 +597,32 @@ def export(
     finally:
         store.close()
     console.print(f"export: {len(written)} files in {out}")
+
+
+def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool) -> None:
+    import pandas as pd
+
+    from pipeline.gate import gate_fixed, load_fixed_gates
+
+    try:
+        gate_set = load_fixed_gates(gates, file.name)
+        _, result = gate_fixed(file, gate_set)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    counts = {p: result.count(p) for p in result.populations}
+    if as_json:
+        console.print_json(json.dumps({"file": str(file), "gates": str(gates), "counts": counts}))
+    else:
+        table = Table("population", "events", "% of parent", box=None, pad_edge=False)
+        for population, count in counts.items():
+            table.add_row(
+                population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"
+            )
+        console.print(f"[bold]{file.name}[/bold]  fixed gates from {gates.name}")
+        console.print(table)
+    if membership:
+        pd.DataFrame({p: result.mask(p) for p in result.populations}).to_parquet(membership)
+        console.print(f"membership: {membership}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ import numpy as np
 
 from gating.auto import ChannelMap, PlacedGating, place
 from gating.engine import GatingResult
+from gating.model import GateSet
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
@@ -168,3 +169,20 @@ def membership_table(gated: SampleGating):
     return pd.DataFrame(
         {p: np.asarray(gated.result.mask(p)) for p in gated.placed.populations}, copy=False
     )
+
+
+def load_fixed_gates(path: Path, sample: str | None = None) -> GateSet:
+    """A lab's fixed gates: Gating-ML 2.0 (.xml) or a FlowJo 10 workspace (.wsp)."""
+    from gating.gatingml import load_flowjo, load_gatingml
+
+    return load_flowjo(path, sample) if path.suffix.lower() == ".wsp" else load_gatingml(path)
+
+
+def gate_fixed(path: Path, gate_set: GateSet) -> tuple[FcsFile, GatingResult]:
+    """Apply fixed gates to one file (no placement): Gating-ML semantics, 'FCS' compensation
+    from the file's own spillover matrix."""
+    from gating.engine import evaluate
+
+    fcs = read_fcs(path)
+    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
+    return fcs, evaluate(gate_set, fcs.events, fcs.channel_names, spill)

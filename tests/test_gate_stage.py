@@ -123,3 +123,36 @@ def test_gating_is_stored_once_per_run(memory_file, gated, store, tmp_path):
     stored = {r["population"]: r["count"] for r in store.population_counts(run_id)}
     assert stored == gated.counts()
     assert store.row_counts()["gates"] == len(gates)
+
+
+def test_fixed_gates_from_gatingml_match_the_truth(tmp_path):
+    from tests.conftest import GATINGML, require_shared
+
+    data = require_shared(GATINGML / "data1.fcs")
+    xml = GATINGML / "gml" / "gml_all_gates.xml"
+    membership = tmp_path / "m.parquet"
+    result = runner.invoke(
+        app, ["gate", str(data), "--gates", str(xml), "--json", "--membership", str(membership)]
+    )
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output.split("\nmembership")[0])["counts"]
+    table = pd.read_parquet(membership)
+    for truth in sorted((GATINGML / "truth").glob("Results_*.txt"))[:12]:
+        gate = truth.stem.removeprefix("Results_")
+        if gate in table:
+            expected = np.loadtxt(truth, dtype=int).astype(bool)
+            assert np.array_equal(table[gate].to_numpy(), expected), gate
+            assert counts[gate] == expected.sum()
+
+
+def test_fixed_gates_refuse_hostile_xml(tmp_path, memory_file):
+    evil = tmp_path / "evil.xml"
+    evil.write_text(
+        '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["gate", str(memory_file), "--gates", str(evil)])
+    assert result.exit_code == 1
+    assert "evil.xml" in result.output and "passwd" not in result.output.replace(
+        "file:///etc/passwd", ""
+    )
