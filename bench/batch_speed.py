@@ -1,0 +1,134 @@
+"""A batch end to end: N memory-tube files of ~1M events through `run_batch` (ingest, gate,
+counts, kinetics; no HTML report), against flowkit's Session applying the same final gates
+to the same files one by one, in one run. Prints the time ratio and cartflow's peak memory
+for each batch size, so that memory can be seen to stay bounded as the batch grows.
+
+Usage: python bench/batch_speed.py [--files 50 200] [--events 1000000] [--workers 2]
+        [--flowkit-sample 20]   (flowkit is timed on that many files and scaled per file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _base_events(folder: Path, events: int):
+    """One simulated memory-tube file, tiled to ``events`` rows when the tube held fewer."""
+    from pipeline.fcs import read_fcs
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    config = SimulationConfig(
+        patients=1, seed=11, events=events, tubes=("memory",), timepoints=("D11",)
+    )
+    fcs = read_fcs(simulate_cohort(folder, config).files[0], scale=False)
+    data = fcs.events
+    if data.shape[0] < events:
+        reps = int(np.ceil(events / data.shape[0]))
+        time_col = fcs.channel_names.index("Time")
+        span = float(data[:, time_col].max()) + 1.0
+        tiles = [data.copy() for _ in range(reps)]
+        for i, tile in enumerate(tiles):
+            tile[:, time_col] += i * span
+        data = np.concatenate(tiles)[:events]
+    return fcs, data
+
+
+def _write_batch(folder: Path, count: int, events: int) -> Path:
+    import flowio
+
+    fcs, data = _base_events(folder / "base", events)
+    batch = folder / "batch"
+    batch.mkdir()
+    keep = {"$CYT", "$SPILLOVER", "$TIMESTEP", "TUBE NAME", "$DATE"}
+    metadata = {k.lstrip("$").lower(): v for k, v in fcs.text.items() if k in keep}
+    flat = data.astype(np.float32).ravel()
+    names = fcs.channel_names
+    labels = [c.marker or "" for c in fcs.channels]
+    for i in range(count):
+        patient = f"BENCH-{i:03d}"
+        meta = {**metadata, "PATIENT ID": patient, "TIMEPOINT": "D11"}
+        with (batch / f"{patient} D11_CAR-T memory_001.fcs").open("wb") as fh:
+            flowio.create_fcs(fh, flat, names, opt_channel_names=labels, metadata_dict=meta)
+    return batch
+
+
+def _cartflow(batch: Path, workers: int, db: str) -> tuple[float, int]:
+    from pipeline.batch import RunSettings, run_batch
+    from pipeline.store import Store
+
+    store = Store(db)
+    start = time.perf_counter()
+    summary = run_batch(
+        batch, store, RunSettings(out=batch.parent / "out", workers=workers, html_report=False)
+    )
+    seconds = time.perf_counter() - start
+    store.close()
+    assert not summary.failed, [w.error for w in summary.failed]
+    peak_kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    return seconds, peak_kib * 1024
+
+
+def _flowkit(files: list[Path]) -> float:
+    import flowkit
+
+    from gating.gatingml import export_gatingml
+    from pipeline.gate import gate_file
+
+    total = 0.0
+    for path in files:
+        xml = path.with_suffix(".xml")
+        export_gatingml(gate_file(path).placed.gate_set, xml)
+        start = time.perf_counter()
+        session = flowkit.Session(
+            gating_strategy=flowkit.parse_gating_xml(str(xml)),
+            fcs_samples=[flowkit.Sample(str(path))],
+        )
+        session.analyze_samples()
+        session.get_gating_results(session.get_sample_ids()[0])
+        total += time.perf_counter() - start
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--flowkit-sample", type=int, default=20)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    import flowkit  # noqa: F401 - imports stay out of the timings
+
+    import pipeline.batch  # noqa: F401
+
+    print(
+        f"{'files':>6} {'events':>10} {'cartflow s':>11} {'flowkit s':>10} {'ratio':>7} "
+        f"{'peak RSS MiB':>13} {'matrix MiB':>11}"
+    )
+    for count in args.files:
+        with tempfile.TemporaryDirectory() as tmp:
+            batch = _write_batch(Path(tmp), count, args.events)
+            db = f"sqlite:///{Path(tmp) / 'bench.sqlite'}"
+            ours, peak = _cartflow(batch, args.workers, db)
+            files = sorted(batch.glob("*.fcs"))
+            sample = files[: max(1, min(args.flowkit_sample, count))]
+            theirs = _flowkit(sample) * count / len(sample)
+            matrix = args.events * 14 * 4
+            print(
+                f"{count:>6} {args.events:>10,} {ours:>11.1f} {theirs:>10.1f} "
+                f"{theirs / ours:>6.1f}x {peak / 2**20:>13.0f} {matrix / 2**20:>11.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
