@@ -16,47 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-
-def _base_events(folder: Path, events: int):
-    """One simulated memory-tube file, tiled to ``events`` rows when the tube held fewer."""
-    from pipeline.fcs import read_fcs
-    from pipeline.simulate import SimulationConfig, simulate_cohort
-
-    config = SimulationConfig(
-        patients=1, seed=11, events=events, tubes=("memory",), timepoints=("D11",)
-    )
-    fcs = read_fcs(simulate_cohort(folder, config).files[0], scale=False)
-    data = fcs.events
-    if data.shape[0] < events:
-        reps = int(np.ceil(events / data.shape[0]))
-        time_col = fcs.channel_names.index("Time")
-        span = float(data[:, time_col].max()) + 1.0
-        tiles = [data.copy() for _ in range(reps)]
-        for i, tile in enumerate(tiles):
-            tile[:, time_col] += i * span
-        data = np.concatenate(tiles)[:events]
-    return fcs, data
-
 
 def _write_batch(folder: Path, count: int, events: int) -> Path:
-    import flowio
+    from files import write_memory_files
 
-    fcs, data = _base_events(folder / "base", events)
-    batch = folder / "batch"
-    batch.mkdir()
-    keep = {"$CYT", "$SPILLOVER", "$TIMESTEP", "TUBE NAME", "$DATE"}
-    metadata = {k.lstrip("$").lower(): v for k, v in fcs.text.items() if k in keep}
-    flat = data.astype(np.float32).ravel()
-    names = fcs.channel_names
-    labels = [c.marker or "" for c in fcs.channels]
-    for i in range(count):
-        patient = f"BENCH-{i:03d}"
-        meta = {**metadata, "PATIENT ID": patient, "TIMEPOINT": "D11"}
-        with (batch / f"{patient} D11_CAR-T memory_001.fcs").open("wb") as fh:
-            flowio.create_fcs(fh, flat, names, opt_channel_names=labels, metadata_dict=meta)
-    return batch
+    return write_memory_files(folder, count, events)[0].parent
 
 
 def _cartflow(batch: Path, workers: int, db: str) -> tuple[float, int]:

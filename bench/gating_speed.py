@@ -20,12 +20,9 @@ from pathlib import Path
 
 
 def _one_file(folder: Path, events: int) -> Path:
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from files import write_memory_files
 
-    config = SimulationConfig(
-        patients=1, seed=11, events=events, tubes=("memory",), timepoints=("D11",)
-    )
-    return simulate_cohort(folder, config).files[0]
+    return write_memory_files(folder, 1, events)[0]
 
 
 def _ours(path: Path):

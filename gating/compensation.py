@@ -39,6 +39,10 @@ def inverse_spill(matrix: np.ndarray, size: int) -> np.ndarray:
         raise GatingError("spillover", "matrix is singular and cannot be inverted") from None
 
 
+COMPENSATION_BLOCK = 1 << 18
+"""Events per block of the compensation multiply (bounds its float64 temporaries)."""
+
+
 def compensated_columns(
     events: np.ndarray,
     channel_names: Sequence[str],
@@ -50,11 +54,15 @@ def compensated_columns(
     The result is column-major: each column is one contiguous array.
     """
     columns = _columns(channel_names, spill_channels)
-    inverse = inverse_spill(matrix, len(columns))
-    # one multiply, in float64 and rounded once to float32; laid out detector-major, so each
-    # returned column is contiguous (and the multiply is a fast BLAS call)
-    detector_major = np.asarray(events)[:, columns].T.astype(np.float64)
-    return (inverse.T @ detector_major).astype(np.float32).T
+    inverse_t = inverse_spill(matrix, len(columns)).T
+    events = np.asarray(events)
+    # in float64 and rounded once to float32; laid out detector-major, so each returned
+    # column is contiguous; done in blocks of events so the float64 temporaries stay small
+    out = np.empty((len(columns), events.shape[0]), dtype=np.float32)
+    for start in range(0, events.shape[0], COMPENSATION_BLOCK):
+        block = events[start : start + COMPENSATION_BLOCK, columns].T.astype(np.float64)
+        out[:, start : start + COMPENSATION_BLOCK] = inverse_t @ block
+    return out.T
 
 
 def compensate(

@@ -53,6 +53,9 @@ BOUNDARY_BAND = 1e-7
 
 Spill = tuple[Sequence[str], np.ndarray]
 
+SMALL_REQUEST = 4
+"""Transformed values for fewer than 1/SMALL_REQUEST of the events are not cached per event."""
+
 
 @dataclass(frozen=True)
 class AxisCut:
@@ -176,10 +179,19 @@ class _Columns:
         """Compensated, untransformed values of an axis for events ``idx`` (None: all)."""
         key = replace(axis, transform=None)
         column = self._raw.get(key)
+        if column is None and idx is not None and self._uncompensated(key):
+            return self.events[idx, self.index[key.channel]]  # a few events: no column copy
         if column is None:
             column = self._compute_raw(key)
             self._raw[key] = column
         return column if idx is None else column[idx]
+
+    def _uncompensated(self, axis: Axis) -> bool:
+        return (
+            isinstance(axis, Dimension)
+            and axis.channel in self.index
+            and (axis.compensation is None or (axis.compensation == FCS_SPILL and not self.spill))
+        )
 
     def _compute_raw(self, axis: Axis) -> np.ndarray:
         if isinstance(axis, RatioDimension):
@@ -237,6 +249,8 @@ class _Columns:
         if transform is None:
             return np.asarray(self.raw(axis, idx), dtype=np.float64)
         entry = self._transformed.get(axis)
+        if entry is None and idx is not None and idx.size * SMALL_REQUEST < self.n:
+            return transform.apply(self.raw(axis, idx))  # a subsample: not worth a full cache
         if entry is None:
             if idx is None:
                 values = transform.apply(self.raw(axis, None))
@@ -459,7 +473,8 @@ class _Evaluation:
         if population is None:
             return None
         if population not in self._positions:
-            self._positions[population] = np.flatnonzero(self.masks[population])
+            found = np.flatnonzero(self.masks[population])
+            self._positions[population] = found.astype(np.int32) if self.n < 2**31 else found
         return self._positions[population]
 
     def record(
@@ -593,6 +608,7 @@ class Evaluator:
         base = GateSet((), self._transforms, self._compensations)
         self._columns = _Columns(base, events, channel_names, spill)
         self._evaluation = _Evaluation(self._columns, ranges_in_raw_space)
+        self._subsamples: dict[tuple, np.ndarray] = {}
 
     @property
     def event_count(self) -> int:
@@ -627,11 +643,22 @@ class Evaluator:
 
     def values(self, axis: Axis, population: str | None, limit: int | None = None) -> np.ndarray:
         """Transformed values of an axis on a population's events (an even subsample of at
-        most ``limit`` of them, in file order, when given)."""
-        idx = self.positions(population)
-        if limit is not None and idx.size > limit:
-            idx = idx[:: math.ceil(idx.size / limit)]
-        return self._columns.transformed(axis, idx)
+        most ``limit`` of them, in file order, when given). Subsamples are kept, so asking
+        twice costs one transform."""
+        key = (axis, population, limit)
+        if key in self._subsamples:
+            return self._subsamples[key]
+        n = self._columns.n
+        if population is None:
+            idx = None if limit is None or n <= limit else np.arange(0, n, math.ceil(n / limit))
+        else:
+            idx = self._evaluation.positions(population)
+            if limit is not None and idx.size > limit:
+                idx = idx[:: math.ceil(idx.size / limit)]
+        values = self._columns.transformed(axis, idx)
+        if limit is not None:
+            self._subsamples[key] = values
+        return values
 
     def result(self) -> GatingResult:
         """Masks, counts, parents and diagnostics of every population added."""

@@ -1,0 +1,350 @@
+"""Automated gating against the simulator's per-event truth: F1 per population, CAR-T counts.
+
+Simulates a cohort (or reads one already simulated), gates every file of the chosen tubes
+with its panel's template and compares each population with the truth labels:
+- F1 per population and sample, reported as min / median over samples with at least
+  ``--min-events`` true events (the acceptance reads 200);
+- CAR+ coverage: the share of samples whose gated CAR count lies in the exact Poisson 95 %
+  interval of the true CAR-T count;
+- how often each cut fell back to its template default.
+Populations the panel approximates (a marker it omits) are reported apart and not counted;
+populations it skips are absent.
+
+Usage: python bench/accuracy.py --patients N --seed S --events E [--cytometer 'FACSCanto II']
+       [--tubes memory function bcell] [--cohort DIR] [--csv rows.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LYMPH = "leukocytes/lymphocytes/"
+MIN_EVENTS = 200
+CAR_POPULATION = "CAR"
+
+Truth = Callable[[pd.Series, pd.DataFrame], np.ndarray]
+
+
+def _prefix(prefix: str) -> Truth:
+    return lambda labels, marks: labels.str.startswith(prefix).to_numpy()
+
+
+def _exact(label: str) -> Truth:
+    return lambda labels, marks: (labels == label).to_numpy()
+
+
+def _not_in(*labels: str) -> Truth:
+    return lambda labels_, marks: (~labels_.isin(labels)).to_numpy()
+
+
+def _marked(base: Truth, mark: str) -> Truth:
+    return lambda labels, marks: base(labels, marks) & marks[mark].to_numpy(bool)
+
+
+_COMMON: dict[str, Truth] = {
+    "stable": _not_in("clog"),
+    "singlets": _not_in("clog", "doublets"),
+    "beads": _exact("beads"),
+    "cells": _prefix("leukocytes/"),
+    "leukocytes": _prefix("leukocytes/"),
+    "lymphocytes": _prefix(LYMPH),
+    "lymphocytes_CD3neg": _prefix(LYMPH + "CD3neg"),
+    "T": _prefix(LYMPH + "CD3/"),
+    "CAR": _prefix(LYMPH + "CD3/CAR/"),
+    "CARneg": _prefix(LYMPH + "CD3/CARneg/"),
+}
+
+
+def truth_definitions(tube: str) -> dict[str, Truth]:
+    """Population id → truth mask, for the populations of a tube's template."""
+    truth = dict(_COMMON)
+    if tube == "memory":
+        for arm in ("CAR", "CARneg"):
+            for lineage in ("CD4", "CD8"):
+                truth[f"{arm}_{lineage}"] = _prefix(f"{LYMPH}CD3/{arm}/{lineage}/")
+                for subset in ("naive", "SCM", "CM", "EM", "TEMRA"):
+                    label = f"{LYMPH}CD3/{arm}/{lineage}/{subset}"
+                    truth[f"{arm}_{lineage}_{subset}"] = _exact(label)
+    elif tube == "function":
+        truth["CAR_CD4"] = _exact(LYMPH + "CD3/CAR/CD4")
+        truth["CAR_CD8"] = _exact(LYMPH + "CD3/CAR/CD8")
+        for mark in ("PD1", "LAG3", "CD71", "Ki67"):
+            truth[f"CAR_CD8_{mark}"] = _marked(truth["CAR_CD8"], mark)
+        truth["CAR_TCRgd"] = _marked(truth["CAR"], "TCRgd")
+    elif tube == "bcell":
+        truth["CAR"] = _exact(LYMPH + "CD3/CAR")
+        truth["CARneg"] = _exact(LYMPH + "CD3/CARneg")
+        truth["B"] = _exact(LYMPH + "CD3neg/CD19")
+    return truth
+
+
+def poisson_interval(k: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Garwood) interval of a Poisson count."""
+    from scipy.stats import chi2
+
+    alpha = 1 - level
+    low = 0.0 if k == 0 else chi2.ppf(alpha / 2, 2 * k) / 2
+    return float(low), float(chi2.ppf(1 - alpha / 2, 2 * k + 2) / 2)
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """One gated file against its truth."""
+
+    file: str
+    tube: str
+    rows: tuple[dict, ...]  # population, true, gated, tp, f1, approximated
+    car_true: int | None
+    car_gated: int | None
+    flags: tuple[str, ...]
+    seconds: float
+
+    @property
+    def car_covered(self) -> bool | None:
+        if self.car_true is None or self.car_gated is None:
+            return None
+        low, high = poisson_interval(self.car_true)
+        return low <= self.car_gated <= high
+
+
+def _descendants(parents: dict[str, str | None], roots: Iterable[str]) -> set[str]:
+    found = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in found and child not in found:
+                found.add(child)
+                changed = True
+    return found
+
+
+def best_cut_f1(values: np.ndarray, truth: np.ndarray, above: bool) -> float:
+    """The best F1 any single cut on one marker reaches (the truth's own overlap): the
+    ceiling for a one-marker gate on these events, whatever places the cut."""
+    if not truth.any():
+        return np.nan
+    order = np.argsort(values if above else -values)[::-1]
+    hits = np.cumsum(truth[order])  # true positives when the top k events are called positive
+    called = np.arange(1, len(order) + 1)
+    return float(np.max(2 * hits / (called + truth.sum())))
+
+
+def _marker_values(gated) -> Callable[[str], np.ndarray | None]:
+    """Transformed, compensated values of a marker for every event (computed on demand)."""
+    from gating.auto import FLUOR, transforms_for
+    from gating.engine import Evaluator
+    from gating.model import FCS_SPILL, Dimension
+
+    fcs = gated.fcs
+    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
+    evaluator = Evaluator(transforms_for(gated.template), {}, fcs.events, fcs.channel_names, spill)
+    channels = {c.marker: c.channel for c in gated.panel.channels}
+
+    def values(marker: str) -> np.ndarray | None:
+        if marker not in channels:
+            return None
+        return evaluator.values(Dimension(channels[marker], FCS_SPILL, FLUOR), None)
+
+    return values
+
+
+def _f1(true: np.ndarray, gated: np.ndarray) -> float:
+    total = int(true.sum()) + int(gated.sum())
+    return 2 * int(np.count_nonzero(true & gated)) / total if total else 1.0
+
+
+def score_file(path: Path, tube: str) -> SampleScore:
+    """Gate one simulated file and compare every population with the truth labels."""
+    from pipeline.gate import gate_file
+
+    start = time.perf_counter()
+    gated = gate_file(path, tube=tube)
+    seconds = time.perf_counter() - start
+    truth_table = pd.read_parquet(path.parent / "truth" / f"{path.stem}.parquet")
+    labels = truth_table["population"].astype(str)
+    definitions = truth_definitions(tube)
+    parents = dict(gated.placed.parents)
+    approximated = _descendants(parents, gated.placed.approximations)
+    marker_values = _marker_values(gated)
+    rows = []
+    for population in gated.placed.populations:
+        if population not in definitions:
+            continue
+        true = definitions[population](labels, truth_table)
+        mask = np.asarray(gated.result.mask(population))
+        tp = int(np.count_nonzero(true & mask))
+        n_true, n_gated = int(true.sum()), int(mask.sum())
+        parent = parents.get(population)
+        if parent in definitions:  # the gate's own error: on events both call the parent
+            both = definitions[parent](labels, truth_table) & np.asarray(gated.result.mask(parent))
+            own = _f1(true & both, mask & both)
+        else:
+            own = _f1(true, mask)
+        oracle = np.nan
+        phenotype = gated.template.population(population).phenotype
+        if len(phenotype) == 1 and phenotype[0].level in "+-" and parent in definitions:
+            condition = phenotype[0]
+            inside = definitions[parent](labels, truth_table)
+            values = marker_values(condition.marker)
+            if values is not None:
+                oracle = best_cut_f1(values[inside], true[inside], condition.level == "+")
+        rows.append(
+            {
+                "population": population,
+                "true": n_true,
+                "gated": n_gated,
+                "tp": tp,
+                "f1": _f1(true, mask),
+                "f1_given_parent": own,
+                "oracle_f1": oracle,
+                "approximated": population in approximated,
+            }
+        )
+    car = next((r for r in rows if r["population"] == CAR_POPULATION), None)
+    return SampleScore(
+        file=path.name,
+        tube=tube,
+        rows=tuple(rows),
+        car_true=car["true"] if car else None,
+        car_gated=car["gated"] if car else None,
+        flags=tuple(gated.placed.flags),
+        seconds=seconds,
+    )
+
+
+def score_cohort(root: Path, tubes: Iterable[str]) -> list[SampleScore]:
+    """Score every file of the given tubes listed in a simulated cohort's manifest."""
+    with (root / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        manifest = list(csv.DictReader(fh))
+    wanted = set(tubes)
+    return [score_file(root / r["file"], r["tube"]) for r in manifest if r["tube"] in wanted]
+
+
+def table(scores: Iterable[SampleScore]) -> pd.DataFrame:
+    """One row per (file, population)."""
+    return pd.DataFrame(
+        [{"file": s.file, "tube": s.tube, **row} for s in scores for row in s.rows],
+        columns=[
+            "file",
+            "tube",
+            "population",
+            "true",
+            "gated",
+            "tp",
+            "f1",
+            "f1_given_parent",
+            "oracle_f1",
+            "approximated",
+        ],
+    )
+
+
+def f1_summary(rows: pd.DataFrame, min_events: int = MIN_EVENTS) -> pd.DataFrame:
+    """min / median F1 per (tube, population) over samples with ``min_events`` true events."""
+    big = rows[rows["true"] >= min_events].assign(gap=lambda r: r.oracle_f1 - r.f1_given_parent)
+    summary = big.groupby(["tube", "population", "approximated"]).agg(
+        min=("f1", "min"),
+        median=("f1", "median"),
+        samples=("f1", "size"),
+        own_min=("f1_given_parent", "min"),
+        own_median=("f1_given_parent", "median"),
+        oracle_min=("oracle_f1", "min"),
+        worst_gap=("gap", "max"),
+    )
+    return summary.reset_index().sort_values(["tube", "approximated", "min"])
+
+
+def car_coverage(scores: Iterable[SampleScore]) -> dict[str, tuple[int, int]]:
+    """Per tube: (samples whose CAR count is in the Poisson interval, samples)."""
+    found: dict[str, list[bool]] = {}
+    for score in scores:
+        if score.car_covered is not None:
+            found.setdefault(score.tube, []).append(score.car_covered)
+    return {tube: (sum(v), len(v)) for tube, v in found.items()}
+
+
+def fallback_counts(scores: Iterable[SampleScore]) -> pd.Series:
+    """How many samples fell back to the template default, per tube and cut."""
+    names = [
+        (s.tube, flag.split(":", 1)[1])
+        for s in scores
+        for flag in s.flags
+        if flag.startswith("threshold_fallback:")
+    ]
+    if not names:
+        return pd.Series(dtype=int)
+    return pd.Series(names).value_counts()
+
+
+def report(scores: list[SampleScore], min_events: int = MIN_EVENTS) -> str:
+    """The text report: F1 table, CAR coverage, fallbacks, timing."""
+    rows = table(scores)
+    lines = [
+        f"per-population F1 (samples with >= {min_events} true events); own_*: the gate's own"
+        " F1 on the events both truth and gating put in its parent; oracle_min: the best F1 a"
+        " single cut reaches on the true parent (one-marker gates); worst_gap: oracle - own"
+    ]
+    with pd.option_context("display.width", 160, "display.max_rows", 500):
+        lines.append(f1_summary(rows, min_events).round(4).to_string(index=False))
+    for tube, (inside, total) in car_coverage(scores).items():
+        share = inside / total if total else float("nan")
+        lines.append(
+            f"{tube}: CAR+ count in the Poisson 95% interval in {inside}/{total} ({share:.1%})"
+        )
+    fallbacks = fallback_counts(scores)
+    per_tube = pd.Series([s.tube for s in scores]).value_counts()
+    lines.append("fallbacks (samples): " + (", ".join(
+        f"{tube}/{cut} {n}/{per_tube[tube]}" for (tube, cut), n in fallbacks.items()
+    ) or "none"))  # fmt: skip
+    seconds = [s.seconds for s in scores]
+    lines.append(f"gating: {np.median(seconds):.3f} s median per file over {len(seconds)} files")
+    return "\n".join(lines)
+
+
+def simulate(
+    out_dir: Path, patients: int, seed: int, events: int, cytometer: str, tubes: tuple[str, ...]
+) -> Path:
+    """Write a simulated cohort into out_dir."""
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    config = SimulationConfig(
+        patients=patients, seed=seed, events=events, cytometer=cytometer, tubes=tubes
+    )
+    simulate_cohort(out_dir, config)
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--cytometer", default="FACSLyric")
+    parser.add_argument("--tubes", nargs="+", default=["memory", "function", "bcell"])
+    parser.add_argument("--cohort", type=Path, help="score this simulated cohort instead")
+    parser.add_argument("--min-events", type=int, default=MIN_EVENTS)
+    parser.add_argument("--csv", type=Path, help="write one row per file and population")
+    args = parser.parse_args()
+    tubes = tuple(args.tubes)
+    with tempfile.TemporaryDirectory(prefix="cartflow-accuracy-") as tmp:
+        root = args.cohort or simulate(
+            Path(tmp), args.patients, args.seed, args.events, args.cytometer, tubes
+        )
+        scores = score_cohort(root, tubes)
+    if args.csv:
+        table(scores).to_csv(args.csv, index=False)
+    print(report(scores, args.min_events))
+
+
+if __name__ == "__main__":
+    main()
