@@ -188,11 +188,16 @@ def follow_up(
     out_dir: Path,
     clinical: Path | None = None,
     options: KineticsOptions = KineticsOptions(),
+    haematology: Path | None = None,
 ) -> FollowUp:
     """Counts per timepoint and kinetics per patient from the store; written as CSV and
-    Parquet, and the kinetic summaries stored under ``run_id``."""
+    Parquet, and the kinetic summaries stored under ``run_id``. A haematology table gives
+    dual-platform counts for tubes without beads."""
+    from pipeline.timepoints import load_haematology
+
     infusion, relapse = infusion_dates(clinical)
-    timepoints = timepoint_table(store.latest_counts(), infusion)
+    counts = load_haematology(haematology) if haematology else None
+    timepoints = timepoint_table(store.latest_counts(), infusion, counts)
     kinetics, long_rows = patient_kinetics(timepoints, options=options, relapse_days=relapse)
     store.record_kinetics(run_id, long_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,6 +232,7 @@ class RunSettings:
     scheduler: str | None = None
     html_report: bool = True
     analysis: Path | None = None
+    haematology: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -296,7 +302,9 @@ def run_batch(
         workers=settings.workers,
         scheduler=settings.scheduler,
     )
-    follow = follow_up(store, run_id, settings.out, settings.clinical, settings.kinetics)
+    follow = follow_up(
+        store, run_id, settings.out, settings.clinical, settings.kinetics, settings.haematology
+    )
     outcomes, outcome_error = None, None
     outcome_dir = settings.out / "outcomes"
     if settings.clinical is not None and len(follow.kinetics):

@@ -405,6 +405,10 @@ def run(
     analysis: Annotated[
         Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
     ] = None,
+    haematology: Annotated[
+        Path | None,
+        typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
+    ] = None,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
@@ -418,6 +422,7 @@ def run(
         scheduler=scheduler,
         html_report=html_report,
         analysis=analysis,
+        haematology=haematology,
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
@@ -517,6 +522,10 @@ def kinetics(
     ] = None,
     anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
     log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+    haematology: Annotated[
+        Path | None,
+        typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
+    ] = None,
 ) -> None:
     """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
     timepoints.csv/.parquet)."""
@@ -526,7 +535,12 @@ def kinetics(
     store = Store(db)
     try:
         run_id = store.start_run("kinetics", {"anchor_day0": anchor_day0, "log_down": log_down})
-        follow = follow_up(store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down))
+        try:
+            follow = follow_up(
+                store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down), haematology
+            )
+        except CartflowError as exc:
+            raise _fail(str(exc)) from None
         store.finish_run(run_id)
     finally:
         store.close()

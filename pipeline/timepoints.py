@@ -35,6 +35,24 @@ class Haematology:
         return float(values.iloc[0]) if len(values) else None
 
 
+def load_haematology(path) -> Haematology:
+    """A haematology-analyser table: patient, date and alc_per_ul and/or wbc_per_ul."""
+    from pipeline.errors import CartflowError
+
+    try:
+        table = pd.read_csv(path, dtype={"patient": str})
+    except (OSError, ValueError) as exc:
+        raise CartflowError(path, f"cannot be read: {exc}") from exc
+    missing = [c for c in ("patient", "date") if c not in table]
+    if missing or not {"alc_per_ul", "wbc_per_ul"} & set(table.columns):
+        raise CartflowError(path, "needs columns patient, date and alc_per_ul and/or wbc_per_ul")
+    dates = pd.to_datetime(table["date"], errors="coerce")
+    bad = table.index[dates.isna()].tolist()
+    if bad:
+        raise CartflowError(path, f"row {bad[0] + 1}, column date: not a date")
+    return Haematology(table.assign(date=dates.dt.date))
+
+
 @dataclass(frozen=True)
 class TimepointSettings:
     counts: CountSettings = field(default_factory=CountSettings)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.counts import bead_concentration
+from pipeline.errors import CartflowError
 from pipeline.simulate import SimulationConfig, simulate_cohort
 from pipeline.timepoints import timepoint_table
 
@@ -101,3 +102,27 @@ def test_missing_beads_give_no_concentration():
     table = timepoint_table(rows)
     assert table.cells_per_ul.isna().all()
     assert (table.count_flags == "no_counting_reference").all()
+
+
+def test_dual_platform_from_a_haematology_table(tmp_path):
+    from pipeline.timepoints import load_haematology
+
+    table = tmp_path / "haematology.csv"
+    table.write_text("patient,date,alc_per_ul\nP1,2025-03-09,1500\n", encoding="utf-8")
+    rows = [r for r in _rows(250, 0) if r["population"] != "beads"]
+    rows.append(
+        {
+            **rows[0],
+            "population": "lymphocytes",
+            "parent": "leukocytes",
+            "count": 10_000,
+            "parent_count": 20_000,
+        }
+    )
+    result = timepoint_table(rows, haematology=load_haematology(table))
+    car = result[result.population == "CAR"].iloc[0]
+    assert car.count_method == "dual-platform"
+    assert car.cells_per_ul == pytest.approx(250 / 10_000 * 1500)
+    table.write_text("patient,when,alc_per_ul\nP1,2025-03-09,1500\n", encoding="utf-8")
+    with pytest.raises(CartflowError, match="needs columns"):
+        load_haematology(table)
