@@ -37,6 +37,14 @@ ManifestOption = Annotated[
     Path | None,
     typer.Option("--manifest", help="CSV: file, patient, timepoint, tube, blood volume, beads."),
 ]
+ClinicalOption = Annotated[
+    Path | None, typer.Option(help="Clinical table (infusion dates, outcomes).")
+]
+OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
+HaematologyOption = Annotated[
+    Path | None,
+    typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
+]
 RulesOption = Annotated[
     Path | None,
     typer.Option("--rules", help="YAML identity rules (keywords and file-name patterns)."),
@@ -385,12 +393,10 @@ def run(
         Path, typer.Argument(help="Folder of FCS exports (searched recursively).")
     ],
     manifest: ManifestOption = None,
-    clinical: Annotated[
-        Path | None, typer.Option(help="Clinical table (infusion dates, outcomes).")
-    ] = None,
+    clinical: ClinicalOption = None,
     db: DbOption = None,
     rules: RulesOption = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
+    out: OutOption = Path("cartflow-out"),
     anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
     log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
     workers: Annotated[
@@ -405,10 +411,7 @@ def run(
     analysis: Annotated[
         Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
     ] = None,
-    haematology: Annotated[
-        Path | None,
-        typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
-    ] = None,
+    haematology: HaematologyOption = None,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
@@ -476,12 +479,10 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
 def watch(
     folder: Annotated[Path, typer.Argument(help="Folder the cytometer exports into.")],
     manifest: ManifestOption = None,
-    clinical: Annotated[
-        Path | None, typer.Option(help="Clinical table (infusion dates, outcomes).")
-    ] = None,
+    clinical: ClinicalOption = None,
     db: DbOption = None,
     rules: RulesOption = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
+    out: OutOption = Path("cartflow-out"),
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between looks.")] = 10.0,
     cycles: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many looks (default: never).")
@@ -516,16 +517,13 @@ def watch(
 @app.command()
 def kinetics(
     db: DbOption = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("cartflow-out"),
+    out: OutOption = Path("cartflow-out"),
     clinical: Annotated[
         Path | None, typer.Option(help="Clinical table (infusion dates for actual days).")
     ] = None,
     anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
     log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
-    haematology: Annotated[
-        Path | None,
-        typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
-    ] = None,
+    haematology: HaematologyOption = None,
 ) -> None:
     """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
     timepoints.csv/.parquet)."""
