@@ -6,6 +6,14 @@ compiles the population into Gating-ML-shaped gates and evaluates them at once, 
 cut can look at the population just made. The result is the placed :class:`GateSet` (which
 :func:`gating.engine.evaluate` re-applies exactly, and which exports to Gating-ML), the
 masks and counts, and every decision with its evidence.
+
+Shape gates: stable flow (time bins), singlets (FSC-H/FSC-A), beads (bright in every
+detector), cells (ellipses of scatter clusters fitted from template anchors, so debris and
+dead cells stay out) and lymphocytes (low SSC, bright CD45, on the lymphocyte side of the dead
+cells). Estimation always works on subsamples (``ESTIMATE_LIMIT``); gates are then evaluated
+on every event. Bad input gives flags, not exceptions: channels without signal
+(``degenerate_channel:``), non-finite events, cuts that fell back to the template default
+(``threshold_fallback:``) and populations that could not be gated (``not_gated:``).
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gating.engine import Evaluator, GatingResult
+from gating.errors import GatingError
 from gating.model import (
     FCS_SPILL,
     BooleanGate,
     Bound,
     Dimension,
+    EllipsoidGate,
     Gate,
     GateRef,
     GateSet,
@@ -29,8 +39,14 @@ from gating.model import (
     RectangleGate,
 )
 from gating.placement import (
+    GRID_POINTS,
+    MIN_EVENTS,
     Bounds,
+    ClusterFit,
     ThresholdDecision,
+    balance_threshold,
+    density,
+    gaussian_clusters,
     mixture_threshold,
     tail_threshold,
     valley_threshold,
@@ -40,7 +56,11 @@ from gating.transforms import Flog, Logicle
 
 FLUOR = "fluor"
 SSC_LOG = "ssc_log"
-ESTIMATE_LIMIT = 50_000
+ESTIMATE_LIMIT = 20_000
+BEAD_LIMIT = 4_000
+"""Events the bead cut is placed on (every detector of each is transformed)."""
+MIN_CLUSTER = 20
+"""Fewer fitted events than this and a scatter cluster counts as absent."""
 PART = "::"
 """Separator of helper gates (one per phenotype condition) from their population id."""
 
@@ -88,12 +108,20 @@ def transforms_for(template: Template) -> dict:
     }
 
 
+def _same(values: np.ndarray) -> np.ndarray:
+    return values
+
+
 def _fixed(value: float, method_reason: str, events: int) -> ThresholdDecision:
     return ThresholdDecision(value, "fixed", False, None, events, {"source": method_reason})
 
 
 def _place_cut(
-    spec: CutSpec, values: np.ndarray, negatives: np.ndarray | None, name: str
+    spec: CutSpec,
+    values: np.ndarray,
+    negatives: np.ndarray | None,
+    name: str,
+    scale: Logicle | None = None,
 ) -> ThresholdDecision:
     """Try each method of a cut in turn; the first that is not a fallback wins."""
     decision = None
@@ -108,6 +136,18 @@ def _place_cut(
             decision = valley_threshold(values, spec.bounds)
         elif method == "mixture":
             decision = mixture_threshold(values, spec.bounds, spec.components)
+        elif method == "balance":
+            to_linear, to_scale = (scale.inverse, scale.apply) if scale else (_same, _same)
+            decision = balance_threshold(
+                values,
+                spec.bounds,
+                to_linear,
+                to_scale,
+                spec.components,
+                spec.floor_sd,
+                min_positives=spec.min_positives,
+                hidden_share=spec.hidden_share,
+            )
         elif method == "tail":
             decision = tail_threshold(
                 negatives if negatives is not None else values,
@@ -149,6 +189,9 @@ class _Placer:
         self.skipped: dict[str, str] = {}
         self.approximations: dict[str, str] = {}
         self.flags: list[str] = []
+        self.scatter: ClusterFit | None = None
+        self.degenerate: set[str] = set()
+        self.scatter_kept: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -188,27 +231,69 @@ class _Placer:
         return bright.value
 
     def _estimate(self, spec: CutSpec, marker: str, above: float | None) -> ThresholdDecision:
+        if marker in self.degenerate:
+            return ThresholdDecision(
+                spec.bounds.default, spec.methods[0], True, "channel carries no signal", 0
+            )
         axis = self.axis(marker)
-        values = self.values(axis, spec.estimate_on) if spec.estimate_on else np.empty(0)
+        population = self._estimate_population(spec)
+        values = self.values(axis, population) if population else np.empty(0)
         if above is not None:
             values = values[values >= above]
         negatives = None
         if spec.negative:
             known = spec.negative in self.parents
             negatives = self.values(axis, spec.negative) if known else np.empty(0)
-        return _place_cut(spec, values, negatives, marker)
+        scale = self.evaluator.gate_set.transforms[FLUOR]
+        decision = _place_cut(spec, values, negatives, marker, scale)
+        decision.evidence["estimated_on"] = population
+        return decision
+
+    def _estimate_population(self, spec: CutSpec) -> str | None:
+        """The first population of the cut's chain that is gated and holds enough events."""
+        chain = [p for p in spec.estimate_chain if p in self.parents]
+        if not chain:
+            return None
+        for population in chain:
+            if self.evaluator.count(population) >= spec.min_events:
+                return population
+        return max(chain, key=self.evaluator.count)
 
     # ------------------------------------------------------------------------------ populations
 
+    def check_channels(self) -> None:
+        """Flag marker, scatter and time channels that carry no signal (constant or not
+        finite on the estimation subsample); cuts on such markers fall back."""
+        named = dict(self.channels.markers)
+        named |= {
+            channel: channel
+            for channel in (self.channels.fsc_area, self.channels.ssc_area, self.channels.time)
+        }
+        for name, channel in named.items():
+            try:
+                values = self.evaluator.values(Dimension(channel), None, ESTIMATE_LIMIT)
+            except GatingError:
+                continue  # a missing channel is reported where a gate needs it
+            finite = values[np.isfinite(values)]
+            if finite.size == 0 or np.ptp(finite) == 0:
+                self.degenerate.add(name)
+                self.flags.append(f"degenerate_channel:{name}")
+
     def run(self) -> None:
+        self.check_channels()
         for spec in self.template.populations:
             if spec.parent is not None and spec.parent in self.skipped:
                 self.skipped[spec.id] = f"parent {spec.parent} was not gated"
                 continue
-            if spec.gate is not None:
-                getattr(self, f"_gate_{spec.gate}")(spec)
-            else:
-                self._phenotype(spec)
+            try:
+                if spec.gate is not None:
+                    getattr(self, f"_gate_{spec.gate}")(spec)
+                else:
+                    self._phenotype(spec)
+            except (GatingError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+                self.skipped[spec.id] = f"could not be gated: {exc}"
+                self.flags.append(f"not_gated:{spec.id}")
+                continue
             if spec.id not in self.skipped:
                 self.populations.append(spec.id)
                 self.parents[spec.id] = spec.parent
@@ -218,6 +303,10 @@ class _Placer:
         dropped = [c for c in spec.phenotype if c.marker not in self.channels.markers]
         if not usable:
             self.skipped[spec.id] = "no marker of its phenotype is on this panel"
+            return
+        silent = [c.marker for c in usable if c.marker in self.degenerate]
+        if silent:
+            self.skipped[spec.id] = f"channel of {', '.join(silent)} carries no signal"
             return
         if dropped:
             self.approximations[spec.id] = (
@@ -253,13 +342,19 @@ class _Placer:
     def _gate_stable_flow(self, spec: PopulationSpec) -> None:
         time = Dimension(self.channels.time)
         t = self._raw(self.channels.time, spec.parent)
-        ssc = np.log10(np.clip(self._raw(self.channels.ssc_area, spec.parent), 1.0, None))
+        ssc = self._raw(self.channels.ssc_area, spec.parent)
         fsc = self._raw(self.channels.fsc_area, spec.parent)
+        finite = np.isfinite(t) & np.isfinite(ssc) & np.isfinite(fsc)
+        if not finite.all():
+            t, ssc, fsc = t[finite], ssc[finite], fsc[finite]
+        ssc = np.log10(np.clip(ssc, 1.0, None))
         z_limit = float(spec.options.get("max_deviation", 5.0))
         bins = int(np.clip(t.size // 100, 8, 200))
         edges = np.linspace(float(np.min(t)), float(np.max(t)), bins + 1) if t.size else None
         if t.size == 0 or edges[0] == edges[-1]:
-            self.decisions[spec.id] = ThresholdDecision(0.0, "fixed", True, "no time spread", 0)
+            reason = "no events with a finite time" if t.size == 0 else "no time spread"
+            self.decisions[spec.id] = ThresholdDecision(0.0, "fixed", True, reason, int(t.size))
+            self.flags.append(f"threshold_fallback:{spec.id}")
             self.add(RangeGate(spec.id, spec.parent, Bound(time, min=_before(t))))
             return
         which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
@@ -306,8 +401,10 @@ class _Placer:
         self.add(*gates)
 
     def _gate_singlets(self, spec: PopulationSpec) -> None:
-        area = self._raw(self.channels.fsc_area, spec.parent)
-        height = self._raw(self.channels.fsc_height, spec.parent)
+        area = self.values(Dimension(self.channels.fsc_area), spec.parent)
+        height = self.values(Dimension(self.channels.fsc_height), spec.parent)
+        finite = np.isfinite(area) & np.isfinite(height)
+        area, height = area[finite], height[finite]
         usable = area > np.quantile(area, 0.05) if area.size else area.astype(bool)
         ratio = height[usable] / area[usable]
         width = float(spec.options.get("width", 5.0))
@@ -318,7 +415,9 @@ class _Placer:
             spread = max(float(1.4826 * np.median(np.abs(ratio - centre))), 0.005)
             fallback = False
         low, high = centre - width * spread, centre + width * spread
-        top = max(float(np.max(area)) * 1.05 if area.size else 0.0, 262_144.0 * 1.2)
+        everything = self._raw(self.channels.fsc_area, spec.parent)
+        finite = everything[np.isfinite(everything)]
+        top = max(float(finite.max()) * 1.05 if finite.size else 0.0, 262_144.0 * 1.2)
         self.decisions[spec.id] = ThresholdDecision(
             low,
             "fixed",
@@ -334,62 +433,312 @@ class _Placer:
         self.add(PolygonGate(spec.id, spec.parent, axes, vertices))
 
     def _gate_beads(self, spec: PopulationSpec) -> None:
-        detectors = self.channels.fluorescence
+        """Counting beads: bright in every fluorescence detector that carries signal."""
         bounds = Bounds(*spec.options.get("bounds", (0.6, 0.95)), spec.options.get("default", 0.8))
+        dead_channels = {self.channels.markers.get(n, n) for n in self.degenerate}
+        detectors = [d for d in self.channels.fluorescence if d not in dead_channels]
+        detectors = [d for d in detectors if not self._flat(d)]
+        if not detectors:
+            self.skipped[spec.id] = "no fluorescence detector carries signal"
+            self.flags.append(f"not_gated:{spec.id}")
+            return
 
         def estimate() -> ThresholdDecision:
-            columns = [self.values(Dimension(d, FCS_SPILL, FLUOR), spec.parent) for d in detectors]
-            dimmest = np.min(np.column_stack(columns), axis=1) if columns else np.empty(0)
+            columns = [
+                self.evaluator.values(Dimension(d, FCS_SPILL, FLUOR), spec.parent, BEAD_LIMIT)
+                for d in detectors
+            ]
+            dimmest = np.min(np.column_stack(columns), axis=1)
             return _place_cut(CutSpec(("valley", "mixture"), bounds), dimmest, None, spec.id)
 
         cut = self.decide(spec.id, estimate).value
-        self.add(
-            RectangleGate(
-                spec.id,
-                spec.parent,
-                tuple(Bound(Dimension(d, FCS_SPILL, FLUOR), min=cut) for d in detectors),
-            )
-        )
+        limits = tuple(Bound(Dimension(d, FCS_SPILL, FLUOR), min=cut) for d in detectors)
+        if len(limits) == 1:
+            self.add(RangeGate(spec.id, spec.parent, limits[0]))
+        else:
+            self.add(RectangleGate(spec.id, spec.parent, limits))
+
+    def _flat(self, channel: str) -> bool:
+        """A channel without spread on the estimation subsample (e.g. a detector left off)."""
+        values = self.evaluator.values(Dimension(channel), None, ESTIMATE_LIMIT)
+        finite = values[np.isfinite(values)]
+        return finite.size == 0 or bool(np.ptp(finite) == 0)
 
     def _gate_cells(self, spec: PopulationSpec) -> None:
+        """Intact leukocytes by scatter: the union of the kept clusters' ellipses.
+
+        Named clusters (debris, dead cells, lymphocytes, monocytes, granulocytes …) are fitted
+        by EM on FSC-A × log SSC-A from the template's anchors; the gate is the union of
+        ``radius``-sd ellipses of the clusters in ``keep``, so debris and dead cells, which
+        lie beside the leukocytes rather than below a single FSC cut, stay out.
+        """
+        beads = spec.options.get("exclude", "beads")
+        parent = spec.parent
+        if beads in self.populations:
+            parent = f"{spec.id}{PART}events"
+            self.add(BooleanGate(parent, spec.parent, "not", (GateRef(beads),)))
+        anchors = spec.options.get("clusters")
+        if not anchors:
+            self._gate_cells_by_size(spec, parent)
+            return
+        keep = tuple(spec.options.get("keep", ("lymphocytes", "monocytes", "granulocytes")))
+        radius = float(spec.options.get("radius", 4.0))
+        fsc, ssc = self._scatter_axes()
+        ssc_scale = self.evaluator.gate_set.transforms[SSC_LOG]
+        named = {
+            str(name): (float(a), float(ssc_scale.apply(np.array([float(b)]))[0]))
+            for name, (a, b) in anchors.items()
+        }
+        spread = tuple(float(v) for v in spec.options.get("spread", (8_000.0, 0.03)))
+        points = np.column_stack([self.values(fsc, parent), self.values(ssc, parent)])
+        fit = gaussian_clusters(points, named, spread)
+        wandered = set(fit.evidence.get("wandered", ()))
+        kept = [
+            n
+            for n in keep
+            if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
+        ]
+        if fit.fallback or not kept:
+            reason = fit.reason or "no kept cluster has events"
+            self._gate_cells_by_size(spec, parent, reason)
+            return
+        self.scatter = fit
+        self.scatter_kept = tuple(kept)
+        first = fit.clusters[kept[0]]
+        edge = first.mean[0] - radius * first.sd(0)
+        evidence = dict(fit.evidence, keep=kept, radius=radius)
+        evidence["absent"] = [n for n in keep if n not in kept]
+        self.decisions[spec.id] = ThresholdDecision(
+            float(edge), "clusters", False, None, fit.events, evidence
+        )
+        shapes = [
+            EllipsoidGate(
+                spec.id if len(kept) == 1 else f"{spec.id}{PART}{name}",
+                parent,
+                (fsc, ssc),
+                fit.clusters[name].mean,
+                fit.clusters[name].covariance,
+                radius * radius,
+            )
+            for name in kept
+        ]
+        self.add(*shapes)
+        if len(shapes) > 1:
+            self.add(BooleanGate(spec.id, parent, "or", tuple(GateRef(g.id) for g in shapes)))
+
+    def _scatter_axes(self) -> tuple[Dimension, Dimension]:
+        return Dimension(self.channels.fsc_area), Dimension(self.channels.ssc_area, None, SSC_LOG)
+
+    def _gate_cells_by_size(
+        self, spec: PopulationSpec, parent: str | None, why: str | None = None
+    ) -> None:
+        """FSC-A above a valley (or the template default): the gate without scatter clusters."""
         axis = Dimension(self.channels.fsc_area)
         bounds = Bounds(
             *spec.options.get("bounds", (8_000.0, 40_000.0)), spec.options.get("default", 18_000.0)
         )
-        beads = spec.options.get("exclude", "beads")
-        have_beads = beads in self.populations
 
         def estimate() -> ThresholdDecision:
-            values = self._raw(self.channels.fsc_area, spec.parent)
-            if have_beads:
-                keep = ~np.isin(
-                    self.evaluator.positions(spec.parent), self.evaluator.positions(beads)
-                )
-                values = values[keep]
-            return _place_cut(CutSpec(("valley",), bounds), values, None, spec.id)
+            decision = _place_cut(
+                CutSpec(("valley",), bounds), self.values(axis, parent), None, spec.id
+            )
+            if why is not None and decision.reason:
+                reason = f"scatter clusters: {why}; {decision.reason}"
+                return ThresholdDecision(
+                    decision.value, decision.method, True, reason, decision.events,
+                    decision.evidence,
+                )  # fmt: skip
+            return decision
 
         cut = self.decide(spec.id, estimate).value
-        if not have_beads:
-            self.add(RangeGate(spec.id, spec.parent, Bound(axis, min=cut)))
-            return
-        size_gate = RangeGate(f"{spec.id}{PART}FSC", spec.parent, Bound(axis, min=cut))
-        refs = (GateRef(size_gate.id), GateRef(beads, complement=True))
-        self.add(size_gate, BooleanGate(spec.id, spec.parent, "and", refs))
+        self.add(RangeGate(spec.id, parent, Bound(axis, min=cut)))
 
     def _gate_lymphocytes(self, spec: PopulationSpec) -> None:
-        axis = Dimension(self.channels.ssc_area, None, SSC_LOG)
+        """Low side scatter and bright CD45, on the lymphocyte side of the dead cells.
+
+        A rectangle on log SSC-A × CD45: the SSC cut is the density minimum between the
+        lymphocyte and the next scatter cluster (monocytes); the CD45 floor sits ``cd45_sd``
+        sds below the lymphocytes' CD45 mode. Dead cells straddle both cuts, so when the
+        scatter fit has a ``dead`` cluster the gate also keeps to the lymphocyte side of a
+        line across the lymphocyte → dead direction on FSC-A × log SSC-A, where the dead
+        cells' weighted density overtakes the lymphocytes' (kept within ``dead_sd`` lymphocyte
+        sds).
+        """
+        _, axis = self._scatter_axes()
         bounds = Bounds(*spec.options.get("bounds", (0.6, 0.9)), spec.options.get("default", 0.78))
-        decision = self.decide(
-            spec.id,
-            lambda: _place_cut(
-                CutSpec(("valley",), bounds), self.values(axis, spec.parent), None, spec.id
-            ),
+        ssc = self.values(axis, spec.parent)
+        decision = self.decide(spec.id, lambda: self._lymphocyte_ssc(spec, ssc, bounds))
+        cd45 = spec.options.get("bright", "CD45")
+        bright = None
+        if cd45 in self.channels.markers and cd45 not in self.degenerate:
+            marker_axis = self.axis(cd45)
+            values = self.values(marker_axis, spec.parent)
+            sds = float(spec.options.get("cd45_sd", 4.5))
+            floor = self.decide(
+                f"{spec.id}.{cd45}", lambda: _bright_floor(values[ssc < decision.value], sds)
+            )
+            if not floor.fallback:  # without a floor the gate is the SSC cut alone
+                bright = values >= floor.value
+        plane = self._dead_plane(spec, bright)
+        box_id = spec.id if plane is None else f"{spec.id}{PART}box"
+        if bright is not None:
+            box = (Bound(axis, max=decision.value), Bound(marker_axis, min=floor.value))
+            self.add(RectangleGate(box_id, spec.parent, box))
+        else:
+            self.add(RangeGate(box_id, spec.parent, Bound(axis, max=decision.value)))
+        if plane is not None:
+            self.add(
+                plane,
+                BooleanGate(spec.id, spec.parent, "and", (GateRef(box_id), GateRef(plane.id))),
+            )
+
+    def _dead_plane(self, spec: PopulationSpec, bright: np.ndarray | None) -> PolygonGate | None:
+        """The lymphocyte side of a line across the lymphocyte → dead-cell direction.
+
+        The line sits where the dead cells that the CD45 floor lets through (``bright``, on
+        the parent's estimation subsample) become denser than the lymphocytes.
+        """
+        fit, low = self.scatter, spec.options.get("cluster", "lymphocytes")
+        dead = spec.options.get("dead", "dead")
+        if fit is None or low not in fit.clusters or dead not in fit.clusters:
+            return None
+        lymph, other = fit.clusters[low], fit.clusters[dead]
+        if other.events < MIN_CLUSTER:
+            return None
+        cov = np.asarray(lymph.covariance)
+        mean = np.asarray(lymph.mean)
+        direction = np.linalg.solve(cov, np.asarray(other.mean) - mean)
+        scale = float(np.sqrt(direction @ cov @ direction))
+        if not np.isfinite(scale) or scale <= 0:
+            return None
+        reach = scale  # Mahalanobis distance of the dead cells from the lymphocytes
+        spread = float(np.sqrt(direction @ np.asarray(other.covariance) @ direction)) / scale
+        weights = [lymph.weight, other.weight]
+        if bright is not None and bright.size:
+            fsc, ssc = self._scatter_axes()
+            points = np.column_stack([self.values(fsc, spec.parent), self.values(ssc, spec.parent)])
+            share = fit.posterior(points, (low, dead))
+            weights = [float(np.mean(share[:, i] * bright)) for i in range(2)]
+        low_sd, high_sd = (float(v) for v in spec.options.get("dead_sd", (2.5, 4.5)))
+        grid = np.linspace(low_sd, high_sd, 256)
+        lymph_density = weights[0] * np.exp(-0.5 * grid**2)
+        dead_density = weights[1] / spread * np.exp(-0.5 * ((grid - reach) / spread) ** 2)
+        dead_side = np.flatnonzero(dead_density > lymph_density)
+        sds = float(grid[dead_side[0]]) if dead_side.size else high_sd
+        limit = float(direction @ mean) + sds * scale
+        evidence = {
+            "direction": direction.tolist(),
+            "limit": limit,
+            "lymphocyte_sds": sds,
+            "dead_distance_sds": reach,
+            "dead_spread_sds": spread,
+            "weights": weights,
+            "lymphocyte_mean": list(lymph.mean),
+            "dead_mean": list(other.mean),
+        }
+        self.decisions[f"{spec.id}.dead"] = ThresholdDecision(
+            sds, "clusters", False, None, fit.events, evidence
         )
-        self.add(RangeGate(spec.id, spec.parent, Bound(axis, max=decision.value)))
+        fsc, ssc = self._scatter_axes()
+        vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
+        return PolygonGate(f"{spec.id}{PART}dead", spec.parent, (fsc, ssc), vertices)
+
+    def _lymphocyte_ssc(
+        self, spec: PopulationSpec, ssc: np.ndarray, bounds: Bounds
+    ) -> ThresholdDecision:
+        """The SSC density minimum between the lymphocyte and the next scatter cluster."""
+        fit = self.scatter
+        low = spec.options.get("cluster", "lymphocytes")
+        above = [
+            c for c in (fit.clusters.values() if fit else ())
+            if c.name in self.scatter_kept and c.name != low
+        ]  # fmt: skip
+        if fit is None or low not in fit.clusters or not above:
+            return _place_cut(CutSpec(("valley",), bounds), ssc, None, spec.id)
+        lymph, nearest = fit.clusters[low], min(above, key=lambda c: c.mean[1])
+        a, b = lymph.mean[1], nearest.mean[1]
+        evidence = {
+            "between": [low, nearest.name],
+            "means": [a, b],
+            "sds": [lymph.sd(1), nearest.sd(1)],
+            "weights": [lymph.weight, nearest.weight],
+        }
+        if b <= a:
+            return ThresholdDecision(
+                bounds.default, "clusters", True, "clusters do not separate", ssc.size, evidence
+            )
+        # the weighted Gaussian crossing, refined to the data's density minimum near it
+        grid = np.linspace(a, b, GRID_POINTS)
+        diff = fit.density(low, 1, grid) - fit.density(nearest.name, 1, grid)
+        crossing = np.flatnonzero(np.diff(np.sign(diff)) != 0)
+        cut = float(grid[crossing[0]]) if crossing.size else (a + b) / 2
+        evidence["crossing"] = cut
+        values = ssc[np.isfinite(ssc)]
+        if values.size >= MIN_EVENTS:
+            half = 1.5 * min(lymph.sd(1), nearest.sd(1))
+            grid, dens = density(values, float(values.min()), float(values.max()))
+            near = np.flatnonzero(np.abs(grid - cut) <= half)
+            if near.size > 2:
+                lowest = near[np.argmin(dens[near])]
+                if lowest not in (near[0], near[-1]):  # an interior minimum: a real valley
+                    cut = float(grid[lowest])
+                    evidence["valley"] = cut
+        # keep clear of each cluster's own spread, unless the two overlap (then the density
+        # decides) or the upper cluster is too broad to be a cluster (then only the lower)
+        sds = float(spec.options.get("lymphocyte_sd", 3.0))
+        broad = 2.0 * float(fit.evidence.get("spread", (0.0, 0.03))[1])
+        lower = a + sds * lymph.sd(1)
+        upper = b - sds * nearest.sd(1) if nearest.sd(1) <= broad else np.inf
+        if lower <= upper:
+            guarded = float(np.clip(cut, lower, upper))
+            if guarded != cut:
+                evidence["guard"] = [lower, upper]
+                cut = guarded
+        evidence["cut"] = cut
+        if not bounds.low <= cut <= bounds.high:
+            reason = f"cut {cut:.3f} outside bounds"
+            return ThresholdDecision(bounds.default, "clusters", True, reason, ssc.size, evidence)
+        return ThresholdDecision(cut, "clusters", False, None, int(ssc.size), evidence)
+
+
+def _bright_floor(values: np.ndarray, sds: float) -> ThresholdDecision:
+    """``sds`` sds below the mode of a bright population, the sd read off its upper side
+    (dimmer events that share the gate, such as dead cells, widen only the lower side)."""
+    values = values[np.isfinite(values)]
+    if values.size < MIN_EVENTS:
+        reason = f"only {values.size} events; no floor applied"
+        return ThresholdDecision(0.0, "tail", True, reason, int(values.size))
+    grid, dens = density(values, float(values.min()), float(values.max()))
+    mode = float(grid[np.argmax(dens)])
+    upper = values[values > mode] - mode
+    spread = float(np.median(upper) / 0.6745) if upper.size >= 10 else 0.0
+    if not spread > 0:
+        spread = float(1.4826 * np.median(np.abs(values - mode)))
+    cut = mode - sds * spread
+    evidence = {"mode": mode, "upper_sd": spread, "sds": sds, "cut": cut}
+    return ThresholdDecision(cut, "tail", False, None, int(values.size), evidence)
+
+
+def _half_plane(
+    normal: np.ndarray, limit: float, box: tuple[tuple[float, float], tuple[float, float]]
+) -> tuple[tuple[float, float], ...]:
+    """Polygon of the part of a box where normal · x <= limit (one Sutherland-Hodgman step)."""
+    (x0, x1), (y0, y1) = box
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    kept: list[tuple[float, float]] = []
+    for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+        fa, fb = normal @ np.array(a) - limit, normal @ np.array(b) - limit
+        if fa <= 0:
+            kept.append(a)
+        if (fa < 0 < fb) or (fb < 0 < fa):
+            share = fa / (fa - fb)
+            kept.append((a[0] + share * (b[0] - a[0]), a[1] + share * (b[1] - a[1])))
+    return tuple((float(x), float(y)) for x, y in kept)
 
 
 def _before(t: np.ndarray) -> float:
     """A time before every event (Gating-ML ranges need a finite end)."""
+    t = t[np.isfinite(t)]
     return min(float(np.min(t)) if t.size else 0.0, 0.0) - 1.0
 
 

@@ -1,10 +1,14 @@
 """Data-driven threshold placement on one transformed marker, with its evidence.
 
-Three estimators, each bounded by the template and each returning what it saw:
+Estimators, each bounded by the template and each returning what it saw:
 - ``valley``: the deepest density minimum between the two highest modes;
 - ``mixture``: a Gaussian mixture (scikit-learn) and the point between the two component
   means where their weighted densities cross;
-- ``tail``: an upper quantile of an internal negative population plus a margin.
+- ``tail``: an upper quantile of an internal negative population plus a margin;
+- ``balance``: a smear of positives running into the negatives (CAR-T), cut where the expected
+  false positives and false negatives of a fitted negative + positive model are equal, so
+  that the count of the gate is unbiased;
+- ``gaussian_clusters``: an EM fit of named clusters started from template anchors (scatter).
 When the data give no clear answer the template default is used and ``fallback`` is set.
 """
 
@@ -16,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-Method = Literal["valley", "mixture", "tail", "fixed"]
+Method = Literal["valley", "mixture", "tail", "balance", "clusters", "fixed"]
 GRID_POINTS = 512
 MIN_EVENTS = 50
 MAX_FIT_EVENTS = 20_000
@@ -73,6 +77,21 @@ def _clean(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
+def _significant_peaks(dens: np.ndarray, peaks: np.ndarray, max_depth_ratio: float) -> np.ndarray:
+    """Drop the lower peak of any neighbouring pair whose valley is too shallow to separate
+    them (noise on the shoulder of a broad mode), until every valley is deep enough."""
+    peaks = np.asarray(peaks)
+    while len(peaks) > 1:
+        lows = np.array([dens[a : b + 1].min() for a, b in pairwise(peaks)])
+        depth = lows / np.minimum(dens[peaks[:-1]], dens[peaks[1:]])
+        worst = int(np.argmax(depth))
+        if depth[worst] <= max_depth_ratio:
+            break
+        left, right = peaks[worst], peaks[worst + 1]
+        peaks = np.delete(peaks, worst if dens[left] < dens[right] else worst + 1)
+    return peaks
+
+
 def valley_threshold(
     values: np.ndarray, bounds: Bounds, max_depth_ratio: float = 0.6, bandwidth: float | None = None
 ) -> ThresholdDecision:
@@ -85,8 +104,10 @@ def valley_threshold(
     grid, dens = density(values, lo, hi, bandwidth)
     interior = (dens[1:-1] > dens[:-2]) & (dens[1:-1] >= dens[2:])
     peaks = np.flatnonzero(interior) + 1
-    peaks = peaks[dens[peaks] > 0.02 * dens.max()]
+    peaks = peaks[dens[peaks] > 0.005 * dens.max()]
     evidence = {"grid": grid, "density": dens, "peaks": grid[peaks].tolist()}
+    peaks = _significant_peaks(dens, peaks, max_depth_ratio)
+    evidence["modes"] = grid[peaks].tolist()
     if len(peaks) < 2:
         return _fallback(bounds, "valley", len(values), "one mode only", **evidence)
     in_bounds = (grid >= bounds.low) & (grid <= bounds.high)
@@ -174,3 +195,367 @@ def tail_threshold(
     if not bounds.low <= cut <= bounds.high:
         return _fallback(bounds, "tail", len(values), f"cut {cut:.3f} outside bounds", **evidence)
     return ThresholdDecision(cut, "tail", False, None, len(values), evidence)
+
+
+# ---------------------------------------------------------------------------------- balance
+
+
+def _normal_sf(z: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(-z)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(z)
+
+
+def _normal_pdf(z: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """Negatives: two Gaussians sharing a mean in linear space (detector noise and spread).
+    Positives: Gaussians on the transformed scale (log-normal staining)."""
+
+    weight: float
+    mean: float
+    sds: tuple[float, float]
+    share: float
+    pos_weights: np.ndarray
+    pos_means: np.ndarray
+    pos_sds: np.ndarray
+
+    def negative_sf(self, y: np.ndarray) -> np.ndarray:
+        a, b = self.sds
+        return self.share * _normal_sf((y - self.mean) / a) + (1 - self.share) * _normal_sf(
+            (y - self.mean) / b
+        )
+
+    def negative_pdf(self, y: np.ndarray) -> np.ndarray:
+        a, b = self.sds
+        return (
+            self.share * _normal_pdf((y - self.mean) / a) / a
+            + (1 - self.share) * _normal_pdf((y - self.mean) / b) / b
+        )
+
+    def positive_cdf(self, t: np.ndarray) -> np.ndarray:
+        z = (t[None, :] - self.pos_means[:, None]) / self.pos_sds[:, None]
+        return (self.pos_weights[:, None] * _normal_cdf(z)).sum(axis=0)
+
+
+def _fit_balance(
+    t: np.ndarray,
+    y: np.ndarray,
+    jacobian: np.ndarray,
+    to_scale,
+    split: float,
+    split_linear: float,
+    components: int,
+    floor_sd: float,
+    iterations: int,
+    min_sd: float,
+    max_ratio: float = 2.0,
+    tol: float = 1e-6,
+) -> tuple[_Model, int, float]:
+    """EM for the negative + positive model (see :class:`_Model`)."""
+    low = t < split
+    if low.sum() >= 10:
+        mean = float(np.median(y[low]))
+        sd = max(float(1.4826 * np.median(np.abs(y[low] - mean))), 1e-6)
+    else:  # (nearly) no negatives: start them below the split, where they would be
+        mean = 0.0
+        sd = max(abs(split_linear) / 3, 1e-6)
+    sds = np.array([0.9 * sd, 1.5 * sd])
+    share, weight = 0.7, float(np.clip(low.mean(), 0.01, 0.95))
+    order = np.argsort(y)
+    ladder_y, ladder_t = y[order], t[order]
+
+    def scale_of(value: float) -> float:  # to_scale by the data's own (monotone) pairs
+        if ladder_y[0] <= value <= ladder_y[-1]:
+            return float(np.interp(value, ladder_y, ladder_t))
+        return float(to_scale(np.array([value]))[0])
+
+    floor = scale_of(mean + floor_sd * sd)
+    high = t[t > floor]
+    if components and high.size >= 2 * components:
+        pos_means = np.quantile(high, np.linspace(0.25, 0.75, components))
+    else:
+        pos_means = floor + 0.05 * np.arange(1, components + 1)
+    pos_sds = np.full(components, 0.05)
+    pos_weights = np.full(components, (1 - weight) / max(components, 1))
+    if components == 0:
+        pos_weights = np.zeros(0)
+        pos_means = np.zeros(0)
+        pos_sds = np.zeros(0)
+        weight = 1.0
+    previous, done, loglik = -np.inf, 0, -np.inf
+    for step in range(1, iterations + 1):
+        done = step
+        za, zb = (y - mean) / sds[0], (y - mean) / sds[1]
+        neg_a = weight * share * _normal_pdf(za) / sds[0] * jacobian
+        neg_b = weight * (1 - share) * _normal_pdf(zb) / sds[1] * jacobian
+        zp = (t[None, :] - pos_means[:, None]) / pos_sds[:, None]
+        pos = pos_weights[:, None] * _normal_pdf(zp) / pos_sds[:, None]
+        total = neg_a + neg_b + pos.sum(axis=0) + 1e-300
+        loglik = float(np.mean(np.log(total)))
+        ra, rb, rp = neg_a / total, neg_b / total, pos / total
+        na, nb, npos = ra.sum(), rb.sum(), rp.sum(axis=1)
+        weight = (na + nb) / len(t) if components else 1.0
+        share = na / max(na + nb, 1e-12)
+        pos_weights = npos / len(t)
+        wa, wb = ra / sds[0] ** 2, rb / sds[1] ** 2
+        mean = float(np.sum((wa + wb) * y) / max(np.sum(wa + wb), 1e-300))
+        sa = np.sqrt(np.sum(ra * (y - mean) ** 2) / max(na, 1e-12))
+        sb = np.sqrt(np.sum(rb * (y - mean) ** 2) / max(nb, 1e-12))
+        sds = np.array([max(sa, 1e-6), np.clip(sb, 1.05 * sa, max_ratio * sa) + 1e-6])
+        spread = float(np.sqrt(share * sds[0] ** 2 + (1 - share) * sds[1] ** 2))
+        floor = scale_of(mean + floor_sd * spread)
+        alive = npos > 1e-9
+        pos_means = np.where(alive, (rp @ t) / np.maximum(npos, 1e-300), pos_means)
+        pos_means = np.maximum(pos_means, floor)
+        var = (rp * (t[None, :] - pos_means[:, None]) ** 2).sum(axis=1) / np.maximum(npos, 1e-300)
+        pos_sds = np.where(alive, np.maximum(np.sqrt(var), min_sd), pos_sds)
+        if abs(loglik - previous) < tol:
+            break
+        previous = loglik
+    model = _Model(
+        float(weight), mean, (float(sds[0]), float(sds[1])), float(share),
+        pos_weights, pos_means, pos_sds,
+    )  # fmt: skip
+    return model, done, loglik * len(t)
+
+
+def balance_threshold(
+    values: np.ndarray,
+    bounds: Bounds,
+    to_linear,
+    to_scale,
+    components: int = 2,
+    floor_sd: float = 2.5,
+    slack: float = 0.5,
+    iterations: int = 150,
+    min_sd: float = 0.03,
+    min_positives: float = 100.0,
+    max_events: int = 8_000,
+    hidden_share: float | None = 0.4,
+) -> ThresholdDecision:
+    """Cut where the fitted model expects as many false positives as false negatives.
+
+    For a positive population that runs into the negatives (no valley to speak of) the
+    count above any cut is biased; this cut makes it unbiased under the model: negatives are
+    Gaussian in linear space (``to_linear`` maps transformed values back), positives are
+    Gaussians on the transformed scale kept above ``floor_sd`` negative sds (a BIC test
+    decides whether there are positives at all). Positives hidden under the negatives are
+    read from the positives' density at the cut, taken to fall to nothing at the negatives'
+    centre (``hidden_share`` of that triangle; None: the fitted components' tails). With
+    fewer than ``min_positives`` expected positives, or none, the cut lands where ``slack``
+    false positives are expected. ``values`` are transformed; the cut is clipped to the
+    bounds (evidence says so).
+    """
+    t = _clean(values)
+    if len(t) < MIN_EVENTS:
+        return _fallback(bounds, "balance", len(t), f"only {len(t)} events")
+    if len(t) > max_events:
+        t = t[:: int(np.ceil(len(t) / max_events))]
+    y = to_linear(t)
+    step = 1e-4
+    jacobian = np.maximum((to_linear(t + step) - to_linear(t - step)) / (2 * step), 1e-12)
+    args = (t, y, jacobian, to_scale, bounds.low, float(to_linear(np.array([bounds.low]))[0]))
+    model, done, loglik = _fit_balance(*args, components, floor_sd, iterations, min_sd)
+    alone, _, loglik_alone = _fit_balance(*args, 0, floor_sd, iterations, min_sd)
+    gain = loglik - loglik_alone
+    penalty = 1.5 * components * np.log(len(t))  # BIC: three parameters per component
+    if gain < penalty:
+        model = alone
+    n = len(values[np.isfinite(values)])
+    grid = np.linspace(bounds.low, bounds.high, GRID_POINTS)
+    false_pos = n * model.weight * model.negative_sf(to_linear(grid))
+    positives = float(n * model.pos_weights.sum())
+    balanced = positives >= min_positives
+    false_neg = n * model.positive_cdf(grid) if balanced else np.zeros_like(grid)
+    if balanced and hidden_share is not None:
+        # positives hidden under the negatives: the positives' density at the cut (what the
+        # data hold beyond the negative model) decaying to nothing at the negatives' centre
+        found_grid, found = density(t, float(t.min()), float(t.max()))
+        observed = n * np.interp(grid, found_grid, found)
+        slope = (to_linear(grid + step) - to_linear(grid - step)) / (2 * step)
+        negative = n * model.weight * model.negative_pdf(to_linear(grid)) * slope
+        centre = float(to_scale(np.array([model.mean]))[0])
+        reach = np.maximum(grid - centre, 0.0)
+        false_neg = np.maximum(observed - negative, 0.0) * reach * hidden_share
+    excess = false_pos - false_neg - slack
+    below = np.flatnonzero(excess <= 0)
+    clipped = None
+    if below.size == 0:
+        i, clipped = len(grid) - 1, "high"
+    else:
+        i = int(below[0])
+        clipped = "low" if i == 0 and excess[0] < 0 else None
+    evidence = {
+        "negative": {"weight": model.weight, "mean": model.mean, "sds": list(model.sds),
+                     "share": model.share},
+        "positive": {"weights": model.pos_weights.tolist(), "means": model.pos_means.tolist(),
+                     "sds": model.pos_sds.tolist()},
+        "expected_positives": positives,
+        "balanced": balanced,
+        "hidden_share": hidden_share,
+        "expected_false_positives": float(false_pos[i]),
+        "expected_false_negatives": float(false_neg[i]),
+        "iterations": done,
+        "likelihood_gain": float(gain),
+        "bic_penalty": float(penalty),
+        "positives_kept": bool(gain >= penalty),
+        "clipped": clipped,
+        "grid": grid,
+        "excess": excess,
+    }  # fmt: skip
+    return ThresholdDecision(float(grid[i]), "balance", False, None, n, evidence)
+
+
+# ---------------------------------------------------------------------------------- clusters
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One fitted Gaussian cluster (in the axes' units)."""
+
+    name: str
+    mean: tuple[float, ...]
+    covariance: tuple[tuple[float, ...], ...]
+    weight: float
+    events: float
+
+    def sd(self, axis: int) -> float:
+        return float(np.sqrt(self.covariance[axis][axis]))
+
+
+@dataclass(frozen=True)
+class ClusterFit:
+    """Named Gaussian clusters fitted by EM from template anchors, with the fit's evidence."""
+
+    clusters: dict[str, Cluster]
+    fallback: bool
+    reason: str | None
+    events: int
+    evidence: dict = field(default_factory=dict, compare=False)
+
+    def posterior(self, points: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """P(cluster | point) for every point and named cluster, among all clusters."""
+        log_p = []
+        for cluster in self.clusters.values():
+            cov = np.asarray(cluster.covariance)
+            diff = np.asarray(points, dtype=np.float64) - np.asarray(cluster.mean)
+            inverse = np.linalg.inv(cov)
+            _, logdet = np.linalg.slogdet(cov)
+            distance = np.einsum("nd,de,ne->n", diff, inverse, diff)
+            log_p.append(np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet))
+        stacked = np.array(log_p)
+        stacked = np.where(np.isfinite(stacked), stacked, -np.inf)
+        top = stacked.max(axis=0)
+        top = np.where(np.isfinite(top), top, 0.0)
+        share = np.exp(stacked - top)
+        share /= np.maximum(share.sum(axis=0), 1e-300)
+        order = list(self.clusters)
+        return share[[order.index(n) for n in names]].T
+
+    def density(self, name: str, axis: int, grid: np.ndarray) -> np.ndarray:
+        """Weighted marginal density of one cluster along one axis."""
+        cluster = self.clusters[name]
+        sd = max(cluster.sd(axis), 1e-12)
+        z = (grid - cluster.mean[axis]) / sd
+        return cluster.weight * np.exp(-0.5 * z * z) / (sd * np.sqrt(2 * np.pi))
+
+
+def gaussian_clusters(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, ...]],
+    spread: tuple[float, ...],
+    iterations: int = 80,
+    tol: float = 1e-5,
+    max_events: int = 4_000,
+    prior: float = 10.0,
+    max_sd: float = 3.0,
+    max_shift: float = 5.0,
+) -> ClusterFit:
+    """EM for a Gaussian mixture with one component per named anchor (full covariances).
+
+    ``spread`` is a typical cluster sd per axis: it scales the axes and starts every
+    component. Components keep their names, so callers can keep or drop clusters by meaning.
+    Each component is held near where it started: ``prior`` pseudo-events at its anchor
+    (MAP estimates), sds at most ``max_sd`` spreads, so a nearly empty cluster cannot grow
+    over its neighbours; one that still moved more than ``max_shift`` spreads from its anchor
+    is listed as ``wandered`` in the evidence.
+    """
+    names = list(anchors)
+    points = np.asarray(points, dtype=np.float64)
+    points = points[np.all(np.isfinite(points), axis=1)]
+    n_all = len(points)
+    k, d = len(names), points.shape[1] if points.ndim == 2 else 0
+    if n_all < MIN_EVENTS * max(k, 1):
+        return ClusterFit({}, True, f"only {n_all} events for {k} clusters", n_all)
+    if n_all > max_events:
+        points = points[:: int(np.ceil(n_all / max_events))]
+    scale = np.asarray(spread, dtype=np.float64)
+    z = points / scale
+    n = len(z)
+    start = np.array([anchors[name] for name in names], dtype=np.float64) / scale
+    means = start.copy()
+    covs = np.repeat(np.eye(d)[None], k, axis=0)
+    weights = np.full(k, 1.0 / k)
+    ridge = 1e-4 * np.eye(d)
+    previous = -np.inf
+    loglik = -np.inf
+    done = 0
+    for step in range(1, iterations + 1):
+        done = step
+        diff = z[None, :, :] - means[:, None, :]
+        inverse = np.linalg.inv(covs)
+        _, logdet = np.linalg.slogdet(covs)
+        mahalanobis = ((diff @ inverse) * diff).sum(axis=2)
+        with np.errstate(divide="ignore"):
+            log_p = np.log(weights)[:, None] - 0.5 * (mahalanobis + logdet[:, None])
+        top = log_p.max(axis=0)
+        total = top + np.log(np.exp(log_p - top).sum(axis=0))
+        resp = np.exp(log_p - total)
+        loglik = float(total.mean())
+        counts = resp.sum(axis=1)
+        weights = np.maximum(counts / n, 1e-12)
+        means = (resp @ z + prior * start) / (counts + prior)[:, None]
+        diff = z[None, :, :] - means[:, None, :]
+        scatter = (diff * resp[:, :, None]).transpose(0, 2, 1) @ diff
+        covs = (scatter + prior * np.eye(d)) / (counts + prior)[:, None, None] + ridge
+        values, vectors = np.linalg.eigh(covs)
+        values = np.clip(values, 1e-4, max_sd**2)
+        covs = (vectors * values[:, None, :]) @ vectors.transpose(0, 2, 1)
+        if abs(loglik - previous) < tol:
+            break
+        previous = loglik
+    outer = np.outer(scale, scale)
+    shift = np.sqrt(((means - start) ** 2).sum(axis=1))
+    wandered = [name for name, moved in zip(names, shift, strict=True) if moved > max_shift]
+    clusters = {
+        name: Cluster(
+            name,
+            tuple((means[i] * scale).tolist()),
+            tuple(map(tuple, (covs[i] * outer).tolist())),
+            float(weights[i]),
+            float(weights[i] * n_all),
+        )
+        for i, name in enumerate(names)
+    }
+    evidence = {
+        "iterations": done,
+        "loglik": loglik,
+        "fitted_on": n,
+        "anchors": {name: list(anchors[name]) for name in names},
+        "means": {name: list(c.mean) for name, c in clusters.items()},
+        "weights": {name: c.weight for name, c in clusters.items()},
+        "spread": list(spread),
+        "shift_spreads": dict(zip(names, shift.round(3).tolist(), strict=True)),
+        "wandered": wandered,
+    }
+    return ClusterFit(clusters, False, None, n_all, evidence)

@@ -23,7 +23,9 @@ from gating.placement import Bounds
 Level = Literal["+", "-", "++", "dim"]
 ShapeGate = Literal["stable_flow", "singlets", "beads", "cells", "lymphocytes"]
 SHAPE_GATES: tuple[str, ...] = ("stable_flow", "singlets", "beads", "cells", "lymphocytes")
-METHODS = ("valley", "mixture", "tail", "fixed")
+METHODS = ("valley", "mixture", "tail", "balance", "fixed")
+PART_SEPARATOR = "::"
+"""Reserved in population ids: helper gates are named ``<population>::<part>``."""
 _CONDITION = re.compile(r"^(?P<marker>[A-Za-z0-9γδαβ]+?)(?P<level>\+\+|\+|-|dim)$")
 
 
@@ -38,7 +40,12 @@ class Condition:
 
 @dataclass(frozen=True)
 class CutSpec:
-    """How one cut of a marker is placed: methods tried in order until one is sure."""
+    """How one cut of a marker is placed: methods tried in order until one is sure.
+
+    ``estimate_on`` is the population whose events place the cut; with ``also_on`` the first
+    of them holding at least ``min_events`` events is used (the population the cut matters
+    for, else a broader one).
+    """
 
     methods: tuple[str, ...]
     bounds: Bounds
@@ -47,6 +54,16 @@ class CutSpec:
     quantile: float = 0.995
     margin: float = 0.0
     components: int = 2
+    floor_sd: float = 2.5
+    min_positives: float = 100.0
+    hidden_share: float = 0.4
+    also_on: tuple[str, ...] = ()
+    min_events: int = 200
+
+    @property
+    def estimate_chain(self) -> tuple[str, ...]:
+        """Populations to place the cut on, in order of preference."""
+        return ((self.estimate_on,) if self.estimate_on else ()) + self.also_on
 
 
 @dataclass(frozen=True)
@@ -111,11 +128,48 @@ def _lines(node: yaml.Node, path: str = "") -> dict[str, int]:
     found = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            found.update(_lines(value, f"{path}.{key.value}" if path else str(key.value)))
+            name = f"{path}.{key.value}" if path else str(key.value)
+            found[name] = key.start_mark.line + 1
+            found.update({k: v for k, v in _lines(value, name).items() if k != name})
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             found.update(_lines(item, f"{path}[{i}]"))
     return found
+
+
+def _duplicate_key(node: yaml.Node) -> tuple[str, int] | None:
+    """The first mapping key that appears twice in its mapping (YAML would keep the last)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                return str(key.value), key.start_mark.line + 1
+            seen.add(key.value)
+            found = _duplicate_key(value)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_key(item)
+            if found:
+                return found
+    return None
+
+
+CUT_FIELDS = frozenset(
+    {"method", "bounds", "default", "estimate_on", "negative", "quantile", "margin",
+     "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright"}
+)  # fmt: skip
+POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate"})
+GATE_OPTIONS: dict[str, frozenset[str]] = {
+    "stable_flow": frozenset({"max_deviation"}),
+    "singlets": frozenset({"width"}),
+    "beads": frozenset({"bounds", "default"}),
+    "cells": frozenset({"exclude", "clusters", "keep", "radius", "spread", "bounds", "default"}),
+    "lymphocytes": frozenset(
+        {"bounds", "default", "cluster", "bright", "cd45_sd", "dead", "dead_sd", "lymphocyte_sd"}
+    ),
+}
 
 
 class _Reader:
@@ -124,14 +178,28 @@ class _Reader:
         self.lines = lines
 
     def error(self, key: str, problem: str) -> GatingError:
-        line = self.lines.get(key) or self.lines.get(key.rsplit(".", 1)[0], 0)
-        return GatingError(f"{self.source} line {line}", problem)
+        line = self.lines.get(key)
+        while line is None and key:
+            key = key.rsplit(".", 1)[0] if "." in key else ""
+            line = self.lines.get(key)
+        return GatingError(f"{self.source} line {line or 1}", problem)
+
+    def number(self, raw: dict, name: str, key: str, default: float) -> float:
+        value = raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(f"{key}.{name}", f"{name} must be a number, not {value!r}")
+        return float(value)
 
     def cut(self, raw: Any, key: str) -> CutSpec:
         if not isinstance(raw, dict):
             raise self.error(key, "a threshold must be a mapping")
+        unknown = sorted(set(map(str, raw)) - CUT_FIELDS)
+        if unknown:
+            raise self.error(f"{key}.{unknown[0]}", f"unknown field {unknown[0]!r}")
         method = raw.get("method")
         methods = tuple(method) if isinstance(method, list) else (method,)
+        if not methods:
+            raise self.error(key, "method needs at least one of " + ", ".join(METHODS))
         for name in methods:
             if name not in METHODS:
                 raise self.error(key, f"method {name!r} is not one of {', '.join(METHODS)}")
@@ -142,57 +210,147 @@ class _Reader:
             raise self.error(key, f"missing {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise self.error(key, f"bounds/default: {exc}") from None
+        if not low < high:
+            raise self.error(key, f"bounds [{low}, {high}] are empty")
+        estimate_on = raw.get("estimate_on")
+        chain = tuple(estimate_on) if isinstance(estimate_on, list) else (estimate_on,)
+        if not all(isinstance(p, str) and p for p in chain if p is not None):
+            raise self.error(key, "'estimate_on' must be a population id or a list of them")
         if "tail" in methods and not raw.get("negative"):
             raise self.error(key, "method tail needs 'negative': the internal negative population")
-        if {"valley", "mixture"} & set(methods) and not raw.get("estimate_on"):
-            raise self.error(key, "methods valley and mixture need 'estimate_on': a population id")
+        if {"valley", "mixture", "balance"} & set(methods) and not estimate_on:
+            raise self.error(
+                key, "methods valley, mixture and balance need 'estimate_on': a population id"
+            )
+        quantile = self.number(raw, "quantile", key, 0.995)
+        if not 0 < quantile < 1:
+            raise self.error(f"{key}.quantile", f"quantile {quantile} must lie in (0, 1)")
+        components = self.number(raw, "components", key, 2)
+        if components < 1 or components != int(components):
+            raise self.error(f"{key}.components", "components must be a whole number >= 1")
         return CutSpec(
             methods=methods,
             bounds=bounds,
-            estimate_on=raw.get("estimate_on"),
+            estimate_on=chain[0],
             negative=raw.get("negative"),
-            quantile=float(raw.get("quantile", 0.995)),
-            margin=float(raw.get("margin", 0.0)),
-            components=int(raw.get("components", 2)),
+            quantile=quantile,
+            margin=self.number(raw, "margin", key, 0.0),
+            components=int(components),
+            floor_sd=self.number(raw, "floor_sd", key, 2.5),
+            min_positives=self.number(raw, "min_positives", key, 100.0),
+            hidden_share=self.number(raw, "hidden_share", key, 0.4),
+            also_on=tuple(str(p) for p in chain[1:]),
+            min_events=int(self.number(raw, "min_events", key, 200)),
         )
+
+    def gate_options(self, gate: str, options: dict[str, Any], key: str) -> None:
+        """Shape-gate options: known names, and scatter clusters as name: [FSC-A, SSC-A]."""
+        unknown = sorted(set(options) - GATE_OPTIONS[gate])
+        if unknown:
+            raise self.error(f"{key}.{unknown[0]}", f"gate {gate} has no option {unknown[0]!r}")
+        clusters = options.get("clusters")
+        if clusters is not None:
+            if not isinstance(clusters, dict) or not clusters:
+                raise self.error(f"{key}.clusters", "clusters must map names to [FSC-A, SSC-A]")
+            for name, where in clusters.items():
+                ok = isinstance(where, list) and len(where) == 2
+                if not ok or not all(isinstance(v, int | float) and v > 0 for v in where):
+                    raise self.error(
+                        f"{key}.clusters.{name}",
+                        f"cluster {name!r} needs [FSC-A, SSC-A] as two positive numbers",
+                    )
+            keep = options.get("keep", ["lymphocytes", "monocytes", "granulocytes"])
+            missing = [k for k in keep if k not in clusters]
+            if missing:
+                raise self.error(
+                    f"{key}.keep", f"kept cluster {missing[0]!r} is not one of the clusters"
+                )
+
+
+def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
+    """The fluorescence display transform: logicle with numeric T, W, M, A."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise reader.error("transform", "transform must be a mapping")
+    kind = raw.get("type", "logicle")
+    if kind != "logicle":
+        raise reader.error("transform", f"transform type {kind!r} is not logicle")
+    params = {k: v for k, v in raw.items() if k != "type"}
+    unknown = sorted(set(params) - {"T", "W", "M", "A"})
+    if unknown:
+        raise reader.error("transform", f"unknown logicle parameter {unknown[0]!r}")
+    try:
+        from gating.transforms import Logicle
+
+        values = {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0} | {
+            k: float(v) for k, v in params.items()
+        }
+        Logicle(t=values["T"], w=values["W"], m=values["M"], a=values["A"])
+    except (TypeError, ValueError) as exc:
+        raise reader.error("transform", f"logicle parameters: {exc}") from None
+    except GatingError as exc:
+        raise reader.error("transform", exc.problem) from None
+    return {"type": kind, **params}
 
 
 def load_template(path: Path) -> Template:
-    """Load and validate a gating template."""
+    """Load and validate a gating template; problems raise GatingError with file and line."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
     except OSError as exc:
         raise GatingError(str(path), f"cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise GatingError(str(path), f"is not UTF-8 text: {exc.reason}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path} line {mark.line + 1}" if mark else str(path)
         raise GatingError(where, f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(raw, dict) or node is None:
-        raise GatingError(str(path), "a template must be a mapping")
+        raise GatingError(f"{path} line 1", "a template must be a mapping")
+    duplicate = _duplicate_key(node)
+    if duplicate:
+        raise GatingError(f"{path} line {duplicate[1]}", f"key {duplicate[0]!r} appears twice")
     reader = _Reader(path, _lines(node))
     for key in ("id", "tube", "thresholds", "populations"):
         if key not in raw:
             raise reader.error("", f"missing field {key!r}")
+    try:
+        version = int(raw.get("version", 1))
+    except (TypeError, ValueError):
+        raise reader.error("version", f"version {raw.get('version')!r} is not a number") from None
+    transform = _transform(raw.get("transform"), reader)
+    if not isinstance(raw["thresholds"], dict):
+        raise reader.error("thresholds", "thresholds must map markers to their cuts")
+    if not isinstance(raw["populations"], list) or not raw["populations"]:
+        raise reader.error("populations", "populations must be a non-empty list")
 
     thresholds = {}
-    for marker, spec in (raw["thresholds"] or {}).items():
+    for marker, spec in raw["thresholds"].items():
         key = f"thresholds.{marker}"
+        if not isinstance(marker, str) or not _CONDITION.match(f"{marker}+"):
+            raise reader.error(key, f"{marker!r} is not a marker name (letters and digits)")
         positive = reader.cut(spec, key)
         bright = None
         if "bright" in spec:
+            if not isinstance(spec["bright"], dict):
+                raise reader.error(f"{key}.bright", "a bright cut must be a mapping")
             bright_raw = {"estimate_on": spec.get("estimate_on"), **spec["bright"]}
             bright = reader.cut(bright_raw, f"{key}.bright")
-        thresholds[str(marker)] = ThresholdSpec(str(marker), positive, bright)
+        thresholds[marker] = ThresholdSpec(marker, positive, bright)
 
     populations: list[PopulationSpec] = []
     known: set[str] = set()
-    for i, entry in enumerate(raw["populations"] or []):
+    for i, entry in enumerate(raw["populations"]):
         key = f"populations[{i}]"
         if not isinstance(entry, dict) or "id" not in entry:
             raise reader.error(key, "a population needs an 'id'")
         pop_id, parent = str(entry["id"]), entry.get("parent")
+        if PART_SEPARATOR in pop_id or not pop_id.strip():
+            raise reader.error(key, f"population id {pop_id!r} is empty or contains '::'")
         if pop_id in known:
             raise reader.error(key, f"population {pop_id!r} is defined twice")
         if parent is not None and parent not in known:
@@ -202,8 +360,12 @@ def load_template(path: Path) -> Template:
             raise reader.error(key, f"{pop_id!r} needs exactly one of 'phenotype' or 'gate'")
         if gate is not None and gate not in SHAPE_GATES:
             raise reader.error(key, f"gate {gate!r} is not one of {', '.join(SHAPE_GATES)}")
+        options = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
         phenotype: tuple[Condition, ...] = ()
         if has_phenotype:
+            if options:
+                name = sorted(options)[0]
+                raise reader.error(f"{key}.{name}", f"{pop_id}: unknown field {name!r}")
             try:
                 phenotype = parse_phenotype(str(entry["phenotype"]), pop_id)
             except GatingError as exc:
@@ -216,23 +378,35 @@ def load_template(path: Path) -> Template:
                     raise reader.error(
                         key, f"{pop_id}: {condition} needs a 'bright' cut for {condition.marker}"
                     )
-        options = {k: v for k, v in entry.items() if k not in ("id", "parent", "phenotype", "gate")}
+        else:
+            reader.gate_options(str(gate), options, key)
         populations.append(
             PopulationSpec(pop_id, parent, phenotype, gate, options, reader.lines.get(key, 0))
         )
         known.add(pop_id)
+    order = {p.id: i for i, p in enumerate(populations)}
     for marker, spec in thresholds.items():
+        users = [p for p in populations if any(c.marker == marker for c in p.phenotype)]
         for cut, label in ((spec.positive, ""), (spec.bright, ".bright")):
-            for ref in (cut.estimate_on, cut.negative) if cut else ():
+            if cut is None:
+                continue
+            where = f"thresholds.{marker}{label}"
+            for ref in (*cut.estimate_chain, cut.negative):
                 if ref is not None and ref not in known:
+                    raise reader.error(where, f"population {ref!r} is not defined")
+            if users and cut.estimate_chain:
+                first = users[0]
+                if all(order[ref] >= order[first.id] for ref in cut.estimate_chain):
                     raise reader.error(
-                        f"thresholds.{marker}{label}", f"population {ref!r} is not defined"
+                        where,
+                        f"{marker} is first needed by {first.id!r}, before "
+                        f"{cut.estimate_chain[0]!r} (where it is placed) is gated",
                     )
     return Template(
         id=str(raw["id"]),
-        version=int(raw.get("version", 1)),
+        version=version,
         tube=str(raw["tube"]),
-        transform=dict(raw.get("transform") or {}),
+        transform=transform,
         thresholds=thresholds,
         populations=tuple(populations),
         source=str(path),

@@ -1,0 +1,254 @@
+"""Automated gating on bad input: clear per-sample flags, never an exception.
+
+Real generated files, changed with numpy: beads or CAR-T cells taken out, a dead channel,
+NaN and inf events, a handful of events, a constant clock; one variant is written back with
+FlowIO and read again.
+"""
+
+from __future__ import annotations
+
+import io
+from array import array
+from dataclasses import replace
+from pathlib import Path
+
+import flowio
+import numpy as np
+import pandas as pd
+import pytest
+
+from gating.template import load_template
+from panels import load_panels, match_panel
+from pipeline.fcs import FcsFile, read_fcs
+from pipeline.gate import TEMPLATE_DIR, GateStageError, SampleGating, gate_fcs, gate_file
+from pipeline.simulate import SimulationConfig, simulate_cohort
+
+LYMPH = "leukocytes/lymphocytes/"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("auto-gating")
+    config = SimulationConfig(patients=1, seed=31, events=20_000, timepoints=("D11", "M12"))
+    simulate_cohort(out, config)
+    return out
+
+
+def _load(cohort: Path, timepoint: str, tube: str) -> tuple[FcsFile, object, np.ndarray]:
+    label = {"memory": "CAR-T memory", "function": "CAR-T function", "bcell": "BCELL COUNT"}[tube]
+    path = next(cohort.glob(f"CART-001 {timepoint}_{label}_*.fcs"))
+    fcs = read_fcs(path)
+    panel = match_panel(path, [(c.name, c.marker) for c in fcs.channels], load_panels(), tube)
+    truth = pd.read_parquet(cohort / "truth" / f"{path.stem}.parquet")["population"]
+    return fcs, panel.panel, truth.astype(str).to_numpy()
+
+
+def _gate(fcs: FcsFile, panel, events: np.ndarray, **kwargs) -> SampleGating:
+    return gate_fcs(
+        replace(fcs, events=np.ascontiguousarray(events, dtype=np.float32)), panel, **kwargs
+    )
+
+
+def _column(fcs: FcsFile, panel, marker: str) -> int:
+    channel = next(c.channel for c in panel.channels if c.marker == marker)
+    return fcs.channel_names.index(channel)
+
+
+def _check_evidence(gated: SampleGating) -> None:
+    for name, decision in gated.placed.decisions.items():
+        assert decision.method, name
+        if decision.fallback:
+            assert decision.reason, name
+            assert f"threshold_fallback:{name}" in gated.placed.flags, name
+    for population in gated.placed.populations:
+        gated.result.count(population)  # every placed population has a result
+
+
+@pytest.mark.parametrize("tube", ["memory", "function", "bcell"])
+def test_ordinary_files_gate_without_fallbacks(cohort, tube):
+    fcs, panel, _ = _load(cohort, "D11", tube)
+    gated = _gate(fcs, panel, fcs.events)
+    _check_evidence(gated)
+    assert not [f for f in gated.placed.flags if f.startswith("threshold_fallback:")]
+    assert gated.result.count("T") > 100
+    assert gated.result.count("CAR") + gated.result.count("CARneg") == gated.result.count("T")
+
+
+def test_every_decision_keeps_its_evidence(cohort):
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    gated = _gate(fcs, panel, fcs.events)
+    decisions = gated.placed.decisions
+    assert {"grid", "density", "peaks", "valley"} <= set(decisions["CD3"].evidence)
+    car = decisions["CAR"].evidence
+    assert decisions["CAR"].method == "balance"
+    assert {"negative", "positive", "expected_false_positives", "estimated_on"} <= set(car)
+    assert car["estimated_on"] == "T"
+    assert {"means", "weights", "keep"} <= set(decisions["cells"].evidence)
+    assert "between" in decisions["lymphocytes"].evidence
+
+
+def test_markers_that_do_not_fit_the_template_are_a_gate_stage_error(cohort):
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    function = load_template(TEMPLATE_DIR / "function.yaml")
+    with pytest.raises(GateStageError, match="PD1"):
+        gate_fcs(fcs, panel, template=function)
+
+
+def test_a_file_without_beads_is_flagged_not_broken(cohort):
+    fcs, panel, truth = _load(cohort, "D11", "memory")
+    gated = _gate(fcs, panel, fcs.events[truth != "beads"])
+    _check_evidence(gated)
+    assert gated.result.count("beads") < 20
+    assert gated.result.count("T") > 100
+
+
+@pytest.mark.parametrize("tube", ["memory", "function", "bcell"])
+def test_a_file_without_car_t_cells_counts_none(cohort, tube):
+    fcs, panel, truth = _load(cohort, "D11", tube)
+    keep = ~np.char.startswith(truth.astype(str), LYMPH + "CD3/CAR/") & (truth != LYMPH + "CD3/CAR")
+    gated = _gate(fcs, panel, fcs.events[keep])
+    _check_evidence(gated)
+    assert gated.result.count("CAR") <= 5
+    if tube == "function":  # children of an empty parent are gated (empty), never an error
+        assert gated.result.count("CAR_CD8_PD1") <= 5
+
+
+def test_an_empty_parent_skips_nothing_silently(cohort):
+    fcs, panel, truth = _load(cohort, "D11", "memory")
+    no_lymphocytes = ~np.char.startswith(truth.astype(str), LYMPH)
+    gated = _gate(fcs, panel, fcs.events[no_lymphocytes])
+    _check_evidence(gated)
+    assert gated.result.count("T") < 30
+    assert any(f.startswith("threshold_fallback:") for f in gated.placed.flags)
+
+
+@pytest.mark.parametrize("marker", ["CAR", "CD3", "CD45"])
+def test_a_dead_channel_is_flagged_and_its_populations_skipped(cohort, marker):
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    events = fcs.events.copy()
+    events[:, _column(fcs, panel, marker)] = 0.0
+    gated = _gate(fcs, panel, events)
+    _check_evidence(gated)
+    assert f"degenerate_channel:{marker}" in gated.placed.flags
+    users = [
+        p.id for p in gated.template.populations if any(c.marker == marker for c in p.phenotype)
+    ]
+    for population in users:
+        assert population in gated.placed.skipped
+        assert population not in gated.placed.populations
+    assert "beads" in gated.placed.populations  # the bead gate drops the dead detector
+
+
+def test_non_finite_events_are_flagged_and_left_out(cohort):
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    baseline = _gate(fcs, panel, fcs.events)
+    events = fcs.events.copy()
+    events[::50, _column(fcs, panel, "CAR")] = np.nan
+    events[1::70, fcs.channel_names.index("FSC-A")] = np.inf
+    events[2::90, fcs.channel_names.index("Time")] = -np.inf
+    gated = _gate(fcs, panel, events)
+    _check_evidence(gated)
+    bad = int((~np.isfinite(events).all(axis=1)).sum())
+    assert f"non_finite_events:{bad}" in gated.placed.flags
+    assert gated.result.count("T") == pytest.approx(baseline.result.count("T"), rel=0.1)
+    assert not np.any(gated.result.mask("T") & ~np.isfinite(events).all(axis=1))
+
+
+@pytest.mark.parametrize(
+    "change", ["all_nan", "all_zero", "one_event", "thirty_events", "constant_time"]
+)
+def test_hopeless_files_still_give_flags_not_exceptions(cohort, change):
+    fcs, panel, _ = _load(cohort, "M12", "memory")
+    events = fcs.events.copy()
+    if change == "all_nan":
+        events[:] = np.nan
+    elif change == "all_zero":
+        events[:, :-1] = 0.0
+    elif change == "one_event":
+        events = events[:1]
+    elif change == "thirty_events":
+        events = events[:30]
+    else:
+        events[:, fcs.channel_names.index("Time")] = 5.0
+    gated = _gate(fcs, panel, events)
+    _check_evidence(gated)
+    assert gated.placed.flags
+    if change == "constant_time":
+        assert "degenerate_channel:Time" in gated.placed.flags
+        assert gated.result.count("stable") == len(events)
+
+
+def test_pooled_cuts_are_used_as_given(cohort):
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    gated = _gate(fcs, panel, fcs.events, fixed_cuts={"CAR": 0.4})
+    decision = gated.placed.decisions["CAR"]
+    assert decision.method == "fixed" and decision.value == 0.4 and not decision.fallback
+
+
+def test_a_file_written_back_with_flowio_gates_like_the_matrix(cohort, tmp_path):
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    events = fcs.events.copy()
+    events[:, _column(fcs, panel, "CD95")] = 0.0
+    labels = [c.marker or "" for c in fcs.channels]
+    meta = {"$SPILLOVER": fcs.text["$SPILLOVER"], "TUBE NAME": fcs.text["TUBE NAME"]}
+    flat = array("f")
+    flat.frombytes(events.astype("<f4").tobytes())
+    buffer = io.BytesIO()
+    flowio.create_fcs(buffer, flat, fcs.channel_names, labels, meta)
+    path = tmp_path / "CART-001 D11_CAR-T memory_dead-CD95.fcs"
+    path.write_bytes(buffer.getvalue())
+    from_file = gate_file(path, tube="memory")
+    in_memory = _gate(fcs, panel, events)
+    assert "degenerate_channel:CD95" in from_file.placed.flags
+    assert "CAR_CD8_SCM" in from_file.placed.skipped
+    assert from_file.counts() == in_memory.counts()
+
+
+# ------------------------------------------------------------------ estimators on bad input
+
+
+def _logicle():
+    from gating.transforms import Logicle
+
+    return Logicle(t=262_144.0, w=0.5, m=4.5, a=0.0)
+
+
+def test_balance_without_positives_cuts_above_the_negatives():
+    from gating.placement import Bounds, balance_threshold
+
+    scale = _logicle()
+    negatives = scale.apply(np.random.default_rng(0).normal(40.0, 120.0, 20_000))
+    decision = balance_threshold(negatives, Bounds(0.25, 0.55, 0.35), scale.inverse, scale.apply)
+    assert not decision.fallback
+    assert not decision.evidence["positives_kept"]
+    assert np.sum(negatives >= decision.value) <= 5
+
+
+def test_balance_counts_a_smear_that_runs_into_the_negatives():
+    from gating.placement import Bounds, balance_threshold
+
+    rng = np.random.default_rng(1)
+    scale = _logicle()
+    n_neg, n_pos = 6_000, 2_000
+    bright = 10 ** np.where(
+        rng.random(n_pos) < 0.8, rng.normal(3.3, 0.3, n_pos), rng.normal(2.4, 0.45, n_pos)
+    )
+    raw = np.concatenate([rng.normal(40.0, 120.0, n_neg), bright + rng.normal(40.0, 120.0, n_pos)])
+    values = scale.apply(raw)
+    decision = balance_threshold(values, Bounds(0.25, 0.55, 0.35), scale.inverse, scale.apply)
+    counted = int(np.sum(values >= decision.value))
+    assert abs(counted - n_pos) < 0.1 * n_pos  # a quarter of the smear hides in the negatives
+    assert decision.evidence["balanced"]
+    assert counted > np.sum(values >= np.quantile(values[:n_neg], 0.999))  # beats a tail cut
+
+
+@pytest.mark.parametrize("values", [np.full(1000, np.nan), np.zeros(10), np.array([])])
+def test_estimators_fall_back_on_hopeless_values(values):
+    from gating.placement import Bounds, balance_threshold, gaussian_clusters, valley_threshold
+
+    bounds = Bounds(0.2, 0.55, 0.35)
+    scale = _logicle()
+    assert balance_threshold(values, bounds, scale.inverse, scale.apply).fallback
+    assert valley_threshold(values, bounds).fallback
+    points = np.column_stack([values, values])
+    assert gaussian_clusters(points, {"a": (0.0, 0.0), "b": (1.0, 1.0)}, (1.0, 1.0)).fallback
