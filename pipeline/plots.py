@@ -169,7 +169,7 @@ def kinetics_figure(rows, patient: str, path: Path) -> Path:
         high = (part.cells_ci_high - value).clip(lower=0)
         label = "CAR-T cells/µL" if population == "CAR" else "B cells/µL"
         ax.errorbar(day, value, yerr=[low, high], fmt="o-", color=colour, label=label, ms=4)
-        below = part.below_lod.fillna(False).astype(bool)
+        below = part.below_lod.astype("boolean").fillna(False).astype(bool)
         ax.scatter(day[below], value[below], facecolors="white", edgecolors=colour, zorder=3)
         if population == "CAR":
             ax.fill_between(
