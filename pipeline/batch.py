@@ -166,19 +166,20 @@ class FollowUp:
 
 
 def infusion_dates(clinical: Path | None) -> tuple[dict[str, date], dict[str, float]]:
-    """Infusion dates and relapse days (from infusion) per patient from a clinical CSV."""
+    """Infusion dates and relapse days (from infusion) per patient, from the validated
+    clinical table (raises ClinicalTableError listing its problems)."""
     if clinical is None:
         return {}, {}
-    table = pd.read_csv(clinical, dtype=str)
-    infusion, relapse = {}, {}
-    for row in table.itertuples(index=False):
-        start = pd.to_datetime(getattr(row, "infusion_date", None), errors="coerce")
-        if pd.isna(start):
-            continue
-        infusion[row.patient] = start.date()
-        end = pd.to_datetime(getattr(row, "relapse_date", None), errors="coerce")
-        if not pd.isna(end):
-            relapse[row.patient] = float((end - start).days)
+    from pipeline.clinical import load_clinical
+
+    data = load_clinical(clinical).data
+    known = data[data["infusion_date"].notna()]
+    infusion = {p: d.date() for p, d in zip(known["patient"], known["infusion_date"], strict=True)}
+    relapse = {}
+    if "relapse_date" in known:
+        relapsed = known[known["relapse_date"].notna()]
+        days = (relapsed["relapse_date"] - relapsed["infusion_date"]).dt.days
+        relapse = dict(zip(relapsed["patient"], days.astype(float), strict=True))
     return infusion, relapse
 
 
@@ -302,15 +303,20 @@ def run_batch(
         workers=settings.workers,
         scheduler=settings.scheduler,
     )
-    follow = follow_up(
-        store, run_id, settings.out, settings.clinical, settings.kinetics, settings.haematology
-    )
     outcomes, outcome_error = None, None
+    clinical = settings.clinical
+    try:
+        infusion_dates(clinical)
+    except CartflowError as exc:  # a bad clinical table must not stop the batch
+        outcome_error, clinical = str(exc), None
+    follow = follow_up(
+        store, run_id, settings.out, clinical, settings.kinetics, settings.haematology
+    )
     outcome_dir = settings.out / "outcomes"
-    if settings.clinical is not None and len(follow.kinetics):
+    if clinical is not None and len(follow.kinetics):
         progress("outcomes", 1)
         try:
-            outcomes = outcomes_stage(follow, settings.clinical, outcome_dir, settings.analysis)
+            outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
         except CartflowError as exc:
             outcome_error = str(exc)
     index = None
