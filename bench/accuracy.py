@@ -74,6 +74,8 @@ def truth_definitions(tube: str) -> dict[str, Truth]:
                 for subset in ("naive", "SCM", "CM", "EM", "TEMRA"):
                     label = f"{LYMPH}CD3/{arm}/{lineage}/{subset}"
                     truth[f"{arm}_{lineage}_{subset}"] = _exact(label)
+                # every simulated SCM cell is CD27 bright: SCM-like and SCM coincide
+                truth[f"{arm}_{lineage}_SCML"] = truth[f"{arm}_{lineage}_SCM"]
     elif tube == "function":
         truth["CAR_CD4"] = _exact(LYMPH + "CD3/CAR/CD4")
         truth["CAR_CD8"] = _exact(LYMPH + "CD3/CAR/CD8")

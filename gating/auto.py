@@ -701,9 +701,10 @@ class _Placer:
         return ThresholdDecision(cut, "clusters", False, None, int(ssc.size), evidence)
 
 
-def _bright_floor(values: np.ndarray, sds: float) -> ThresholdDecision:
-    """``sds`` sds below the mode of a bright population, the sd read off its upper side
-    (dimmer events that share the gate, such as dead cells, widen only the lower side)."""
+def _bright_floor(values: np.ndarray, sds: float, inner_sds: float = 2.5) -> ThresholdDecision:
+    """A floor under a bright population: the density minimum between ``inner_sds`` and
+    ``sds`` sds below its mode (where dimmer events that share the gate, such as dead cells,
+    begin), the sd read off its upper side (those events widen only the lower side)."""
     values = values[np.isfinite(values)]
     if values.size < MIN_EVENTS:
         reason = f"only {values.size} events; no floor applied"
@@ -714,8 +715,10 @@ def _bright_floor(values: np.ndarray, sds: float) -> ThresholdDecision:
     spread = float(np.median(upper) / 0.6745) if upper.size >= 10 else 0.0
     if not spread > 0:
         spread = float(1.4826 * np.median(np.abs(values - mode)))
-    cut = mode - sds * spread
-    evidence = {"mode": mode, "upper_sd": spread, "sds": sds, "cut": cut}
+    outer, inner = mode - sds * spread, mode - inner_sds * spread
+    between = (grid >= outer) & (grid <= inner)
+    cut = float(grid[between][np.argmin(dens[between])]) if between.any() else outer
+    evidence = {"mode": mode, "upper_sd": spread, "sds": sds, "outer": outer, "cut": cut}
     return ThresholdDecision(cut, "tail", False, None, int(values.size), evidence)
 
 

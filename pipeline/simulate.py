@@ -59,7 +59,7 @@ RANGE = 262144
 EXPERIMENT = "CAR-T monitoring"
 CLOG_PROBABILITY = 0.3
 PARALLEL_MIN_EVENTS = 5_000_000  # cohorts smaller than this are simulated in one process
-STAIN_SHIFT_SD = 0.15  # log10 sd of each marker's positive median, per file
+STAIN_SHIFT_SD = 0.08  # log10 sd of each marker's positive median, per file (standardised settings)
 PHOTON_VARIANCE = 25.0  # extra variance per unit of light in a detector (spreading)
 SCATTER = ("FSC-A", "FSC-H", "SSC-A")
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -125,23 +125,23 @@ _SRC = {name: i for i, name in enumerate(SOURCES)}
 MARKERS = ("CD45", "CD3", "CAR", "CD4", "CD8", "CD45RA", "CD62L", "CD27", "CD95", "CD19",
            *FUNCTION_MARKS)  # fmt: skip
 _MARKER = {m: i for i, m in enumerate(MARKERS)}
-_MARK_LEVEL = {"PD1": (3.0, 0.3), "LAG3": (2.9, 0.3), "CD71": (3.2, 0.25), "Ki67": (3.3, 0.35),
+_MARK_LEVEL = {"PD1": (3.35, 0.2), "LAG3": (3.45, 0.2), "CD71": (3.4, 0.2), "Ki67": (3.5, 0.22),
                "TCRgd": (3.8, 0.15)}  # fmt: skip
 
 Component = tuple[float, float, float]  # probability, log10 median, log10 sd
 
 _SUBSET_EXPRESSION: dict[str, dict[str, tuple[Component, ...]]] = {
-    "naive": {"CD45RA": ((1, 3.5, 0.12),), "CD62L": ((1, 3.0, 0.15),), "CD27": ((1, 3.3, 0.12),)},
+    "naive": {"CD45RA": ((1, 3.5, 0.12),), "CD62L": ((1, 3.3, 0.15),), "CD27": ((1, 3.3, 0.12),)},
     "SCM": {
         "CD45RA": ((1, 3.4, 0.15),),
-        "CD62L": ((1, 3.0, 0.15),),
-        "CD27": ((0.8, 3.85, 0.12), (0.2, 3.55, 0.12)),
+        "CD62L": ((1, 3.3, 0.15),),
+        "CD27": ((1, 4.05, 0.1),),  # CD27 bright: what sets SCM apart
         "CD95": ((1, 2.9, 0.2),),
     },
     "CM": {
         "CD45RA": ((0.1, 2.3, 0.2),),
-        "CD62L": ((1, 2.9, 0.2),),
-        "CD27": ((1, 3.6, 0.15),),
+        "CD62L": ((1, 3.2, 0.15),),
+        "CD27": ((1, 3.45, 0.12),),
         "CD95": ((1, 3.3, 0.15),),
     },
     "EM": {"CD45RA": ((0.1, 2.3, 0.2),), "CD27": ((0.5, 3.2, 0.2),), "CD95": ((1, 3.5, 0.15),)},
@@ -187,10 +187,10 @@ def _expression(row: str) -> dict[str, tuple[Component, ...]]:
         "CD45": ((1, 3.95, 0.1),),
         "CD3": ((1, 3.8, 0.12),),
     }
-    if arm == "CAR":  # a continuum with a tail into the negatives, not a separate island
-        expression["CAR"] = ((0.8, 3.4, 0.3), (0.2, 2.5, 0.45))
+    if arm == "CAR":  # a bright population with a dim shoulder, both clear of the negatives
+        expression["CAR"] = ((0.85, 3.6, 0.2), (0.15, 3.15, 0.15))
     if lineage == "CD4":
-        expression["CD4"] = ((1, 3.45, 0.1),)
+        expression["CD4"] = ((1, 3.6, 0.1),)
     elif lineage == "CD8":
         expression["CD8"] = ((1, 4.0, 0.12),)
     else:
