@@ -303,6 +303,12 @@ def gate(
     gatingml: Annotated[
         Path | None, typer.Option("--gatingml", help="Write the placed gates as Gating-ML 2.0.")
     ] = None,
+    flowjo: Annotated[
+        Path | None,
+        typer.Option(
+            "--flowjo", help="Write the file and its placed gates as a FlowJo 10 workspace."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     gates: Annotated[
         Path | None,
@@ -311,6 +317,7 @@ def gate(
 ) -> None:
     """Gate one file automatically: counts per population, cuts and their evidence (or apply
     fixed gates with --gates)."""
+    from gating.flowjo import export_flowjo
     from gating.gatingml import export_gatingml
     from gating.template import load_template
     from pipeline.gate import gate_file, membership_table
@@ -324,6 +331,8 @@ def gate(
         gated = gate_file(file, template=loaded, tube=tube)
         if gatingml:
             export_gatingml(gated.placed.gate_set, gatingml)
+        if flowjo:
+            export_flowjo(gated.placed.gate_set, file, flowjo)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     counts, parents = gated.counts(), gated.parent_counts()
