@@ -749,6 +749,17 @@ def _good_runs(good: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(changes[::2].tolist(), changes[1::2].tolist(), strict=True))
 
 
+def _non_finite_events(events: np.ndarray) -> int:
+    """Events with a value that is not finite (one event-long mask, not one per value)."""
+    events = np.asarray(events)
+    if events.ndim != 2:
+        return int(np.count_nonzero(~np.isfinite(events)))
+    bad = np.zeros(events.shape[0], dtype=bool)
+    for j in range(events.shape[1]):
+        bad |= ~np.isfinite(events[:, j])
+    return int(np.count_nonzero(bad))
+
+
 def place(
     template: Template,
     events: np.ndarray,
@@ -763,9 +774,9 @@ def place(
     e.g. when one threshold was pooled over a patient's timepoints.
     """
     flags = []
-    finite = np.isfinite(events)
-    if not finite.all():
-        flags.append(f"non_finite_events:{int((~finite.all(axis=1)).sum())}")
+    bad = _non_finite_events(events)
+    if bad:
+        flags.append(f"non_finite_events:{bad}")
     evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
     placer = _Placer(template, evaluator, channels, fixed_cuts or {})
     placer.run()
