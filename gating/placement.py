@@ -470,6 +470,12 @@ class ClusterFit:
         return cluster.weight * np.exp(-0.5 * z * z) / (sd * np.sqrt(2 * np.pi))
 
 
+def _inverses(matrices: np.ndarray) -> np.ndarray:
+    """np.linalg.inv of each matrix of a stack, one at a time: the same values, but for a few
+    small matrices much faster than one stacked call."""
+    return np.stack([np.linalg.inv(m) for m in matrices])
+
+
 def gaussian_clusters(
     points: np.ndarray,
     anchors: dict[str, tuple[float, ...]],
@@ -513,7 +519,7 @@ def gaussian_clusters(
     for step in range(1, iterations + 1):
         done = step
         diff = z[None, :, :] - means[:, None, :]
-        inverse = np.linalg.inv(covs)
+        inverse = _inverses(covs)
         _, logdet = np.linalg.slogdet(covs)
         mahalanobis = ((diff @ inverse) * diff).sum(axis=2)
         with np.errstate(divide="ignore"):
