@@ -445,19 +445,20 @@ class ClusterFit:
 
     def posterior(self, points: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """P(cluster | point) for every point and named cluster, among all clusters."""
-        log_p = []
-        for cluster in self.clusters.values():
+        points = np.asarray(points, dtype=np.float64)
+        share = np.empty((len(self.clusters), points.shape[0]))  # log p, then p, in place
+        for i, cluster in enumerate(self.clusters.values()):
             cov = np.asarray(cluster.covariance)
-            diff = np.asarray(points, dtype=np.float64) - np.asarray(cluster.mean)
+            diff = points - np.asarray(cluster.mean)
             inverse = np.linalg.inv(cov)
             _, logdet = np.linalg.slogdet(cov)
             distance = np.einsum("nd,de,ne->n", diff, inverse, diff)
-            log_p.append(np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet))
-        stacked = np.array(log_p)
-        stacked = np.where(np.isfinite(stacked), stacked, -np.inf)
-        top = stacked.max(axis=0)
-        top = np.where(np.isfinite(top), top, 0.0)
-        share = np.exp(stacked - top)
+            share[i] = np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet)
+        share[~np.isfinite(share)] = -np.inf
+        top = share.max(axis=0)
+        top[~np.isfinite(top)] = 0.0
+        np.subtract(share, top, out=share)
+        np.exp(share, out=share)
         share /= np.maximum(share.sum(axis=0), 1e-300)
         order = list(self.clusters)
         return share[[order.index(n) for n in names]].T
@@ -516,12 +517,13 @@ def gaussian_clusters(
     previous = -np.inf
     loglik = -np.inf
     done = 0
+    z_rows = np.ascontiguousarray(z.T)  # d x n: the E-step runs along events
     for step in range(1, iterations + 1):
         done = step
-        diff = z[None, :, :] - means[:, None, :]
+        diff_rows = z_rows[None, :, :] - means[:, :, None]
         inverse = _inverses(covs)
         _, logdet = np.linalg.slogdet(covs)
-        mahalanobis = ((diff @ inverse) * diff).sum(axis=2)
+        mahalanobis = ((inverse.transpose(0, 2, 1) @ diff_rows) * diff_rows).sum(axis=1)
         with np.errstate(divide="ignore"):
             log_p = np.log(weights)[:, None] - 0.5 * (mahalanobis + logdet[:, None])
         top = log_p.max(axis=0)
