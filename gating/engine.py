@@ -69,7 +69,7 @@ RECENT_MASKS = 8
 RECENT_POSITIONS = 4
 """Event indices kept for the parents used last."""
 
-SUBSAMPLES = 8
+SUBSAMPLES = 4
 """Estimation subsamples kept (the ones asked for last)."""
 
 
