@@ -772,7 +772,25 @@ def place(
 
     ``fixed_cuts`` (by cut name, e.g. ``{"CAR": 0.31}``) skip estimation for those cuts,
     e.g. when one threshold was pooled over a patient's timepoints.
+
+    Runs with one BLAS thread: its matrices are small (2 x 2 covariances, blocks of the
+    compensation multiply), where waking a second thread costs more than it saves (the
+    values do not depend on the thread count).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _place(template, events, channel_names, channels, spill, fixed_cuts)
+
+
+def _place(
+    template: Template,
+    events: np.ndarray,
+    channel_names: Sequence[str],
+    channels: ChannelMap,
+    spill: tuple[Sequence[str], np.ndarray] | None,
+    fixed_cuts: Mapping[str, float] | None,
+) -> tuple[PlacedGating, GatingResult]:
     flags = []
     bad = _non_finite_events(events)
     if bad:
