@@ -295,30 +295,40 @@ def _fit_balance(
     previous, done, loglik = -np.inf, 0, -np.inf
     for step in range(1, iterations + 1):
         done = step
-        za, zb = (y - mean) / sds[0], (y - mean) / sds[1]
+        centred = y - mean
+        za, zb = centred / sds[0], centred / sds[1]
         neg_a = weight * share * _normal_pdf(za) / sds[0] * jacobian
         neg_b = weight * (1 - share) * _normal_pdf(zb) / sds[1] * jacobian
-        zp = (t[None, :] - pos_means[:, None]) / pos_sds[:, None]
-        pos = pos_weights[:, None] * _normal_pdf(zp) / pos_sds[:, None]
-        total = neg_a + neg_b + pos.sum(axis=0) + 1e-300
+        if components:
+            zp = (t[None, :] - pos_means[:, None]) / pos_sds[:, None]
+            pos = pos_weights[:, None] * _normal_pdf(zp) / pos_sds[:, None]
+            total = neg_a + neg_b + pos.sum(axis=0) + 1e-300
+        else:  # no positive components: their sum would add zeros
+            total = neg_a + neg_b + 1e-300
         loglik = float(np.mean(np.log(total)))
-        ra, rb, rp = neg_a / total, neg_b / total, pos / total
-        na, nb, npos = ra.sum(), rb.sum(), rp.sum(axis=1)
+        ra, rb = neg_a / total, neg_b / total
+        na, nb = ra.sum(), rb.sum()
         weight = (na + nb) / len(t) if components else 1.0
         share = na / max(na + nb, 1e-12)
-        pos_weights = npos / len(t)
         wa, wb = ra / sds[0] ** 2, rb / sds[1] ** 2
-        mean = float(np.sum((wa + wb) * y) / max(np.sum(wa + wb), 1e-300))
-        sa = np.sqrt(np.sum(ra * (y - mean) ** 2) / max(na, 1e-12))
-        sb = np.sqrt(np.sum(rb * (y - mean) ** 2) / max(nb, 1e-12))
+        w = wa + wb
+        mean = float(np.sum(w * y) / max(np.sum(w), 1e-300))
+        squares = (y - mean) ** 2
+        sa = np.sqrt(np.sum(ra * squares) / max(na, 1e-12))
+        sb = np.sqrt(np.sum(rb * squares) / max(nb, 1e-12))
         sds = np.array([max(sa, 1e-6), np.clip(sb, 1.05 * sa, max_ratio * sa) + 1e-6])
-        spread = float(np.sqrt(share * sds[0] ** 2 + (1 - share) * sds[1] ** 2))
-        floor = scale_of(mean + floor_sd * spread)
-        alive = npos > 1e-9
-        pos_means = np.where(alive, (rp @ t) / np.maximum(npos, 1e-300), pos_means)
-        pos_means = np.maximum(pos_means, floor)
-        var = (rp * (t[None, :] - pos_means[:, None]) ** 2).sum(axis=1) / np.maximum(npos, 1e-300)
-        pos_sds = np.where(alive, np.maximum(np.sqrt(var), min_sd), pos_sds)
+        if components:
+            rp = pos / total
+            npos = rp.sum(axis=1)
+            pos_weights = npos / len(t)
+            spread = float(np.sqrt(share * sds[0] ** 2 + (1 - share) * sds[1] ** 2))
+            floor = scale_of(mean + floor_sd * spread)
+            alive = npos > 1e-9
+            pos_means = np.where(alive, (rp @ t) / np.maximum(npos, 1e-300), pos_means)
+            pos_means = np.maximum(pos_means, floor)
+            var = (rp * (t[None, :] - pos_means[:, None]) ** 2).sum(axis=1)
+            var /= np.maximum(npos, 1e-300)
+            pos_sds = np.where(alive, np.maximum(np.sqrt(var), min_sd), pos_sds)
         if abs(loglik - previous) < tol:
             break
         previous = loglik
