@@ -752,6 +752,17 @@ def _good_runs(good: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(changes[::2].tolist(), changes[1::2].tolist(), strict=True))
 
 
+def _non_finite_events(events: np.ndarray) -> int:
+    """Events with a value that is not finite (one event-long mask, not one per value)."""
+    events = np.asarray(events)
+    if events.ndim != 2:
+        return int(np.count_nonzero(~np.isfinite(events)))
+    bad = np.zeros(events.shape[0], dtype=bool)
+    for j in range(events.shape[1]):
+        bad |= ~np.isfinite(events[:, j])
+    return int(np.count_nonzero(bad))
+
+
 def place(
     template: Template,
     events: np.ndarray,
@@ -764,11 +775,29 @@ def place(
 
     ``fixed_cuts`` (by cut name, e.g. ``{"CAR": 0.31}``) skip estimation for those cuts,
     e.g. when one threshold was pooled over a patient's timepoints.
+
+    Runs with one BLAS thread: its matrices are small (2 x 2 covariances, blocks of the
+    compensation multiply), where waking a second thread costs more than it saves (the
+    values do not depend on the thread count).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _place(template, events, channel_names, channels, spill, fixed_cuts)
+
+
+def _place(
+    template: Template,
+    events: np.ndarray,
+    channel_names: Sequence[str],
+    channels: ChannelMap,
+    spill: tuple[Sequence[str], np.ndarray] | None,
+    fixed_cuts: Mapping[str, float] | None,
+) -> tuple[PlacedGating, GatingResult]:
     flags = []
-    finite = np.isfinite(events)
-    if not finite.all():
-        flags.append(f"non_finite_events:{int((~finite.all(axis=1)).sum())}")
+    bad = _non_finite_events(events)
+    if bad:
+        flags.append(f"non_finite_events:{bad}")
     evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
     placer = _Placer(template, evaluator, channels, fixed_cuts or {})
     placer.run()

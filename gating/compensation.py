@@ -39,7 +39,7 @@ def inverse_spill(matrix: np.ndarray, size: int) -> np.ndarray:
         raise GatingError("spillover", "matrix is singular and cannot be inverted") from None
 
 
-COMPENSATION_BLOCK = 1 << 18
+COMPENSATION_BLOCK = 1 << 13
 """Events per block of the compensation multiply (bounds its float64 temporaries)."""
 
 

@@ -3,8 +3,8 @@
 How the work is kept small:
 
 - Events stay float32. Each compensated column (one matrix multiply per compensation) and each
-  ratio column is computed once per evaluation and cached; transformed values are cached per
-  event, so no event is transformed twice for the same axis.
+  ratio column is computed once per evaluation and cached; transformed values asked for on
+  most of the events are cached per event, so those are not transformed twice for an axis.
 - A gate is evaluated only on its parent's events (index them, evaluate, scatter back), so a
   deep hierarchy costs about the size of its populations, not gates x events.
 - Every Gating-ML scale transformation is monotone increasing, so a range on a transformed axis
@@ -12,7 +12,10 @@ How the work is kept small:
   and quadrant gates are evaluated that way, without transforming events. Events within a hair
   of a mapped cut (a relative band of 1e-7 of the scale) are transformed and compared with the
   cut as written, so membership is exactly what comparing transformed values gives.
-- Polygons and ellipsoids transform only their own axes, and only on their parent's events.
+- Polygons and ellipsoids transform only their own axes, and only on their parent's events,
+  chunk by chunk, so no full-size float64 copy of an axis is made.
+- Memory stays a small multiple of the event matrix: masks are kept packed (one bit per
+  event); only the masks and event indices used last are kept unpacked.
 
 Gating-ML semantics: ranges are min <= x < max; polygons use the even-odd rule with edges
 crossed half-open in y (the convention of flowutils); ellipsoids include their boundary;
@@ -22,7 +25,8 @@ membership always includes the parent's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
@@ -55,6 +59,18 @@ Spill = tuple[Sequence[str], np.ndarray]
 
 SMALL_REQUEST = 4
 """Transformed values for fewer than 1/SMALL_REQUEST of the events are not cached per event."""
+
+SHAPE_CHUNK = 1 << 14
+"""Events per chunk of a polygon or ellipsoid test (bounds its float64 temporaries)."""
+
+RECENT_MASKS = 8
+"""Unpacked masks kept for the populations used last (boolean gates and children use them)."""
+
+RECENT_POSITIONS = 4
+"""Event indices kept for the parents used last."""
+
+SUBSAMPLES = 4
+"""Estimation subsamples kept (the ones asked for last)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,31 @@ class GateDiagnostics:
     def gate_type(self) -> str:
         """The gate's class name, e.g. ``RectangleGate``."""
         return type(self.gate).__name__
+
+
+class PackedMasks(Mapping[str, np.ndarray]):
+    """Population masks kept as packed bits (one bit per event), unpacked when asked for.
+
+    Each lookup returns a fresh read-only boolean array over all events in file order.
+    """
+
+    def __init__(self, packed: Mapping[str, np.ndarray], event_count: int) -> None:
+        self._packed = packed
+        self._n = event_count
+
+    def __getitem__(self, population: str) -> np.ndarray:
+        mask = np.unpackbits(self._packed[population], count=self._n).view(bool)
+        mask.setflags(write=False)
+        return mask
+
+    def __contains__(self, population: object) -> bool:
+        return population in self._packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,13 +284,15 @@ class _Columns:
 
     # transformed values --------------------------------------------------------------------
 
-    def transformed(self, axis: Axis, idx: np.ndarray | None) -> np.ndarray:
-        """Transformed (float64) values of an axis for events ``idx``, each computed once."""
+    def transformed(self, axis: Axis, idx: np.ndarray | None, *, cache: bool = True) -> np.ndarray:
+        """Transformed (float64) values of an axis for events ``idx``, each computed once
+        (``cache=False``: computed now unless already kept, and not kept)."""
         transform = self.transform(axis)
         if transform is None:
             return np.asarray(self.raw(axis, idx), dtype=np.float64)
         entry = self._transformed.get(axis)
-        if entry is None and idx is not None and idx.size * SMALL_REQUEST < self.n:
+        small = idx is not None and (not cache or idx.size * SMALL_REQUEST < self.n)
+        if entry is None and small:
             return transform.apply(self.raw(axis, idx))  # a subsample: not worth a full cache
         if entry is None:
             if idx is None:
@@ -456,39 +499,67 @@ def _check_events(events: np.ndarray, channel_names: Sequence[str]) -> np.ndarra
 
 
 class _Evaluation:
-    """Masks so far, and the event indices of each population, for one evaluate() call."""
+    """Masks so far, and the event indices of each population, for one evaluate() call.
+
+    Masks are kept packed (one bit per event); the masks and event indices used last are
+    kept unpacked as well, since the next gates (children, boolean combinations) use them.
+    """
 
     def __init__(self, columns: _Columns, raw_space: bool) -> None:
         self.columns = columns
         self.raw_space = raw_space
         self.n = columns.n
-        self.masks: dict[str, np.ndarray] = {}
+        self.packed: dict[str, np.ndarray] = {}
         self.counts: dict[str, int] = {}
         self.parents: dict[str, str | None] = {}
         self.diagnostics: dict[str, GateDiagnostics] = {}
-        self._positions: dict[str, np.ndarray] = {}
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._positions: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def mask(self, population: str) -> np.ndarray:
+        """A population's (read-only) mask over all events."""
+        full = self._recent.get(population)
+        if full is None:
+            full = np.unpackbits(self.packed[population], count=self.n).view(bool)
+            full.setflags(write=False)
+        self._keep(self._recent, population, full, RECENT_MASKS)
+        return full
+
+    @staticmethod
+    def _keep(cache: OrderedDict, key: str, value: np.ndarray, size: int) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
 
     def positions(self, population: str | None) -> np.ndarray | None:
         """Indices of a population's events (None: all events)."""
         if population is None:
             return None
-        if population not in self._positions:
-            found = np.flatnonzero(self.masks[population])
-            self._positions[population] = found.astype(np.int32) if self.n < 2**31 else found
-        return self._positions[population]
+        found = self._positions.get(population)
+        if found is None:
+            found = np.flatnonzero(self.mask(population))
+            if self.n < 2**31:
+                found = found.astype(np.int32)
+        self._keep(self._positions, population, found, RECENT_POSITIONS)
+        return found
 
     def record(
         self, population: str, gate: Gate, idx: np.ndarray | None, local: np.ndarray, **evidence
     ) -> None:
         """Scatter a mask over the parent's events back to all events and keep its evidence."""
+        if local.dtype != bool:
+            local = local.astype(bool)
         if idx is None:
-            full = local if local.dtype == bool else local.astype(bool)
+            full = local
         else:
             full = np.zeros(self.n, dtype=bool)
             full[idx[local]] = True
         full.setflags(write=False)
-        count = int(np.count_nonzero(full))
-        self.masks[population] = full
+        count = int(np.count_nonzero(local))
+        self.packed[population] = np.packbits(full)
+        self._positions.pop(population, None)
+        self._keep(self._recent, population, full, RECENT_MASKS)
         self.counts[population] = count
         self.parents[population] = gate.parent
         self.diagnostics[population] = GateDiagnostics(
@@ -508,14 +579,19 @@ class _Evaluation:
             mask, cuts = _bounds_mask(gate.bounds, size, self._sides(idx))
             self.record(gate.id, gate, idx, mask, cuts=cuts, notes=self._notes(gate.axes))
         elif isinstance(gate, PolygonGate):
-            (ax, ay), transformed = self._values(gate.axes, idx)
-            mask = points_in_polygon(ax, ay, gate.vertices)
+            mask, transformed = self._shape(
+                gate.axes, idx, size, lambda v: points_in_polygon(v[0], v[1], gate.vertices)
+            )
             self.record(
                 gate.id, gate, idx, mask, transformed_axes=transformed, notes=self._notes(gate.axes)
             )
         elif isinstance(gate, EllipsoidGate):
-            values, transformed = self._values(gate.axes, idx)
-            mask = points_in_ellipsoid(values, gate.mean, gate.covariance, gate.distance_square)
+            mask, transformed = self._shape(
+                gate.axes,
+                idx,
+                size,
+                lambda v: points_in_ellipsoid(v, gate.mean, gate.covariance, gate.distance_square),
+            )
             notes = self._notes(gate.axes)
             if not np.array_equal(np.array(gate.covariance), np.array(gate.covariance).T):
                 notes += ("covariance matrix is not symmetric; its inverse was used as given",)
@@ -524,7 +600,7 @@ class _Evaluation:
             self._quadrants(gate, idx, size)
         elif isinstance(gate, BooleanGate):
             parts = [
-                self.masks[ref.gate] if idx is None else self.masks[ref.gate][idx]
+                self.mask(ref.gate) if idx is None else self.mask(ref.gate)[idx]
                 for ref in gate.refs
             ]
             parts = [~p if ref.complement else p for p, ref in zip(parts, gate.refs, strict=True)]
@@ -541,12 +617,23 @@ class _Evaluation:
     def _notes(self, axes: Sequence[Axis]) -> tuple[str, ...]:
         return tuple(note for axis in axes for note in self.columns.notes(axis))
 
-    def _values(
-        self, axes: Sequence[Axis], idx: np.ndarray | None
-    ) -> tuple[list[np.ndarray], tuple[str, ...]]:
-        values = [self.columns.transformed(axis, idx) for axis in axes]
+    def _shape(
+        self,
+        axes: Sequence[Axis],
+        idx: np.ndarray | None,
+        size: int,
+        test: Callable[[list[np.ndarray]], np.ndarray],
+    ) -> tuple[np.ndarray, tuple[str, ...]]:
+        """A shape test on the transformed values of ``axes``, chunk by chunk of events (the
+        same values, without full-size float64 copies of every axis at once)."""
+        mask = np.empty(size, dtype=bool)
+        for start in range(0, size, SHAPE_CHUNK):
+            stop = min(start + SHAPE_CHUNK, size)
+            part = np.arange(start, stop) if idx is None else idx[start:stop]
+            values = [self.columns.transformed(axis, part, cache=False) for axis in axes]
+            mask[start:stop] = test(values)
         transformed = tuple(axis.label for axis in axes if axis.transform is not None)
-        return values, transformed
+        return mask, transformed
 
     def _sides(self, idx: np.ndarray | None) -> SideFn:
         """A cut evaluator on the events ``idx`` that computes each (axis, cut, side) once."""
@@ -608,7 +695,7 @@ class Evaluator:
         base = GateSet((), self._transforms, self._compensations)
         self._columns = _Columns(base, events, channel_names, spill)
         self._evaluation = _Evaluation(self._columns, ranges_in_raw_space)
-        self._subsamples: dict[tuple, np.ndarray] = {}
+        self._subsamples: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     @property
     def event_count(self) -> int:
@@ -647,6 +734,7 @@ class Evaluator:
         twice costs one transform."""
         key = (axis, population, limit)
         if key in self._subsamples:
+            self._subsamples.move_to_end(key)
             return self._subsamples[key]
         n = self._columns.n
         if population is None:
@@ -658,6 +746,8 @@ class Evaluator:
         values = self._columns.transformed(axis, idx)
         if limit is not None:
             self._subsamples[key] = values
+            while len(self._subsamples) > SUBSAMPLES:
+                self._subsamples.popitem(last=False)
         return values
 
     def result(self) -> GatingResult:
@@ -665,7 +755,7 @@ class Evaluator:
         evaluation = self._evaluation
         return GatingResult(
             event_count=self._columns.n,
-            masks=MappingProxyType(dict(evaluation.masks)),
+            masks=PackedMasks(dict(evaluation.packed), self._columns.n),
             counts=MappingProxyType(dict(evaluation.counts)),
             parents=MappingProxyType(dict(evaluation.parents)),
             diagnostics=MappingProxyType(dict(evaluation.diagnostics)),

@@ -295,30 +295,40 @@ def _fit_balance(
     previous, done, loglik = -np.inf, 0, -np.inf
     for step in range(1, iterations + 1):
         done = step
-        za, zb = (y - mean) / sds[0], (y - mean) / sds[1]
+        centred = y - mean
+        za, zb = centred / sds[0], centred / sds[1]
         neg_a = weight * share * _normal_pdf(za) / sds[0] * jacobian
         neg_b = weight * (1 - share) * _normal_pdf(zb) / sds[1] * jacobian
-        zp = (t[None, :] - pos_means[:, None]) / pos_sds[:, None]
-        pos = pos_weights[:, None] * _normal_pdf(zp) / pos_sds[:, None]
-        total = neg_a + neg_b + pos.sum(axis=0) + 1e-300
+        if components:
+            zp = (t[None, :] - pos_means[:, None]) / pos_sds[:, None]
+            pos = pos_weights[:, None] * _normal_pdf(zp) / pos_sds[:, None]
+            total = neg_a + neg_b + pos.sum(axis=0) + 1e-300
+        else:  # no positive components: their sum would add zeros
+            total = neg_a + neg_b + 1e-300
         loglik = float(np.mean(np.log(total)))
-        ra, rb, rp = neg_a / total, neg_b / total, pos / total
-        na, nb, npos = ra.sum(), rb.sum(), rp.sum(axis=1)
+        ra, rb = neg_a / total, neg_b / total
+        na, nb = ra.sum(), rb.sum()
         weight = (na + nb) / len(t) if components else 1.0
         share = na / max(na + nb, 1e-12)
-        pos_weights = npos / len(t)
         wa, wb = ra / sds[0] ** 2, rb / sds[1] ** 2
-        mean = float(np.sum((wa + wb) * y) / max(np.sum(wa + wb), 1e-300))
-        sa = np.sqrt(np.sum(ra * (y - mean) ** 2) / max(na, 1e-12))
-        sb = np.sqrt(np.sum(rb * (y - mean) ** 2) / max(nb, 1e-12))
+        w = wa + wb
+        mean = float(np.sum(w * y) / max(np.sum(w), 1e-300))
+        squares = (y - mean) ** 2
+        sa = np.sqrt(np.sum(ra * squares) / max(na, 1e-12))
+        sb = np.sqrt(np.sum(rb * squares) / max(nb, 1e-12))
         sds = np.array([max(sa, 1e-6), np.clip(sb, 1.05 * sa, max_ratio * sa) + 1e-6])
-        spread = float(np.sqrt(share * sds[0] ** 2 + (1 - share) * sds[1] ** 2))
-        floor = scale_of(mean + floor_sd * spread)
-        alive = npos > 1e-9
-        pos_means = np.where(alive, (rp @ t) / np.maximum(npos, 1e-300), pos_means)
-        pos_means = np.maximum(pos_means, floor)
-        var = (rp * (t[None, :] - pos_means[:, None]) ** 2).sum(axis=1) / np.maximum(npos, 1e-300)
-        pos_sds = np.where(alive, np.maximum(np.sqrt(var), min_sd), pos_sds)
+        if components:
+            rp = pos / total
+            npos = rp.sum(axis=1)
+            pos_weights = npos / len(t)
+            spread = float(np.sqrt(share * sds[0] ** 2 + (1 - share) * sds[1] ** 2))
+            floor = scale_of(mean + floor_sd * spread)
+            alive = npos > 1e-9
+            pos_means = np.where(alive, (rp @ t) / np.maximum(npos, 1e-300), pos_means)
+            pos_means = np.maximum(pos_means, floor)
+            var = (rp * (t[None, :] - pos_means[:, None]) ** 2).sum(axis=1)
+            var /= np.maximum(npos, 1e-300)
+            pos_sds = np.where(alive, np.maximum(np.sqrt(var), min_sd), pos_sds)
         if abs(loglik - previous) < tol:
             break
         previous = loglik
@@ -445,19 +455,20 @@ class ClusterFit:
 
     def posterior(self, points: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """P(cluster | point) for every point and named cluster, among all clusters."""
-        log_p = []
-        for cluster in self.clusters.values():
+        points = np.asarray(points, dtype=np.float64)
+        share = np.empty((len(self.clusters), points.shape[0]))  # log p, then p, in place
+        for i, cluster in enumerate(self.clusters.values()):
             cov = np.asarray(cluster.covariance)
-            diff = np.asarray(points, dtype=np.float64) - np.asarray(cluster.mean)
+            diff = points - np.asarray(cluster.mean)
             inverse = np.linalg.inv(cov)
             _, logdet = np.linalg.slogdet(cov)
             distance = np.einsum("nd,de,ne->n", diff, inverse, diff)
-            log_p.append(np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet))
-        stacked = np.array(log_p)
-        stacked = np.where(np.isfinite(stacked), stacked, -np.inf)
-        top = stacked.max(axis=0)
-        top = np.where(np.isfinite(top), top, 0.0)
-        share = np.exp(stacked - top)
+            share[i] = np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet)
+        share[~np.isfinite(share)] = -np.inf
+        top = share.max(axis=0)
+        top[~np.isfinite(top)] = 0.0
+        np.subtract(share, top, out=share)
+        np.exp(share, out=share)
         share /= np.maximum(share.sum(axis=0), 1e-300)
         order = list(self.clusters)
         return share[[order.index(n) for n in names]].T
@@ -468,6 +479,12 @@ class ClusterFit:
         sd = max(cluster.sd(axis), 1e-12)
         z = (grid - cluster.mean[axis]) / sd
         return cluster.weight * np.exp(-0.5 * z * z) / (sd * np.sqrt(2 * np.pi))
+
+
+def _inverses(matrices: np.ndarray) -> np.ndarray:
+    """np.linalg.inv of each matrix of a stack, one at a time: the same values, but for a few
+    small matrices much faster than one stacked call."""
+    return np.stack([np.linalg.inv(m) for m in matrices])
 
 
 def gaussian_clusters(
@@ -510,12 +527,13 @@ def gaussian_clusters(
     previous = -np.inf
     loglik = -np.inf
     done = 0
+    z_rows = np.ascontiguousarray(z.T)  # d x n: the E-step runs along events
     for step in range(1, iterations + 1):
         done = step
-        diff = z[None, :, :] - means[:, None, :]
-        inverse = np.linalg.inv(covs)
+        diff_rows = z_rows[None, :, :] - means[:, :, None]
+        inverse = _inverses(covs)
         _, logdet = np.linalg.slogdet(covs)
-        mahalanobis = ((diff @ inverse) * diff).sum(axis=2)
+        mahalanobis = ((inverse.transpose(0, 2, 1) @ diff_rows) * diff_rows).sum(axis=1)
         with np.errstate(divide="ignore"):
             log_p = np.log(weights)[:, None] - 0.5 * (mahalanobis + logdet[:, None])
         top = log_p.max(axis=0)

@@ -404,15 +404,28 @@ def _data_span(
     return needed, start
 
 
+READ_BLOCK = 1 << 15
+"""Events read from disk at a time into the event matrix."""
+
+
 def _read_events(fh, start: int, count: int, dtype, byte_order: str, channels, datatype: str):
+    """The event matrix, float32 and column-major (each channel one contiguous column, so
+    per-channel scaling, compensation and gating read it without copies)."""
     fh.seek(start)
+    matrix = np.empty((count, len(channels)), dtype=np.float32, order="F")
+    if dtype.names is None:
+        buffer = np.empty(min(count, READ_BLOCK), dtype=dtype)
+        for first in range(0, count, READ_BLOCK):
+            rows = min(READ_BLOCK, count - first)
+            block = buffer[:rows]
+            if fh.readinto(block.reshape(-1).view(np.uint8)) != block.nbytes:
+                raise OSError("the DATA segment ends early")
+            stored = block.reshape(rows, len(channels))
+            if datatype == "I":
+                _mask_to_range(stored, channels)
+            matrix[first : first + rows] = stored
+        return matrix
     raw = np.fromfile(fh, dtype=dtype, count=count)
-    if raw.dtype.names is None:
-        stored = raw.reshape(count, len(channels))
-        if datatype == "I":
-            _mask_to_range(stored, channels)
-        return stored.astype(np.float32, copy=False)
-    matrix = np.empty((count, len(channels)), dtype=np.float32)
     octets = raw.view(np.uint8).reshape(count, raw.dtype.itemsize)
     for j, name in enumerate(raw.dtype.names):
         column = raw[name]
