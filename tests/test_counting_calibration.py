@@ -4,6 +4,7 @@ counts stage turns stored gatings into the timepoint table the kinetics read."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -126,3 +127,71 @@ def test_dual_platform_from_a_haematology_table(tmp_path):
     table.write_text("patient,when,alc_per_ul\nP1,2025-03-09,1500\n", encoding="utf-8")
     with pytest.raises(CartflowError, match="needs columns"):
         load_haematology(table)
+
+
+# --- end to end: simulated FCS files → gating → counts → kinetics, against the truth ---------
+E2E_PATIENTS = 30
+E2E_SEED = 5151  # not used in developing the gating
+OPEN_END_TO_END = (
+    "open: through gating the interval covers the truth in ~89-91 % of samples (background "
+    "events above the CAR cut where almost no CAR-T are left; ~2-3 % of CAR-T lost upstream), "
+    "and at extreme expansion the lymphocyte SSC cut can lose large CAR-T blasts"
+)
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """A memory-tube cohort run through the whole chain with `cartflow run`."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root = tmp_path_factory.mktemp("end-to-end")
+    batch, out = root / "batch", root / "out"
+    config = SimulationConfig(patients=E2E_PATIENTS, seed=E2E_SEED, events=100_000,
+                              tubes=("memory",))  # fmt: skip
+    simulate_cohort(batch, config)
+    result = CliRunner().invoke(
+        app,
+        ["run", str(batch), "--manifest", str(batch / "manifest.csv"), "--clinical",
+         str(batch / "clinical.csv"), "--db", f"sqlite:///{root / 'store.db'}", "--out",
+         str(out), "--no-report", "--workers", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return (
+        pd.read_csv(out / "timepoints.csv"),
+        pd.read_csv(out / "kinetics.csv"),
+        batch / "truth",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason=OPEN_END_TO_END, strict=False)
+def test_gated_car_t_interval_covers_the_true_concentration(end_to_end):
+    """The interval of the CAR-T/µL that gating, beads and counts produce holds the true
+    concentration in 93–97 % of samples (calibrated: neither too wide nor too narrow)."""
+    timepoints, _, truth_dir = end_to_end
+    truth = pd.read_csv(truth_dir / "timepoints.csv")
+    car = timepoints[(timepoints.population == "CAR") & (timepoints.tube == "memory")]
+    merged = car.merge(truth, on=["patient", "timepoint"], validate="one_to_one")
+    judged = merged[merged.cells_per_ul.notna() & (merged.true_car_t_per_ul > 0)]
+    inside = (judged.cells_ci_low <= judged.true_car_t_per_ul) & (
+        judged.true_car_t_per_ul <= judged.cells_ci_high
+    )
+    assert len(judged) >= 200
+    assert 0.93 <= inside.mean() <= 0.97, (int(inside.sum()), len(judged))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason=OPEN_END_TO_END, strict=False)
+def test_auc14_within_ten_percent_of_truth_when_the_peak_exceeds_10_per_ul(end_to_end):
+    _, kinetics, truth_dir = end_to_end
+    truth = pd.read_csv(truth_dir / "patients.csv")
+    merged = kinetics.merge(truth, on="patient", validate="one_to_one")
+    judged = merged[(merged.sampled_peak_car_t_per_ul > 10) & merged.auc14_car_t_sampled.notna()]
+    assert len(judged) >= 10
+    error = (judged.car_t_auc14 - judged.auc14_car_t_sampled).abs() / judged.auc14_car_t_sampled
+    worst = judged.assign(error=error).nlargest(3, "error")[
+        ["patient", "car_t_auc14", "auc14_car_t_sampled", "error"]
+    ]
+    assert (error <= 0.10).all(), worst.to_string()
