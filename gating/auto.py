@@ -63,6 +63,8 @@ MIN_CLUSTER = 20
 """Fewer fitted events than this and a scatter cluster counts as absent."""
 PART = "::"
 """Separator of helper gates (one per phenotype condition) from their population id."""
+BLAST_WEIGHT_RATIO = 5.0
+"""Lymphocytes outweigh a cluster of their own large cells at least this many times."""
 
 
 @dataclass(frozen=True)
@@ -684,16 +686,22 @@ class _Placer:
                     cut = float(grid[lowest])
                     evidence["valley"] = cut
         # keep clear of each cluster's own spread, unless the two overlap (then the density
-        # decides) or the upper cluster is too broad to be a cluster (then only the lower)
+        # decides) or the upper cluster is too broad to be a cluster (then only the lower);
+        # a much smaller "next cluster" centred inside the lymphocytes' own spread is their
+        # large cells (activated blasts at expansion), not another population: keep clear of
+        # the spread
         sds = float(spec.options.get("lymphocyte_sd", 3.0))
         broad = 2.0 * float(fit.evidence.get("spread", (0.0, 0.03))[1])
         lower = a + sds * lymph.sd(1)
         upper = b - sds * nearest.sd(1) if nearest.sd(1) <= broad else np.inf
+        guarded = cut
         if lower <= upper:
             guarded = float(np.clip(cut, lower, upper))
-            if guarded != cut:
-                evidence["guard"] = [lower, upper]
-                cut = guarded
+        elif b < lower and lymph.weight >= BLAST_WEIGHT_RATIO * nearest.weight:
+            guarded = max(cut, lower)
+        if guarded != cut:
+            evidence["guard"] = [lower, upper]
+            cut = guarded
         evidence["cut"] = cut
         if not bounds.low <= cut <= bounds.high:
             reason = f"cut {cut:.3f} outside bounds"

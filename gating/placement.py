@@ -92,6 +92,10 @@ def _significant_peaks(dens: np.ndarray, peaks: np.ndarray, max_depth_ratio: flo
     return peaks
 
 
+FLOOR_RISE = 0.25
+"""How far above its minimum the valley floor reaches (share of the minimum density)."""
+
+
 def valley_threshold(
     values: np.ndarray, bounds: Bounds, max_depth_ratio: float = 0.6, bandwidth: float | None = None
 ) -> ThresholdDecision:
@@ -125,7 +129,15 @@ def valley_threshold(
     if best is None:
         return _fallback(bounds, "valley", len(values), "no valley inside bounds", **evidence)
     _, valley, depth = best
-    evidence.update(valley=float(grid[valley]), depth_ratio=float(depth))
+    # the lower edge of the valley floor: where the density is still within FLOOR_RISE of
+    # its minimum; the negatives' tail falls steeply, so this keeps more positives than it
+    # admits negatives
+    level = dens[valley] * (1.0 + FLOOR_RISE)
+    floor = valley
+    while floor > 0 and in_bounds[floor - 1] and dens[floor - 1] <= level:
+        floor -= 1
+    evidence.update(valley=float(grid[valley]), depth_ratio=float(depth), floor=float(grid[floor]))
+    valley = floor
     if depth > max_depth_ratio:
         return _fallback(
             bounds, "valley", len(values), f"valley too shallow ({depth:.2f})", **evidence
