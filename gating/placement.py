@@ -99,7 +99,9 @@ FLOOR_RISE = 0.25
 def valley_threshold(
     values: np.ndarray, bounds: Bounds, max_depth_ratio: float = 0.6, bandwidth: float | None = None
 ) -> ThresholdDecision:
-    """Density minimum between the two most prominent modes, inside the bounds."""
+    """Density minimum between neighbouring modes, inside the bounds: the first clear valley
+    above the lowest mode (else the clearest one), moved to the lower edge of its floor. A
+    minimum that lies outside the bounds is no valley for this cut."""
     values = _clean(values)
     if len(values) < MIN_EVENTS:
         return _fallback(bounds, "valley", len(values), f"only {len(values)} events")
@@ -118,11 +120,13 @@ def valley_threshold(
     best = None
     for left, right in pairwise(peaks):
         window = np.arange(left, right + 1)
-        window = window[in_bounds[window]]
-        if len(window) == 0:
-            continue
         valley = window[np.argmin(dens[window])]
+        if not in_bounds[valley]:
+            continue  # the density minimum between these modes lies outside the bounds
         depth = dens[valley] / min(dens[left], dens[right])
+        if depth <= max_depth_ratio:  # the first clear valley above the lowest mode
+            best = (depth, valley, depth)
+            break
         score = depth - 1e-3 * min(dens[left], dens[right]) / dens.max()
         if best is None or score < best[0]:
             best = (score, valley, depth)
