@@ -481,10 +481,31 @@ class ClusterFit:
         return cluster.weight * np.exp(-0.5 * z * z) / (sd * np.sqrt(2 * np.pi))
 
 
-def _inverses(matrices: np.ndarray) -> np.ndarray:
-    """np.linalg.inv of each matrix of a stack, one at a time: the same values, but for a few
-    small matrices much faster than one stacked call."""
-    return np.stack([np.linalg.inv(m) for m in matrices])
+def _inverses(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse and log-determinant of each matrix of a stack (positive definite).
+
+    2 x 2 matrices in closed form; larger ones by np.linalg.inv one at a time (for a few
+    small matrices much faster than one stacked call)."""
+    if matrices.shape[1:] == (2, 2):
+        a, b = matrices[:, 0, 0], matrices[:, 0, 1]
+        c, d = matrices[:, 1, 0], matrices[:, 1, 1]
+        det = a * d - b * c
+        inverse = np.stack([np.stack([d, -b], axis=1), np.stack([-c, a], axis=1)], axis=1)
+        return inverse / det[:, None, None], np.log(det)
+    inverse = np.stack([np.linalg.inv(m) for m in matrices])
+    return inverse, np.linalg.slogdet(matrices)[1]
+
+
+def _clip_spread(covs: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Covariances with their eigenvalues clipped to [low, high] (unchanged when inside)."""
+    if covs.shape[1:] == (2, 2):  # eigenvalues of symmetric 2 x 2 matrices in closed form
+        half_trace = (covs[:, 0, 0] + covs[:, 1, 1]) / 2
+        radius = np.hypot((covs[:, 0, 0] - covs[:, 1, 1]) / 2, covs[:, 0, 1])
+        if np.all(half_trace - radius >= low) and np.all(half_trace + radius <= high):
+            return covs
+    values, vectors = np.linalg.eigh(covs)
+    values = np.clip(values, low, high)
+    return (vectors * values[:, None, :]) @ vectors.transpose(0, 2, 1)
 
 
 def gaussian_clusters(
@@ -527,28 +548,40 @@ def gaussian_clusters(
     previous = -np.inf
     loglik = -np.inf
     done = 0
-    z_rows = np.ascontiguousarray(z.T)  # d x n: the E-step runs along events
+    rows = list(np.ascontiguousarray(z.T))  # one array per axis: each step runs along events
+    eye = np.eye(d)
     for step in range(1, iterations + 1):
         done = step
-        diff_rows = z_rows[None, :, :] - means[:, :, None]
-        inverse = _inverses(covs)
-        _, logdet = np.linalg.slogdet(covs)
-        mahalanobis = ((inverse.transpose(0, 2, 1) @ diff_rows) * diff_rows).sum(axis=1)
+        inverse, logdet = _inverses(covs)
+        # (k x n) per axis and cluster; small d, so the d x d products are spelled out
+        diffs = [rows[i][None, :] - means[:, i, None] for i in range(d)]
+        log_p = np.zeros((k, n))
+        for j in range(d):
+            rotated = diffs[0] * inverse[:, 0, j, None]
+            for i in range(1, d):
+                rotated += diffs[i] * inverse[:, i, j, None]
+            rotated *= diffs[j]
+            log_p += rotated
+        log_p *= -0.5
         with np.errstate(divide="ignore"):
-            log_p = np.log(weights)[:, None] - 0.5 * (mahalanobis + logdet[:, None])
+            log_p += (np.log(weights) - 0.5 * logdet)[:, None]
         top = log_p.max(axis=0)
-        total = top + np.log(np.exp(log_p - top).sum(axis=0))
-        resp = np.exp(log_p - total)
-        loglik = float(total.mean())
+        log_p -= top
+        resp = np.exp(log_p, out=log_p)
+        norm = resp.sum(axis=0)
+        resp /= norm
+        loglik = float(np.mean(top + np.log(norm)))
         counts = resp.sum(axis=1)
         weights = np.maximum(counts / n, 1e-12)
         means = (resp @ z + prior * start) / (counts + prior)[:, None]
-        diff = z[None, :, :] - means[:, None, :]
-        scatter = (diff * resp[:, :, None]).transpose(0, 2, 1) @ diff
-        covs = (scatter + prior * np.eye(d)) / (counts + prior)[:, None, None] + ridge
-        values, vectors = np.linalg.eigh(covs)
-        values = np.clip(values, 1e-4, max_sd**2)
-        covs = (vectors * values[:, None, :]) @ vectors.transpose(0, 2, 1)
+        diffs = [rows[i][None, :] - means[:, i, None] for i in range(d)]
+        scatter = np.empty((k, d, d))
+        for i in range(d):
+            weighted = resp * diffs[i]
+            for j in range(i, d):
+                scatter[:, i, j] = scatter[:, j, i] = np.einsum("kn,kn->k", weighted, diffs[j])
+        covs = (scatter + prior * eye) / (counts + prior)[:, None, None] + ridge
+        covs = _clip_spread(covs, 1e-4, max_sd**2)
         if abs(loglik - previous) < tol:
             break
         previous = loglik
