@@ -226,7 +226,7 @@ class _Columns:
         if column is None:
             column = self._compute_raw(key)
             self._raw[key] = column
-        return column if idx is None else column[idx]
+        return column if idx is None else np.take(column, idx)
 
     def _uncompensated(self, axis: Axis) -> bool:
         return (
@@ -555,7 +555,7 @@ class _Evaluation:
             full = local
         else:
             full = np.zeros(self.n, dtype=bool)
-            full[idx[local]] = True
+            full[idx] = local  # idx holds each event once: the same as full[idx[local]] = True
         full.setflags(write=False)
         count = int(np.count_nonzero(local))
         self.packed[population] = np.packbits(full)
