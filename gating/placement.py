@@ -477,14 +477,23 @@ class ClusterFit:
     def posterior(self, points: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """P(cluster | point) for every point and named cluster, among all clusters."""
         points = np.asarray(points, dtype=np.float64)
+        axes = list(np.ascontiguousarray(points.T))  # one array per axis
         share = np.empty((len(self.clusters), points.shape[0]))  # log p, then p, in place
         for i, cluster in enumerate(self.clusters.values()):
             cov = np.asarray(cluster.covariance)
-            diff = points - np.asarray(cluster.mean)
+            diffs = [x - m for x, m in zip(axes, cluster.mean, strict=True)]
             inverse = np.linalg.inv(cov)
             _, logdet = np.linalg.slogdet(cov)
-            distance = np.einsum("nd,de,ne->n", diff, inverse, diff)
-            share[i] = np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet)
+            distance = share[i]
+            distance[:] = 0.0
+            for j, right in enumerate(diffs):
+                rotated = diffs[0] * inverse[0, j]
+                for k in range(1, len(diffs)):
+                    rotated += diffs[k] * inverse[k, j]
+                rotated *= right
+                distance += rotated
+            distance *= -0.5
+            distance += np.log(max(cluster.weight, 1e-300)) - 0.5 * logdet
         share[~np.isfinite(share)] = -np.inf
         top = share.max(axis=0)
         top[~np.isfinite(top)] = 0.0
