@@ -579,6 +579,8 @@ def gaussian_clusters(
     loglik = -np.inf
     done = 0
     rows = list(np.ascontiguousarray(z.T))  # one array per axis: each step runs along events
+    pairs = [(i, j) for i in range(d) for j in range(i, d)]
+    products = np.stack([rows[i] * rows[j] for i, j in pairs])  # second moments, per event
     eye = np.eye(d)
     for step in range(1, iterations + 1):
         done = step
@@ -603,13 +605,19 @@ def gaussian_clusters(
         loglik = float(np.mean(top + np.log(norm)))
         counts = resp.sum(axis=1)
         weights = np.maximum(counts / n, 1e-12)
-        means = (resp @ z + prior * start) / (counts + prior)[:, None]
-        diffs = [rows[i][None, :] - means[:, i, None] for i in range(d)]
+        sums = resp @ z
+        means = (sums + prior * start) / (counts + prior)[:, None]
+        # sum of resp (z - mean)(z - mean)' from the weighted moments (z is in spread units,
+        # so the cancellation costs a few digits of 16)
+        moments = resp @ products.T
         scatter = np.empty((k, d, d))
-        for i in range(d):
-            weighted = resp * diffs[i]
-            for j in range(i, d):
-                scatter[:, i, j] = scatter[:, j, i] = np.einsum("kn,kn->k", weighted, diffs[j])
+        for column, (i, j) in enumerate(pairs):
+            scatter[:, i, j] = scatter[:, j, i] = (
+                moments[:, column]
+                - means[:, i] * sums[:, j]
+                - sums[:, i] * means[:, j]
+                + counts * means[:, i] * means[:, j]
+            )
         covs = (scatter + prior * eye) / (counts + prior)[:, None, None] + ridge
         covs = _clip_spread(covs, 1e-4, max_sd**2)
         if abs(loglik - previous) < tol:
