@@ -446,11 +446,14 @@ class _Placer:
             return
 
         def estimate() -> ThresholdDecision:
+            # the transform is monotone and the same for every detector: the dimmest
+            # transformed value is the transformed dimmest value (one column transformed)
             columns = [
-                self.evaluator.values(Dimension(d, FCS_SPILL, FLUOR), spec.parent, BEAD_LIMIT)
+                self.evaluator.values(Dimension(d, FCS_SPILL), spec.parent, BEAD_LIMIT)
                 for d in detectors
             ]
-            dimmest = np.min(np.column_stack(columns), axis=1)
+            scale = self.evaluator.gate_set.transforms[FLUOR]
+            dimmest = scale.apply(np.min(np.column_stack(columns), axis=1))
             return _place_cut(CutSpec(("valley", "mixture"), bounds), dimmest, None, spec.id)
 
         cut = self.decide(spec.id, estimate).value

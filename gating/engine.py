@@ -43,6 +43,7 @@ from gating.model import (
     Dimension,
     EllipsoidGate,
     Gate,
+    GateHierarchy,
     GateSet,
     PolygonGate,
     QuadrantGate,
@@ -225,7 +226,7 @@ class _Columns:
         if column is None:
             column = self._compute_raw(key)
             self._raw[key] = column
-        return column if idx is None else column[idx]
+        return column if idx is None else np.take(column, idx)
 
     def _uncompensated(self, axis: Axis) -> bool:
         return (
@@ -554,7 +555,7 @@ class _Evaluation:
             full = local
         else:
             full = np.zeros(self.n, dtype=bool)
-            full[idx[local]] = True
+            full[idx] = local  # idx holds each event once: the same as full[idx[local]] = True
         full.setflags(write=False)
         count = int(np.count_nonzero(local))
         self.packed[population] = np.packbits(full)
@@ -691,6 +692,8 @@ class Evaluator:
         self._transforms = dict(transforms)
         self._compensations = dict(compensations)
         self._gates: list[Gate] = []
+        self._hierarchy = GateHierarchy(self._transforms, self._compensations)
+        self._gate_set: GateSet | None = None
         events = _check_events(events, channel_names)
         base = GateSet((), self._transforms, self._compensations)
         self._columns = _Columns(base, events, channel_names, spill)
@@ -705,19 +708,28 @@ class Evaluator:
     @property
     def gate_set(self) -> GateSet:
         """The gates added so far, with the transforms and matrices."""
-        return GateSet(tuple(self._gates), self._transforms, self._compensations)
+        if self._gate_set is None:
+            self._gate_set = GateSet.checked(
+                tuple(self._gates), self._transforms, self._compensations
+            )
+        return self._gate_set
 
     def add(self, gate: Gate, *, checked: bool = False) -> None:
-        """Evaluate one more gate (its parent and references must be there already)."""
+        """Evaluate one more gate (its parent and references must be there already).
+
+        Only the new gate is checked against those added before (what constructing the
+        :class:`GateSet` of all of them would check); ``checked``: it was, as part of one."""
         if not checked:
-            GateSet((*self._gates, gate), self._transforms, self._compensations)
+            self._hierarchy.check(gate)
         try:
             self._evaluation.run(gate)
         except GatingError as exc:
             if exc.source and exc.source.startswith("gate "):
                 raise
             raise GatingError(f"gate {gate.id!r}", f"{exc.source}: {exc.problem}") from exc
+        self._hierarchy.admit(gate)
         self._gates.append(gate)
+        self._gate_set = None
 
     def count(self, population: str) -> int:
         """Events in a population evaluated so far."""

@@ -359,56 +359,66 @@ def _freeze(mapping: Mapping | None) -> Mapping:
     return MappingProxyType(dict(mapping or {}))
 
 
-@dataclass(frozen=True)
-class GateSet:
-    """Gates in hierarchy order (parents and referenced gates first), transforms and matrices.
+def _check_compensations(compensations: Mapping[str, SpectrumMatrix]) -> None:
+    for matrix_id in compensations:
+        if not matrix_id or matrix_id.lower() in ("fcs", "uncompensated"):
+            raise GatingError(
+                f"compensation {matrix_id!r}",
+                "'FCS' and 'uncompensated' are reserved and cannot name a matrix",
+            )
 
-    Construction checks every reference: parents, boolean references, transformation and
-    compensation ids; a problem is a :class:`GatingError` naming the gate.
+
+class GateHierarchy:
+    """The checks of a :class:`GateSet`, one gate at a time.
+
+    Keeps the ids of the gates admitted so far, so checking the next gate costs the size of
+    that gate, not of the whole set: its axes' transformation and compensation ids, its parent
+    and boolean references (defined before it) and its own ids (new and non-empty).
     """
 
-    gates: tuple[Gate, ...]
-    transforms: Mapping[str, Transform] = field(default_factory=dict)
-    compensations: Mapping[str, SpectrumMatrix] = field(default_factory=dict)
+    def __init__(
+        self, transforms: Mapping[str, Transform], compensations: Mapping[str, SpectrumMatrix]
+    ) -> None:
+        _check_compensations(compensations)
+        self.transforms = transforms
+        self.compensations = compensations
+        self._populations: set[str] = set()
+        self._used: set[str] = set()
+        self._quadrant_gates: set[str] = set()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "gates", tuple(self.gates))
-        object.__setattr__(self, "transforms", _freeze(self.transforms))
-        object.__setattr__(self, "compensations", _freeze(self.compensations))
-        self._check_compensations()
-        populations: set[str] = set()
-        used: set[str] = set()
-        quadrant_gates: set[str] = set()
-        for gate in self.gates:
-            self._check_axes(gate)
-            if gate.parent is not None and gate.parent not in populations:
-                raise _gate_error(gate.id, _missing("parent", gate.parent, quadrant_gates))
-            if isinstance(gate, BooleanGate):
-                for ref in gate.refs:
-                    if ref.gate not in populations:
-                        raise _gate_error(gate.id, _missing("reference", ref.gate, quadrant_gates))
-            own = [gate.id]
-            if isinstance(gate, QuadrantGate):
-                own += [q.id for q in gate.quadrants]
-            for new_id in own:
-                if not new_id:
-                    raise _gate_error(gate.id, "a gate or quadrant has an empty id")
-                if new_id in used:
-                    raise _gate_error(new_id, "this id is used twice")
-                used.add(new_id)
-            if isinstance(gate, QuadrantGate):
-                quadrant_gates.add(gate.id)
-                populations.update(own[1:])
-            else:
-                populations.add(gate.id)
+    def check(self, gate: Gate) -> None:
+        """Raise a :class:`GatingError` naming the gate if it cannot come next (nothing is
+        recorded either way)."""
+        self._check_axes(gate)
+        populations, quadrant_gates = self._populations, self._quadrant_gates
+        if gate.parent is not None and gate.parent not in populations:
+            raise _gate_error(gate.id, _missing("parent", gate.parent, quadrant_gates))
+        if isinstance(gate, BooleanGate):
+            for ref in gate.refs:
+                if ref.gate not in populations:
+                    raise _gate_error(gate.id, _missing("reference", ref.gate, quadrant_gates))
+        seen: set[str] = set()
+        for new_id in _own_ids(gate):
+            if not new_id:
+                raise _gate_error(gate.id, "a gate or quadrant has an empty id")
+            if new_id in self._used or new_id in seen:
+                raise _gate_error(new_id, "this id is used twice")
+            seen.add(new_id)
 
-    def _check_compensations(self) -> None:
-        for matrix_id in self.compensations:
-            if not matrix_id or matrix_id.lower() in ("fcs", "uncompensated"):
-                raise GatingError(
-                    f"compensation {matrix_id!r}",
-                    "'FCS' and 'uncompensated' are reserved and cannot name a matrix",
-                )
+    def admit(self, gate: Gate) -> None:
+        """Record a checked gate's ids: later gates may use it as parent or reference."""
+        own = _own_ids(gate)
+        self._used.update(own)
+        if isinstance(gate, QuadrantGate):
+            self._quadrant_gates.add(gate.id)
+            self._populations.update(own[1:])
+        else:
+            self._populations.add(gate.id)
+
+    def add(self, gate: Gate) -> None:
+        """Check the next gate, then admit it."""
+        self.check(gate)
+        self.admit(gate)
 
     def _check_axes(self, gate: Gate) -> None:
         axes: tuple[Axis, ...]
@@ -432,6 +442,49 @@ class GateSet:
                 self.transforms.get(axis.ratio), Fratio
             ):
                 raise _gate_error(gate.id, f"{axis.label}: {axis.ratio!r} is not an fratio")
+
+
+def _own_ids(gate: Gate) -> list[str]:
+    """The population ids a gate defines: its own, and its quadrants' for a quadrant gate."""
+    if isinstance(gate, QuadrantGate):
+        return [gate.id, *(q.id for q in gate.quadrants)]
+    return [gate.id]
+
+
+@dataclass(frozen=True)
+class GateSet:
+    """Gates in hierarchy order (parents and referenced gates first), transforms and matrices.
+
+    Construction checks every reference: parents, boolean references, transformation and
+    compensation ids; a problem is a :class:`GatingError` naming the gate.
+    """
+
+    gates: tuple[Gate, ...]
+    transforms: Mapping[str, Transform] = field(default_factory=dict)
+    compensations: Mapping[str, SpectrumMatrix] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gates", tuple(self.gates))
+        object.__setattr__(self, "transforms", _freeze(self.transforms))
+        object.__setattr__(self, "compensations", _freeze(self.compensations))
+        hierarchy = GateHierarchy(self.transforms, self.compensations)
+        for gate in self.gates:
+            hierarchy.add(gate)
+
+    @classmethod
+    def checked(
+        cls,
+        gates: tuple[Gate, ...],
+        transforms: Mapping[str, Transform],
+        compensations: Mapping[str, SpectrumMatrix],
+    ) -> GateSet:
+        """A gate set of gates already checked in this order (by a :class:`GateHierarchy` of
+        the same transforms and matrices): built without checking them again."""
+        gate_set = object.__new__(cls)
+        object.__setattr__(gate_set, "gates", tuple(gates))
+        object.__setattr__(gate_set, "transforms", _freeze(transforms))
+        object.__setattr__(gate_set, "compensations", _freeze(compensations))
+        return gate_set
 
     def __iter__(self) -> Iterator[Gate]:
         return iter(self.gates)

@@ -14,6 +14,7 @@ When the data give no clear answer the template default is used and ``fallback``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Literal
@@ -63,13 +64,33 @@ def density(values: np.ndarray, lo: float, hi: float, bandwidth: float | None = 
     centres = (edges[:-1] + edges[1:]) / 2
     step = edges[1] - edges[0]
     if bandwidth is None:  # Silverman's rule on a robust spread
-        spread = min(np.std(values), np.subtract(*np.percentile(values, [75, 25])) / 1.349)
+        spread = min(np.std(values), _interquartile(values) / 1.349)
         bandwidth = 0.9 * max(spread, 1e-6) * len(values) ** -0.2
     sigma = max(bandwidth / step, 1.0)
     radius = min(int(4 * sigma), GRID_POINTS // 2 - 1)
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     smooth = np.convolve(counts.astype(np.float64), kernel / kernel.sum(), mode="same")
     return centres, smooth / (smooth.sum() * step)
+
+
+def _interquartile(values: np.ndarray) -> float:
+    """np.subtract(*np.percentile(values, [75, 25])) (numpy's default 'linear' method, the
+    same arithmetic), from one partition at the four order statistics it interpolates."""
+    n = values.size
+    if n < 2 or values.dtype != np.float64 or values.ndim != 1:
+        return np.subtract(*np.percentile(values, [75, 25]))
+    spots = []
+    for q in (0.75, 0.25):
+        virtual = (n - 1) * q
+        below = math.floor(virtual)
+        spots.append((below, min(below + 1, n - 1), virtual - below))
+    ordered = np.partition(values, sorted({i for a, b, _ in spots for i in (a, b)}))
+    quartiles = []
+    for below, above, gamma in spots:
+        a, b = ordered[below], ordered[above]
+        diff = b - a
+        quartiles.append(a + diff * gamma if gamma < 0.5 else b - diff * (1 - gamma))
+    return quartiles[0] - quartiles[1]
 
 
 def _clean(values: np.ndarray) -> np.ndarray:
@@ -472,14 +493,23 @@ class ClusterFit:
     def posterior(self, points: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """P(cluster | point) for every point and named cluster, among all clusters."""
         points = np.asarray(points, dtype=np.float64)
+        axes = list(np.ascontiguousarray(points.T))  # one array per axis
         share = np.empty((len(self.clusters), points.shape[0]))  # log p, then p, in place
         for i, cluster in enumerate(self.clusters.values()):
             cov = np.asarray(cluster.covariance)
-            diff = points - np.asarray(cluster.mean)
+            diffs = [x - m for x, m in zip(axes, cluster.mean, strict=True)]
             inverse = np.linalg.inv(cov)
             _, logdet = np.linalg.slogdet(cov)
-            distance = np.einsum("nd,de,ne->n", diff, inverse, diff)
-            share[i] = np.log(max(cluster.weight, 1e-300)) - 0.5 * (distance + logdet)
+            distance = share[i]
+            distance[:] = 0.0
+            for j, right in enumerate(diffs):
+                rotated = diffs[0] * inverse[0, j]
+                for k in range(1, len(diffs)):
+                    rotated += diffs[k] * inverse[k, j]
+                rotated *= right
+                distance += rotated
+            distance *= -0.5
+            distance += np.log(max(cluster.weight, 1e-300)) - 0.5 * logdet
         share[~np.isfinite(share)] = -np.inf
         top = share.max(axis=0)
         top[~np.isfinite(top)] = 0.0
@@ -497,10 +527,31 @@ class ClusterFit:
         return cluster.weight * np.exp(-0.5 * z * z) / (sd * np.sqrt(2 * np.pi))
 
 
-def _inverses(matrices: np.ndarray) -> np.ndarray:
-    """np.linalg.inv of each matrix of a stack, one at a time: the same values, but for a few
-    small matrices much faster than one stacked call."""
-    return np.stack([np.linalg.inv(m) for m in matrices])
+def _inverses(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse and log-determinant of each matrix of a stack (positive definite).
+
+    2 x 2 matrices in closed form; larger ones by np.linalg.inv one at a time (for a few
+    small matrices much faster than one stacked call)."""
+    if matrices.shape[1:] == (2, 2):
+        a, b = matrices[:, 0, 0], matrices[:, 0, 1]
+        c, d = matrices[:, 1, 0], matrices[:, 1, 1]
+        det = a * d - b * c
+        inverse = np.stack([np.stack([d, -b], axis=1), np.stack([-c, a], axis=1)], axis=1)
+        return inverse / det[:, None, None], np.log(det)
+    inverse = np.stack([np.linalg.inv(m) for m in matrices])
+    return inverse, np.linalg.slogdet(matrices)[1]
+
+
+def _clip_spread(covs: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Covariances with their eigenvalues clipped to [low, high] (unchanged when inside)."""
+    if covs.shape[1:] == (2, 2):  # eigenvalues of symmetric 2 x 2 matrices in closed form
+        half_trace = (covs[:, 0, 0] + covs[:, 1, 1]) / 2
+        radius = np.hypot((covs[:, 0, 0] - covs[:, 1, 1]) / 2, covs[:, 0, 1])
+        if np.all(half_trace - radius >= low) and np.all(half_trace + radius <= high):
+            return covs
+    values, vectors = np.linalg.eigh(covs)
+    values = np.clip(values, low, high)
+    return (vectors * values[:, None, :]) @ vectors.transpose(0, 2, 1)
 
 
 def gaussian_clusters(
@@ -543,28 +594,48 @@ def gaussian_clusters(
     previous = -np.inf
     loglik = -np.inf
     done = 0
-    z_rows = np.ascontiguousarray(z.T)  # d x n: the E-step runs along events
+    rows = list(np.ascontiguousarray(z.T))  # one array per axis: each step runs along events
+    pairs = [(i, j) for i in range(d) for j in range(i, d)]
+    products = np.stack([rows[i] * rows[j] for i, j in pairs])  # second moments, per event
+    eye = np.eye(d)
     for step in range(1, iterations + 1):
         done = step
-        diff_rows = z_rows[None, :, :] - means[:, :, None]
-        inverse = _inverses(covs)
-        _, logdet = np.linalg.slogdet(covs)
-        mahalanobis = ((inverse.transpose(0, 2, 1) @ diff_rows) * diff_rows).sum(axis=1)
+        inverse, logdet = _inverses(covs)
+        # (k x n) per axis and cluster; small d, so the d x d products are spelled out
+        diffs = [rows[i][None, :] - means[:, i, None] for i in range(d)]
+        log_p = np.zeros((k, n))
+        for j in range(d):
+            rotated = diffs[0] * inverse[:, 0, j, None]
+            for i in range(1, d):
+                rotated += diffs[i] * inverse[:, i, j, None]
+            rotated *= diffs[j]
+            log_p += rotated
+        log_p *= -0.5
         with np.errstate(divide="ignore"):
-            log_p = np.log(weights)[:, None] - 0.5 * (mahalanobis + logdet[:, None])
+            log_p += (np.log(weights) - 0.5 * logdet)[:, None]
         top = log_p.max(axis=0)
-        total = top + np.log(np.exp(log_p - top).sum(axis=0))
-        resp = np.exp(log_p - total)
-        loglik = float(total.mean())
+        log_p -= top
+        resp = np.exp(log_p, out=log_p)
+        norm = resp.sum(axis=0)
+        resp /= norm
+        loglik = float(np.mean(top + np.log(norm)))
         counts = resp.sum(axis=1)
         weights = np.maximum(counts / n, 1e-12)
-        means = (resp @ z + prior * start) / (counts + prior)[:, None]
-        diff = z[None, :, :] - means[:, None, :]
-        scatter = (diff * resp[:, :, None]).transpose(0, 2, 1) @ diff
-        covs = (scatter + prior * np.eye(d)) / (counts + prior)[:, None, None] + ridge
-        values, vectors = np.linalg.eigh(covs)
-        values = np.clip(values, 1e-4, max_sd**2)
-        covs = (vectors * values[:, None, :]) @ vectors.transpose(0, 2, 1)
+        sums = resp @ z
+        means = (sums + prior * start) / (counts + prior)[:, None]
+        # sum of resp (z - mean)(z - mean)' from the weighted moments (z is in spread units,
+        # so the cancellation costs a few digits of 16)
+        moments = resp @ products.T
+        scatter = np.empty((k, d, d))
+        for column, (i, j) in enumerate(pairs):
+            scatter[:, i, j] = scatter[:, j, i] = (
+                moments[:, column]
+                - means[:, i] * sums[:, j]
+                - sums[:, i] * means[:, j]
+                + counts * means[:, i] * means[:, j]
+            )
+        covs = (scatter + prior * eye) / (counts + prior)[:, None, None] + ridge
+        covs = _clip_spread(covs, 1e-4, max_sd**2)
         if abs(loglik - previous) < tol:
             break
         previous = loglik
