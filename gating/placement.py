@@ -120,9 +120,8 @@ FLOOR_RISE = 0.25
 def valley_threshold(
     values: np.ndarray, bounds: Bounds, max_depth_ratio: float = 0.6, bandwidth: float | None = None
 ) -> ThresholdDecision:
-    """Density minimum between neighbouring modes, inside the bounds: the first clear valley
-    above the lowest mode (else the clearest one), moved to the lower edge of its floor. A
-    minimum that lies outside the bounds is no valley for this cut."""
+    """Density minimum between the two most prominent modes, inside the bounds, moved to the
+    lower edge of its floor. A minimum that lies outside the bounds is no valley for this cut."""
     values = _clean(values)
     if len(values) < MIN_EVENTS:
         return _fallback(bounds, "valley", len(values), f"only {len(values)} events")
@@ -145,9 +144,6 @@ def valley_threshold(
         if not in_bounds[valley]:
             continue  # the density minimum between these modes lies outside the bounds
         depth = dens[valley] / min(dens[left], dens[right])
-        if depth <= max_depth_ratio:  # the first clear valley above the lowest mode
-            best = (depth, valley, depth)
-            break
         score = depth - 1e-3 * min(dens[left], dens[right]) / dens.max()
         if best is None or score < best[0]:
             best = (score, valley, depth)
