@@ -179,7 +179,7 @@ class _Placer:
         template: Template,
         evaluator: Evaluator,
         channels: ChannelMap,
-        fixed_cuts: Mapping[str, float],
+        fixed_cuts: Mapping[str, float | ThresholdDecision],
     ) -> None:
         self.template = template
         self.evaluator = evaluator
@@ -209,7 +209,10 @@ class _Placer:
 
     def decide(self, name: str, make) -> ThresholdDecision:
         if name in self.fixed_cuts:
-            decision = _fixed(float(self.fixed_cuts[name]), "given", 0)
+            given = self.fixed_cuts[name]
+            decision = (
+                given if isinstance(given, ThresholdDecision) else _fixed(float(given), "given", 0)
+            )
         else:
             decision = make()
         self.decisions[name] = decision
@@ -774,18 +777,32 @@ def _non_finite_events(events: np.ndarray) -> int:
     return int(np.count_nonzero(bad))
 
 
+def place_cut(
+    template: Template, name: str, values: np.ndarray, negatives: np.ndarray | None = None
+) -> ThresholdDecision:
+    """Place one of a template's cuts (``CAR``, ``CD27.bright``) on the given transformed
+    values, e.g. the events of several samples pooled as openCyto's groupBy does."""
+    marker, _, level = name.partition(".")
+    spec = template.thresholds.get(marker)
+    cut = None if spec is None else (spec.bright if level == "bright" else spec.positive)
+    if cut is None or level not in ("", "bright"):
+        raise GatingError(f"template {template.id}", f"has no cut named {name!r}")
+    return _place_cut(cut, values, negatives, name, transforms_for(template)[FLUOR])
+
+
 def place(
     template: Template,
     events: np.ndarray,
     channel_names: Sequence[str],
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None = None,
-    fixed_cuts: Mapping[str, float] | None = None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
 ) -> tuple[PlacedGating, GatingResult]:
     """Place and evaluate every population of a template on one sample.
 
-    ``fixed_cuts`` (by cut name, e.g. ``{"CAR": 0.31}``) skip estimation for those cuts,
-    e.g. when one threshold was pooled over a patient's timepoints.
+    ``fixed_cuts`` (by cut name, e.g. ``{"CAR": 0.31}``, or a decision with its evidence)
+    skip estimation for those cuts, e.g. when one threshold was pooled over a patient's
+    timepoints (:func:`place_cut`).
 
     Runs with one BLAS thread: its matrices are small (2 x 2 covariances, blocks of the
     compensation multiply), where waking a second thread costs more than it saves (the
@@ -803,7 +820,7 @@ def _place(
     channel_names: Sequence[str],
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None,
-    fixed_cuts: Mapping[str, float] | None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision] | None,
 ) -> tuple[PlacedGating, GatingResult]:
     flags = []
     bad = _non_finite_events(events)

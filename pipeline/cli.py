@@ -314,6 +314,10 @@ def gate(
         Path | None,
         typer.Option(help="Apply a lab's fixed gates (Gating-ML .xml or FlowJo .wsp) instead."),
     ] = None,
+    cuts: Annotated[
+        Path | None,
+        typer.Option(help="JSON of cuts to use as given (e.g. written by `cartflow pool`)."),
+    ] = None,
 ) -> None:
     """Gate one file automatically: counts per population, cuts and their evidence (or apply
     fixed gates with --gates)."""
@@ -321,6 +325,7 @@ def gate(
     from gating.gatingml import export_gatingml
     from gating.template import load_template
     from pipeline.gate import gate_file, membership_table
+    from pipeline.pooling import read_cuts
 
     if gates is not None:
         _gate_fixed(file, gates, membership, as_json)
@@ -328,7 +333,8 @@ def gate(
 
     try:
         loaded = load_template(template) if template else None
-        gated = gate_file(file, template=loaded, tube=tube)
+        given = read_cuts(cuts) if cuts else None
+        gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given)
         if gatingml:
             export_gatingml(gated.placed.gate_set, gatingml)
         if flowjo:
@@ -375,6 +381,41 @@ def gate(
         from pipeline.plots import gate_plots
 
         console.print(f"plots: {len(gate_plots(gated, plots))} PNG files in {plots}")
+
+
+@app.command()
+def pool(
+    files: Annotated[list[Path], typer.Argument(help="FCS files to pool, e.g. one patient's.")],
+    cut: Annotated[
+        list[str], typer.Option("--cut", help="Cut to pool (CAR, CD3, CD27.bright); repeatable.")
+    ],
+    out: Annotated[Path, typer.Option(help="JSON file for `cartflow gate --cuts`.")] = Path(
+        "pooled-cuts.json"
+    ),
+    template: Annotated[
+        Path | None, typer.Option(help="Gating template YAML (default: the tube's template).")
+    ] = None,
+    tube: Annotated[str | None, typer.Option(help="Tube, when the files do not say.")] = None,
+) -> None:
+    """Place cuts once on the pooled events of several files (openCyto's groupBy), e.g. all
+    timepoints of a patient, and write them for `cartflow gate --cuts`."""
+    from gating.template import load_template
+    from pipeline.pooling import pool_cuts, write_cuts
+
+    try:
+        loaded = load_template(template) if template else None
+        pooled = pool_cuts(files, cut, template=loaded, tube=tube)
+        write_cuts(pooled, out)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    for name, decision in pooled.items():
+        state = f"[yellow]fallback[/yellow] ({decision.reason})" if decision.fallback else ""
+        own = ", ".join(f"{v:.4g}" for v in decision.evidence["per_sample_cuts"])
+        console.print(
+            f"cut {name}: {decision.value:.4g} by {decision.method} over {len(files)} files "
+            f"(each on its own: {own}) {state}"
+        )
+    console.print(f"cuts: {out}")
 
 
 KINETICS_HELP = "Anchor day 0 at 0 cells/µL in AUCs (recorded with the result)."

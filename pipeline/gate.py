@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 from gating.auto import ChannelMap, PlacedGating, place
 from gating.engine import GatingResult
 from gating.model import GateSet
+from gating.placement import ThresholdDecision
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
@@ -76,9 +78,10 @@ def gate_fcs(
     fcs: FcsFile,
     panel: Panel,
     template: Template | None = None,
-    fixed_cuts: dict[str, float] | None = None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
 ) -> SampleGating:
-    """Place the template on one read file (events scaled, not yet compensated)."""
+    """Place the template on one read file (events scaled, not yet compensated); cuts named
+    in ``fixed_cuts`` (a value or a decision, e.g. pooled) are used as given."""
     template = template or template_for(panel.tube)
     missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
     if missing:
@@ -110,25 +113,26 @@ def gate_file(
     template: Template | None = None,
     tube: str | None = None,
     panels: tuple[Panel, ...] | None = None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
 ) -> SampleGating:
-    """Read, match the panel and gate one FCS file."""
+    """Read, match the panel and gate one FCS file (``fixed_cuts`` as in :func:`gate_fcs`)."""
     fcs = read_fcs(path)
     pairs = [(c.name, c.marker) for c in fcs.channels]
     panel = match_panel(
         path, pairs, panels or load_panels(), tube or (template.tube if template else None)
     ).panel
-    return gate_fcs(fcs, panel, template)
+    return gate_fcs(fcs, panel, template, fixed_cuts)
 
 
-def _compact(value, points: int = 128):
+def compact_evidence(value, points: int = 128):
     """JSON-safe evidence: arrays thinned to ``points`` values and rounded."""
     if isinstance(value, np.ndarray):
         step = max(1, value.size // points)
         return [round(float(v), 5) for v in value[::step]]
     if isinstance(value, dict):
-        return {str(k): _compact(v, points) for k, v in value.items()}
+        return {str(k): compact_evidence(v, points) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_compact(v, points) for v in value]
+        return [compact_evidence(v, points) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, float) and not np.isfinite(value):
@@ -149,7 +153,7 @@ def gate_records(gated: SampleGating) -> tuple[list[PopulationRecord], list[Gate
             method=d.method,
             value=float(d.value),
             fallback=d.fallback,
-            evidence=_compact({"reason": d.reason, "events": d.events, **d.evidence}),
+            evidence=compact_evidence({"reason": d.reason, "events": d.events, **d.evidence}),
         )
         for name, d in gated.placed.decisions.items()
     ]
