@@ -7,8 +7,9 @@ with its panel's template and compares each population with the truth labels:
 - CAR+ coverage: the share of samples whose gated CAR count lies in the exact Poisson 95 %
   interval of the true CAR-T count;
 - how often each cut fell back to its template default.
-Populations the panel approximates (a marker it omits) are reported apart and not counted;
-populations it skips are absent.
+Events acquired in a disturbed-flow window (a clog) count as rightly removed by the time
+gate, cells included. Populations the panel approximates (a marker it omits) are reported
+apart and not counted; populations it skips are absent.
 
 Usage: python bench/accuracy.py --patients N --seed S --events E [--cytometer 'FACSCanto II']
        [--tubes memory function bcell] [--cohort DIR] [--csv rows.csv]
@@ -160,6 +161,10 @@ def _marker_values(gated) -> Callable[[str], np.ndarray | None]:
     return values
 
 
+def _within(rule: Truth, kept: np.ndarray) -> Truth:
+    return lambda labels, marks: rule(labels, marks) & kept
+
+
 def _f1(true: np.ndarray, gated: np.ndarray) -> float:
     total = int(true.sum()) + int(gated.sum())
     return 2 * int(np.count_nonzero(true & gated)) / total if total else 1.0
@@ -174,7 +179,9 @@ def score_file(path: Path, tube: str) -> SampleScore:
     seconds = time.perf_counter() - start
     truth_table = pd.read_parquet(path.parent / "truth" / f"{path.stem}.parquet")
     labels = truth_table["population"].astype(str)
-    definitions = truth_definitions(tube)
+    # a time gate rightly drops every event of a disturbed-flow window, cells included
+    steady = ~truth_table["unstable_flow"].to_numpy(bool)
+    definitions = {name: _within(rule, steady) for name, rule in truth_definitions(tube).items()}
     parents = dict(gated.placed.parents)
     approximated = _descendants(parents, gated.placed.approximations)
     marker_values = _marker_values(gated)

@@ -413,11 +413,14 @@ class _Placer:
         usable = area > np.quantile(area, 0.05) if area.size else area.astype(bool)
         ratio = height[usable] / area[usable]
         width = float(spec.options.get("width", 5.0))
+        # beads form a much narrower band than cells; where they outnumber the cells (a
+        # lymphopenic sample) the band must not narrow below what cells spread over
+        min_spread = float(spec.options.get("min_spread", 0.02))
         if ratio.size < 20:
             centre, spread, fallback = 1.0, 0.1, True
         else:
             centre = float(np.median(ratio))
-            spread = max(float(1.4826 * np.median(np.abs(ratio - centre))), 0.005)
+            spread = max(float(1.4826 * np.median(np.abs(ratio - centre))), min_spread)
             fallback = False
         low, high = centre - width * spread, centre + width * spread
         everything = self._raw(self.channels.fsc_area, spec.parent)

@@ -115,13 +115,16 @@ def _significant_peaks(dens: np.ndarray, peaks: np.ndarray, max_depth_ratio: flo
 
 FLOOR_RISE = 0.25
 """How far above its minimum the valley floor reaches (share of the minimum density)."""
+MIN_PEAK = 0.001
+"""A mode counts when its density reaches this share of the highest one (small populations
+such as CD3- lymphocytes among expanding T cells)."""
 
 
 def valley_threshold(
     values: np.ndarray, bounds: Bounds, max_depth_ratio: float = 0.6, bandwidth: float | None = None
 ) -> ThresholdDecision:
     """Density minimum between the two most prominent modes, inside the bounds, moved to the
-    lower edge of its floor. A minimum that lies outside the bounds is no valley for this cut."""
+    middle of its floor. A minimum that lies outside the bounds is no valley for this cut."""
     values = _clean(values)
     if len(values) < MIN_EVENTS:
         return _fallback(bounds, "valley", len(values), f"only {len(values)} events")
@@ -130,7 +133,7 @@ def valley_threshold(
     grid, dens = density(values, lo, hi, bandwidth)
     interior = (dens[1:-1] > dens[:-2]) & (dens[1:-1] >= dens[2:])
     peaks = np.flatnonzero(interior) + 1
-    peaks = peaks[dens[peaks] > 0.005 * dens.max()]
+    peaks = peaks[dens[peaks] > MIN_PEAK * dens.max()]
     evidence = {"grid": grid, "density": dens, "peaks": grid[peaks].tolist()}
     peaks = _significant_peaks(dens, peaks, max_depth_ratio)
     evidence["modes"] = grid[peaks].tolist()
@@ -150,13 +153,16 @@ def valley_threshold(
     if best is None:
         return _fallback(bounds, "valley", len(values), "no valley inside bounds", **evidence)
     _, valley, depth = best
-    # the lower edge of the valley floor: where the density is still within FLOOR_RISE of
-    # its minimum; the negatives' tail falls steeply, so this keeps more positives than it
-    # admits negatives
+    # the middle of the valley floor (where the density stays within FLOOR_RISE of its
+    # minimum): in a wide, nearly empty gap between two populations the minimum itself lands
+    # anywhere, often against one population's edge
     level = dens[valley] * (1.0 + FLOOR_RISE)
-    floor = valley
-    while floor > 0 and in_bounds[floor - 1] and dens[floor - 1] <= level:
-        floor -= 1
+    low = high = valley
+    while low > 0 and in_bounds[low - 1] and dens[low - 1] <= level:
+        low -= 1
+    while high < len(grid) - 1 and in_bounds[high + 1] and dens[high + 1] <= level:
+        high += 1
+    floor = (low + high) // 2
     evidence.update(valley=float(grid[valley]), depth_ratio=float(depth), floor=float(grid[floor]))
     valley = floor
     if depth > max_depth_ratio:

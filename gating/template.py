@@ -163,7 +163,7 @@ CUT_FIELDS = frozenset(
 POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate"})
 GATE_OPTIONS: dict[str, frozenset[str]] = {
     "stable_flow": frozenset({"max_deviation"}),
-    "singlets": frozenset({"width"}),
+    "singlets": frozenset({"width", "min_spread"}),
     "beads": frozenset({"bounds", "default"}),
     "cells": frozenset({"exclude", "clusters", "keep", "radius", "spread", "bounds", "default"}),
     "lymphocytes": frozenset(

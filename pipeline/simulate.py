@@ -136,7 +136,7 @@ _SUBSET_EXPRESSION: dict[str, dict[str, tuple[Component, ...]]] = {
         "CD45RA": ((1, 3.4, 0.15),),
         "CD62L": ((1, 3.3, 0.15),),
         "CD27": ((1, 4.05, 0.1),),  # CD27 bright: what sets SCM apart
-        "CD95": ((1, 2.9, 0.2),),
+        "CD95": ((1, 3.2, 0.15),),  # CD95 clear of the negatives: what sets SCM apart from naive
     },
     "CM": {
         "CD45RA": ((0.1, 2.3, 0.2),),
@@ -321,6 +321,7 @@ class _Acquisition:
     labels: np.ndarray  # index into tube_labels(tube), per event in file order
     marks: np.ndarray  # bool, events × marks stained in the panel
     mark_names: tuple[str, ...]
+    unstable: np.ndarray  # bool, events acquired while the flow was disturbed (a clog)
     expected: np.ndarray  # per SOURCES
     fraction: float
     duration: float
@@ -449,6 +450,7 @@ def _acquire(
     times = np.empty(n)
     clog_events = labels == to_label[_SRC["clog"]]
     n_clog, n_flow = int(clog_events.sum()), n - int(clog_events.sum())
+    unstable = np.zeros(n, dtype=bool)
     if n_clog:
         width = duration * rng.uniform(0.02, 0.06)
         start = duration * rng.uniform(0.15, 0.8)
@@ -456,6 +458,7 @@ def _acquire(
         slowed = np.where(u < start + 0.3 * width, start + (u - start) / 0.3, u + 0.7 * width)
         times[~clog_events] = np.where(u < start, u, slowed)
         times[clog_events] = rng.uniform(start, start + width, n_clog)
+        unstable = (times >= start) & (times <= start + width)
     else:
         times[:] = rng.uniform(0.0, duration, n)
     ticks = (times / TIMESTEP).astype(np.float32)
@@ -473,6 +476,7 @@ def _acquire(
         labels=labels[order],
         marks=marks[order][:, keep],
         mark_names=mark_names,
+        unstable=unstable[order],
         expected=expected,
         fraction=fraction,
         duration=float(times.max(initial=0.0)),
@@ -545,6 +549,7 @@ def _write_truth(path: Path, tube: str, acq: _Acquisition) -> None:
             pa.array(acq.labels, type=pa.int16()), pa.array(tube_labels(tube), type=pa.string())
         )
     }
+    columns["unstable_flow"] = pa.array(acq.unstable, type=pa.bool_())
     for k, name in enumerate(acq.mark_names):
         columns[name] = pa.array(acq.marks[:, k], type=pa.bool_())
     pq.write_table(pa.table(columns), path, compression="zstd")
