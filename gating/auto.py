@@ -585,8 +585,10 @@ class _Placer:
             marker_axis = self.axis(cd45)
             values = self.values(marker_axis, spec.parent)
             sds = float(spec.options.get("cd45_sd", 4.5))
+            low_ssc = ssc < decision.value
+            others = self._other_share(spec, low_ssc)
             floor = self.decide(
-                f"{spec.id}.{cd45}", lambda: _bright_floor(values[ssc < decision.value], sds)
+                f"{spec.id}.{cd45}", lambda: _bright_floor(values[low_ssc], sds, others=others)
             )
             if not floor.fallback:  # without a floor the gate is the SSC cut alone
                 bright = values >= floor.value
@@ -602,6 +604,17 @@ class _Placer:
                 plane,
                 BooleanGate(spec.id, spec.parent, "and", (GateRef(box_id), GateRef(plane.id))),
             )
+
+    def _other_share(self, spec: PopulationSpec, keep: np.ndarray) -> np.ndarray | None:
+        """P(not a lymphocyte | scatter) of the parent's estimation events in ``keep``: dead
+        cells, monocytes, debris (None without a scatter fit)."""
+        fit = self.scatter
+        low = spec.options.get("cluster", "lymphocytes")
+        if fit is None or low not in fit.clusters or len(fit.clusters) < 2:
+            return None
+        fsc, ssc = self._scatter_axes()
+        points = np.column_stack([self.values(fsc, spec.parent), self.values(ssc, spec.parent)])
+        return 1.0 - fit.posterior(points[keep], (low,))[:, 0]
 
     def _dead_plane(self, spec: PopulationSpec, bright: np.ndarray | None) -> PolygonGate | None:
         """The lymphocyte side of a line across the lymphocyte → dead-cell direction.
@@ -718,11 +731,20 @@ class _Placer:
         return ThresholdDecision(cut, "clusters", False, None, int(ssc.size), evidence)
 
 
-def _bright_floor(values: np.ndarray, sds: float, inner_sds: float = 2.5) -> ThresholdDecision:
+def _bright_floor(
+    values: np.ndarray,
+    sds: float,
+    inner_sds: float = 2.5,
+    others: np.ndarray | None = None,
+) -> ThresholdDecision:
     """A floor under a bright population: the density minimum between ``inner_sds`` and
     ``sds`` sds below its mode (where dimmer events that share the gate, such as dead cells,
-    begin), the sd read off its upper side (those events widen only the lower side)."""
-    values = values[np.isfinite(values)]
+    begin), the sd read off its upper side (those events widen only the lower side). With
+    ``others`` (each event's scatter probability of belonging to another population: dead
+    cells, monocytes) the floor rises to where their density falls below the population's
+    own, if that lies higher."""
+    finite = np.isfinite(values)
+    values = values[finite]
     if values.size < MIN_EVENTS:
         reason = f"only {values.size} events; no floor applied"
         return ThresholdDecision(0.0, "tail", True, reason, int(values.size))
@@ -735,7 +757,22 @@ def _bright_floor(values: np.ndarray, sds: float, inner_sds: float = 2.5) -> Thr
     outer, inner = mode - sds * spread, mode - inner_sds * spread
     between = (grid >= outer) & (grid <= inner)
     cut = float(grid[between][np.argmin(dens[between])]) if between.any() else outer
-    evidence = {"mode": mode, "upper_sd": spread, "sds": sds, "outer": outer, "cut": cut}
+    evidence = {"mode": mode, "upper_sd": spread, "sds": sds, "outer": outer, "valley": cut}
+    if others is not None and between.any():
+        weights = others[finite]
+        step = grid[1] - grid[0]
+        edges = (grid[0] - step / 2, grid[-1] + step / 2)
+        dead, _ = np.histogram(values, GRID_POINTS, edges, weights=weights)
+        live, _ = np.histogram(values, GRID_POINTS, edges, weights=1.0 - weights)
+        kernel = np.exp(-0.5 * np.arange(-8, 9) ** 2 / 9.0)
+        dead = np.convolve(dead, kernel, mode="same")
+        live = np.convolve(live, kernel, mode="same")
+        dominated = between & (dead > live)
+        if dominated.any():
+            crossing = float(grid[np.flatnonzero(dominated)[-1]] + step)
+            evidence["others_crossing"] = crossing
+            cut = max(cut, min(crossing, inner))
+    evidence["cut"] = cut
     return ThresholdDecision(cut, "tail", False, None, int(values.size), evidence)
 
 
