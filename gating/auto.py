@@ -135,7 +135,7 @@ def _place_cut(
     tried = []
     for method in spec.methods:
         if method == "valley":
-            decision = valley_threshold(values, spec.bounds)
+            decision = valley_threshold(values, spec.bounds, side=spec.valley_side)
         elif method == "mixture":
             decision = mixture_threshold(values, spec.bounds, spec.components)
         elif method == "balance":

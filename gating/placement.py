@@ -121,10 +121,15 @@ such as CD3- lymphocytes among expanding T cells)."""
 
 
 def valley_threshold(
-    values: np.ndarray, bounds: Bounds, max_depth_ratio: float = 0.6, bandwidth: float | None = None
+    values: np.ndarray,
+    bounds: Bounds,
+    max_depth_ratio: float = 0.6,
+    bandwidth: float | None = None,
+    side: str = "middle",
 ) -> ThresholdDecision:
     """Density minimum between the two most prominent modes, inside the bounds, moved to the
-    middle of its floor. A minimum that lies outside the bounds is no valley for this cut."""
+    ``side`` (lower, middle, upper) of its floor. A minimum that lies outside the bounds is no
+    valley for this cut."""
     values = _clean(values)
     if len(values) < MIN_EVENTS:
         return _fallback(bounds, "valley", len(values), f"only {len(values)} events")
@@ -153,16 +158,17 @@ def valley_threshold(
     if best is None:
         return _fallback(bounds, "valley", len(values), "no valley inside bounds", **evidence)
     _, valley, depth = best
-    # the middle of the valley floor (where the density stays within FLOOR_RISE of its
-    # minimum): in a wide, nearly empty gap between two populations the minimum itself lands
-    # anywhere, often against one population's edge
+    # a point of the valley floor (where the density stays within FLOOR_RISE of its minimum):
+    # in a wide, nearly empty gap the minimum itself lands anywhere, so the middle; the lower
+    # edge where a large negative population's tail falls steeply beside a small positive one
+    # (keeps more positives than it lets in negatives)
     level = dens[valley] * (1.0 + FLOOR_RISE)
     low = high = valley
     while low > 0 and in_bounds[low - 1] and dens[low - 1] <= level:
         low -= 1
     while high < len(grid) - 1 and in_bounds[high + 1] and dens[high + 1] <= level:
         high += 1
-    floor = (low + high) // 2
+    floor = {"lower": low, "middle": (low + high) // 2, "upper": high}[side]
     evidence.update(valley=float(grid[valley]), depth_ratio=float(depth), floor=float(grid[floor]))
     valley = floor
     if depth > max_depth_ratio:

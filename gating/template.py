@@ -59,6 +59,7 @@ class CutSpec:
     hidden_share: float = 0.4
     also_on: tuple[str, ...] = ()
     min_events: int = 200
+    valley_side: str = "middle"
 
     @property
     def estimate_chain(self) -> tuple[str, ...]:
@@ -156,9 +157,12 @@ def _duplicate_key(node: yaml.Node) -> tuple[str, int] | None:
     return None
 
 
+VALLEY_SIDES = ("lower", "middle", "upper")
+"""Where in a valley's flat floor a valley cut lands."""
 CUT_FIELDS = frozenset(
     {"method", "bounds", "default", "estimate_on", "negative", "quantile", "margin",
-     "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright"}
+     "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright",
+     "valley_side"}
 )  # fmt: skip
 POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate"})
 GATE_OPTIONS: dict[str, frozenset[str]] = {
@@ -228,6 +232,11 @@ class _Reader:
         components = self.number(raw, "components", key, 2)
         if components < 1 or components != int(components):
             raise self.error(f"{key}.components", "components must be a whole number >= 1")
+        valley_side = str(raw.get("valley_side", "middle"))
+        if valley_side not in VALLEY_SIDES:
+            raise self.error(
+                f"{key}.valley_side", f"valley_side must be one of {', '.join(VALLEY_SIDES)}"
+            )
         return CutSpec(
             methods=methods,
             bounds=bounds,
@@ -241,6 +250,7 @@ class _Reader:
             hidden_share=self.number(raw, "hidden_share", key, 0.4),
             also_on=tuple(str(p) for p in chain[1:]),
             min_events=int(self.number(raw, "min_events", key, 200)),
+            valley_side=valley_side,
         )
 
     def gate_options(self, gate: str, options: dict[str, Any], key: str) -> None:

@@ -92,6 +92,11 @@ def test_shipped_templates_define_the_tube_populations():
     function = {p.id for p in load_template(TEMPLATE_DIR / "function.yaml").populations}
     assert {"CAR_CD4", "CAR_CD8", "CAR_TCRgd", "CARneg"} <= function
     assert {f"CAR_CD8_{m}" for m in ("PD1", "LAG3", "CD71", "Ki67")} <= function
+    memory = load_template(TEMPLATE_DIR / "memory.yaml")
+    assert {"CAR_CD8_SCM", "CAR_CD8_SCML", "CAR_CD4_SCM", "CAR_CD4_SCML"} <= {
+        p.id for p in memory.populations
+    }
+    assert str(memory.population("CAR_CD8_SCM").phenotype[2]) == "CD27++"
     bcell = load_template(TEMPLATE_DIR / "bcell.yaml")
     assert bcell.population("B").parent == "lymphocytes_CD3neg"
     assert "beads" in {p.id for p in bcell.populations}
@@ -121,6 +126,11 @@ def test_unknown_gate(tmp_path):
 def test_unknown_method(tmp_path):
     text = BASE.replace("CD3: {method: valley", "CD3: {method: otsu")
     _fails(tmp_path, text, "method 'otsu' is not one of", _line(text, "otsu"))
+
+
+def test_unknown_valley_side(tmp_path):
+    text = BASE.replace("CD3: {method: valley", "CD3: {valley_side: left, method: valley")
+    _fails(tmp_path, text, "valley_side must be one of lower, middle, upper", _line(text, "left"))
 
 
 def test_parent_defined_below(tmp_path):
