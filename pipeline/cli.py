@@ -318,12 +318,17 @@ def gate(
         Path | None,
         typer.Option(help="JSON of cuts to use as given (e.g. written by `cartflow pool`)."),
     ] = None,
+    spillover: Annotated[
+        Path | None,
+        typer.Option(help="Spillover matrix CSV to compensate with instead of the file's own."),
+    ] = None,
 ) -> None:
     """Gate one file automatically: counts per population, cuts and their evidence (or apply
     fixed gates with --gates)."""
     from gating.flowjo import export_flowjo
     from gating.gatingml import export_gatingml
     from gating.template import load_template
+    from pipeline.fcs import read_spillover
     from pipeline.gate import gate_file, membership_table
     from pipeline.pooling import read_cuts
 
@@ -334,7 +339,8 @@ def gate(
     try:
         loaded = load_template(template) if template else None
         given = read_cuts(cuts) if cuts else None
-        gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given)
+        matrix = read_spillover(spillover) if spillover else None
+        gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix)
         if gatingml:
             export_gatingml(gated.placed.gate_set, gatingml)
         if flowjo:

@@ -531,6 +531,35 @@ def _parse_spill(value: str, keyword: str, names: set[str]) -> Spillover:
     return Spillover(channels=channel_names, matrix=matrix, keyword=keyword)
 
 
+def read_spillover(path: Path) -> Spillover:
+    """A spillover matrix from CSV (a header of detector names, one row per detector, an
+    optional first column of row names), to use instead of a file's own matrix."""
+    import csv
+
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+            rows = [
+                [c.strip() for c in row] for row in csv.reader(fh) if any(c.strip() for c in row)
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FcsError(path, f"cannot be read as a spillover CSV: {exc}") from None
+    if len(rows) < 2:
+        raise FcsError(path, "a spillover CSV needs a header of detectors and one row each")
+    header, body = rows[0], rows[1:]
+    labelled = header[0] == "" or len(header) == len(body[0]) - 1
+    names = tuple(header[1:] if header[0] == "" else header)
+    values = [row[1:] if labelled else row for row in body]
+    if len(values) != len(names) or any(len(row) != len(names) for row in values):
+        raise FcsError(path, f"spillover matrix is not square over its {len(names)} detectors")
+    try:
+        matrix = np.array(values, dtype=np.float64)
+    except ValueError:
+        raise FcsError(path, "spillover matrix has values that are not numbers") from None
+    if not np.all(np.isfinite(matrix)) or not np.allclose(np.diag(matrix), 1.0, atol=0.05):
+        raise FcsError(path, "spillover matrix needs finite values and 1 on its diagonal")
+    return Spillover(channels=names, matrix=matrix, keyword=f"override:{Path(path).name}")
+
+
 _DATE_FORMATS = ("%d-%b-%Y", "%Y-%m-%d", "%d-%m-%Y", "%m/%d/%Y", "%d.%m.%Y")
 
 

@@ -16,7 +16,7 @@ from gating.placement import ThresholdDecision
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
-from pipeline.fcs import FcsFile, read_fcs
+from pipeline.fcs import FcsFile, Spillover, read_fcs
 from pipeline.store import GateRecord, PopulationRecord
 
 TEMPLATE_DIR = PANEL_DIR / "templates"
@@ -79,9 +79,11 @@ def gate_fcs(
     panel: Panel,
     template: Template | None = None,
     fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
+    spillover: Spillover | None = None,
 ) -> SampleGating:
     """Place the template on one read file (events scaled, not yet compensated); cuts named
-    in ``fixed_cuts`` (a value or a decision, e.g. pooled) are used as given."""
+    in ``fixed_cuts`` (a value or a decision, e.g. pooled) are used as given, and
+    ``spillover`` replaces the file's own matrix (flagged)."""
     template = template or template_for(panel.tube)
     missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
     if missing:
@@ -92,13 +94,24 @@ def gate_fcs(
         )
     if fcs.events is None or fcs.events.shape[0] == 0:
         raise GateStageError(fcs.path, "the file holds no events")
-    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
+    if spillover is not None:
+        absent = [c for c in spillover.channels if c not in fcs.channel_names]
+        if absent:
+            raise GateStageError(
+                fcs.path,
+                f"spillover {spillover.keyword} names detectors not in the file: "
+                + ", ".join(absent),
+            )
+    matrix = spillover or fcs.spillover
+    spill = (list(matrix.channels), matrix.matrix) if matrix else None
     events = fcs.events
     placed, result = place(
         template, events, fcs.channel_names, channel_map(panel, fcs), spill, fixed_cuts
     )
     if spill is None:
         placed = _with_flag(placed, "no_spillover_matrix")
+    elif spillover is not None:
+        placed = _with_flag(placed, f"spillover_{spillover.keyword}")
     return SampleGating(fcs, panel, template, placed, result)
 
 
@@ -114,14 +127,16 @@ def gate_file(
     tube: str | None = None,
     panels: tuple[Panel, ...] | None = None,
     fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
+    spillover: Spillover | None = None,
 ) -> SampleGating:
-    """Read, match the panel and gate one FCS file (``fixed_cuts`` as in :func:`gate_fcs`)."""
+    """Read, match the panel and gate one FCS file (``fixed_cuts`` and ``spillover`` as in
+    :func:`gate_fcs`)."""
     fcs = read_fcs(path)
     pairs = [(c.name, c.marker) for c in fcs.channels]
     panel = match_panel(
         path, pairs, panels or load_panels(), tube or (template.tube if template else None)
     ).panel
-    return gate_fcs(fcs, panel, template, fixed_cuts)
+    return gate_fcs(fcs, panel, template, fixed_cuts, spillover)
 
 
 def compact_evidence(value, points: int = 128):

@@ -156,3 +156,47 @@ def test_fixed_gates_refuse_hostile_xml(tmp_path, memory_file):
     assert "evil.xml" in result.output and "passwd" not in result.output.replace(
         "file:///etc/passwd", ""
     )
+
+
+def _spill_csv(path: Path, channels, matrix, corner: bool = True) -> Path:
+    lines = [",".join(([""] if corner else []) + list(channels))]
+    for name, row in zip(channels, matrix, strict=True):
+        lines.append(",".join(([name] if corner else []) + [repr(float(v)) for v in row]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_spillover_override_replaces_the_files_matrix(memory_file, gated, tmp_path):
+    from pipeline.fcs import read_spillover
+
+    own = gated.fcs.spillover
+    same = read_spillover(_spill_csv(tmp_path / "same.csv", own.channels, own.matrix))
+    again = gate_file(memory_file, spillover=same)
+    assert again.counts() == gated.counts()
+    assert "spillover_override:same.csv" in again.placed.flags
+    bare = read_spillover(
+        _spill_csv(tmp_path / "bare.csv", own.channels, np.eye(len(own.channels)), corner=False)
+    )
+    uncompensated = gate_file(memory_file, spillover=bare)
+    assert uncompensated.counts() != gated.counts()
+
+
+def test_a_bad_spillover_override_is_named(memory_file, gated, tmp_path):
+    from pipeline.errors import CartflowError
+    from pipeline.fcs import read_spillover
+
+    own = gated.fcs.spillover
+    (tmp_path / "ragged.csv").write_text(",A,B\nA,1,0.1\nB,0.2\n", encoding="utf-8")
+    with pytest.raises(CartflowError, match=r"ragged\.csv.*not square"):
+        read_spillover(tmp_path / "ragged.csv")
+    (tmp_path / "diag.csv").write_text(",A,B\nA,0.5,0.1\nB,0.2,1\n", encoding="utf-8")
+    with pytest.raises(CartflowError, match=r"diag\.csv.*1 on its diagonal"):
+        read_spillover(tmp_path / "diag.csv")
+    names = tuple(c.replace("-A", "-X") for c in own.channels)
+    other = read_spillover(_spill_csv(tmp_path / "other.csv", names, own.matrix))
+    with pytest.raises(CartflowError, match="names detectors not in the file"):
+        gate_file(memory_file, spillover=other)
+    result = runner.invoke(
+        app, ["gate", str(memory_file), "--spillover", str(tmp_path / "diag.csv")]
+    )
+    assert result.exit_code != 0 and "diag.csv" in result.output
