@@ -20,7 +20,6 @@ import numpy as np
 
 from gating.auto import ESTIMATE_LIMIT, FLUOR, place_cut, transforms_for
 from gating.engine import Evaluator
-from gating.errors import GatingError
 from gating.model import FCS_SPILL, Dimension
 from gating.placement import ThresholdDecision
 from gating.template import Template
@@ -96,10 +95,7 @@ def pool_cuts(
             if all(n is not None for _, n in parts)
             else None
         )
-        try:
-            decision = place_cut(first, name, values, negatives)
-        except GatingError as exc:
-            raise CartflowError("pool", str(exc)) from None
+        decision = place_cut(first, name, values, negatives)
         decision.evidence.update(
             pooled_over=[s.fcs.path.name for s in gated],
             pooled_events=[int(min(v.size, per_file)) for v, _ in parts],
