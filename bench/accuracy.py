@@ -143,22 +143,9 @@ def best_cut_f1(values: np.ndarray, truth: np.ndarray, above: bool) -> float:
 
 
 def _marker_values(gated) -> Callable[[str], np.ndarray | None]:
-    """Transformed, compensated values of a marker for every event (computed on demand)."""
-    from gating.auto import FLUOR, transforms_for
-    from gating.engine import Evaluator
-    from gating.model import FCS_SPILL, Dimension
-
-    fcs = gated.fcs
-    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
-    evaluator = Evaluator(transforms_for(gated.template), {}, fcs.events, fcs.channel_names, spill)
-    channels = {c.marker: c.channel for c in gated.panel.channels}
-
-    def values(marker: str) -> np.ndarray | None:
-        if marker not in channels:
-            return None
-        return evaluator.values(Dimension(channels[marker], FCS_SPILL, FLUOR), None)
-
-    return values
+    """Transformed, compensated values of a marker for every event (None off the panel)."""
+    markers = gated.panel_markers()
+    return lambda marker: gated.marker_values(marker) if marker in markers else None
 
 
 def _within(rule: Truth, kept: np.ndarray) -> Truth:

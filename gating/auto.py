@@ -822,12 +822,8 @@ def place_cut(
 ) -> ThresholdDecision:
     """Place one of a template's cuts (``CAR``, ``CD27.bright``) on the given transformed
     values, e.g. the events of several samples pooled as openCyto's groupBy does."""
-    marker, _, level = name.partition(".")
-    spec = template.thresholds.get(marker)
-    cut = None if spec is None else (spec.bright if level == "bright" else spec.positive)
-    if cut is None or level not in ("", "bright"):
-        raise GatingError(f"template {template.id}", f"has no cut named {name!r}")
-    return _place_cut(cut, values, negatives, name, transforms_for(template)[FLUOR])
+    scale = transforms_for(template)[FLUOR]
+    return _place_cut(template.cut(name), values, negatives, name, scale)
 
 
 def place(

@@ -107,6 +107,15 @@ class Template:
     def markers(self) -> tuple[str, ...]:
         return tuple(self.thresholds)
 
+    def cut(self, name: str) -> CutSpec:
+        """A cut by name: a marker's positive cut (``CAR``) or its bright cut (``CD27.bright``)."""
+        marker, _, level = name.partition(".")
+        spec = self.thresholds.get(marker)
+        cut = None if spec is None else (spec.bright if level == "bright" else spec.positive)
+        if cut is None or level not in ("", "bright"):
+            raise GatingError(f"template {self.id}", f"has no cut named {name!r}")
+        return cut
+
 
 def parse_phenotype(text: str, where: str = "phenotype") -> tuple[Condition, ...]:
     """``'CD3+ CAR+ CD27++'`` → conditions; a bad token raises GatingError naming it."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
 
-from gating.auto import ChannelMap, PlacedGating, place
-from gating.engine import GatingResult
-from gating.model import GateSet
+from gating.auto import FLUOR, ChannelMap, PlacedGating, place, transforms_for
+from gating.engine import Evaluator, GatingResult
+from gating.model import FCS_SPILL, Dimension, GateSet
 from gating.placement import ThresholdDecision
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
@@ -35,10 +35,24 @@ class SampleGating:
     template: Template
     placed: PlacedGating
     result: GatingResult
+    spillover: Spillover | None = None
+    """The matrix the sample was compensated with (the file's own or an override)."""
 
     def panel_markers(self) -> dict[str, str]:
         """Marker → detector of the sample's panel."""
         return {c.marker: c.channel for c in self.panel.channels}
+
+    @cached_property
+    def _evaluator(self) -> Evaluator:
+        spill = self.spillover
+        matrix = (list(spill.channels), spill.matrix) if spill else None
+        fcs = self.fcs
+        return Evaluator(transforms_for(self.template), {}, fcs.events, fcs.channel_names, matrix)
+
+    def marker_values(self, marker: str) -> np.ndarray:
+        """A marker's compensated values on the template's scale, for every event."""
+        axis = Dimension(self.panel_markers()[marker], FCS_SPILL, FLUOR)
+        return self._evaluator.values(axis, None)
 
     def counts(self) -> dict[str, int]:
         return {p: self.result.count(p) for p in self.placed.populations}
@@ -112,7 +126,7 @@ def gate_fcs(
         placed = _with_flag(placed, "no_spillover_matrix")
     elif spillover is not None:
         placed = _with_flag(placed, f"spillover_{spillover.keyword}")
-    return SampleGating(fcs, panel, template, placed, result)
+    return SampleGating(fcs, panel, template, placed, result, matrix)
 
 
 def _with_flag(placed: PlacedGating, flag: str) -> PlacedGating:

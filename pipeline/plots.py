@@ -48,7 +48,7 @@ def _cuts(gate) -> list[tuple[Dimension, float | None, float | None]]:
 
 
 def _compensated(gated: SampleGating) -> np.ndarray:
-    fcs, spill = gated.fcs, gated.fcs.spillover
+    fcs, spill = gated.fcs, gated.spillover
     if spill is None:
         return fcs.events
     return compensate(fcs.events, fcs.channel_names, list(spill.channels), spill.matrix)

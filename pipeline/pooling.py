@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gating.auto import ESTIMATE_LIMIT, FLUOR, place_cut, transforms_for
-from gating.engine import Evaluator
-from gating.model import FCS_SPILL, Dimension
+from gating.auto import ESTIMATE_LIMIT, place_cut
 from gating.placement import ThresholdDecision
 from gating.template import Template
 from pipeline.errors import CartflowError
@@ -35,16 +33,11 @@ def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray |
     """The transformed values one sample's cut ``name`` was estimated on, and the values of
     its internal negative population when the cut has one."""
     marker, _, level = name.partition(".")
-    spec = gated.template.thresholds.get(marker)
-    cut = None if spec is None else (spec.bright if level == "bright" else spec.positive)
+    cut = gated.template.cut(name)
     decision = gated.placed.decisions.get(name)
-    if cut is None or decision is None:
+    if decision is None:
         raise GateStageError(gated.fcs.path, f"no cut {name!r} was placed on this sample")
-    channel = {c.marker: c.channel for c in gated.panel.channels}[marker]
-    fcs = gated.fcs
-    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
-    evaluator = Evaluator(transforms_for(gated.template), {}, fcs.events, fcs.channel_names, spill)
-    values = evaluator.values(Dimension(channel, FCS_SPILL, FLUOR), None)
+    values = gated.marker_values(marker)
 
     def on(population: str | None) -> np.ndarray:
         if population is None or population not in gated.placed.populations:
@@ -75,10 +68,7 @@ def pool_cuts(
     gated = [gate_file(Path(p), template=template, tube=tube) for p in paths]
     first = gated[0].template
     for name in names:
-        marker, _, level = name.partition(".")
-        spec = first.thresholds.get(marker)
-        if spec is None or level not in ("", "bright") or (level and spec.bright is None):
-            raise CartflowError("pool", f"template {first.id} has no cut named {name!r}")
+        first.cut(name)  # an unknown cut name fails before anything is pooled
     for sample in gated[1:]:
         if sample.template.sha256 != first.sha256:
             raise GateStageError(
