@@ -38,6 +38,7 @@ from lxml import etree
 
 from gating.engine import Evaluator
 from gating.errors import GatingError
+from gating.gatingml import GATING_NS
 from gating.model import (
     FCS_SPILL,
     Axis,
@@ -63,7 +64,6 @@ MIN_VERTICES = 64
 MAX_VERTICES = 16_384
 """An ellipse becomes a polygon of MIN_VERTICES, doubled until it selects the same events."""
 
-GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 DATATYPE_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"
 TRANSFORM_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
 USE_GATINGML = "export Gating-ML instead"
