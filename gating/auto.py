@@ -19,7 +19,7 @@ on every event. Bad input gives flags, not exceptions: channels without signal
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -519,12 +519,9 @@ class _Placer:
         edge = first.mean[0] - radius * first.sd(0)
         evidence = dict(fit.evidence, keep=kept, radius=radius)
         evidence["absent"] = [n for n in keep if n not in kept]
-        self.decisions[spec.id] = ThresholdDecision(
-            float(edge), "clusters", False, None, fit.events, evidence
-        )
-        shapes = [
+        shapes: list[Gate] = [
             EllipsoidGate(
-                spec.id if len(kept) == 1 else f"{spec.id}{PART}{name}",
+                f"{spec.id}{PART}{name}",
                 parent,
                 (fsc, ssc),
                 fit.clusters[name].mean,
@@ -533,6 +530,20 @@ class _Placer:
             )
             for name in kept
         ]
+        if spec.options.get("keep_large", True):
+            # large cells (activated lymphocytes, blasts) lie beyond the first cluster's
+            # ellipse on the FSC side, where nothing needs excluding: keep everything larger
+            # than its centre across the kept clusters' side-scatter span
+            low = first.mean[1] - radius * first.sd(1)
+            high = max(fit.clusters[n].mean[1] + radius * fit.clusters[n].sd(1) for n in kept)
+            span = (Bound(fsc, min=first.mean[0]), Bound(ssc, min=low, max=high))
+            shapes.append(RectangleGate(f"{spec.id}{PART}large", parent, span))
+            evidence["large"] = {"fsc_min": first.mean[0], "ssc_range": (low, high)}
+        if len(shapes) == 1:
+            shapes[0] = replace(shapes[0], id=spec.id)
+        self.decisions[spec.id] = ThresholdDecision(
+            float(edge), "clusters", False, None, fit.events, evidence
+        )
         self.add(*shapes)
         if len(shapes) > 1:
             self.add(BooleanGate(spec.id, parent, "or", tuple(GateRef(g.id) for g in shapes)))
@@ -593,17 +604,75 @@ class _Placer:
             if not floor.fallback:  # without a floor the gate is the SSC cut alone
                 bright = values >= floor.value
         plane = self._dead_plane(spec, bright)
-        box_id = spec.id if plane is None else f"{spec.id}{PART}box"
+        band = None
+        if bright is not None and not decision.fallback:
+            band = self._brighter_band(spec, decision, ssc, values, floor.value)
+        box_id = spec.id if plane is None and band is None else f"{spec.id}{PART}box"
         if bright is not None:
             box = (Bound(axis, max=decision.value), Bound(marker_axis, min=floor.value))
             self.add(RectangleGate(box_id, spec.parent, box))
         else:
             self.add(RangeGate(box_id, spec.parent, Bound(axis, max=decision.value)))
+        if band is not None:
+            top, band_floor = band
+            shape = (Bound(axis, max=top), Bound(marker_axis, min=band_floor))
+            band_id = f"{spec.id}{PART}band"
+            union_id = spec.id if plane is None else f"{spec.id}{PART}stepped"
+            self.add(
+                RectangleGate(band_id, spec.parent, shape),
+                BooleanGate(union_id, spec.parent, "or", (GateRef(box_id), GateRef(band_id))),
+            )
+            box_id = union_id
         if plane is not None:
             self.add(
                 plane,
                 BooleanGate(spec.id, spec.parent, "and", (GateRef(box_id), GateRef(plane.id))),
             )
+
+    def _brighter_band(
+        self,
+        spec: PopulationSpec,
+        decision: ThresholdDecision,
+        ssc: np.ndarray,
+        cd45: np.ndarray,
+        floor: float,
+    ) -> tuple[float, float] | None:
+        """A step above the SSC cut for events brighter in CD45 than the next cluster.
+
+        Large lymphocytes (NK cells, activated T cells) reach past the SSC cut, which must
+        stay clear of the monocytes; above it, up to ``band_sd`` lymphocyte sds (never past
+        the next cluster's centre), the gate keeps events whose CD45 lies
+        ``band_cd45_sd`` robust sds above that cluster's CD45 median. Returns (SSC top, CD45
+        floor), or None when the clusters leave no room or do not differ in CD45.
+        """
+        evidence = decision.evidence
+        if "between" not in evidence:
+            return None
+        (a, b), (lymph_sd, next_sd) = evidence["means"], evidence["sds"]
+        width = float(spec.options.get("band_sd", 1.0))
+        top = min(decision.value + width * lymph_sd, b)
+        if width <= 0 or top <= decision.value:
+            return None
+        # the next cluster's upper half: lymphocytes do not reach past its centre
+        near = np.isfinite(cd45) & (ssc >= b) & (ssc <= b + next_sd)
+        lymph = np.isfinite(cd45) & (np.abs(ssc - a) < lymph_sd)
+        if near.sum() < MIN_EVENTS or lymph.sum() < MIN_EVENTS:
+            return None
+        centre = float(np.median(cd45[near]))
+        spread = float(1.4826 * np.median(np.abs(cd45[near] - centre)))
+        band_floor = max(floor, centre + float(spec.options.get("band_cd45_sd", 3.0)) * spread)
+        if band_floor >= float(np.median(cd45[lymph])):
+            return None
+        self.decisions[f"{spec.id}.band"] = ThresholdDecision(
+            band_floor,
+            "tail",
+            False,
+            None,
+            int(near.sum()),
+            {"ssc_range": (decision.value, top), "next_cd45_median": centre,
+             "next_cd45_sd": spread, "cd45_floor": band_floor},
+        )  # fmt: skip
+        return top, band_floor
 
     def _other_share(self, spec: PopulationSpec, keep: np.ndarray) -> np.ndarray | None:
         """P(not a lymphocyte | scatter) of the parent's estimation events in ``keep``: dead

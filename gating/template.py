@@ -178,9 +178,22 @@ GATE_OPTIONS: dict[str, frozenset[str]] = {
     "stable_flow": frozenset({"max_deviation"}),
     "singlets": frozenset({"width", "min_spread"}),
     "beads": frozenset({"bounds", "default"}),
-    "cells": frozenset({"exclude", "clusters", "keep", "radius", "spread", "bounds", "default"}),
+    "cells": frozenset(
+        {"exclude", "clusters", "keep", "radius", "spread", "bounds", "default", "keep_large"}
+    ),
     "lymphocytes": frozenset(
-        {"bounds", "default", "cluster", "bright", "cd45_sd", "dead", "dead_sd", "lymphocyte_sd"}
+        {
+            "bounds",
+            "default",
+            "cluster",
+            "bright",
+            "cd45_sd",
+            "dead",
+            "dead_sd",
+            "lymphocyte_sd",
+            "band_sd",
+            "band_cd45_sd",
+        }
     ),
 }
 

@@ -255,3 +255,52 @@ def test_estimators_fall_back_on_hopeless_values(values):
     assert valley_threshold(values, bounds).fallback
     points = np.column_stack([values, values])
     assert gaussian_clusters(points, {"a": (0.0, 0.0), "b": (1.0, 1.0)}, (1.0, 1.0)).fallback
+
+
+def _template_with(tmp_path: Path, tube: str, old: str, new: str):
+    text = (TEMPLATE_DIR / f"{tube}.yaml").read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / f"{tube}.yaml"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return load_template(path)
+
+
+def test_large_activated_car_t_cells_stay_in_the_scatter_gate(cohort, tmp_path):
+    """Half the CAR-T made far larger (FSC-A and FSC-H × 2.4) than any scatter cluster lie
+    beyond every ellipse; the scatter gate keeps what is larger than the lymphocytes within
+    the leukocytes' SSC span, and without that (keep_large: false) loses them."""
+    fcs, panel, truth = _load(cohort, "D11", "memory")
+    events = fcs.events.copy()
+    car = np.char.startswith(truth.astype(str), LYMPH + "CD3/CAR/")
+    car[np.flatnonzero(car)[::2]] = False  # half of them, beside ordinary CAR-T
+    for channel in ("FSC-A", "FSC-H"):
+        events[car, fcs.channel_names.index(channel)] *= 2.4
+    gated = _gate(fcs, panel, events)
+    singles = car & np.asarray(gated.result.mask("singlets"))
+    kept = np.asarray(gated.result.mask("cells"))[singles].mean()
+    assert kept >= 0.99, kept
+    assert "large" in gated.placed.decisions["cells"].evidence
+    closed = _template_with(tmp_path, "memory", "radius: 4.0", "radius: 4.0\n    keep_large: false")
+    without = _gate(fcs, panel, events, template=closed)
+    assert np.asarray(without.result.mask("cells"))[singles].mean() < 0.5
+
+
+def test_cd45_bright_lymphocytes_above_the_ssc_cut_are_kept_monocytes_are_not(cohort, tmp_path):
+    """NK cells shifted up in side scatter reach past the lymphocyte SSC cut; the CD45-bright
+    step above it keeps them while the monocytes stay out."""
+    fcs, panel, truth = _load(cohort, "D11", "memory")
+    events = fcs.events.copy()
+    nk = truth.astype(str) == LYMPH + "CD3neg"
+    events[nk, fcs.channel_names.index("SSC-A")] *= 10**0.15
+    gated = _gate(fcs, panel, events)
+    band = gated.placed.decisions["lymphocytes.band"]
+    assert band.value >= gated.placed.decisions["lymphocytes.CD45"].value
+    lymph = np.asarray(gated.result.mask("lymphocytes"))
+    leukocytes = np.asarray(gated.result.mask("leukocytes"))
+    monocytes = truth.astype(str) == "leukocytes/monocytes"
+    assert lymph[monocytes].mean() <= 0.01
+    flat = _template_with(tmp_path, "memory", "cd45_sd: 4.5}", "cd45_sd: 4.5, band_sd: 0}")
+    stepless = _gate(fcs, panel, events, template=flat)
+    assert "lymphocytes.band" not in stepless.placed.decisions
+    without = np.asarray(stepless.result.mask("lymphocytes"))
+    assert lymph[nk & leukocytes].mean() > without[nk & leukocytes].mean() + 0.005
