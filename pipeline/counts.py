@@ -4,7 +4,11 @@ Single-platform beads: cells/µL = events / bead events × beads per tube / µL 
 Dual-platform: cells/µL = events / reference events × the haematology count of the reference.
 Intervals are exact: the bead-based ratio of two Poisson counts uses the conditional binomial
 (Clopper-Pearson) interval, which reduces to the exact Poisson interval of the cell count when
-beads are plentiful; percentages use Wilson or Clopper-Pearson intervals.
+beads are plentiful; percentages use Wilson or Clopper-Pearson intervals. A count below the
+limit of detection cannot be told apart from the assay's background (a few events of the
+negative populations' tails always cross a positive cut), so by default its interval starts at
+0 and keeps the exact upper end (CLSI EP17's reading of a result below the LoD); the value
+itself is reported and flagged, never zeroed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class CountSettings:
     lloq_events: int = DEFAULT_LLOQ_EVENTS
     min_bead_events: int = DEFAULT_MIN_BEAD_EVENTS
     proportion_method: Literal["wilson", "clopper-pearson"] = "wilson"
+    below_lod_from_zero: bool = True
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class Concentration:
     lod: float | None
     lloq: float | None
     method: Method
-    inputs: dict[str, float | int | None]
+    inputs: dict[str, float | int | str | None]
     flags: tuple[str, ...] = ()
 
     @property
@@ -192,8 +197,11 @@ def _with_limits(
     lod = settings.lod_events / analysed_ul
     lloq = settings.lloq_events / analysed_ul
     flags = []
+    interval = "exact"
     if events < settings.lod_events:
         flags.append("below_lod")
+        if settings.below_lod_from_zero:
+            low, interval = 0.0, "below LOD: 0 to the exact upper end"
     if events < settings.lloq_events:
         flags.append("below_lloq")
     return Concentration(
@@ -204,7 +212,7 @@ def _with_limits(
         lod,
         lloq,
         method,
-        {**inputs, "analysed_volume_ul": analysed_ul},
+        {**inputs, "analysed_volume_ul": analysed_ul, "interval": interval},
         tuple(flags),
     )
 

@@ -92,3 +92,14 @@ def test_bead_interval_is_calibrated_by_simulation():
         result = bead_concentration(int(k), int(b), per_tube, volume)
         covered += result.ci_low <= truth <= result.ci_high
     assert 0.94 <= covered / draws <= 0.98
+
+
+def test_below_lod_interval_starts_at_zero_and_keeps_the_exact_upper_end():
+    exact = bead_concentration(5, 5000, 50_000, 50.0, CountSettings(below_lod_from_zero=False))
+    result = bead_concentration(5, 5000, 50_000, 50.0)
+    assert result.below_lod and result.cells_per_ul == exact.cells_per_ul > 0
+    assert exact.ci_low > 0 and result.ci_low == 0.0
+    assert result.ci_high == exact.ci_high
+    assert result.inputs["interval"].startswith("below LOD")
+    above = bead_concentration(20, 5000, 50_000, 50.0)  # at the LOD: the exact interval
+    assert not above.below_lod and above.ci_low > 0 and above.inputs["interval"] == "exact"
