@@ -131,24 +131,19 @@ def test_dual_platform_from_a_haematology_table(tmp_path):
 
 # --- end to end: simulated FCS files → gating → counts → kinetics, against the truth ---------
 E2E_PATIENTS = 30
-E2E_SEED = 5151  # not used in developing the gating
-OPEN_CALIBRATION = (
-    "open: through gating the interval covers the truth in ~90-92 % of samples: a few background "
-    "events above the CAR cut where almost no CAR-T are left, and ~1 % of CAR-T lost at the "
-    "scatter, lymphocyte and CAR gates, which shows once a count reaches thousands of events"
-)
+E2E_SEEDS = (5656, 5757)
+"""Two cohorts never used in development (5151, 5252, 5454 and 5555 were looked at): pooled,
+about 480 samples, so a calibrated interval lands inside 93-97 % by more than chance."""
 
 
-@pytest.fixture(scope="module")
-def end_to_end(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """A memory-tube cohort run through the whole chain with `cartflow run`."""
+def _run_cohort(root: Path, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One memory-tube cohort through the whole chain with `cartflow run`, joined to its truth."""
     from typer.testing import CliRunner
 
     from pipeline.cli import app
 
-    root = tmp_path_factory.mktemp("end-to-end")
     batch, out = root / "batch", root / "out"
-    config = SimulationConfig(patients=E2E_PATIENTS, seed=E2E_SEED, events=100_000,
+    config = SimulationConfig(patients=E2E_PATIENTS, seed=seed, events=100_000,
                               tubes=("memory",))  # fmt: skip
     simulate_cohort(batch, config)
     result = CliRunner().invoke(
@@ -158,39 +153,49 @@ def end_to_end(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
          str(out), "--no-report", "--workers", "2"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    timepoints = pd.read_csv(out / "timepoints.csv")
+    car = timepoints[(timepoints.population == "CAR") & (timepoints.tube == "memory")]
+    truth = pd.read_csv(batch / "truth" / "timepoints.csv")
+    samples = car.merge(truth, on=["patient", "timepoint"], validate="one_to_one")
+    patients = pd.read_csv(out / "kinetics.csv").merge(
+        pd.read_csv(batch / "truth" / "patients.csv"), on="patient", validate="one_to_one"
+    )
+    return samples.assign(cohort=seed), patients.assign(cohort=seed)
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CAR-T samples and patients of every cohort, each joined to its truth."""
+    runs = [_run_cohort(tmp_path_factory.mktemp(f"end-to-end-{s}"), s) for s in E2E_SEEDS]
     return (
-        pd.read_csv(out / "timepoints.csv"),
-        pd.read_csv(out / "kinetics.csv"),
-        batch / "truth",
+        pd.concat([samples for samples, _ in runs], ignore_index=True),
+        pd.concat([patients for _, patients in runs], ignore_index=True),
     )
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=OPEN_CALIBRATION, strict=False)
 def test_gated_car_t_interval_covers_the_true_concentration(end_to_end):
     """The interval of the CAR-T/µL that gating, beads and counts produce holds the true
     concentration in 93–97 % of samples (calibrated: neither too wide nor too narrow)."""
-    timepoints, _, truth_dir = end_to_end
-    truth = pd.read_csv(truth_dir / "timepoints.csv")
-    car = timepoints[(timepoints.population == "CAR") & (timepoints.tube == "memory")]
-    merged = car.merge(truth, on=["patient", "timepoint"], validate="one_to_one")
-    judged = merged[merged.cells_per_ul.notna() & (merged.true_car_t_per_ul > 0)]
+    samples, _ = end_to_end
+    judged = samples[samples.cells_per_ul.notna() & (samples.true_car_t_per_ul > 0)]
     inside = (judged.cells_ci_low <= judged.true_car_t_per_ul) & (
         judged.true_car_t_per_ul <= judged.cells_ci_high
     )
-    assert len(judged) >= 200
-    assert 0.93 <= inside.mean() <= 0.97, (int(inside.sum()), len(judged))
+    by_cohort = inside.groupby(judged.cohort).mean().round(4).to_dict()
+    assert len(judged) >= 400
+    assert 0.93 <= inside.mean() <= 0.97, (int(inside.sum()), len(judged), by_cohort)
 
 
 @pytest.mark.slow
 def test_auc14_within_ten_percent_of_truth_when_the_peak_exceeds_10_per_ul(end_to_end):
-    _, kinetics, truth_dir = end_to_end
-    truth = pd.read_csv(truth_dir / "patients.csv")
-    merged = kinetics.merge(truth, on="patient", validate="one_to_one")
-    judged = merged[(merged.sampled_peak_car_t_per_ul > 10) & merged.auc14_car_t_sampled.notna()]
-    assert len(judged) >= 10
+    _, patients = end_to_end
+    judged = patients[
+        (patients.sampled_peak_car_t_per_ul > 10) & patients.auc14_car_t_sampled.notna()
+    ]
+    assert len(judged) >= 20
     error = (judged.car_t_auc14 - judged.auc14_car_t_sampled).abs() / judged.auc14_car_t_sampled
     worst = judged.assign(error=error).nlargest(3, "error")[
-        ["patient", "car_t_auc14", "auc14_car_t_sampled", "error"]
+        ["cohort", "patient", "car_t_auc14", "auc14_car_t_sampled", "error"]
     ]
     assert (error <= 0.10).all(), worst.to_string()
