@@ -4,8 +4,9 @@ Acceptance: per-population F1 >= 0.97 wherever a population has >= 200 true even
 CAR+ count inside the exact Poisson 95 % interval of the true count in >= 90 % of samples.
 F1 is taken over the whole file, so an error upstream (a CAR-T cell lost at the lymphocyte
 gate) counts against every population below it. Populations the panel only approximates (a
-marker the 8-colour FACSCanto II layout leaves out) are reported, not judged. Seeds 2061
-(FACSLyric) and 2062 (FACSCanto II) were not used in development.
+marker the 8-colour FACSCanto II layout leaves out) are reported, not judged. Seeds 2071
+(FACSLyric) and 2072 (FACSCanto II) were not used in development (earlier held-out seeds are
+retired once gating is tuned on what they showed).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ TARGET_COVERAGE = 0.90
 MIN_EVENTS = 200
 PATIENTS = 3
 EVENTS = 50_000  # enough for the memory subsets of expanding patients to reach 200 events
-SEEDS = {"FACSLyric": 2061, "FACSCanto II": 2062}
+SEEDS = {"FACSLyric": 2071, "FACSCanto II": 2072}
 TUBES = ("memory", "function", "bcell")
 
 pytestmark = pytest.mark.slow
@@ -40,8 +41,9 @@ def _judged(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 RESIDUAL = "lymphocytes_CD3neg"
-"""CD3- lymphocytes: NK and B cells plus whatever dead cells and monocytes reach the
-lymphocyte gate; at 200-300 events a handful of those costs the target (open)."""
+"""CD3- lymphocytes: NK and B cells plus whatever dead cells reach the lymphocyte gate. The
+dead cells that do overlap NK cells in scatter, CD45 and CD3 alike (no viability dye on the
+panels); at 200-350 events two dozen of them cost the target (open)."""
 RESIDUAL_FLOOR = 0.95
 
 
