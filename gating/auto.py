@@ -481,7 +481,9 @@ class _Placer:
         Named clusters (debris, dead cells, lymphocytes, monocytes, granulocytes …) are fitted
         by EM on FSC-A × log SSC-A from the template's anchors; the gate is the union of
         ``radius``-sd ellipses of the clusters in ``keep``, so debris and dead cells, which
-        lie beside the leukocytes rather than below a single FSC cut, stay out.
+        lie beside the leukocytes rather than below a single FSC cut, stay out. With
+        ``keep_large`` (default) it also keeps everything larger than the first kept cluster's
+        centre within the kept clusters' SSC span: blasts and activated cells.
         """
         beads = spec.options.get("exclude", "beads")
         parent = spec.parent
@@ -584,7 +586,8 @@ class _Placer:
         scatter fit has a ``dead`` cluster the gate also keeps to the lymphocyte side of a
         line across the lymphocyte → dead direction on FSC-A × log SSC-A, where the dead
         cells' weighted density overtakes the lymphocytes' (kept within ``dead_sd`` lymphocyte
-        sds).
+        sds). Above the SSC cut a step keeps events brighter in CD45 than the next cluster
+        (``_brighter_band``).
         """
         _, axis = self._scatter_axes()
         bounds = Bounds(*spec.options.get("bounds", (0.6, 0.9)), spec.options.get("default", 0.78))
