@@ -48,6 +48,33 @@ def _keep_non_finite(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return y
 
 
+def _solve_unconverged(x: np.ndarray, y: np.ndarray, inverse) -> np.ndarray:
+    """Re-solve the values flowutils' Halley iteration gave up on.
+
+    Its C kernels return -1 when the iteration does not reach 3 ulp in 40 steps, which
+    happens for a few values with some valid parameter sets (e.g. W near M/2, negative A).
+    The closed-form inverse is monotone, so those values are found by bisection on it.
+    """
+    failed = np.flatnonzero((y == -1.0) & np.isfinite(x))
+    if failed.size == 0:
+        return y
+    target = x[failed]
+    low, high = np.full(failed.size, -1.0), np.full(failed.size, 2.0)
+    for _ in range(64):  # widen the bracket until it holds every target
+        too_low, too_high = inverse(low) > target, inverse(high) < target
+        if not (too_low.any() or too_high.any()):
+            break
+        low[too_low] = 2.0 * low[too_low]
+        high[too_high] = 2.0 * high[too_high]
+    for _ in range(80):  # bisection to double precision
+        middle = (low + high) / 2
+        below = inverse(middle) < target
+        low = np.where(below, middle, low)
+        high = np.where(below, high, middle)
+    y[failed] = (low + high) / 2
+    return y
+
+
 @dataclass(frozen=True)
 class Flin:
     """flin(x, T, A) = (x + A) / (T + A): linear, [-A, T] onto [0, 1]."""
@@ -179,7 +206,7 @@ class Logicle:
         """Transform values (float64 out; NaN and +-inf pass through)."""
         x = _as_float64(x)
         y = flowutils.transforms.logicle(x, None, t=self.t, m=self.m, w=self.w, a=self.a)
-        return _keep_non_finite(x, y)
+        return _solve_unconverged(x, _keep_non_finite(x, y), self.inverse)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Map transformed values back to data values."""
@@ -212,7 +239,7 @@ class Hyperlog:
         """Transform values (float64 out; NaN and +-inf pass through)."""
         x = _as_float64(x)
         y = flowutils.transforms.hyperlog(x, None, t=self.t, m=self.m, w=self.w, a=self.a)
-        return _keep_non_finite(x, y)
+        return _solve_unconverged(x, _keep_non_finite(x, y), self.inverse)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Map transformed values back to data values."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import flowutils
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gating.compensation import compensate
@@ -184,6 +184,12 @@ def _check_range(transform, channel, low_spec, high_spec):
     channel=st.sampled_from(CHANNELS),
     low=st.none() | cuts,
     high=st.none() | cuts,
+)
+@example(  # flowutils' Halley iteration gives up on a few values here and returns -1
+    transform=Logicle(t=1024.0, w=3.125, m=6.375, a=-1.0),
+    channel="FSC-H",
+    low=None,
+    high=("event", 124),
 )
 def test_logicle_range_in_raw_space_equals_transformed(transform, channel, low, high):
     _check_range(transform, channel, low, high)
@@ -591,3 +597,16 @@ def test_result_masks_are_read_only_and_cover_all_events():
     assert result.diagnostics["Quadrant1"].count == sum(
         result.count(q) for q in ("FL2P-FL4P", "FL2N-FL4P", "FL2N-FL4N", "FL2P-FL4N")
     )
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [Logicle(t=1024.0, w=3.125, m=6.375, a=-1.0), Logicle(t=1024.0, w=3.125, m=6.25, a=-1.0)],
+)
+def test_values_the_c_iteration_gives_up_on_are_solved(transform):
+    """flowutils returns -1 where its iteration does not converge; every value here maps to
+    the point whose inverse is the value itself."""
+    x = _column("FSC-H").astype(np.float64)
+    y = transform.apply(x)
+    assert np.all(np.abs(transform.inverse(y) - x) <= 1e-9 * np.maximum(np.abs(x), 1.0))
+    assert np.all(np.diff(y[np.argsort(x, kind="stable")]) >= 0)  # monotone
