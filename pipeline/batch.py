@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.gate import gate_file, gate_records, template_for
 from pipeline.identity import IdentityRules, Manifest
@@ -20,7 +21,7 @@ from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quaran
 from pipeline.kinetics import KineticsOptions, patient_kinetics
 from pipeline.report import overview_path, write_report
 from pipeline.store import GateRecord, PopulationRecord, Store
-from pipeline.timepoints import timepoint_table
+from pipeline.timepoints import TimepointSettings, timepoint_table
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ def follow_up(
     clinical: Path | None = None,
     options: KineticsOptions = KineticsOptions(),
     haematology: Path | None = None,
+    count_settings: CountSettings = CountSettings(),
 ) -> FollowUp:
     """Counts per timepoint and kinetics per patient from the store; written as CSV and
     Parquet, and the kinetic summaries stored under ``run_id``. A haematology table gives
@@ -198,7 +200,8 @@ def follow_up(
 
     infusion, relapse = infusion_dates(clinical)
     counts = load_haematology(haematology) if haematology else None
-    timepoints = timepoint_table(store.latest_counts(), infusion, counts)
+    settings = TimepointSettings(counts=count_settings)
+    timepoints = timepoint_table(store.latest_counts(), infusion, counts, settings)
     kinetics, long_rows = patient_kinetics(timepoints, options=options, relapse_days=relapse)
     store.record_kinetics(run_id, long_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +232,7 @@ class RunSettings:
     rules: IdentityRules = IdentityRules()
     clinical: Path | None = None
     kinetics: KineticsOptions = KineticsOptions()
+    counts: CountSettings = CountSettings()
     workers: int = 1
     scheduler: str | None = None
     html_report: bool = True
@@ -288,6 +292,7 @@ def run_batch(
             "batch": str(batch_dir),
             "clinical": str(settings.clinical) if settings.clinical else None,
             "kinetics": settings.kinetics.__dict__,
+            "counts": settings.counts.__dict__,
             "workers": settings.workers,
             "scheduler": settings.scheduler,
         },
@@ -310,7 +315,13 @@ def run_batch(
     except CartflowError as exc:  # a bad clinical table must not stop the batch
         outcome_error, clinical = str(exc), None
     follow = follow_up(
-        store, run_id, settings.out, clinical, settings.kinetics, settings.haematology
+        store,
+        run_id,
+        settings.out,
+        clinical,
+        settings.kinetics,
+        settings.haematology,
+        settings.counts,
     )
     outcome_dir = settings.out / "outcomes"
     if clinical is not None and len(follow.kinetics):

@@ -435,6 +435,30 @@ def _kinetics_options(anchor_day0: bool, log_down: bool):
     )
 
 
+LodOption = Annotated[int, typer.Option(min=1, help="Events below which a count is under the LOD.")]
+LloqOption = Annotated[
+    int, typer.Option(min=1, help="Events below which a count is under the LLOQ.")
+]
+BelowLodOption = Annotated[
+    str,
+    typer.Option(help="Interval of a count below the LOD: zero (from 0) or exact (Poisson)."),
+]
+
+
+def _count_settings(lod_events: int, lloq_events: int, below_lod_interval: str):
+    from pipeline.counts import CountSettings
+
+    if below_lod_interval not in ("zero", "exact"):
+        raise _fail(f"--below-lod-interval {below_lod_interval!r} is not zero or exact")
+    if lloq_events < lod_events:
+        raise _fail(f"--lloq-events {lloq_events} is below --lod-events {lod_events}")
+    return CountSettings(
+        lod_events=lod_events,
+        lloq_events=lloq_events,
+        below_lod_from_zero=below_lod_interval == "zero",
+    )
+
+
 def _print_follow_up(follow) -> None:
     patients = len(follow.kinetics)
     console.print(
@@ -455,6 +479,9 @@ def run(
     out: OutOption = Path("cartflow-out"),
     anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
     log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+    lod_events: LodOption = 20,
+    lloq_events: LloqOption = 50,
+    below_lod_interval: BelowLodOption = "zero",
     workers: Annotated[
         int, typer.Option(min=1, help="Local worker processes (default: all cores).")
     ] = os.cpu_count() or 1,
@@ -477,6 +504,7 @@ def run(
         out=out,
         clinical=clinical,
         kinetics=_kinetics_options(anchor_day0, log_down),
+        counts=_count_settings(lod_events, lloq_events, below_lod_interval),
         workers=workers,
         scheduler=scheduler,
         html_report=html_report,
@@ -580,19 +608,25 @@ def kinetics(
     anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
     log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
     haematology: HaematologyOption = None,
+    lod_events: LodOption = 20,
+    lloq_events: LloqOption = 50,
+    below_lod_interval: BelowLodOption = "zero",
 ) -> None:
     """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
     timepoints.csv/.parquet)."""
     from pipeline.batch import follow_up
     from pipeline.store import Store
 
+    counts = _count_settings(lod_events, lloq_events, below_lod_interval)
+    options = _kinetics_options(anchor_day0, log_down)
     store = Store(db)
     try:
-        run_id = store.start_run("kinetics", {"anchor_day0": anchor_day0, "log_down": log_down})
+        run_id = store.start_run(
+            "kinetics",
+            {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__},
+        )
         try:
-            follow = follow_up(
-                store, run_id, out, clinical, _kinetics_options(anchor_day0, log_down), haematology
-            )
+            follow = follow_up(store, run_id, out, clinical, options, haematology, counts)
         except CartflowError as exc:
             raise _fail(str(exc)) from None
         store.finish_run(run_id)

@@ -193,3 +193,49 @@ def test_watch_takes_files_once_complete_and_survives_bad_ones(tmp_path):
     assert all(source.name not in q["path"] for q in store.quarantined())
     assert len(snapshot["gatings"]) == 1
     store.close()
+
+
+def test_detection_limits_and_the_below_lod_interval_are_options_kept_with_the_run(tmp_path):
+    """`run --lod-events/--lloq-events` set the limits every concentration is judged by, and
+    `kinetics --below-lod-interval exact` gives a below-LOD count its exact Poisson interval."""
+    import pandas as pd
+
+    batch, db = _batch(tmp_path / "batch"), f"sqlite:///{tmp_path / 'store.db'}"
+    limits = ("--lod-events", "40", "--lloq-events", "100")
+    manifest = ("--manifest", str(FIXTURE_COHORT / "manifest.csv"))
+    result = runner.invoke(app, _run_args(batch, db, tmp_path / "a", *manifest, *limits))
+    assert result.exit_code == 0, result.output
+    strict = pd.read_csv(tmp_path / "a" / "timepoints.csv")
+    result = runner.invoke(app, ["kinetics", "--db", db, "--out", str(tmp_path / "b"),
+                                 "--below-lod-interval", "exact"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    exact = pd.read_csv(tmp_path / "b" / "timepoints.csv")
+    key = ["patient", "timepoint", "tube", "population"]
+    both = strict.merge(exact, on=key, suffixes=("_strict", "_exact")).dropna(
+        subset=["cells_per_ul_strict", "cells_per_ul_exact"]
+    )
+    assert len(both)
+    # limits scale with the events asked for: 40 vs the default 20
+    ratio = both.lod_cells_per_ul_strict / both.lod_cells_per_ul_exact
+    assert ratio.round(9).eq(2.0).all()
+    assert (both.below_lod_strict == (both.events_strict < 40)).all()
+    assert (both.below_lod_exact == (both.events_exact < 20)).all()
+    rare = both[both.below_lod_strict & (both.events_strict > 0)]
+    assert len(rare) and (rare.cells_ci_low_strict == 0).all()
+    rare = both[both.below_lod_exact & (both.events_exact > 0)]
+    assert len(rare) and (rare.cells_ci_low_exact > 0).all()
+    from sqlalchemy import select
+
+    from pipeline.store import Run
+
+    store = Store(db)
+    try:
+        with store.transaction() as session:
+            recorded = {r.command: r.parameters for r in session.scalars(select(Run))}
+    finally:
+        store.close()
+    assert recorded["run"]["counts"]["lod_events"] == 40
+    assert recorded["kinetics"]["counts"]["below_lod_from_zero"] is False
+    bad = runner.invoke(app, ["kinetics", "--db", db, "--out", str(tmp_path / "c"),
+                              "--lod-events", "60"])  # fmt: skip
+    assert bad.exit_code != 0 and "--lloq-events 50 is below --lod-events 60" in bad.output
