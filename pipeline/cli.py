@@ -681,11 +681,15 @@ def export(
             help="Replace patient ids by keyed pseudonyms (key from CARTFLOW_PSEUDONYM_KEY)."
         ),
     ] = False,
+    lod_events: LodOption = 20,
+    lloq_events: LloqOption = 50,
+    below_lod_interval: BelowLodOption = "zero",
 ) -> None:
     """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
     from pipeline.export import export as export_tables
     from pipeline.store import Store
 
+    counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     key = None
     if pseudonymise:
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
@@ -693,7 +697,7 @@ def export(
             raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
     store = Store(db)
     try:
-        written = export_tables(store, out, fmt, key, clinical)
+        written = export_tables(store, out, fmt, key, clinical, counts)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:

@@ -17,10 +17,11 @@ from typing import Literal
 import pandas as pd
 
 from pipeline.batch import infusion_dates
+from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.kinetics import patient_kinetics
 from pipeline.store import Store
-from pipeline.timepoints import timepoint_table
+from pipeline.timepoints import TimepointSettings, timepoint_table
 
 Format = Literal["csv", "parquet"]
 
@@ -101,11 +102,14 @@ class Pseudonymiser:
         return f"P-{digest[:10]}"
 
 
-def tables(store: Store, clinical: Path | None = None) -> dict[str, pd.DataFrame]:
+def tables(
+    store: Store, clinical: Path | None = None, count_settings: CountSettings = CountSettings()
+) -> dict[str, pd.DataFrame]:
     """The tidy tables from the store's newest gatings."""
     counts = store.latest_counts()
     infusion, relapse = infusion_dates(clinical)
-    timepoints = timepoint_table(counts, infusion)
+    settings = TimepointSettings(counts=count_settings)
+    timepoints = timepoint_table(counts, infusion, settings=settings)
     kinetics, _ = patient_kinetics(timepoints, relapse_days=relapse)
     samples = pd.DataFrame(store.samples())
     populations = pd.DataFrame(counts)
@@ -134,6 +138,7 @@ def export(
     fmt: Format = "csv",
     key: str | None = None,
     clinical: Path | None = None,
+    count_settings: CountSettings = CountSettings(),
 ) -> dict[str, Path]:
     """Write samples, populations, timepoints and kinetics plus data_dictionary.csv."""
     if fmt not in ("csv", "parquet"):
@@ -141,7 +146,7 @@ def export(
     out_dir.mkdir(parents=True, exist_ok=True)
     alias = Pseudonymiser(key.encode("utf-8")) if key else None
     written = {}
-    for name, frame in tables(store, clinical).items():
+    for name, frame in tables(store, clinical, count_settings).items():
         if alias is not None:
             frame = _pseudonymise(frame, alias)
         path = out_dir / f"{name}.{fmt}"
