@@ -595,18 +595,19 @@ class _Placer:
         decision = self.decide(spec.id, lambda: self._lymphocyte_ssc(spec, ssc, bounds))
         cd45 = spec.options.get("bright", "CD45")
         bright = None
+        posterior = self._lymphocyte_posterior(spec)
         if cd45 in self.channels.markers and cd45 not in self.degenerate:
             marker_axis = self.axis(cd45)
             values = self.values(marker_axis, spec.parent)
             sds = float(spec.options.get("cd45_sd", 4.5))
             low_ssc = ssc < decision.value
-            others = self._other_share(spec, low_ssc)
+            others = None if posterior is None else 1.0 - posterior[low_ssc, 0]
             floor = self.decide(
                 f"{spec.id}.{cd45}", lambda: _bright_floor(values[low_ssc], sds, others=others)
             )
             if not floor.fallback:  # without a floor the gate is the SSC cut alone
                 bright = values >= floor.value
-        plane = self._dead_plane(spec, bright)
+        plane = self._dead_plane(spec, bright, posterior)
         band = None
         if bright is not None and not decision.fallback:
             band = self._brighter_band(spec, decision, ssc, values, floor.value)
@@ -677,22 +678,27 @@ class _Placer:
         )  # fmt: skip
         return top, band_floor
 
-    def _other_share(self, spec: PopulationSpec, keep: np.ndarray) -> np.ndarray | None:
-        """P(not a lymphocyte | scatter) of the parent's estimation events in ``keep``: dead
-        cells, monocytes, debris (None without a scatter fit)."""
+    def _lymphocyte_posterior(self, spec: PopulationSpec) -> np.ndarray | None:
+        """P(lymphocyte | scatter) and, when fitted, P(dead cell | scatter) for the parent's
+        estimation events, one column each (None without a scatter fit)."""
         fit = self.scatter
         low = spec.options.get("cluster", "lymphocytes")
         if fit is None or low not in fit.clusters or len(fit.clusters) < 2:
             return None
+        dead = spec.options.get("dead", "dead")
+        names = (low, dead) if dead in fit.clusters else (low,)
         fsc, ssc = self._scatter_axes()
         points = np.column_stack([self.values(fsc, spec.parent), self.values(ssc, spec.parent)])
-        return 1.0 - fit.posterior(points[keep], (low,))[:, 0]
+        return fit.posterior(points, names)
 
-    def _dead_plane(self, spec: PopulationSpec, bright: np.ndarray | None) -> PolygonGate | None:
+    def _dead_plane(
+        self, spec: PopulationSpec, bright: np.ndarray | None, posterior: np.ndarray | None
+    ) -> PolygonGate | None:
         """The lymphocyte side of a line across the lymphocyte → dead-cell direction.
 
         The line sits where the dead cells that the CD45 floor lets through (``bright``, on
-        the parent's estimation subsample) become denser than the lymphocytes.
+        the parent's estimation subsample, with their scatter ``posterior``) become denser
+        than the lymphocytes.
         """
         fit, low = self.scatter, spec.options.get("cluster", "lymphocytes")
         dead = spec.options.get("dead", "dead")
@@ -710,11 +716,8 @@ class _Placer:
         reach = scale  # Mahalanobis distance of the dead cells from the lymphocytes
         spread = float(np.sqrt(direction @ np.asarray(other.covariance) @ direction)) / scale
         weights = [lymph.weight, other.weight]
-        if bright is not None and bright.size:
-            fsc, ssc = self._scatter_axes()
-            points = np.column_stack([self.values(fsc, spec.parent), self.values(ssc, spec.parent)])
-            share = fit.posterior(points, (low, dead))
-            weights = [float(np.mean(share[:, i] * bright)) for i in range(2)]
+        if bright is not None and bright.size and posterior is not None:
+            weights = [float(np.mean(posterior[:, i] * bright)) for i in range(2)]
         low_sd, high_sd = (float(v) for v in spec.options.get("dead_sd", (2.5, 4.5)))
         grid = np.linspace(low_sd, high_sd, 256)
         lymph_density = weights[0] * np.exp(-0.5 * grid**2)
