@@ -150,7 +150,14 @@ def valley_threshold(
         window = np.arange(left, right + 1)
         valley = window[np.argmin(dens[window])]
         if not in_bounds[valley]:
-            continue  # the density minimum between these modes lies outside the bounds
+            # the minimum lies outside the bounds: a valley for this cut only if its floor
+            # (a wide, nearly empty gap) reaches into them
+            level = dens[valley] * (1.0 + FLOOR_RISE)
+            floor = window[_run_around(dens[window] <= level, valley - left)]
+            inside = floor[in_bounds[floor]]
+            if not inside.size:
+                continue
+            valley = inside[np.argmin(np.abs(inside - valley))]
         depth = dens[valley] / min(dens[left], dens[right])
         score = depth - 1e-3 * min(dens[left], dens[right]) / dens.max()
         if best is None or score < best[0]:
@@ -176,6 +183,16 @@ def valley_threshold(
             bounds, "valley", len(values), f"valley too shallow ({depth:.2f})", **evidence
         )
     return ThresholdDecision(float(grid[valley]), "valley", False, None, len(values), evidence)
+
+
+def _run_around(flags: np.ndarray, index: int) -> np.ndarray:
+    """Indices of the run of True in ``flags`` that contains ``index``."""
+    low = high = index
+    while low > 0 and flags[low - 1]:
+        low -= 1
+    while high < flags.size - 1 and flags[high + 1]:
+        high += 1
+    return np.arange(low, high + 1)
 
 
 def mixture_threshold(

@@ -39,6 +39,19 @@ def test_valley_falls_back_on_one_mode():
     assert "one mode" in decision.reason
 
 
+def test_valley_whose_empty_gap_reaches_into_the_bounds():
+    """Beads (tight, bright) beside cells bright in every channel: the density is zero across
+    the whole gap, and its first zero lies below the bounds; the gap inside them is the valley."""
+    rng = np.random.default_rng(7)
+    cells = rng.normal(0.06, 0.07, 40_000)
+    all_bright = rng.normal(0.45, 0.02, 300)  # e.g. CAR-T positive for every marker
+    beads = rng.normal(0.77, 0.006, 450)
+    values = np.concatenate([cells, all_bright, beads])
+    decision = valley_threshold(values, Bounds(0.6, 0.95, 0.8))
+    assert not decision.fallback, decision.reason
+    assert all_bright.max() < decision.value < beads.min()
+
+
 def test_too_few_events_fall_back():
     decision = valley_threshold(np.array([0.1, 0.7, 0.72]), BOUNDS)
     assert decision.fallback and "only 3 events" in decision.reason
