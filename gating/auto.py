@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -586,8 +587,8 @@ class _Placer:
         scatter fit has a ``dead`` cluster the gate also keeps to the lymphocyte side of a
         line across the lymphocyte → dead direction on FSC-A × log SSC-A, where the dead
         cells' weighted density overtakes the lymphocytes' (kept within ``dead_sd`` lymphocyte
-        sds). Above the SSC cut a step keeps events brighter in CD45 than the next cluster
-        (``_brighter_band``).
+        sds), one line per CD45 band with ``dead_cd45_sd`` (``_dead_line``). Above the SSC cut
+        a step keeps events brighter in CD45 than the next cluster (``_brighter_band``).
         """
         _, axis = self._scatter_axes()
         bounds = Bounds(*spec.options.get("bounds", (0.6, 0.9)), spec.options.get("default", 0.78))
@@ -607,7 +608,8 @@ class _Placer:
             )
             if not floor.fallback:  # without a floor the gate is the SSC cut alone
                 bright = values >= floor.value
-        plane = self._dead_plane(spec, bright, posterior)
+        cd45_floor = None if bright is None else (marker_axis, values, floor)
+        plane = self._dead_line(spec, cd45_floor, posterior)
         band = None
         if bright is not None and not decision.fallback:
             band = self._brighter_band(spec, decision, ssc, values, floor.value)
@@ -691,14 +693,19 @@ class _Placer:
         points = np.column_stack([self.values(fsc, spec.parent), self.values(ssc, spec.parent)])
         return fit.posterior(points, names)
 
-    def _dead_plane(
-        self, spec: PopulationSpec, bright: np.ndarray | None, posterior: np.ndarray | None
-    ) -> PolygonGate | None:
+    def _dead_line(
+        self,
+        spec: PopulationSpec,
+        cd45_floor: tuple[Dimension, np.ndarray, ThresholdDecision] | None,
+        posterior: np.ndarray | None,
+    ) -> Gate | None:
         """The lymphocyte side of a line across the lymphocyte → dead-cell direction.
 
-        The line sits where the dead cells that the CD45 floor lets through (``bright``, on
-        the parent's estimation subsample, with their scatter ``posterior``) become denser
-        than the lymphocytes.
+        The line sits where the dead cells the CD45 floor lets through become denser than
+        the lymphocytes (their weights from the parent's scatter ``posterior``). Dead cells
+        are CD45-dim, so with ``dead_cd45_sd`` the CD45 range above the floor is split that
+        many lymphocyte CD45 sds below the lymphocytes' mode, and each band gets its own line:
+        nearer the lymphocytes where the dim dead cells crowd, further out in the bright band.
         """
         fit, low = self.scatter, spec.options.get("cluster", "lymphocytes")
         dead = spec.options.get("dead", "dead")
@@ -715,32 +722,77 @@ class _Placer:
             return None
         reach = scale  # Mahalanobis distance of the dead cells from the lymphocytes
         spread = float(np.sqrt(direction @ np.asarray(other.covariance) @ direction)) / scale
-        weights = [lymph.weight, other.weight]
-        if bright is not None and bright.size and posterior is not None:
-            weights = [float(np.mean(posterior[:, i] * bright)) for i in range(2)]
+        edges, cd45 = [-np.inf, np.inf], None
+        if cd45_floor is not None:
+            cd45_axis, cd45, floor = cd45_floor
+            edges[0] = floor.value
+            mode, sd = floor.evidence.get("mode"), floor.evidence.get("upper_sd")
+            splits = spec.options.get("dead_cd45_sd", ())
+            if mode is not None and sd:
+                inner = sorted(mode - float(k) * sd for k in splits)
+                edges[1:1] = [edge for edge in inner if edge > floor.value]
+        fsc, ssc = self._scatter_axes()
+        lines: list[tuple[float, float, PolygonGate]] = []
+        for number, (lo, hi) in enumerate(pairwise(edges)):
+            weights = [lymph.weight, other.weight]
+            if cd45 is not None and posterior is not None and posterior.size:
+                inside = (cd45 >= lo) & (cd45 < hi)
+                weights = [float(np.mean(posterior[:, i] * inside)) for i in range(2)]
+            sds = self._dead_crossing(spec, reach, spread, weights)
+            limit = float(direction @ mean) + sds * scale
+            name = f"{spec.id}.dead" if len(edges) == 2 else f"{spec.id}.dead.{number + 1}"
+            self.decisions[name] = ThresholdDecision(
+                sds,
+                "clusters",
+                False,
+                None,
+                fit.events,
+                {"direction": direction.tolist(), "limit": limit, "lymphocyte_sds": sds,
+                 "dead_distance_sds": reach, "dead_spread_sds": spread, "weights": weights,
+                 "lymphocyte_mean": list(lymph.mean), "dead_mean": list(other.mean),
+                 "cd45_range": [float(lo), float(hi)]},
+            )  # fmt: skip
+            vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
+            gate_id = f"{spec.id}{PART}dead"
+            if len(edges) > 2:
+                gate_id += f"{PART}{number + 1}"
+            lines.append((lo, hi, PolygonGate(gate_id, spec.parent, (fsc, ssc), vertices)))
+        if len(lines) == 1:
+            return lines[0][2]
+        return self._banded(spec, cd45_axis, lines)
+
+    def _banded(
+        self,
+        spec: PopulationSpec,
+        axis: Dimension,
+        lines: list[tuple[float, float, PolygonGate]],
+    ) -> BooleanGate:
+        """OR over the CD45 bands of (band AND its dead-cell line); adds the parts."""
+        parts = []
+        for lo, hi, line in lines:
+            band = RangeGate(
+                f"{line.id}{PART}cd45",
+                spec.parent,
+                Bound(axis, min=None if np.isinf(lo) else lo, max=None if np.isinf(hi) else hi),
+            )
+            both = BooleanGate(
+                f"{line.id}{PART}band", spec.parent, "and", (GateRef(band.id), GateRef(line.id))
+            )
+            self.add(line, band, both)
+            parts.append(GateRef(both.id))
+        return BooleanGate(f"{spec.id}{PART}dead", spec.parent, "or", tuple(parts))
+
+    def _dead_crossing(
+        self, spec: PopulationSpec, reach: float, spread: float, weights: list[float]
+    ) -> float:
+        """Lymphocyte sds along the dead-cell direction where the weighted dead-cell density
+        overtakes the lymphocytes' (within ``dead_sd``)."""
         low_sd, high_sd = (float(v) for v in spec.options.get("dead_sd", (2.5, 4.5)))
         grid = np.linspace(low_sd, high_sd, 256)
         lymph_density = weights[0] * np.exp(-0.5 * grid**2)
         dead_density = weights[1] / spread * np.exp(-0.5 * ((grid - reach) / spread) ** 2)
         dead_side = np.flatnonzero(dead_density > lymph_density)
-        sds = float(grid[dead_side[0]]) if dead_side.size else high_sd
-        limit = float(direction @ mean) + sds * scale
-        evidence = {
-            "direction": direction.tolist(),
-            "limit": limit,
-            "lymphocyte_sds": sds,
-            "dead_distance_sds": reach,
-            "dead_spread_sds": spread,
-            "weights": weights,
-            "lymphocyte_mean": list(lymph.mean),
-            "dead_mean": list(other.mean),
-        }
-        self.decisions[f"{spec.id}.dead"] = ThresholdDecision(
-            sds, "clusters", False, None, fit.events, evidence
-        )
-        fsc, ssc = self._scatter_axes()
-        vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
-        return PolygonGate(f"{spec.id}{PART}dead", spec.parent, (fsc, ssc), vertices)
+        return float(grid[dead_side[0]]) if dead_side.size else high_sd
 
     def _lymphocyte_ssc(
         self, spec: PopulationSpec, ssc: np.ndarray, bounds: Bounds

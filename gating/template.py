@@ -190,6 +190,7 @@ GATE_OPTIONS: dict[str, frozenset[str]] = {
             "cd45_sd",
             "dead",
             "dead_sd",
+            "dead_cd45_sd",
             "lymphocyte_sd",
             "band_sd",
             "band_cd45_sd",

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gating.auto import SSC_LOG
 from gating.template import load_template
 from panels import load_panels, match_panel
 from pipeline.fcs import FcsFile, read_fcs
@@ -299,8 +300,37 @@ def test_cd45_bright_lymphocytes_above_the_ssc_cut_are_kept_monocytes_are_not(co
     leukocytes = np.asarray(gated.result.mask("leukocytes"))
     monocytes = truth.astype(str) == "leukocytes/monocytes"
     assert lymph[monocytes].mean() <= 0.01
-    flat = _template_with(tmp_path, "memory", "cd45_sd: 4.5}", "cd45_sd: 4.5, band_sd: 0}")
+    flat = _template_with(tmp_path, "memory", "cd45_sd: 4.5,", "cd45_sd: 4.5, band_sd: 0,")
     stepless = _gate(fcs, panel, events, template=flat)
     assert "lymphocytes.band" not in stepless.placed.decisions
     without = np.asarray(stepless.result.mask("lymphocytes"))
     assert lymph[nk & leukocytes].mean() > without[nk & leukocytes].mean() + 0.005
+
+
+def test_each_cd45_band_has_its_own_dead_cell_line(cohort, tmp_path):
+    """Dead cells are CD45-dim: the CD45 range above the floor is split into bands, each with
+    its own line on FSC-A × log SSC-A, the dimmest nearest the lymphocytes; an event is kept
+    on the lymphocyte side of its own band's line. Without ``dead_cd45_sd`` one line."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    gated = _gate(fcs, panel, fcs.events)
+    decisions = gated.placed.decisions
+    lines = [decisions[name] for name in sorted(decisions) if name.startswith("lymphocytes.dead.")]
+    assert len(lines) == 4
+    edges = [line.evidence["cd45_range"][0] for line in lines]
+    assert edges[0] == decisions["lymphocytes.CD45"].value
+    assert edges == sorted(edges) and lines[-1].evidence["cd45_range"][1] == np.inf
+    assert lines[0].value < lines[-1].value  # lymphocyte sds out to each line
+    scale = gated.placed.gate_set.transforms[SSC_LOG]
+    ssc = scale.apply(fcs.events[:, fcs.channel_names.index("SSC-A")].astype(np.float64))
+    points = np.column_stack([fcs.events[:, fcs.channel_names.index("FSC-A")], ssc])
+    band = np.clip(np.searchsorted(edges, gated.marker_values("CD45"), side="right") - 1, 0, 3)
+    direction = np.array(lines[0].evidence["direction"])
+    limits = np.array([line.evidence["limit"] for line in lines])
+    box = np.asarray(gated.result.mask("lymphocytes::box"))
+    if "lymphocytes::stepped" in gated.result.populations:
+        box = np.asarray(gated.result.mask("lymphocytes::stepped"))
+    expected = box & (points @ direction <= limits[band])
+    assert np.count_nonzero(expected != np.asarray(gated.result.mask("lymphocytes"))) <= 2
+    single = _template_with(tmp_path, "memory", ", dead_cd45_sd: [1, 2, 3]", "")
+    one_line = _gate(fcs, panel, fcs.events, template=single).placed.decisions
+    assert "lymphocytes.dead" in one_line and "lymphocytes.dead.1" not in one_line
