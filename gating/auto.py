@@ -767,7 +767,8 @@ class _Placer:
         axis: Dimension,
         lines: list[tuple[float, float, PolygonGate]],
     ) -> BooleanGate:
-        """OR over the CD45 bands of (band AND its dead-cell line); adds the parts."""
+        """OR over the CD45 bands of each band's dead-cell line, the line evaluated on its
+        band's events only; adds the parts."""
         parts = []
         for lo, hi, line in lines:
             band = RangeGate(
@@ -775,11 +776,8 @@ class _Placer:
                 spec.parent,
                 Bound(axis, min=None if np.isinf(lo) else lo, max=None if np.isinf(hi) else hi),
             )
-            both = BooleanGate(
-                f"{line.id}{PART}band", spec.parent, "and", (GateRef(band.id), GateRef(line.id))
-            )
-            self.add(line, band, both)
-            parts.append(GateRef(both.id))
+            self.add(band, replace(line, parent=band.id))
+            parts.append(GateRef(line.id))
         return BooleanGate(f"{spec.id}{PART}dead", spec.parent, "or", tuple(parts))
 
     def _dead_crossing(
