@@ -281,6 +281,15 @@ class _Reader:
         unknown = sorted(set(options) - GATE_OPTIONS[gate])
         if unknown:
             raise self.error(f"{key}.{unknown[0]}", f"gate {gate} has no option {unknown[0]!r}")
+        splits = options.get("dead_cd45_sd")
+        if splits is not None:
+            numbers = isinstance(splits, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in splits
+            )
+            if not numbers:
+                raise self.error(
+                    f"{key}.dead_cd45_sd", "dead_cd45_sd needs a list of positive CD45 sds"
+                )
         clusters = options.get("clusters")
         if clusters is not None:
             if not isinstance(clusters, dict) or not clusters:

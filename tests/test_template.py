@@ -232,6 +232,13 @@ def test_unknown_shape_gate_option(tmp_path):
     _fails(tmp_path, text, "gate cells has no option 'raduis'", _line(text, "raduis"))
 
 
+@pytest.mark.parametrize("value", ["2", "[1, two]", "[0, 2]"])
+def test_dead_cell_bands_are_positive_numbers(tmp_path, value):
+    line = f"gate: lymphocytes, dead_cd45_sd: {value}}}"
+    text = BASE.replace("gate: lymphocytes}", line)
+    _fails(tmp_path, text, "dead_cd45_sd needs a list of positive CD45 sds", _line(text, line))
+
+
 def test_bad_scatter_cluster(tmp_path):
     text = BASE.replace("dead: [33000, 28000]", "dead: [33000]")
     _fails(tmp_path, text, "cluster 'dead' needs [FSC-A, SSC-A]", _line(text, "dead: [33000]"))
