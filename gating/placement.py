@@ -170,11 +170,8 @@ def valley_threshold(
     # edge where a large negative population's tail falls steeply beside a small positive one
     # (keeps more positives than it lets in negatives)
     level = dens[valley] * (1.0 + FLOOR_RISE)
-    low = high = valley
-    while low > 0 and in_bounds[low - 1] and dens[low - 1] <= level:
-        low -= 1
-    while high < len(grid) - 1 and in_bounds[high + 1] and dens[high + 1] <= level:
-        high += 1
+    run = _run_around(in_bounds & (dens <= level), valley)
+    low, high = int(run[0]), int(run[-1])
     floor = {"lower": low, "middle": (low + high) // 2, "upper": high}[side]
     evidence.update(valley=float(grid[valley]), depth_ratio=float(depth), floor=float(grid[floor]))
     valley = floor
