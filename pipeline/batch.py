@@ -188,6 +188,7 @@ def follow_up(
     store: Store,
     run_id: int,
     out_dir: Path,
+    *,
     clinical: Path | None = None,
     options: KineticsOptions = KineticsOptions(),
     haematology: Path | None = None,
@@ -318,10 +319,10 @@ def run_batch(
         store,
         run_id,
         settings.out,
-        clinical,
-        settings.kinetics,
-        settings.haematology,
-        settings.counts,
+        clinical=clinical,
+        options=settings.kinetics,
+        haematology=settings.haematology,
+        count_settings=settings.counts,
     )
     outcome_dir = settings.out / "outcomes"
     if clinical is not None and len(follow.kinetics):

@@ -626,7 +626,15 @@ def kinetics(
             {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__},
         )
         try:
-            follow = follow_up(store, run_id, out, clinical, options, haematology, counts)
+            follow = follow_up(
+                store,
+                run_id,
+                out,
+                clinical=clinical,
+                options=options,
+                haematology=haematology,
+                count_settings=counts,
+            )
         except CartflowError as exc:
             raise _fail(str(exc)) from None
         store.finish_run(run_id)
@@ -653,7 +661,7 @@ def outcomes(
     store = Store(db)
     try:
         run_id = store.start_run("outcomes", {"clinical": str(clinical), "config": str(config)})
-        follow = follow_up(store, run_id, out.parent, clinical)
+        follow = follow_up(store, run_id, out.parent, clinical=clinical)
         try:
             known = {s["patient"] for s in store.samples()}
             report = outcomes_stage(follow, clinical, out, config, known)
