@@ -724,7 +724,7 @@ class _Placer:
         spread = float(np.sqrt(direction @ np.asarray(other.covariance) @ direction)) / scale
         edges, cd45 = [-np.inf, np.inf], None
         if cd45_floor is not None:
-            cd45_axis, cd45, floor = cd45_floor
+            _, cd45, floor = cd45_floor
             edges[0] = floor.value
             mode, sd = floor.evidence.get("mode"), floor.evidence.get("upper_sd")
             splits = spec.options.get("dead_cd45_sd", ())
@@ -732,6 +732,7 @@ class _Placer:
                 inner = sorted(mode - float(k) * sd for k in splits)
                 edges[1:1] = [edge for edge in inner if edge > floor.value]
         fsc, ssc = self._scatter_axes()
+        banded = len(edges) > 2
         lines: list[tuple[float, float, PolygonGate]] = []
         for number, (lo, hi) in enumerate(pairwise(edges)):
             weights = [lymph.weight, other.weight]
@@ -740,8 +741,8 @@ class _Placer:
                 weights = [float(np.mean(posterior[:, i] * inside)) for i in range(2)]
             sds = self._dead_crossing(spec, reach, spread, weights)
             limit = float(direction @ mean) + sds * scale
-            name = f"{spec.id}.dead" if len(edges) == 2 else f"{spec.id}.dead.{number + 1}"
-            self.decisions[name] = ThresholdDecision(
+            suffix = f"{number + 1}" if banded else ""
+            self.decisions[".".join(filter(None, (spec.id, "dead", suffix)))] = ThresholdDecision(
                 sds,
                 "clusters",
                 False,
@@ -753,13 +754,11 @@ class _Placer:
                  "cd45_range": [float(lo), float(hi)]},
             )  # fmt: skip
             vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
-            gate_id = f"{spec.id}{PART}dead"
-            if len(edges) > 2:
-                gate_id += f"{PART}{number + 1}"
+            gate_id = PART.join(filter(None, (spec.id, "dead", suffix)))
             lines.append((lo, hi, PolygonGate(gate_id, spec.parent, (fsc, ssc), vertices)))
-        if len(lines) == 1:
+        if not banded:
             return lines[0][2]
-        return self._banded(spec, cd45_axis, lines)
+        return self._banded(spec, cd45_floor[0], lines)
 
     def _banded(
         self,
