@@ -53,3 +53,9 @@ class ManifestError(CartflowError):
     """The manifest CSV is malformed."""
 
     code = "manifest"
+
+
+class StoreError(CartflowError):
+    """The results store cannot be opened, or it is not a cartflow store of this schema."""
+
+    code = "store"

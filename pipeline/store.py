@@ -30,12 +30,16 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
+    make_url,
     select,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pipeline import __version__
+from pipeline.errors import StoreError
 
 DEFAULT_DB = "sqlite:///cartflow.sqlite"
 
@@ -276,22 +280,62 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_schema(engine: Engine, where: str) -> None:
+    """Refuse a database that holds other tables but none of cartflow's, or cartflow tables
+    lacking columns of this schema (written by another version): nothing is written to it."""
+    inspector = inspect(engine)
+    present = set(inspector.get_table_names())
+    ours = [table for table in Base.metadata.sorted_tables if table.name in present]
+    if present and not ours:
+        listed = ", ".join(sorted(present)[:5])
+        raise StoreError(
+            where,
+            f"is not a cartflow store (it holds other tables: {listed})",
+        )
+    for table in ours:
+        columns = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in columns]
+        if missing:
+            raise StoreError(
+                where,
+                f"table {table.name!r} lacks column(s) {', '.join(missing)}: the store was "
+                f"written by another cartflow version than {__version__}; open a new store",
+            )
+
+
 class Store:
     """A connection to the results store with the few operations the stages need."""
 
     def __init__(self, url: str | os.PathLike | None = None) -> None:
         self.url = normalise_url(url)
-        if self.url.startswith("sqlite:///"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(self.url, future=True)
+        try:
+            self.display_url = make_url(self.url).render_as_string(hide_password=True)
+        except ArgumentError as exc:
+            raise StoreError(self.url, f"is not a database URL: {_first_line(exc)}") from exc
+        try:
+            if self.url.startswith("sqlite:///"):
+                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self.url, future=True)
+        except (ArgumentError, ImportError, OSError) as exc:
+            problem = f"cannot be used as a store: {_first_line(exc)}"
+            raise StoreError(self.display_url, problem) from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            _check_schema(self.engine, self.display_url)
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            problem = _first_line(getattr(exc, "orig", None) or exc)
+            raise StoreError(self.display_url, f"cannot be opened: {problem}") from exc
+        except StoreError:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @property
-    def display_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from datetime import date
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from pipeline import __version__
+from pipeline.errors import StoreError
 from pipeline.store import (
     TABLES,
     FcsFileRow,
@@ -130,3 +134,56 @@ def test_keywords_survive_the_round_trip(store):
     with store.transaction() as session:
         row = session.scalars(select(FcsFileRow)).one()
         assert row.keywords["$CYT"] == "FACSLyric"
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "notes.sqlite"
+    path.write_bytes(b"lab notes, not a database\n" * 10)
+    before = path.read_bytes()
+    with pytest.raises(
+        StoreError, match=r"notes\.sqlite: cannot be opened: file is not a database"
+    ):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_a_database_of_something_else_is_refused_untouched(tmp_path):
+    path = tmp_path / "inventory.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE inventory (item TEXT)")
+    with pytest.raises(
+        StoreError, match=r"is not a cartflow store \(it holds other tables: inventory"
+    ):
+        Store(path)
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"inventory"}
+
+
+def test_a_store_of_another_schema_names_its_missing_columns_and_gains_nothing(store_url):
+    engine = create_engine(normalise_url(store_url))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE runs (id INTEGER PRIMARY KEY, command VARCHAR(64))"))
+    missing = ", ".join(c.name for c in Run.__table__.columns if c.name not in ("id", "command"))
+    with pytest.raises(StoreError, match=rf"table 'runs' lacks column\(s\) {missing}: "):
+        Store(store_url)
+    assert inspect(engine).get_table_names() == ["runs"]
+    engine.dispose()
+
+
+def test_an_unreachable_server_is_one_line_without_the_password():
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1:1/x: cannot be opened: ") as caught:
+        Store("postgresql://cartflow:secret@127.0.0.1:1/x")
+    assert "secret" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_the_command_line_reports_a_bad_store_in_one_line(tmp_path):
+    path = tmp_path / "notes.sqlite"
+    path.write_text("not a database", encoding="utf-8")
+    command = [sys.executable, "-m", "pipeline.cli", "kinetics", "--db", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip() == f"error: sqlite:///{path}: cannot be opened: file is not a database"
+    )
+    assert not (tmp_path / "cartflow-out").exists()
