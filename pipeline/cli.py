@@ -56,6 +56,19 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _writable(path: Path | None, *, folder: bool) -> None:
+    """Create an output folder (or an output file's folder) before any work, so that one that
+    cannot be written fails at once, in one line naming it."""
+    if path is None:
+        return
+    if folder and path.exists() and not path.is_dir():
+        raise _fail(f"{path}: is a file, not a folder")
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"{path}: cannot be written: {exc.strerror or exc}") from None
+
+
 def _version_callback(value: bool) -> None:
     if value:
         console.print(f"cartflow {__version__}")
@@ -249,6 +262,7 @@ def run_ingest(
 
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
+    _writable(out, folder=True)
     try:
         loaded_manifest, loaded_rules = _load_context(manifest, rules)
     except CartflowError as exc:
@@ -332,6 +346,8 @@ def gate(
     from pipeline.gate import gate_file, membership_table
     from pipeline.pooling import read_cuts
 
+    _writable(membership, folder=False)
+    _writable(plots, folder=True)
     if gates is not None:
         _gate_fixed(file, gates, membership, as_json)
         return
@@ -408,6 +424,7 @@ def pool(
     from gating.template import load_template
     from pipeline.pooling import pool_cuts, write_cuts
 
+    _writable(out, folder=False)
     try:
         loaded = load_template(template) if template else None
         pooled = pool_cuts(files, cut, template=loaded, tube=tube)
@@ -524,6 +541,7 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
 
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
+    _writable(settings.out, folder=True)
     try:
         loaded_manifest, loaded_rules = _load_context(manifest, rules)
     except CartflowError as exc:
@@ -584,6 +602,7 @@ def watch(
 
     if not folder.is_dir():
         raise _fail(f"{folder}: not a folder")
+    _writable(out, folder=True)
     settings = RunSettings(out=out, clinical=clinical, workers=workers, html_report=html_report)
     arrivals = ArrivalWatch(folder)
     look = 0
@@ -619,6 +638,7 @@ def kinetics(
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
+    _writable(out, folder=True)
     store = Store(db)
     try:
         run_id = store.start_run(
@@ -658,6 +678,7 @@ def outcomes(
     from pipeline.batch import follow_up, outcomes_stage
     from pipeline.store import Store
 
+    _writable(out, folder=True)
     store = Store(db)
     try:
         run_id = store.start_run("outcomes", {"clinical": str(clinical), "config": str(config)})
@@ -703,6 +724,7 @@ def export(
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
         if not key:
             raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
+    _writable(out, folder=True)
     store = Store(db)
     try:
         written = export_tables(store, out, fmt, key, clinical, counts)
@@ -760,6 +782,7 @@ def simulate(
         cytometer=cytometer,
         leukapheresis=leukapheresis,
     )
+    _writable(out_dir, folder=True)
     try:
         summary = simulate_cohort(out_dir, config)
     except (CartflowError, ValueError) as exc:
@@ -782,7 +805,7 @@ def demo(
     events: Annotated[int, typer.Option(help="Events per file of the generated cohort.")] = 20_000,
 ) -> None:
     """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
-    out.mkdir(parents=True, exist_ok=True)
+    _writable(out, folder=True)
     if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
         batch = FIXTURE_COHORT
     else:
@@ -806,6 +829,10 @@ def main() -> None:
         app()
     except CartflowError as exc:
         errors.print(f"error: {exc}", soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:  # an output that could not be written after all (a full disk)
+        where = f"{exc.filename}: " if exc.filename else ""
+        errors.print(f"error: {where}{exc.strerror or exc}", soft_wrap=True)
         sys.exit(1)
 
 

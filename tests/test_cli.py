@@ -81,3 +81,37 @@ def test_inspect_identifies_every_fixture_file():
         assert info["panel"] == f"{row['tube']}-lyric"
         identity = info["identity"]
         assert (identity["patient"], identity["timepoint"]) == (row["patient"], row["timepoint"])
+
+
+UNWRITABLE = {  # {out}: a path below a file, where no folder can be made (not even by root)
+    "run": ["run", "{batch}", "--db", "{db}", "--out", "{out}"],
+    "ingest": ["ingest", "{batch}", "--db", "{db}", "--out", "{out}"],
+    "watch": ["watch", "{batch}", "--db", "{db}", "--out", "{out}", "--cycles", "1"],
+    "kinetics": ["kinetics", "--db", "{db}", "--out", "{out}"],
+    "outcomes": ["outcomes", "--clinical", "c.csv", "--db", "{db}", "--out", "{out}"],
+    "export": ["export", "--db", "{db}", "--out", "{out}"],
+    "simulate": ["simulate", "{out}", "--patients", "1", "--seed", "1"],
+    "demo": ["demo", "--out", "{out}"],
+    "gate --plots": ["gate", "{fcs}", "--plots", "{out}"],
+    "gate --membership": ["gate", "{fcs}", "--membership", "{out}/m.parquet"],
+    "pool --out": ["pool", "{fcs}", "--cut", "CAR", "--out", "{out}/cuts.json"],
+}
+
+
+@pytest.mark.parametrize("command", list(UNWRITABLE))
+def test_an_output_that_cannot_be_written_fails_first_in_one_line(tmp_path, command):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("in the way", encoding="utf-8")
+    places = {
+        "out": str(a_file / "out"),
+        "batch": str(tmp_path),
+        "db": f"sqlite:///{tmp_path / 'store.sqlite'}",
+        "fcs": str(sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]),
+    }
+    args = [arg.format(**places) for arg in UNWRITABLE[command]]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    named = next(arg for arg in args if arg.startswith(places["out"]))
+    assert f"{named}: cannot be written" in result.output
+    assert not (tmp_path / "store.sqlite").exists()  # failed before any work
