@@ -19,6 +19,7 @@ import yaml
 
 from gating.errors import GatingError
 from gating.placement import Bounds
+from pipeline.errors import yaml_problem
 
 Level = Literal["+", "-", "++", "dim"]
 ShapeGate = Literal["stable_flow", "singlets", "beads", "cells", "lymphocytes"]
@@ -348,9 +349,7 @@ def load_template(path: Path) -> Template:
     except UnicodeDecodeError as exc:
         raise GatingError(str(path), f"is not UTF-8 text: {exc.reason}") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path} line {mark.line + 1}" if mark else str(path)
-        raise GatingError(where, f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise GatingError(*yaml_problem(path, exc)) from exc
     if not isinstance(raw, dict) or node is None:
         raise GatingError(f"{path} line 1", "a template must be a mapping")
     duplicate = _duplicate_key(node)

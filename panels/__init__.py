@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import PanelError, PanelMismatchError
+from pipeline.errors import PanelError, PanelMismatchError, yaml_problem
 
 PANEL_DIR = Path(__file__).resolve().parent
 _NON_FILE_YAML = {"markers.yaml", "fluorochromes.yaml", "hematotox.yaml"}
@@ -115,9 +115,7 @@ def _load_yaml(path: Path):
         with path.open(encoding="utf-8") as fh:
             return yaml.safe_load(fh)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise PanelError(path, f"invalid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+        raise PanelError(*yaml_problem(path, exc)) from exc
     except OSError as exc:
         raise PanelError(path, f"cannot be read: {exc.strerror or exc}") from exc
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.errors import CartflowError
+from pipeline.errors import CartflowError, yaml_problem
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "patient",
@@ -676,7 +676,7 @@ def parse_hematotox(text: str, origin: str = "built-in") -> HematotoxTable:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise _hematotox_error(origin, f"invalid YAML: {_first_line(exc)}") from exc
+        raise _hematotox_error(*yaml_problem(origin, exc)) from exc
     if not isinstance(raw, dict) or "items" not in raw or "source" not in raw:
         raise _hematotox_error(origin, "needs 'source' and 'items'")
     groups = raw.get("risk_groups") or {}

@@ -59,3 +59,12 @@ class StoreError(CartflowError):
     """The results store cannot be opened, or it is not a cartflow store of this schema."""
 
     code = "store"
+
+
+def yaml_problem(source: str | Path, exc: Exception) -> tuple[str, str]:
+    """``(source, problem)`` of a YAML parse error in one line each: the source gains the
+    line number where the parser stopped, the problem is the parser's own words."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source} line {mark.line + 1}" if mark else str(source)
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or ["?"])[0]
+    return where, f"invalid YAML: {problem}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import IdentityError, ManifestError
+from pipeline.errors import IdentityError, ManifestError, yaml_problem
 
 DAYS_PER_MONTH = 30
 MONTH_DAYS = {3: 90, 6: 180, 12: 365}
@@ -88,8 +88,11 @@ class IdentityRules:
     def from_yaml(cls, path: Path) -> IdentityRules:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise IdentityError(path, f"identity rules cannot be read: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = getattr(exc, "strerror", None) or exc
+            raise IdentityError(path, f"identity rules cannot be read: {problem}") from exc
+        except yaml.YAMLError as exc:
+            raise IdentityError(*yaml_problem(path, exc)) from exc
         fields = {k: tuple(v) for k, v in raw.items() if k in cls.__dataclass_fields__}
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:

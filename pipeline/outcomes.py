@@ -35,7 +35,7 @@ from pipeline.clinical import (
     load_clinical,
     load_hematotox,
 )
-from pipeline.errors import CartflowError
+from pipeline.errors import CartflowError, yaml_problem
 
 EXPLORATORY = "exploratory (data-derived)"
 ENDPOINTS: dict[str, tuple[str, str]] = {
@@ -172,7 +172,7 @@ def load_outcome_config(path: Path | None) -> OutcomeConfig:
     except OSError as exc:
         raise OutcomeInputError(path, f"cannot be read: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise OutcomeInputError(path, f"invalid YAML: {str(exc).splitlines()[0]}") from exc
+        raise OutcomeInputError(*yaml_problem(path, exc)) from exc
     if not isinstance(raw, dict):
         raise OutcomeInputError(path, "an analysis configuration must be a mapping")
     return outcome_config(raw, str(path))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import IdentityError, ManifestError
+from pipeline.errors import CartflowError, IdentityError, ManifestError
 from pipeline.identity import IdentityRules, identify, load_manifest, parse_timepoint
 
 
@@ -138,3 +138,29 @@ def test_rules_yaml_errors_are_specific(tmp_path):
     rules_file.write_text("filename_patterns: ['(unclosed']\n", encoding="utf-8")
     with pytest.raises(IdentityError, match="filename pattern"):
         IdentityRules.from_yaml(rules_file)
+
+
+def _yaml_loaders():
+    from gating.template import load_template
+    from panels import load_panel
+    from pipeline.clinical import load_hematotox
+    from pipeline.outcomes import load_outcome_config
+
+    return {
+        "identity rules": IdentityRules.from_yaml,
+        "gating template": load_template,
+        "panel": load_panel,
+        "analysis configuration": load_outcome_config,
+        "hematotox table": load_hematotox,
+    }
+
+
+@pytest.mark.parametrize("kind", list(_yaml_loaders()))
+def test_every_yaml_input_names_the_file_and_line_of_a_parse_error(tmp_path, kind):
+    path = tmp_path / "broken.yaml"
+    path.write_text("id: x\nitems: [\n  {name: a\n", encoding="utf-8")
+    with pytest.raises(CartflowError) as caught:
+        _yaml_loaders()[kind](path)
+    message = str(caught.value)
+    assert f"{path} line 4" in message and "invalid YAML: " in message
+    assert "\n" not in message
