@@ -392,24 +392,12 @@ class Store:
         """Write a file and its sample in one transaction; None when the file already exists."""
         try:
             with self.transaction() as session:
-                row = FcsFileRow(
-                    sha256=file.sha256,
-                    name=Path(file.path).name,
-                    size_bytes=file.size_bytes,
-                    fcs_version=file.fcs_version,
-                    cytometer=file.cytometer,
-                    event_count=file.event_count,
-                    channel_count=file.channel_count,
-                    has_spillover=file.has_spillover,
-                    acquisition_date=file.acquisition_date,
-                    keywords=file.keywords,
-                    reader_warnings=file.reader_warnings,
-                    run_id=run_id,
-                )
+                described = {k: v for k, v in vars(file).items() if k != "path"}
+                row = FcsFileRow(**described, name=Path(file.path).name, run_id=run_id)
                 session.add(row)
                 session.flush()
                 session.add(FileName(file_id=row.id, path=file.path, run_id=run_id))
-                session.add(SampleRow(file_id=row.id, run_id=run_id, **sample.__dict__))
+                session.add(SampleRow(**vars(sample), file_id=row.id, run_id=run_id))
                 session.flush()
                 return row.id
         except IntegrityError:

@@ -186,4 +186,4 @@ def test_the_command_line_reports_a_bad_store_in_one_line(tmp_path):
     assert (
         done.stderr.strip() == f"error: sqlite:///{path}: cannot be opened: file is not a database"
     )
-    assert not (tmp_path / "cartflow-out").exists()
+    assert path.read_text(encoding="utf-8") == "not a database"
