@@ -187,7 +187,7 @@ def _expression(row: str) -> dict[str, tuple[Component, ...]]:
         "CD45": ((1, 3.95, 0.1),),
         "CD3": ((1, 3.8, 0.12),),
     }
-    if arm == "CAR":  # a bright population with a dim shoulder, both clear of the negatives
+    if arm == "CAR":  # a bright population and a dim shoulder that can reach the negatives
         expression["CAR"] = ((0.85, 3.6, 0.2), (0.15, 3.15, 0.15))
     if lineage == "CD4":
         expression["CD4"] = ((1, 3.6, 0.1),)
