@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gating.auto import FLUOR, ChannelMap, PlacedGating, place, transforms_for
+from gating.auto import PlacedGating, place
 from gating.engine import Evaluator, GatingResult
 from gating.model import FCS_SPILL, Dimension, GateSet
 from gating.placement import ThresholdDecision
+from gating.placer import FLUOR, ChannelMap, transforms_for
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError

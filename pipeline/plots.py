@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gating.auto import PART
 from gating.compensation import compensate
 from gating.model import BooleanGate, Dimension, PolygonGate, RangeGate, RectangleGate
+from gating.placer import PART
 from pipeline.gate import SampleGating
 
 PLOT_EVENTS = 20_000

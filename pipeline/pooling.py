@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gating.auto import ESTIMATE_LIMIT, place_cut
+from gating.auto import place_cut
 from gating.placement import ThresholdDecision
+from gating.placer import ESTIMATE_LIMIT
 from gating.template import Template
 from pipeline.errors import CartflowError
 from pipeline.gate import GateStageError, SampleGating, compact_evidence, gate_file

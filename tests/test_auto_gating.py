@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gating.auto import SSC_LOG
+from gating.placer import SSC_LOG
 from gating.template import load_template
 from panels import load_panels, match_panel
 from pipeline.fcs import FcsFile, read_fcs

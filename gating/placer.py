@@ -1,0 +1,295 @@
+"""One sample's walk through a gating template: the state every gate placer works on.
+
+A :class:`Placer` places the cuts a population needs from the events of the population the
+template names (:func:`place_threshold`, trying the cut's methods in turn), compiles phenotype
+populations into range and boolean gates, and hands shape gates to the placers it was given
+(:mod:`gating.qc_gates`, :mod:`gating.scatter_gates`). Every gate is added to one
+:class:`~gating.engine.Evaluator` at once, so the next cut can look at the population just made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from gating.engine import Evaluator
+from gating.errors import GatingError
+from gating.model import FCS_SPILL, BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
+from gating.placement import (
+    ClusterFit,
+    ThresholdDecision,
+    balance_threshold,
+    mixture_threshold,
+    tail_threshold,
+    valley_threshold,
+)
+from gating.template import Condition, CutSpec, PopulationSpec, Template
+from gating.transforms import Flog, Logicle
+
+FLUOR = "fluor"
+SSC_LOG = "ssc_log"
+ESTIMATE_LIMIT = 20_000
+MIN_CLUSTER = 20
+"""Fewer fitted events than this and a scatter cluster counts as absent."""
+PART = "::"
+"""Separator of helper gates (one per phenotype condition) from their population id."""
+
+ShapeGate = Callable[["Placer", PopulationSpec], None]
+"""Places one shape gate (``stable_flow``, ``cells``, …) of a template on the sample."""
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    """Where a sample's markers and scatter signals are ($PnN names)."""
+
+    markers: Mapping[str, str]
+    fluorescence: tuple[str, ...]
+    fsc_area: str = "FSC-A"
+    fsc_height: str = "FSC-H"
+    ssc_area: str = "SSC-A"
+    time: str = "Time"
+
+
+def transforms_for(template: Template) -> dict:
+    """The template's fluorescence display transform and the SSC log scale."""
+    params = {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0} | {
+        k.upper(): float(v) for k, v in template.transform.items() if k != "type"
+    }
+    return {
+        FLUOR: Logicle(t=params["T"], w=params["W"], m=params["M"], a=params["A"]),
+        SSC_LOG: Flog(t=params["T"], m=params["M"]),
+    }
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+def _fixed(value: float, method_reason: str, events: int) -> ThresholdDecision:
+    return ThresholdDecision(value, "fixed", False, None, events, {"source": method_reason})
+
+
+def place_threshold(
+    spec: CutSpec,
+    values: np.ndarray,
+    negatives: np.ndarray | None,
+    scale: Logicle | None = None,
+) -> ThresholdDecision:
+    """Try each method of a cut in turn; the first that is not a fallback wins."""
+    decision = None
+    finite = values[np.isfinite(values)]
+    if finite.size and np.ptp(finite) == 0:
+        return ThresholdDecision(
+            spec.bounds.default, spec.methods[0], True, "channel carries no signal", values.size
+        )
+    tried = []
+    for method in spec.methods:
+        if method == "valley":
+            decision = valley_threshold(values, spec.bounds, side=spec.valley_side)
+        elif method == "mixture":
+            decision = mixture_threshold(values, spec.bounds, spec.components)
+        elif method == "balance":
+            to_linear, to_scale = (scale.inverse, scale.apply) if scale else (_same, _same)
+            decision = balance_threshold(
+                values,
+                spec.bounds,
+                to_linear,
+                to_scale,
+                spec.components,
+                spec.floor_sd,
+                min_positives=spec.min_positives,
+                hidden_share=spec.hidden_share,
+            )
+        elif method == "tail":
+            decision = tail_threshold(
+                negatives if negatives is not None else values,
+                spec.bounds,
+                spec.quantile,
+                spec.margin,
+            )
+        else:
+            return _fixed(spec.bounds.default, "template", values.size)
+        if not decision.fallback:
+            if tried:
+                decision.evidence["earlier_attempts"] = tried
+            return decision
+        tried.append(f"{method}: {decision.reason}")
+    assert decision is not None
+    reason = "; ".join(tried)
+    return ThresholdDecision(
+        decision.value, decision.method, True, reason, decision.events, decision.evidence
+    )
+
+
+class Placer:
+    """Walks a template over one sample: the cuts and gates placed so far, the flags raised,
+    and the evaluator every gate is added to; shape gates are placed by ``shape_gates``."""
+
+    def __init__(
+        self,
+        template: Template,
+        evaluator: Evaluator,
+        channels: ChannelMap,
+        fixed_cuts: Mapping[str, float | ThresholdDecision],
+        shape_gates: Mapping[str, ShapeGate],
+    ) -> None:
+        self.template = template
+        self.shape_gates = shape_gates
+        self.evaluator = evaluator
+        self.channels = channels
+        self.fixed_cuts = fixed_cuts
+        self.decisions: dict[str, ThresholdDecision] = {}
+        self.populations: list[str] = []
+        self.parents: dict[str, str | None] = {}
+        self.skipped: dict[str, str] = {}
+        self.approximations: dict[str, str] = {}
+        self.flags: list[str] = []
+        self.scatter: ClusterFit | None = None
+        self.degenerate: set[str] = set()
+        self.scatter_kept: tuple[str, ...] = ()
+
+    def axis(self, marker: str) -> Dimension:
+        return Dimension(self.channels.markers[marker], FCS_SPILL, FLUOR)
+
+    def add(self, *gates: Gate) -> None:
+        for gate in gates:
+            self.evaluator.add(gate)
+
+    def values(self, axis: Dimension, population: str | None) -> np.ndarray:
+        return self.evaluator.values(axis, population, ESTIMATE_LIMIT)
+
+    def decide(self, name: str, make) -> ThresholdDecision:
+        if name in self.fixed_cuts:
+            given = self.fixed_cuts[name]
+            decision = (
+                given if isinstance(given, ThresholdDecision) else _fixed(float(given), "given", 0)
+            )
+        else:
+            decision = make()
+        self.decisions[name] = decision
+        if decision.fallback:
+            self.flags.append(f"threshold_fallback:{name}")
+        return decision
+
+    def cut(self, marker: str, level: str) -> float:
+        spec = self.template.thresholds[marker]
+        positive = self.decisions.get(marker) or self.decide(
+            marker, lambda: self._estimate(spec.positive, marker, None)
+        )
+        if level in ("+", "-"):
+            return positive.value
+        name = f"{marker}.bright"
+        bright = self.decisions.get(name) or self.decide(
+            name, lambda: self._estimate(spec.bright, marker, positive.value)
+        )
+        return bright.value
+
+    def _estimate(self, spec: CutSpec, marker: str, above: float | None) -> ThresholdDecision:
+        if marker in self.degenerate:
+            return ThresholdDecision(
+                spec.bounds.default, spec.methods[0], True, "channel carries no signal", 0
+            )
+        axis = self.axis(marker)
+        population = self._estimate_population(spec)
+        values = self.values(axis, population) if population else np.empty(0)
+        if above is not None:
+            values = values[values >= above]
+        negatives = None
+        if spec.negative:
+            known = spec.negative in self.parents
+            negatives = self.values(axis, spec.negative) if known else np.empty(0)
+        scale = self.evaluator.gate_set.transforms[FLUOR]
+        decision = place_threshold(spec, values, negatives, scale)
+        decision.evidence["estimated_on"] = population
+        return decision
+
+    def _estimate_population(self, spec: CutSpec) -> str | None:
+        """The first population of the cut's chain that is gated and holds enough events."""
+        chain = [p for p in spec.estimate_chain if p in self.parents]
+        if not chain:
+            return None
+        for population in chain:
+            if self.evaluator.count(population) >= spec.min_events:
+                return population
+        return max(chain, key=self.evaluator.count)
+
+    def check_channels(self) -> None:
+        """Flag marker, scatter and time channels that carry no signal (constant or not
+        finite on the estimation subsample); cuts on such markers fall back."""
+        named = dict(self.channels.markers)
+        named |= {
+            channel: channel
+            for channel in (self.channels.fsc_area, self.channels.ssc_area, self.channels.time)
+        }
+        for name, channel in named.items():
+            try:
+                values = self.evaluator.values(Dimension(channel), None, ESTIMATE_LIMIT)
+            except GatingError:
+                continue  # a missing channel is reported where a gate needs it
+            finite = values[np.isfinite(values)]
+            if finite.size == 0 or np.ptp(finite) == 0:
+                self.degenerate.add(name)
+                self.flags.append(f"degenerate_channel:{name}")
+
+    def run(self) -> None:
+        self.check_channels()
+        for spec in self.template.populations:
+            if spec.parent is not None and spec.parent in self.skipped:
+                self.skipped[spec.id] = f"parent {spec.parent} was not gated"
+                continue
+            try:
+                if spec.gate is not None:
+                    self.shape_gates[spec.gate](self, spec)
+                else:
+                    self._phenotype(spec)
+            except (GatingError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+                self.skipped[spec.id] = f"could not be gated: {exc}"
+                self.flags.append(f"not_gated:{spec.id}")
+                continue
+            if spec.id not in self.skipped:
+                self.populations.append(spec.id)
+                self.parents[spec.id] = spec.parent
+
+    def _phenotype(self, spec: PopulationSpec) -> None:
+        usable = [c for c in spec.phenotype if c.marker in self.channels.markers]
+        dropped = [c for c in spec.phenotype if c.marker not in self.channels.markers]
+        if not usable:
+            self.skipped[spec.id] = "no marker of its phenotype is on this panel"
+            return
+        silent = [c.marker for c in usable if c.marker in self.degenerate]
+        if silent:
+            self.skipped[spec.id] = f"channel of {', '.join(silent)} carries no signal"
+            return
+        if dropped:
+            self.approximations[spec.id] = (
+                f"read as {' '.join(map(str, usable))}: "
+                f"{', '.join(c.marker for c in dropped)} not on this panel"
+            )
+        gates = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
+        if len(gates) > 1:
+            refs = tuple(GateRef(g.id) for g in gates)
+            gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
+        self.add(*gates)
+
+    def _condition_gate(self, spec: PopulationSpec, condition: Condition, alone: bool) -> RangeGate:
+        gate_id = spec.id if alone else f"{spec.id}{PART}{condition}"
+        axis = self.axis(condition.marker)
+        if condition.level == "+":
+            bound = Bound(axis, min=self.cut(condition.marker, "+"))
+        elif condition.level == "-":
+            bound = Bound(axis, max=self.cut(condition.marker, "-"))
+        elif condition.level == "++":
+            bound = Bound(axis, min=self.cut(condition.marker, "++"))
+        else:  # dim
+            bound = Bound(
+                axis, min=self.cut(condition.marker, "+"), max=self.cut(condition.marker, "++")
+            )
+        return RangeGate(gate_id, spec.parent, bound)
+
+    def raw(self, channel: str, population: str | None) -> np.ndarray:
+        return self.evaluator.values(Dimension(channel), population)
+
+    def scatter_axes(self) -> tuple[Dimension, Dimension]:
+        return Dimension(self.channels.fsc_area), Dimension(self.channels.ssc_area, None, SSC_LOG)

@@ -1,0 +1,480 @@
+"""Scatter gates: intact cells (ellipses of scatter clusters fitted from template anchors, so
+debris and dead cells stay out) and lymphocytes (low SSC, bright CD45, on the lymphocyte side
+of the dead cells). Each places its gate on the sample through a
+:class:`~gating.placer.Placer` and records its decisions with the evidence."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import pairwise
+
+import numpy as np
+
+from gating.model import (
+    BooleanGate,
+    Bound,
+    Dimension,
+    EllipsoidGate,
+    Gate,
+    GateRef,
+    PolygonGate,
+    RangeGate,
+    RectangleGate,
+)
+from gating.placement import (
+    GRID_POINTS,
+    MIN_EVENTS,
+    Bounds,
+    ThresholdDecision,
+    density,
+    gaussian_clusters,
+)
+from gating.placer import MIN_CLUSTER, PART, SSC_LOG, Placer, place_threshold
+from gating.template import CutSpec, PopulationSpec
+
+BLAST_WEIGHT_RATIO = 5.0
+"""Lymphocytes outweigh a cluster of their own large cells at least this many times."""
+
+
+def cells(placer: Placer, spec: PopulationSpec) -> None:
+    """Intact leukocytes by scatter: the union of the kept clusters' ellipses.
+
+    Named clusters (debris, dead cells, lymphocytes, monocytes, granulocytes …) are fitted
+    by EM on FSC-A × log SSC-A from the template's anchors; the gate is the union of
+    ``radius``-sd ellipses of the clusters in ``keep``, so debris and dead cells, which
+    lie beside the leukocytes rather than below a single FSC cut, stay out. With
+    ``keep_large`` (default) it also keeps everything larger than the first kept cluster's
+    centre within the kept clusters' SSC span: blasts and activated cells.
+    """
+    beads = spec.options.get("exclude", "beads")
+    parent = spec.parent
+    if beads in placer.populations:
+        parent = f"{spec.id}{PART}events"
+        placer.add(BooleanGate(parent, spec.parent, "not", (GateRef(beads),)))
+    anchors = spec.options.get("clusters")
+    if not anchors:
+        _cells_by_size(placer, spec, parent)
+        return
+    keep = tuple(spec.options.get("keep", ("lymphocytes", "monocytes", "granulocytes")))
+    radius = float(spec.options.get("radius", 4.0))
+    fsc, ssc = placer.scatter_axes()
+    ssc_scale = placer.evaluator.gate_set.transforms[SSC_LOG]
+    named = {
+        str(name): (float(a), float(ssc_scale.apply(np.array([float(b)]))[0]))
+        for name, (a, b) in anchors.items()
+    }
+    spread = tuple(float(v) for v in spec.options.get("spread", (8_000.0, 0.03)))
+    points = np.column_stack([placer.values(fsc, parent), placer.values(ssc, parent)])
+    fit = gaussian_clusters(points, named, spread)
+    wandered = set(fit.evidence.get("wandered", ()))
+    kept = [
+        n
+        for n in keep
+        if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
+    ]
+    if fit.fallback or not kept:
+        reason = fit.reason or "no kept cluster has events"
+        _cells_by_size(placer, spec, parent, reason)
+        return
+    placer.scatter = fit
+    placer.scatter_kept = tuple(kept)
+    first = fit.clusters[kept[0]]
+    edge = first.mean[0] - radius * first.sd(0)
+    evidence = dict(fit.evidence, keep=kept, radius=radius)
+    evidence["absent"] = [n for n in keep if n not in kept]
+    shapes: list[Gate] = [
+        EllipsoidGate(
+            f"{spec.id}{PART}{name}",
+            parent,
+            (fsc, ssc),
+            fit.clusters[name].mean,
+            fit.clusters[name].covariance,
+            radius * radius,
+        )
+        for name in kept
+    ]
+    if spec.options.get("keep_large", True):
+        # large cells (activated lymphocytes, blasts) lie beyond the first cluster's
+        # ellipse on the FSC side, where nothing needs excluding: keep everything larger
+        # than its centre across the kept clusters' side-scatter span
+        low = first.mean[1] - radius * first.sd(1)
+        high = max(fit.clusters[n].mean[1] + radius * fit.clusters[n].sd(1) for n in kept)
+        span = (Bound(fsc, min=first.mean[0]), Bound(ssc, min=low, max=high))
+        shapes.append(RectangleGate(f"{spec.id}{PART}large", parent, span))
+        evidence["large"] = {"fsc_min": first.mean[0], "ssc_range": (low, high)}
+    if len(shapes) == 1:
+        shapes[0] = replace(shapes[0], id=spec.id)
+    placer.decisions[spec.id] = ThresholdDecision(
+        float(edge), "clusters", False, None, fit.events, evidence
+    )
+    placer.add(*shapes)
+    if len(shapes) > 1:
+        placer.add(BooleanGate(spec.id, parent, "or", tuple(GateRef(g.id) for g in shapes)))
+
+
+def _cells_by_size(
+    placer: Placer, spec: PopulationSpec, parent: str | None, why: str | None = None
+) -> None:
+    """FSC-A above a valley (or the template default): the gate without scatter clusters."""
+    axis = Dimension(placer.channels.fsc_area)
+    bounds = Bounds(
+        *spec.options.get("bounds", (8_000.0, 40_000.0)), spec.options.get("default", 18_000.0)
+    )
+
+    def estimate() -> ThresholdDecision:
+        decision = place_threshold(CutSpec(("valley",), bounds), placer.values(axis, parent), None)
+        if why is not None and decision.reason:
+            reason = f"scatter clusters: {why}; {decision.reason}"
+            return ThresholdDecision(
+                decision.value, decision.method, True, reason, decision.events,
+                decision.evidence,
+            )  # fmt: skip
+        return decision
+
+    cut = placer.decide(spec.id, estimate).value
+    placer.add(RangeGate(spec.id, parent, Bound(axis, min=cut)))
+
+
+def lymphocytes(placer: Placer, spec: PopulationSpec) -> None:
+    """Low side scatter and bright CD45, on the lymphocyte side of the dead cells.
+
+    A rectangle on log SSC-A × CD45: the SSC cut is the density minimum between the
+    lymphocyte and the next scatter cluster (monocytes); the CD45 floor sits ``cd45_sd``
+    sds below the lymphocytes' CD45 mode. Dead cells straddle both cuts, so when the
+    scatter fit has a ``dead`` cluster the gate also keeps to the lymphocyte side of a
+    line across the lymphocyte → dead direction on FSC-A × log SSC-A, where the dead
+    cells' weighted density overtakes the lymphocytes' (kept within ``dead_sd`` lymphocyte
+    sds), one line per CD45 band with ``dead_cd45_sd`` (``_dead_line``). Above the SSC cut
+    a step keeps events brighter in CD45 than the next cluster (``_brighter_band``).
+    """
+    _, axis = placer.scatter_axes()
+    bounds = Bounds(*spec.options.get("bounds", (0.6, 0.9)), spec.options.get("default", 0.78))
+    ssc = placer.values(axis, spec.parent)
+    decision = placer.decide(spec.id, lambda: _lymphocyte_ssc(placer, spec, ssc, bounds))
+    cd45 = spec.options.get("bright", "CD45")
+    bright = None
+    posterior = _lymphocyte_posterior(placer, spec)
+    if cd45 in placer.channels.markers and cd45 not in placer.degenerate:
+        marker_axis = placer.axis(cd45)
+        values = placer.values(marker_axis, spec.parent)
+        sds = float(spec.options.get("cd45_sd", 4.5))
+        low_ssc = ssc < decision.value
+        others = None if posterior is None else 1.0 - posterior[low_ssc, 0]
+        floor = placer.decide(
+            f"{spec.id}.{cd45}", lambda: _bright_floor(values[low_ssc], sds, others=others)
+        )
+        if not floor.fallback:  # without a floor the gate is the SSC cut alone
+            bright = values >= floor.value
+    cd45_floor = None if bright is None else (marker_axis, values, floor)
+    plane = _dead_line(placer, spec, cd45_floor, posterior)
+    band = None
+    if bright is not None and not decision.fallback:
+        band = _brighter_band(placer, spec, decision, ssc, values, floor.value)
+    box_id = spec.id if plane is None and band is None else f"{spec.id}{PART}box"
+    if bright is not None:
+        box = (Bound(axis, max=decision.value), Bound(marker_axis, min=floor.value))
+        placer.add(RectangleGate(box_id, spec.parent, box))
+    else:
+        placer.add(RangeGate(box_id, spec.parent, Bound(axis, max=decision.value)))
+    if band is not None:
+        top, band_floor = band
+        shape = (Bound(axis, max=top), Bound(marker_axis, min=band_floor))
+        band_id = f"{spec.id}{PART}band"
+        union_id = spec.id if plane is None else f"{spec.id}{PART}stepped"
+        placer.add(
+            RectangleGate(band_id, spec.parent, shape),
+            BooleanGate(union_id, spec.parent, "or", (GateRef(box_id), GateRef(band_id))),
+        )
+        box_id = union_id
+    if plane is not None:
+        placer.add(
+            plane,
+            BooleanGate(spec.id, spec.parent, "and", (GateRef(box_id), GateRef(plane.id))),
+        )
+
+
+def _brighter_band(
+    placer: Placer,
+    spec: PopulationSpec,
+    decision: ThresholdDecision,
+    ssc: np.ndarray,
+    cd45: np.ndarray,
+    floor: float,
+) -> tuple[float, float] | None:
+    """A step above the SSC cut for events brighter in CD45 than the next cluster.
+
+    Large lymphocytes (NK cells, activated T cells) reach past the SSC cut, which must
+    stay clear of the monocytes; above it, up to ``band_sd`` lymphocyte sds (never past
+    the next cluster's centre), the gate keeps events whose CD45 lies
+    ``band_cd45_sd`` robust sds above that cluster's CD45 median. Returns (SSC top, CD45
+    floor), or None when the clusters leave no room or do not differ in CD45.
+    """
+    evidence = decision.evidence
+    if "between" not in evidence:
+        return None
+    (a, b), (lymph_sd, next_sd) = evidence["means"], evidence["sds"]
+    width = float(spec.options.get("band_sd", 1.0))
+    top = min(decision.value + width * lymph_sd, b)
+    if width <= 0 or top <= decision.value:
+        return None
+    # the next cluster's upper half: lymphocytes do not reach past its centre
+    near = np.isfinite(cd45) & (ssc >= b) & (ssc <= b + next_sd)
+    lymph = np.isfinite(cd45) & (np.abs(ssc - a) < lymph_sd)
+    if near.sum() < MIN_EVENTS or lymph.sum() < MIN_EVENTS:
+        return None
+    centre = float(np.median(cd45[near]))
+    spread = float(1.4826 * np.median(np.abs(cd45[near] - centre)))
+    band_floor = max(floor, centre + float(spec.options.get("band_cd45_sd", 3.0)) * spread)
+    if band_floor >= float(np.median(cd45[lymph])):
+        return None
+    placer.decisions[f"{spec.id}.band"] = ThresholdDecision(
+        band_floor,
+        "tail",
+        False,
+        None,
+        int(near.sum()),
+        {"ssc_range": (decision.value, top), "next_cd45_median": centre,
+         "next_cd45_sd": spread, "cd45_floor": band_floor},
+    )  # fmt: skip
+    return top, band_floor
+
+
+def _lymphocyte_posterior(placer: Placer, spec: PopulationSpec) -> np.ndarray | None:
+    """P(lymphocyte | scatter) and, when fitted, P(dead cell | scatter) for the parent's
+    estimation events, one column each (None without a scatter fit)."""
+    fit = placer.scatter
+    low = spec.options.get("cluster", "lymphocytes")
+    if fit is None or low not in fit.clusters or len(fit.clusters) < 2:
+        return None
+    dead = spec.options.get("dead", "dead")
+    names = (low, dead) if dead in fit.clusters else (low,)
+    fsc, ssc = placer.scatter_axes()
+    points = np.column_stack([placer.values(fsc, spec.parent), placer.values(ssc, spec.parent)])
+    return fit.posterior(points, names)
+
+
+def _dead_line(
+    placer: Placer,
+    spec: PopulationSpec,
+    cd45_floor: tuple[Dimension, np.ndarray, ThresholdDecision] | None,
+    posterior: np.ndarray | None,
+) -> Gate | None:
+    """The lymphocyte side of a line across the lymphocyte → dead-cell direction.
+
+    The line sits where the dead cells the CD45 floor lets through become denser than
+    the lymphocytes (their weights from the parent's scatter ``posterior``). Dead cells
+    are CD45-dim, so with ``dead_cd45_sd`` the CD45 range above the floor is split that
+    many lymphocyte CD45 sds below the lymphocytes' mode, and each band gets its own line:
+    nearer the lymphocytes where the dim dead cells crowd, further out in the bright band.
+    """
+    fit, low = placer.scatter, spec.options.get("cluster", "lymphocytes")
+    dead = spec.options.get("dead", "dead")
+    if fit is None or low not in fit.clusters or dead not in fit.clusters:
+        return None
+    lymph, other = fit.clusters[low], fit.clusters[dead]
+    if other.events < MIN_CLUSTER:
+        return None
+    cov = np.asarray(lymph.covariance)
+    mean = np.asarray(lymph.mean)
+    direction = np.linalg.solve(cov, np.asarray(other.mean) - mean)
+    scale = float(np.sqrt(direction @ cov @ direction))
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    reach = scale  # Mahalanobis distance of the dead cells from the lymphocytes
+    spread = float(np.sqrt(direction @ np.asarray(other.covariance) @ direction)) / scale
+    edges, cd45 = [-np.inf, np.inf], None
+    if cd45_floor is not None:
+        _, cd45, floor = cd45_floor
+        edges[0] = floor.value
+        mode, sd = floor.evidence.get("mode"), floor.evidence.get("upper_sd")
+        splits = spec.options.get("dead_cd45_sd", ())
+        if mode is not None and sd:
+            inner = sorted(mode - float(k) * sd for k in splits)
+            edges[1:1] = [edge for edge in inner if edge > floor.value]
+    fsc, ssc = placer.scatter_axes()
+    banded = len(edges) > 2
+    lines: list[tuple[float, float, PolygonGate]] = []
+    for number, (lo, hi) in enumerate(pairwise(edges)):
+        weights = [lymph.weight, other.weight]
+        if cd45 is not None and posterior is not None and posterior.size:
+            inside = (cd45 >= lo) & (cd45 < hi)
+            weights = [float(np.mean(posterior[:, i] * inside)) for i in range(2)]
+        sds = _dead_crossing(spec, reach, spread, weights)
+        limit = float(direction @ mean) + sds * scale
+        suffix = f"{number + 1}" if banded else ""
+        placer.decisions[".".join(filter(None, (spec.id, "dead", suffix)))] = ThresholdDecision(
+            sds,
+            "clusters",
+            False,
+            None,
+            fit.events,
+            {"direction": direction.tolist(), "limit": limit, "lymphocyte_sds": sds,
+             "dead_distance_sds": reach, "dead_spread_sds": spread, "weights": weights,
+             "lymphocyte_mean": list(lymph.mean), "dead_mean": list(other.mean),
+             "cd45_range": [float(lo), float(hi)]},
+        )  # fmt: skip
+        vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
+        gate_id = PART.join(filter(None, (spec.id, "dead", suffix)))
+        lines.append((lo, hi, PolygonGate(gate_id, spec.parent, (fsc, ssc), vertices)))
+    if not banded:
+        return lines[0][2]
+    return _banded(placer, spec, cd45_floor[0], lines)
+
+
+def _banded(
+    placer: Placer,
+    spec: PopulationSpec,
+    axis: Dimension,
+    lines: list[tuple[float, float, PolygonGate]],
+) -> BooleanGate:
+    """OR over the CD45 bands of each band's dead-cell line, the line evaluated on its
+    band's events only; adds the parts."""
+    parts = []
+    for lo, hi, line in lines:
+        band = RangeGate(
+            f"{line.id}{PART}cd45",
+            spec.parent,
+            Bound(axis, min=None if np.isinf(lo) else lo, max=None if np.isinf(hi) else hi),
+        )
+        placer.add(band, replace(line, parent=band.id))
+        parts.append(GateRef(line.id))
+    return BooleanGate(f"{spec.id}{PART}dead", spec.parent, "or", tuple(parts))
+
+
+def _dead_crossing(
+    spec: PopulationSpec, reach: float, spread: float, weights: list[float]
+) -> float:
+    """Lymphocyte sds along the dead-cell direction where the weighted dead-cell density
+    overtakes the lymphocytes' (within ``dead_sd``)."""
+    low_sd, high_sd = (float(v) for v in spec.options.get("dead_sd", (2.5, 4.5)))
+    grid = np.linspace(low_sd, high_sd, 256)
+    lymph_density = weights[0] * np.exp(-0.5 * grid**2)
+    dead_density = weights[1] / spread * np.exp(-0.5 * ((grid - reach) / spread) ** 2)
+    dead_side = np.flatnonzero(dead_density > lymph_density)
+    return float(grid[dead_side[0]]) if dead_side.size else high_sd
+
+
+def _lymphocyte_ssc(
+    placer: Placer, spec: PopulationSpec, ssc: np.ndarray, bounds: Bounds
+) -> ThresholdDecision:
+    """The SSC density minimum between the lymphocyte and the next scatter cluster."""
+    fit = placer.scatter
+    low = spec.options.get("cluster", "lymphocytes")
+    above = [
+        c for c in (fit.clusters.values() if fit else ())
+        if c.name in placer.scatter_kept and c.name != low
+    ]  # fmt: skip
+    if fit is None or low not in fit.clusters or not above:
+        return place_threshold(CutSpec(("valley",), bounds), ssc, None)
+    lymph, nearest = fit.clusters[low], min(above, key=lambda c: c.mean[1])
+    a, b = lymph.mean[1], nearest.mean[1]
+    evidence = {
+        "between": [low, nearest.name],
+        "means": [a, b],
+        "sds": [lymph.sd(1), nearest.sd(1)],
+        "weights": [lymph.weight, nearest.weight],
+    }
+    if b <= a:
+        return ThresholdDecision(
+            bounds.default, "clusters", True, "clusters do not separate", ssc.size, evidence
+        )
+    # the weighted Gaussian crossing, refined to the data's density minimum near it
+    grid = np.linspace(a, b, GRID_POINTS)
+    diff = fit.density(low, 1, grid) - fit.density(nearest.name, 1, grid)
+    crossing = np.flatnonzero(np.diff(np.sign(diff)) != 0)
+    cut = float(grid[crossing[0]]) if crossing.size else (a + b) / 2
+    evidence["crossing"] = cut
+    values = ssc[np.isfinite(ssc)]
+    if values.size >= MIN_EVENTS:
+        half = 1.5 * min(lymph.sd(1), nearest.sd(1))
+        grid, dens = density(values, float(values.min()), float(values.max()))
+        near = np.flatnonzero(np.abs(grid - cut) <= half)
+        if near.size > 2:
+            lowest = near[np.argmin(dens[near])]
+            if lowest not in (near[0], near[-1]):  # an interior minimum: a real valley
+                cut = float(grid[lowest])
+                evidence["valley"] = cut
+    # keep clear of each cluster's own spread, unless the two overlap (then the density
+    # decides) or the upper cluster is too broad to be a cluster (then only the lower);
+    # a much smaller "next cluster" centred inside the lymphocytes' own spread is their
+    # large cells (activated blasts at expansion), not another population: keep clear of
+    # the spread
+    sds = float(spec.options.get("lymphocyte_sd", 3.0))
+    broad = 2.0 * float(fit.evidence.get("spread", (0.0, 0.03))[1])
+    lower = a + sds * lymph.sd(1)
+    upper = b - sds * nearest.sd(1) if nearest.sd(1) <= broad else np.inf
+    guarded = cut
+    if lower <= upper:
+        guarded = float(np.clip(cut, lower, upper))
+    elif b < lower and lymph.weight >= BLAST_WEIGHT_RATIO * nearest.weight:
+        guarded = max(cut, lower)
+    if guarded != cut:
+        evidence["guard"] = [lower, upper]
+        cut = guarded
+    evidence["cut"] = cut
+    if not bounds.low <= cut <= bounds.high:
+        reason = f"cut {cut:.3f} outside bounds"
+        return ThresholdDecision(bounds.default, "clusters", True, reason, ssc.size, evidence)
+    return ThresholdDecision(cut, "clusters", False, None, int(ssc.size), evidence)
+
+
+def _bright_floor(
+    values: np.ndarray,
+    sds: float,
+    inner_sds: float = 2.5,
+    others: np.ndarray | None = None,
+) -> ThresholdDecision:
+    """A floor under a bright population: the density minimum between ``inner_sds`` and
+    ``sds`` sds below its mode (where dimmer events that share the gate, such as dead cells,
+    begin), the sd read off its upper side (those events widen only the lower side). With
+    ``others`` (each event's scatter probability of belonging to another population: dead
+    cells, monocytes) the floor rises to where their density falls below the population's
+    own, if that lies higher."""
+    finite = np.isfinite(values)
+    values = values[finite]
+    if values.size < MIN_EVENTS:
+        reason = f"only {values.size} events; no floor applied"
+        return ThresholdDecision(0.0, "tail", True, reason, int(values.size))
+    grid, dens = density(values, float(values.min()), float(values.max()))
+    mode = float(grid[np.argmax(dens)])
+    upper = values[values > mode] - mode
+    spread = float(np.median(upper) / 0.6745) if upper.size >= 10 else 0.0
+    if not spread > 0:
+        spread = float(1.4826 * np.median(np.abs(values - mode)))
+    outer, inner = mode - sds * spread, mode - inner_sds * spread
+    between = (grid >= outer) & (grid <= inner)
+    cut = float(grid[between][np.argmin(dens[between])]) if between.any() else outer
+    evidence = {"mode": mode, "upper_sd": spread, "sds": sds, "outer": outer, "valley": cut}
+    if others is not None and between.any():
+        weights = others[finite]
+        step = grid[1] - grid[0]
+        edges = (grid[0] - step / 2, grid[-1] + step / 2)
+        dead, _ = np.histogram(values, GRID_POINTS, edges, weights=weights)
+        live, _ = np.histogram(values, GRID_POINTS, edges, weights=1.0 - weights)
+        kernel = np.exp(-0.5 * np.arange(-8, 9) ** 2 / 9.0)
+        dead = np.convolve(dead, kernel, mode="same")
+        live = np.convolve(live, kernel, mode="same")
+        dominated = between & (dead > live)
+        if dominated.any():
+            crossing = float(grid[np.flatnonzero(dominated)[-1]] + step)
+            evidence["others_crossing"] = crossing
+            cut = max(cut, min(crossing, inner))
+    evidence["cut"] = cut
+    return ThresholdDecision(cut, "tail", False, None, int(values.size), evidence)
+
+
+def _half_plane(
+    normal: np.ndarray, limit: float, box: tuple[tuple[float, float], tuple[float, float]]
+) -> tuple[tuple[float, float], ...]:
+    """Polygon of the part of a box where normal · x <= limit (one Sutherland-Hodgman step)."""
+    (x0, x1), (y0, y1) = box
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    kept: list[tuple[float, float]] = []
+    for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+        fa, fb = normal @ np.array(a) - limit, normal @ np.array(b) - limit
+        if fa <= 0:
+            kept.append(a)
+        if (fa < 0 < fb) or (fb < 0 < fa):
+            share = fa / (fa - fb)
+            kept.append((a[0] + share * (b[0] - a[0]), a[1] + share * (b[1] - a[1])))
+    return tuple((float(x), float(y)) for x, y in kept)
