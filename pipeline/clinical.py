@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.errors import CartflowError, yaml_problem
+from pipeline.errors import CartflowError, first_line, yaml_problem
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "patient",
@@ -226,11 +226,7 @@ def read_clinical(source: Path | str | pd.DataFrame, sheet: str | int = 0) -> Ra
     except ClinicalTableError:
         raise
     except Exception as exc:  # any reader failure (csv, zip, openpyxl) is a problem, not a crash
-        return _with_problem(empty, f"cannot be read: {_first_line(exc)}")
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _with_problem(empty, f"cannot be read: {first_line(exc)}")
 
 
 def _with_problem(table: RawTable, message: str) -> RawTable:

@@ -61,10 +61,15 @@ class StoreError(CartflowError):
     code = "store"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def yaml_problem(source: str | Path, exc: Exception) -> tuple[str, str]:
     """``(source, problem)`` of a YAML parse error in one line each: the source gains the
     line number where the parser stopped, the problem is the parser's own words."""
     mark = getattr(exc, "problem_mark", None)
     where = f"{source} line {mark.line + 1}" if mark else str(source)
-    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or ["?"])[0]
+    problem = getattr(exc, "problem", None) or first_line(exc)
     return where, f"invalid YAML: {problem}"

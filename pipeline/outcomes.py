@@ -35,7 +35,7 @@ from pipeline.clinical import (
     load_clinical,
     load_hematotox,
 )
-from pipeline.errors import CartflowError, yaml_problem
+from pipeline.errors import CartflowError, first_line, yaml_problem
 
 EXPLORATORY = "exploratory (data-derived)"
 ENDPOINTS: dict[str, tuple[str, str]] = {
@@ -839,7 +839,7 @@ def _fit_cox(frame: pd.DataFrame, confidence: float, penalizer: float):
             fitter = CoxPHFitter(alpha=_alpha(confidence), penalizer=penalizer)
             fitter.fit(frame, duration_col="_T", event_col="_E")
         except Exception as exc:  # lifelines: ConvergenceError; numpy: LinAlgError
-            return None, [f"did not converge: {str(exc).splitlines()[0]}"]
+            return None, [f"did not converge: {first_line(exc)}"]
     return fitter, sorted({str(w.message).strip().splitlines()[0] for w in caught})
 
 
@@ -1347,7 +1347,7 @@ def read_patient_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (OSError, ValueError) as exc:
-        raise OutcomeInputError(path, f"cannot be read: {str(exc).splitlines()[0]}") from exc
+        raise OutcomeInputError(path, f"cannot be read: {first_line(exc)}") from exc
 
 
 def run_outcomes_from_files(

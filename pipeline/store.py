@@ -39,7 +39,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pipeline import __version__
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, first_line
 
 DEFAULT_DB = "sqlite:///cartflow.sqlite"
 
@@ -280,10 +280,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _check_schema(engine: Engine, where: str) -> None:
     """Refuse a database that holds other tables but none of cartflow's, or cartflow tables
     lacking columns of this schema (written by another version): nothing is written to it."""
@@ -292,10 +288,7 @@ def _check_schema(engine: Engine, where: str) -> None:
     ours = [table for table in Base.metadata.sorted_tables if table.name in present]
     if present and not ours:
         listed = ", ".join(sorted(present)[:5])
-        raise StoreError(
-            where,
-            f"is not a cartflow store (it holds other tables: {listed})",
-        )
+        raise StoreError(where, f"is not a cartflow store (it holds other tables: {listed})")
     for table in ours:
         columns = {column["name"] for column in inspector.get_columns(table.name)}
         missing = [column.name for column in table.columns if column.name not in columns]
@@ -315,13 +308,13 @@ class Store:
         try:
             self.display_url = make_url(self.url).render_as_string(hide_password=True)
         except ArgumentError as exc:
-            raise StoreError(self.url, f"is not a database URL: {_first_line(exc)}") from exc
+            raise StoreError(self.url, f"is not a database URL: {first_line(exc)}") from exc
         try:
             if self.url.startswith("sqlite:///"):
                 Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, future=True)
         except (ArgumentError, ImportError, OSError) as exc:
-            problem = f"cannot be used as a store: {_first_line(exc)}"
+            problem = f"cannot be used as a store: {first_line(exc)}"
             raise StoreError(self.display_url, problem) from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -330,7 +323,7 @@ class Store:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            problem = _first_line(getattr(exc, "orig", None) or exc)
+            problem = first_line(getattr(exc, "orig", None) or exc)
             raise StoreError(self.display_url, f"cannot be opened: {problem}") from exc
         except StoreError:
             self.engine.dispose()
