@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gating.auto import SHAPE_PLACERS
 from gating.placer import SSC_LOG
-from gating.template import load_template
+from gating.template import SHAPE_GATES, load_template
 from panels import load_panels, match_panel
 from pipeline.fcs import FcsFile, read_fcs
 from pipeline.gate import TEMPLATE_DIR, GateStageError, SampleGating, gate_fcs, gate_file
@@ -334,3 +335,7 @@ def test_each_cd45_band_has_its_own_dead_cell_line(cohort, tmp_path):
     single = _template_with(tmp_path, "memory", ", dead_cd45_sd: [1, 2, 3]", "")
     one_line = _gate(fcs, panel, fcs.events, template=single).placed.decisions
     assert "lymphocytes.dead" in one_line and "lymphocytes.dead.1" not in one_line
+
+
+def test_every_shape_gate_a_template_may_name_has_a_placer():
+    assert sorted(SHAPE_PLACERS) == sorted(SHAPE_GATES)
