@@ -61,8 +61,10 @@ def _writable(path: Path | None, *, folder: bool) -> None:
     cannot be written fails at once, in one line naming it."""
     if path is None:
         return
-    if folder and path.exists() and not path.is_dir():
-        raise _fail(f"{path}: is a file, not a folder")
+    if path.exists() and path.is_dir() != folder:
+        raise _fail(
+            f"{path}: " + ("is a file, not a folder" if folder else "is a folder, not a file")
+        )
     try:
         (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -115,3 +115,22 @@ def test_an_output_that_cannot_be_written_fails_first_in_one_line(tmp_path, comm
     named = next(arg for arg in args if arg.startswith(places["out"]))
     assert f"{named}: cannot be written" in result.output
     assert not (tmp_path / "store.sqlite").exists()  # failed before any work
+
+
+@pytest.mark.parametrize(
+    ("option", "made", "problem"),
+    [
+        ("--plots", "file", "is a file, not a folder"),
+        ("--membership", "folder", "is a folder, not a file"),
+    ],
+)
+def test_an_output_of_the_wrong_kind_is_named(tmp_path, option, made, problem):
+    target = tmp_path / "taken"
+    if made == "folder":
+        target.mkdir()
+    else:
+        target.write_text("x", encoding="utf-8")
+    fcs = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
+    result = runner.invoke(app, ["gate", str(fcs), option, str(target)])
+    assert result.exit_code == 1, result.output
+    assert f"{target}: {problem}" in result.output
