@@ -28,10 +28,10 @@ from gating import qc_gates, scatter_gates
 from gating.engine import Evaluator, GatingResult
 from gating.model import GateSet
 from gating.placement import ThresholdDecision
-from gating.placer import FLUOR, ChannelMap, Placer, ShapeGate, place_threshold, transforms_for
+from gating.placer import FLUOR, ChannelMap, Placer, ShapePlacer, place_threshold, transforms_for
 from gating.template import Template
 
-SHAPE_PLACERS: Mapping[str, ShapeGate] = {
+SHAPE_PLACERS: Mapping[str, ShapePlacer] = {
     "stable_flow": qc_gates.stable_flow,
     "singlets": qc_gates.singlets,
     "beads": qc_gates.beads,

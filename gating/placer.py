@@ -31,12 +31,10 @@ from gating.transforms import Flog, Logicle
 FLUOR = "fluor"
 SSC_LOG = "ssc_log"
 ESTIMATE_LIMIT = 20_000
-MIN_CLUSTER = 20
-"""Fewer fitted events than this and a scatter cluster counts as absent."""
 PART = "::"
 """Separator of helper gates (one per phenotype condition) from their population id."""
 
-ShapeGate = Callable[["Placer", PopulationSpec], None]
+ShapePlacer = Callable[["Placer", PopulationSpec], None]
 """Places one shape gate (``stable_flow``, ``cells``, …) of a template on the sample."""
 
 
@@ -133,7 +131,7 @@ class Placer:
         evaluator: Evaluator,
         channels: ChannelMap,
         fixed_cuts: Mapping[str, float | ThresholdDecision],
-        shape_gates: Mapping[str, ShapeGate],
+        shape_gates: Mapping[str, ShapePlacer],
     ) -> None:
         self.template = template
         self.shape_gates = shape_gates

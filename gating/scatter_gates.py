@@ -29,9 +29,11 @@ from gating.placement import (
     density,
     gaussian_clusters,
 )
-from gating.placer import MIN_CLUSTER, PART, SSC_LOG, Placer, place_threshold
+from gating.placer import PART, SSC_LOG, Placer, place_threshold
 from gating.template import CutSpec, PopulationSpec
 
+MIN_CLUSTER = 20
+"""Fewer fitted events than this and a scatter cluster counts as absent."""
 BLAST_WEIGHT_RATIO = 5.0
 """Lymphocytes outweigh a cluster of their own large cells at least this many times."""
 
