@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -56,17 +57,26 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _writable(path: Path | None, *, folder: bool) -> None:
+def _writable(path: Path | None, *, folder: bool, create: bool = True) -> None:
     """Create an output folder (or an output file's folder) before any work, so that one that
-    cannot be written fails at once, in one line naming it."""
+    cannot be written fails at once, in one line naming it. With ``create=False`` (an output
+    that may not be needed) only check that the folder could be made."""
     if path is None:
         return
     if path.exists() and path.is_dir() != folder:
         raise _fail(
             f"{path}: " + ("is a file, not a folder" if folder else "is a folder, not a file")
         )
+    target = path if folder else path.parent
+    if not create:
+        existing = next(p for p in (target, *target.parents) if p.exists())
+        if not existing.is_dir():
+            raise _fail(f"{path}: cannot be written: {os.strerror(errno.ENOTDIR)}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise _fail(f"{path}: cannot be written: {os.strerror(errno.EACCES)}")
+        return
     try:
-        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _fail(f"{path}: cannot be written: {exc.strerror or exc}") from None
 
@@ -264,7 +274,7 @@ def run_ingest(
 
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
-    _writable(out, folder=True)
+    _writable(out, folder=True, create=False)  # only quarantine goes there
     try:
         loaded_manifest, loaded_rules = _load_context(manifest, rules)
     except CartflowError as exc:

@@ -43,14 +43,16 @@ def test_ingest_exit_codes(tmp_path):
     for source in sorted(FIXTURE_COHORT.glob("*.fcs"))[:2]:
         shutil.copy(source, batch / source.name)
     db = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(tmp_path)])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "2 accepted" in result.output
+    assert not out.exists()  # nothing quarantined, nothing to write
     shutil.copy(require_shared(QUIRKS / "G11.fcs"), batch / "G11.fcs")
-    result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(tmp_path)])
+    result = runner.invoke(app, ["ingest", str(batch), "--db", db, "--out", str(out)])
     assert result.exit_code == 2
     assert "2 already known" in result.output and "1 quarantined" in result.output
-    assert (tmp_path / "quarantine" / "quarantine.csv").is_file()
+    assert (out / "quarantine" / "quarantine.csv").is_file()
 
 
 def test_ingest_bad_manifest_is_one_line(tmp_path):
