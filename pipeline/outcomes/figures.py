@@ -12,15 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.outcomes import (
-    ENDPOINTS,
-    EXPLORATORY,
-    GroupComparison,
-    KmSummary,
-    OutcomeReport,
-    as_groups,
-    fit_km,
-)
+from pipeline.outcomes.common import ENDPOINTS, EXPLORATORY, as_groups
+from pipeline.outcomes.groups import GroupComparison
+from pipeline.outcomes.stage import OutcomeReport
+from pipeline.outcomes.survival import KmSummary, fit_km
 
 TIMEPOINT_COLUMNS = ("patient", "nominal_day", "car_t_per_ul")
 

@@ -1,0 +1,155 @@
+"""Kaplan-Meier estimates, log-rank tests and median follow-up (lifelines)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.outcomes.common import _alpha, _levels, _series, as_groups
+
+
+@dataclass(frozen=True)
+class LogRank:
+    statistic: float
+    df: int
+    p: float
+
+
+@dataclass(frozen=True)
+class KmGroup:
+    """Kaplan-Meier summary of one group: median (inf: not reached) and S(at_days), with CIs."""
+
+    level: str
+    n: int
+    events: int
+    median: float
+    median_ci_low: float
+    median_ci_high: float
+    at_days: float
+    survival: float
+    survival_ci_low: float
+    survival_ci_high: float
+
+
+@dataclass(frozen=True)
+class KmSummary:
+    """Kaplan-Meier estimates of one endpoint, overall or by group, and the log-rank test.
+
+    Confidence intervals are lifelines' (Greenwood variance on the log(-log) scale).
+    """
+
+    endpoint: str
+    grouping: str
+    groups: tuple[KmGroup, ...]
+    logrank: LogRank | None
+
+    def group(self, level: str) -> KmGroup:
+        return next(g for g in self.groups if g.level == level)
+
+
+def _clean_survival(durations, events, groups=None) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    d = pd.to_numeric(_series(durations), errors="coerce").to_numpy(dtype=float)
+    e = pd.to_numeric(_series(events).astype(object), errors="coerce").to_numpy(dtype=float)
+    g = as_groups(_series(["all"] * len(d) if groups is None else groups))
+    keep = ~np.isnan(d) & ~np.isnan(e) & g.notna().to_numpy()
+    return d[keep], e[keep] > 0, g[keep].cat.remove_unused_categories().reset_index(drop=True)
+
+
+def fit_km(durations: np.ndarray, events: np.ndarray, label: str, confidence: float = 0.95):
+    """A lifelines KaplanMeierFitter on one group."""
+    from lifelines import KaplanMeierFitter
+
+    return KaplanMeierFitter(alpha=_alpha(confidence)).fit(durations, events, label=label)
+
+
+def _survival_at(kmf, t: float) -> tuple[float, float, float]:
+    last = float(kmf.survival_function_.iloc[-1, 0])
+    if not t <= float(np.max(kmf.durations)) and last > 0:
+        return math.nan, math.nan, math.nan  # not observed that long
+    s = float(kmf.survival_function_at_times(t).iloc[0])
+    ci = kmf.confidence_interval_survival_function_.loc[:t].iloc[-1]
+    return s, float(ci.iloc[0]), float(ci.iloc[1])
+
+
+def _km_group(level: str, d: np.ndarray, e: np.ndarray, at: float, confidence: float) -> KmGroup:
+    from lifelines.utils import median_survival_times
+
+    kmf = fit_km(d, e, level, confidence)
+    median_low, median_high = median_survival_times(kmf.confidence_interval_).iloc[0]
+    s, s_low, s_high = _survival_at(kmf, at)
+    return KmGroup(
+        level=level,
+        n=len(d),
+        events=int(e.sum()),
+        median=float(kmf.median_survival_time_),
+        median_ci_low=float(median_low),
+        median_ci_high=float(median_high),
+        at_days=at,
+        survival=s,
+        survival_ci_low=s_low,
+        survival_ci_high=s_high,
+    )
+
+
+def logrank(
+    durations: Sequence[float] | pd.Series,
+    events: Sequence[bool] | pd.Series,
+    groups: Sequence | pd.Series,
+) -> LogRank | None:
+    """Log-rank test across groups (lifelines); None with fewer than two groups."""
+    from lifelines.statistics import multivariate_logrank_test
+
+    d, e, g = _clean_survival(durations, events, groups)
+    if len(_levels(g)) < 2:
+        return None
+    result = multivariate_logrank_test(d, g.astype(str).to_numpy(), e)
+    return LogRank(
+        float(result.test_statistic), int(result.degrees_of_freedom), float(result.p_value)
+    )
+
+
+def km_summary(
+    durations: Sequence[float] | pd.Series,
+    events: Sequence[bool] | pd.Series,
+    groups: Sequence | pd.Series | None = None,
+    at_days: float = 365.0,
+    endpoint: str = "",
+    grouping: str = "overall",
+    confidence: float = 0.95,
+) -> KmSummary:
+    """Kaplan-Meier per group (n, events, median, S(at_days) with CIs) and the log-rank test."""
+    d, e, g = _clean_survival(durations, events, groups)
+    masks = {level: (g == level).to_numpy() for level in _levels(g)}
+    per_group = tuple(
+        _km_group(level, d[m], e[m], at_days, confidence) for level, m in masks.items()
+    )
+    test = logrank(d, e, g) if groups is not None else None
+    return KmSummary(endpoint, grouping, per_group, test)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Median follow-up by reverse Kaplan-Meier (censorings are the 'events')."""
+
+    n: int
+    median_days: float
+    ci_low: float
+    ci_high: float
+    method: str = "reverse Kaplan-Meier"
+
+
+def median_followup(
+    durations: Sequence[float] | pd.Series,
+    events: Sequence[bool] | pd.Series,
+    confidence: float = 0.95,
+) -> FollowUp:
+    """Median potential follow-up: Kaplan-Meier with event and censoring swapped."""
+    d, e, _ = _clean_survival(durations, events)
+    if not len(d):
+        return FollowUp(0, math.nan, math.nan, math.nan)
+    reverse = _km_group("follow-up", d, ~e, math.nan, confidence)
+    return FollowUp(len(d), reverse.median, reverse.median_ci_low, reverse.median_ci_high)
