@@ -337,9 +337,8 @@ def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
     return {"type": kind, **params}
 
 
-def load_template(path: Path) -> Template:
-    """Load and validate a gating template; problems raise GatingError with file and line."""
-    path = Path(path)
+def _read_yaml(path: Path) -> tuple[str, yaml.Node, dict]:
+    """The template's text, its YAML node tree (for line numbers) and its values."""
     try:
         text = path.read_text(encoding="utf-8")
         node = yaml.compose(text)
@@ -355,22 +354,13 @@ def load_template(path: Path) -> Template:
     duplicate = _duplicate_key(node)
     if duplicate:
         raise GatingError(f"{path} line {duplicate[1]}", f"key {duplicate[0]!r} appears twice")
-    reader = _Reader(path, _lines(node))
-    for key in ("id", "tube", "thresholds", "populations"):
-        if key not in raw:
-            raise reader.error("", f"missing field {key!r}")
-    try:
-        version = int(raw.get("version", 1))
-    except (TypeError, ValueError):
-        raise reader.error("version", f"version {raw.get('version')!r} is not a number") from None
-    transform = _transform(raw.get("transform"), reader)
-    if not isinstance(raw["thresholds"], dict):
-        raise reader.error("thresholds", "thresholds must map markers to their cuts")
-    if not isinstance(raw["populations"], list) or not raw["populations"]:
-        raise reader.error("populations", "populations must be a non-empty list")
+    return text, node, raw
 
+
+def _thresholds(raw: dict, reader: _Reader) -> dict[str, ThresholdSpec]:
+    """Each marker's positive cut and, when given, its bright cut."""
     thresholds = {}
-    for marker, spec in raw["thresholds"].items():
+    for marker, spec in raw.items():
         key = f"thresholds.{marker}"
         if not isinstance(marker, str) or not _CONDITION.match(f"{marker}+"):
             raise reader.error(key, f"{marker!r} is not a marker name (letters and digits)")
@@ -382,10 +372,35 @@ def load_template(path: Path) -> Template:
             bright_raw = {"estimate_on": spec.get("estimate_on"), **spec["bright"]}
             bright = reader.cut(bright_raw, f"{key}.bright")
         thresholds[marker] = ThresholdSpec(marker, positive, bright)
+    return thresholds
 
+
+def _phenotype(
+    entry: dict, pop_id: str, key: str, thresholds: dict[str, ThresholdSpec], reader: _Reader
+) -> tuple[Condition, ...]:
+    """A population's phenotype, each marker with the cut its level needs."""
+    try:
+        phenotype = parse_phenotype(str(entry["phenotype"]), pop_id)
+    except GatingError as exc:
+        raise reader.error(key, f"{pop_id}: {exc.problem}") from None
+    for condition in phenotype:
+        spec = thresholds.get(condition.marker)
+        if spec is None:
+            raise reader.error(key, f"{pop_id}: no threshold for {condition.marker}")
+        if condition.level in ("++", "dim") and spec.bright is None:
+            raise reader.error(
+                key, f"{pop_id}: {condition} needs a 'bright' cut for {condition.marker}"
+            )
+    return phenotype
+
+
+def _populations(
+    entries: list, thresholds: dict[str, ThresholdSpec], reader: _Reader
+) -> list[PopulationSpec]:
+    """The population list in order: each parent defined above its children."""
     populations: list[PopulationSpec] = []
     known: set[str] = set()
-    for i, entry in enumerate(raw["populations"]):
+    for i, entry in enumerate(entries):
         key = f"populations[{i}]"
         if not isinstance(entry, dict) or "id" not in entry:
             raise reader.error(key, "a population needs an 'id'")
@@ -407,24 +422,20 @@ def load_template(path: Path) -> Template:
             if options:
                 name = sorted(options)[0]
                 raise reader.error(f"{key}.{name}", f"{pop_id}: unknown field {name!r}")
-            try:
-                phenotype = parse_phenotype(str(entry["phenotype"]), pop_id)
-            except GatingError as exc:
-                raise reader.error(key, f"{pop_id}: {exc.problem}") from None
-            for condition in phenotype:
-                spec = thresholds.get(condition.marker)
-                if spec is None:
-                    raise reader.error(key, f"{pop_id}: no threshold for {condition.marker}")
-                if condition.level in ("++", "dim") and spec.bright is None:
-                    raise reader.error(
-                        key, f"{pop_id}: {condition} needs a 'bright' cut for {condition.marker}"
-                    )
+            phenotype = _phenotype(entry, pop_id, key, thresholds, reader)
         else:
             reader.gate_options(str(gate), options, key)
         populations.append(
             PopulationSpec(pop_id, parent, phenotype, gate, options, reader.lines.get(key, 0))
         )
         known.add(pop_id)
+    return populations
+
+
+def _check_cut_populations(
+    thresholds: dict[str, ThresholdSpec], populations: list[PopulationSpec], reader: _Reader
+) -> None:
+    """Every population a cut is placed on exists and is gated before the cut is first needed."""
     order = {p.id: i for i, p in enumerate(populations)}
     for marker, spec in thresholds.items():
         users = [p for p in populations if any(c.marker == marker for c in p.phenotype)]
@@ -433,7 +444,7 @@ def load_template(path: Path) -> Template:
                 continue
             where = f"thresholds.{marker}{label}"
             for ref in (*cut.estimate_chain, cut.negative):
-                if ref is not None and ref not in known:
+                if ref is not None and ref not in order:
                     raise reader.error(where, f"population {ref!r} is not defined")
             if users and cut.estimate_chain:
                 first = users[0]
@@ -443,6 +454,28 @@ def load_template(path: Path) -> Template:
                         f"{marker} is first needed by {first.id!r}, before "
                         f"{cut.estimate_chain[0]!r} (where it is placed) is gated",
                     )
+
+
+def load_template(path: Path) -> Template:
+    """Load and validate a gating template; problems raise GatingError with file and line."""
+    path = Path(path)
+    text, node, raw = _read_yaml(path)
+    reader = _Reader(path, _lines(node))
+    for key in ("id", "tube", "thresholds", "populations"):
+        if key not in raw:
+            raise reader.error("", f"missing field {key!r}")
+    try:
+        version = int(raw.get("version", 1))
+    except (TypeError, ValueError):
+        raise reader.error("version", f"version {raw.get('version')!r} is not a number") from None
+    transform = _transform(raw.get("transform"), reader)
+    if not isinstance(raw["thresholds"], dict):
+        raise reader.error("thresholds", "thresholds must map markers to their cuts")
+    if not isinstance(raw["populations"], list) or not raw["populations"]:
+        raise reader.error("populations", "populations must be a non-empty list")
+    thresholds = _thresholds(raw["thresholds"], reader)
+    populations = _populations(raw["populations"], thresholds, reader)
+    _check_cut_populations(thresholds, populations, reader)
     return Template(
         id=str(raw["id"]),
         version=version,
