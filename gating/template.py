@@ -218,19 +218,16 @@ class _Reader:
             raise self.error(f"{key}.{name}", f"{name} must be a number, not {value!r}")
         return float(value)
 
-    def cut(self, raw: Any, key: str) -> CutSpec:
-        if not isinstance(raw, dict):
-            raise self.error(key, "a threshold must be a mapping")
-        unknown = sorted(set(map(str, raw)) - CUT_FIELDS)
-        if unknown:
-            raise self.error(f"{key}.{unknown[0]}", f"unknown field {unknown[0]!r}")
-        method = raw.get("method")
+    def methods(self, method: Any, key: str) -> tuple[str, ...]:
         methods = tuple(method) if isinstance(method, list) else (method,)
         if not methods:
             raise self.error(key, "method needs at least one of " + ", ".join(METHODS))
         for name in methods:
             if name not in METHODS:
                 raise self.error(key, f"method {name!r} is not one of {', '.join(METHODS)}")
+        return methods
+
+    def bounds(self, raw: dict, key: str) -> Bounds:
         try:
             low, high = (float(v) for v in raw["bounds"])
             bounds = Bounds(low, high, float(raw["default"]))
@@ -240,6 +237,16 @@ class _Reader:
             raise self.error(key, f"bounds/default: {exc}") from None
         if not low < high:
             raise self.error(key, f"bounds [{low}, {high}] are empty")
+        return bounds
+
+    def cut(self, raw: Any, key: str) -> CutSpec:
+        if not isinstance(raw, dict):
+            raise self.error(key, "a threshold must be a mapping")
+        unknown = sorted(set(map(str, raw)) - CUT_FIELDS)
+        if unknown:
+            raise self.error(f"{key}.{unknown[0]}", f"unknown field {unknown[0]!r}")
+        methods = self.methods(raw.get("method"), key)
+        bounds = self.bounds(raw, key)
         estimate_on = raw.get("estimate_on")
         chain = tuple(estimate_on) if isinstance(estimate_on, list) else (estimate_on,)
         if not all(isinstance(p, str) and p for p in chain if p is not None):
