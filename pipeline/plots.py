@@ -54,6 +54,60 @@ def _compensated(gated: SampleGating) -> np.ndarray:
     return compensate(fcs.events, fcs.channel_names, list(spill.channels), spill.matrix)
 
 
+def _plot_axes(gates) -> list[Dimension]:
+    """The (at most two) axes a population's gates are drawn on."""
+    axes: list[Dimension] = []
+    for gate in gates:
+        for axis in getattr(gate, "axes", ()):
+            if isinstance(axis, Dimension) and axis not in axes:
+                axes.append(axis)
+    return axes[:2]
+
+
+def _draw_density(ax, gated, compensated, axes, idx) -> tuple[np.ndarray, np.ndarray | None]:
+    """The parent's events: a 2-D log density, or a histogram on one axis."""
+    x = _axis_values(gated, compensated, axes[0], idx)
+    y = None
+    if len(axes) == 2:
+        y = _axis_values(gated, compensated, axes[1], idx)
+        (x0, x1), (y0, y1) = _limits(x), _limits(y)
+        density, _, _ = np.histogram2d(x, y, bins=96, range=((x0, x1), (y0, y1)))
+        shown = np.ma.masked_equal(np.log1p(density.T), 0)
+        ax.imshow(shown, origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="viridis")
+        ax.set_ylabel(_label(gated, axes[1]), fontsize=7)
+    else:
+        ax.hist(x, bins=120, color="0.45", range=_limits(x))
+    ax.set_xlabel(_label(gated, axes[0]), fontsize=7)
+    return x, y
+
+
+def _draw_gates(ax, gates, axes: list[Dimension]) -> None:
+    """Polygons as outlines, range and rectangle cuts as lines."""
+    for gate in gates:
+        if isinstance(gate, PolygonGate):
+            vertices = np.array((*gate.vertices, gate.vertices[0]))
+            ax.plot(vertices[:, 0], vertices[:, 1], color="red", lw=1.2)
+        for axis, low, high in _cuts(gate):
+            if axis not in axes:
+                continue
+            draw = ax.axvline if axis == axes[0] else ax.axhline
+            for value in (low, high):
+                if value is not None and np.isfinite(value):
+                    draw(value, color="red", lw=1.2)
+
+
+def _cut_notes(gated: SampleGating, population: str, axes: list[Dimension]) -> list[str]:
+    """Each cut of the population's markers, or on its axes, with how it was placed."""
+    markers = gated.panel_markers()
+    shown = {a.channel for a in axes}
+    notes = []
+    for name, decision in gated.placed.decisions.items():
+        if name.split(".")[0] == population or markers.get(name.split(".")[0]) in shown:
+            state = f"fallback ({decision.reason})" if decision.fallback else decision.method
+            notes.append(f"{name}: cut {decision.value:.3g} by {state}")
+    return notes
+
+
 def draw_population(ax, gated: SampleGating, compensated: np.ndarray, population: str) -> list[str]:
     """Draw a population's parent as density with its gate; returns notes on its cuts."""
     parent = gated.placed.parents[population]
@@ -64,12 +118,7 @@ def draw_population(ax, gated: SampleGating, compensated: np.ndarray, population
     if idx.size > PLOT_EVENTS:
         idx = idx[:: int(np.ceil(idx.size / PLOT_EVENTS))]
     gates = _population_gates(gated, population)
-    axes: list[Dimension] = []
-    for gate in gates:
-        for axis in getattr(gate, "axes", ()):
-            if isinstance(axis, Dimension) and axis not in axes:
-                axes.append(axis)
-    axes = axes[:2]
+    axes = _plot_axes(gates)
     count, parent_count = gated.result.count(population), int(parent_mask.sum())
     share = 100 * count / parent_count if parent_count else 0.0
     ax.set_title(
@@ -77,40 +126,13 @@ def draw_population(ax, gated: SampleGating, compensated: np.ndarray, population
         fontsize=8,
     )
     if axes and idx.size:
-        x = _axis_values(gated, compensated, axes[0], idx)
-        if len(axes) == 2:
-            y = _axis_values(gated, compensated, axes[1], idx)
-            (x0, x1), (y0, y1) = _limits(x), _limits(y)
-            density, _, _ = np.histogram2d(x, y, bins=96, range=((x0, x1), (y0, y1)))
-            shown = np.ma.masked_equal(np.log1p(density.T), 0)
-            ax.imshow(shown, origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="viridis")
-            ax.set_ylabel(_label(gated, axes[1]), fontsize=7)
-        else:
-            ax.hist(x, bins=120, color="0.45", range=_limits(x))
-        ax.set_xlabel(_label(gated, axes[0]), fontsize=7)
-        for gate in gates:
-            if isinstance(gate, PolygonGate):
-                vertices = np.array((*gate.vertices, gate.vertices[0]))
-                ax.plot(vertices[:, 0], vertices[:, 1], color="red", lw=1.2)
-            for axis, low, high in _cuts(gate):
-                if axis not in axes:
-                    continue
-                draw = ax.axvline if axis == axes[0] else ax.axhline
-                for value in (low, high):
-                    if value is not None and np.isfinite(value):
-                        draw(value, color="red", lw=1.2)
+        x, y = _draw_density(ax, gated, compensated, axes, idx)
+        _draw_gates(ax, gates, axes)
         ax.set_xlim(*_limits(x))
-        if len(axes) == 2:
+        if y is not None:
             ax.set_ylim(*_limits(y))
     ax.tick_params(labelsize=6)
-    markers = gated.panel_markers()
-    shown = {a.channel for a in axes}
-    notes = []
-    for name, decision in gated.placed.decisions.items():
-        if name.split(".")[0] == population or markers.get(name.split(".")[0]) in shown:
-            state = f"fallback ({decision.reason})" if decision.fallback else decision.method
-            notes.append(f"{name}: cut {decision.value:.3g} by {state}")
-    return notes
+    return _cut_notes(gated, population, axes)
 
 
 def gate_plots(gated: SampleGating, out_dir: Path) -> list[Path]:
