@@ -97,13 +97,12 @@ def auc(
 ) -> Auc:
     """Area under the curve over the observations at the given nominal days (None: all).
 
-    Missing timepoints are bridged; fewer than ``options.min_points`` gives no value and a reason.
+    As in PKNCA, the window is taken first and the below-LOD rules apply within it, so a
+    window's AUC does not change when later timepoints arrive. Missing timepoints are
+    bridged; fewer than ``options.min_points`` gives no value and a reason.
     """
-    points = [
-        o
-        for o in blq_adjusted(sorted(observations, key=lambda o: o.nominal_day))
-        if nominal_days is None or o.nominal_day in nominal_days
-    ]
+    in_window = [o for o in observations if nominal_days is None or o.nominal_day in nominal_days]
+    points = blq_adjusted(sorted(in_window, key=lambda o: o.nominal_day))
     if len(points) < options.min_points:
         return Auc(
             None, len(points), f"{len(points)} point(s), at least {options.min_points} needed"

@@ -53,6 +53,14 @@ def test_below_lod_conventions():
     assert auc(obs, None).value == pytest.approx(expected)
 
 
+def test_a_window_auc_does_not_change_when_later_timepoints_arrive():
+    through_day14 = [*EXAMPLE[:3], Observation(14, None, below_lod=True)]
+    expected = (10 + 80) / 2 * 2 + (80 + 40) / 2 * 4 + (40 + 0) / 2 * 3  # trailing → 0
+    assert auc(through_day14, AUC14_DAYS).value == pytest.approx(expected)
+    with_day21 = [*through_day14, Observation(21, 30.0)]  # day 14 now a middle point overall
+    assert auc(with_day21, AUC14_DAYS).value == pytest.approx(expected)
+
+
 def test_summary_uses_actual_days_and_flags_drift():
     obs = [
         Observation(5, 10.0, actual_day=5),
