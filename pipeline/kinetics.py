@@ -68,6 +68,17 @@ def _day(obs: Observation, options: KineticsOptions) -> float:
     return obs.day if options.use_actual_days else float(obs.nominal_day)
 
 
+def _by_day(observations: Sequence[Observation]) -> list[Observation]:
+    """Observations in nominal-day order; two on one day are an error (as in PKNCA)."""
+    ordered = sorted(observations, key=lambda o: o.nominal_day)
+    repeated = sorted(
+        {a.nominal_day for a, b in pairwise(ordered) if a.nominal_day == b.nominal_day}
+    )
+    if repeated:
+        raise ValueError(f"one observation per day needed; day(s) {repeated} appear twice")
+    return ordered
+
+
 def blq_adjusted(observations: Sequence[Observation]) -> list[Observation]:
     """PKNCA's default: leading and trailing below-LOD values → 0, middle ones dropped."""
     usable = [o for o in observations if o.value is not None or o.below_lod]
@@ -102,7 +113,7 @@ def auc(
     bridged; fewer than ``options.min_points`` gives no value and a reason.
     """
     in_window = [o for o in observations if nominal_days is None or o.nominal_day in nominal_days]
-    points = blq_adjusted(sorted(in_window, key=lambda o: o.nominal_day))
+    points = blq_adjusted(_by_day(in_window))
     if len(points) < options.min_points:
         return Auc(
             None, len(points), f"{len(points)} point(s), at least {options.min_points} needed"
@@ -118,7 +129,7 @@ def summarise(
     observations: Sequence[Observation], options: KineticsOptions = KineticsOptions()
 ) -> KineticsSummary:
     """Cmax, Tmax, Clast, Tlast, AUC14, AUC28, AUClast and persistence of one population."""
-    ordered = sorted(observations, key=lambda o: o.nominal_day)
+    ordered = _by_day(observations)
     quantified = [o for o in ordered if o.value is not None and not o.below_lod]
     peak = max(quantified, key=lambda o: o.value, default=None)  # first on ties
     last = quantified[-1] if quantified else None
@@ -166,11 +177,18 @@ def b_cell_aplasia(
     threshold_per_ul: float = 1.0,
     relapse_day: float | None = None,
     last_followup_day: float | None = None,
+    options: KineticsOptions = KineticsOptions(),
 ) -> AplasiaSummary:
-    """B-cell aplasia per timepoint, its loss (B cells > threshold after aplasia, confirmed by
-    the next timepoint when there is one) and a CD19-negative-relapse-compatible flag
-    (relapse while aplasia persists)."""
-    ordered = sorted(observations, key=lambda o: o.nominal_day)
+    """B-cell aplasia per timepoint, its loss and a CD19-negative-relapse-compatible flag
+    (relapse while aplasia persists).
+
+    A timepoint is aplastic when its B cells are at most ``threshold_per_ul`` or below the
+    LOD (a count under the LOD is not a detection). Aplasia is lost at the first later
+    timepoint with B cells that the next timepoint does not contradict (a single rise
+    followed by aplasia is not a loss); the loss is confirmed when the next timepoint shows a
+    rising count.
+    """
+    ordered = _by_day(observations)
     statuses = tuple(
         AplasiaStatus(
             o.nominal_day,
@@ -181,23 +199,25 @@ def b_cell_aplasia(
         )
         for o in ordered
     )
-    onset = next((o.day for o, s in zip(ordered, statuses, strict=True) if s.aplastic), None)
+    days = [_day(o, options) for o in ordered]
+    onset = next((d for d, s in zip(days, statuses, strict=True) if s.aplastic), None)
     loss, confirmed = None, False
     if onset is not None:
         after = [
-            (o, s)
-            for o, s in zip(ordered, statuses, strict=True)
-            if o.day > onset and s.aplastic is not None
+            (d, s)
+            for d, s in zip(days, statuses, strict=True)
+            if d > onset and s.aplastic is not None
         ]
-        for i, (obs, status) in enumerate(after):
+        for i, (day, status) in enumerate(after):
             if not status.aplastic:
                 nxt = after[i + 1][1] if i + 1 < len(after) else None
                 if nxt is None or not nxt.aplastic:
-                    loss, confirmed = obs.day, nxt is not None
+                    loss = day
+                    confirmed = nxt is not None and nxt.b_cells_per_ul > status.b_cells_per_ul
                     break
     end = loss if loss is not None else last_followup_day
     if end is None and onset is not None:
-        end = ordered[-1].day
+        end = days[-1]
     aplastic_at_relapse = (
         relapse_day is not None
         and onset is not None
@@ -254,6 +274,22 @@ def _observations(rows) -> list[Observation]:
     ]
 
 
+def after_infusion(rows) -> tuple[object, dict[str, list[str]]]:
+    """A patient's timepoint rows from infusion on (the leukapheresis product is not part of
+    the kinetics), one sample per tube and day: the newest stored, with a note per tube
+    naming each day measured more than once."""
+    post = rows[rows.nominal_day >= 0]
+    newest = post.groupby(["tube", "nominal_day"])["sample_id"].transform("max")
+    samples = post.groupby(["tube", "nominal_day"])["sample_id"].nunique()
+    notes: dict[str, list[str]] = {}
+    for (tube, day), count in samples[samples > 1].items():
+        used = int(post[(post.tube == tube) & (post.nominal_day == day)].sample_id.max())
+        notes.setdefault(tube, []).append(
+            f"day {day}: {count} samples, the newest stored (sample {used}) used"
+        )
+    return post[post.sample_id == newest], notes
+
+
 def patient_kinetics(
     timepoints,
     populations: Sequence[KineticPopulation] = DEFAULT_POPULATIONS,
@@ -267,7 +303,8 @@ def patient_kinetics(
     wide, long = [], []
     if timepoints is None or len(timepoints) == 0:
         return pd.DataFrame(), long
-    for patient, rows in timepoints.groupby("patient", sort=True):
+    for patient, all_rows in timepoints.groupby("patient", sort=True):
+        rows, repeated = after_infusion(all_rows)
         record: dict = {"patient": patient}
         for followed in populations:
             selected = rows[(rows.tube == followed.tube) & (rows.population == followed.population)]
@@ -289,6 +326,7 @@ def patient_kinetics(
             }
             for metric, value in values.items():
                 record[f"{followed.name}_{metric}"] = value
+                note = notes.get(metric) or ("; ".join(summary.drift_flags) or None)
                 long.append(
                     {
                         "patient": patient,
@@ -300,7 +338,8 @@ def patient_kinetics(
                         else (
                             f"{followed.unit}·day" if metric.startswith("auc") else followed.unit
                         ),
-                        "note": notes.get(metric) or ("; ".join(summary.drift_flags) or None),
+                        "note": "; ".join(filter(None, [note, *repeated.get(followed.tube, [])]))
+                        or None,
                         "parameters": summary.options,
                     }
                 )
@@ -320,7 +359,9 @@ def patient_kinetics(
                     )
         b_rows = rows[(rows.tube == B_CELLS.tube) & (rows.population == B_CELLS.population)]
         if len(b_rows):
-            aplasia = b_cell_aplasia(_observations(b_rows), relapse_day=relapse_days.get(patient))
+            aplasia = b_cell_aplasia(
+                _observations(b_rows), relapse_day=relapse_days.get(patient), options=options
+            )
             record.update(
                 b_cell_aplasia_onset_day=aplasia.onset_day,
                 b_cell_aplasia_loss_day=aplasia.loss_day,
