@@ -181,6 +181,13 @@ def test_weak_variable_falls_back_to_the_median():
     assert cut.label == EXPLORATORY
 
 
+def test_an_auc_of_exactly_the_minimum_is_not_valid():
+    values, outcome = np.arange(1.0, 10.0), [1, 0, 0, 0, 0, 1, 0, 1, 1]  # AUC 14/20
+    cut = cutpoint(values, outcome, min_auc=0.70)
+    assert cut.roc.auc == pytest.approx(0.70)
+    assert not cut.valid and cut.method == "median" and cut.value == 5.0
+
+
 def test_cutpoint_without_both_classes_is_a_note_not_an_error():
     cut = cutpoint([1.0, 2.0, 3.0], [0, 0, np.nan])
     assert cut.roc is None and cut.method == "median" and cut.excluded == 1 and cut.note

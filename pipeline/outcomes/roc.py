@@ -166,7 +166,9 @@ def cutpoint(
     y = np.asarray(outcome, dtype=float)
     excluded = int((~np.isnan(x) & np.isnan(y)).sum())
     curve = roc(x, y, n_boot, seed, confidence)
-    valid = curve is not None and curve.auc > min_auc and math.isfinite(curve.youden_cut)
+    # an AUC is a ratio of counts: compared after rounding, so 14/20 is not 'above 0.70'
+    # through floating-point noise
+    valid = curve is not None and round(curve.auc, 12) > min_auc and math.isfinite(curve.youden_cut)
     median = float(np.nanmedian(x)) if (~np.isnan(x)).any() else math.nan
     return CutPoint(
         variable=variable,
