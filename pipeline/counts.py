@@ -110,6 +110,16 @@ def poisson_ratio_interval(k: int, b: int, level: float = 0.95) -> tuple[float, 
     return low_p / (1 - low_p), high
 
 
+def _input_flag(value: float | None, name: str) -> str | None:
+    """``missing_<name>`` for an absent (None, NaN or 0) input, ``implausible_<name>`` for a
+    negative or infinite one, else None."""
+    if value is None or value != value or value == 0:
+        return f"missing_{name}"
+    if value < 0 or math.isinf(value):
+        return f"implausible_{name}"
+    return None
+
+
 def bead_concentration(
     events: int,
     bead_events: int | None,
@@ -123,14 +133,17 @@ def bead_concentration(
         "beads_per_tube": beads_per_tube,
         "blood_volume_ul": blood_volume_ul,
     }
-    flags = []
-    if not beads_per_tube:
-        flags.append("missing_beads_per_tube")
-    if not blood_volume_ul:
-        flags.append("missing_blood_volume")
+    flags = [
+        flag
+        for flag in (
+            _input_flag(beads_per_tube, "beads_per_tube"),
+            _input_flag(blood_volume_ul, "blood_volume"),
+        )
+        if flag
+    ]
     if not bead_events:
         flags.append("no_bead_events")
-    elif beads_per_tube and bead_events > beads_per_tube:
+    elif not flags and bead_events > beads_per_tube:
         flags.append("bead_events_exceed_beads_per_tube")
     elif bead_events < settings.min_bead_events:
         flags.append("too_few_bead_events")
@@ -161,9 +174,7 @@ def dual_platform_concentration(
 ) -> Concentration:
     """cells/µL from a share of a reference population counted by a haematology analyser."""
     inputs = {"reference_events": reference_events, "reference_per_ul": reference_per_ul}
-    flags = []
-    if not reference_per_ul:
-        flags.append("missing_haematology_count")
+    flags = [flag for flag in (_input_flag(reference_per_ul, "haematology_count"),) if flag]
     if reference_events <= 0:
         flags.append("empty_reference_population")
     if flags:

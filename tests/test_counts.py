@@ -56,6 +56,11 @@ def test_rare_counts_are_flagged_not_zeroed():
         (5000, 50_000, None, "missing_blood_volume"),
         (60_000, 50_000, 50.0, "bead_events_exceed_beads_per_tube"),
         (40, 50_000, 50.0, "too_few_bead_events"),  # default minimum: 100
+        (5000, 50_000, float("nan"), "missing_blood_volume"),
+        (5000, float("nan"), 50.0, "missing_beads_per_tube"),
+        (5000, 50_000, -50.0, "implausible_blood_volume"),
+        (5000, -50_000, 50.0, "implausible_beads_per_tube"),
+        (5000, float("inf"), 50.0, "implausible_beads_per_tube"),
     ],
 )
 def test_bad_bead_inputs_give_a_flag_and_no_number(beads, per_tube, volume, flag):
@@ -69,6 +74,9 @@ def test_dual_platform():
     assert result.cells_per_ul == pytest.approx(37.5)
     assert result.ci_low < 37.5 < result.ci_high
     assert dual_platform_concentration(5, 100, None).flags == ("missing_haematology_count",)
+    for bad, flag in ((float("nan"), "missing"), (-1500.0, "implausible")):
+        result = dual_platform_concentration(5, 100, bad)
+        assert result.cells_per_ul is None and result.flags == (f"{flag}_haematology_count",)
 
 
 def test_percentage_not_evaluable_below_lloq():
