@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.export import DICTIONARY
+from pipeline.report import write_report
 from pipeline.store import Store
 from tests.conftest import FIXTURE_COHORT
 
@@ -209,3 +210,16 @@ def test_report_pages_load_in_chromium(finished_run, tmp_path):
     keep = os.environ.get("CARTFLOW_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_outcome_tables_in_the_report_keep_patient_ids_as_written(tmp_path):
+    outcomes = tmp_path / "outcomes"
+    outcomes.mkdir()
+    (outcomes / "patients.csv").write_text("patient,efs_days\n007,120\n", encoding="utf-8")
+    store = Store(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    try:
+        write_report(store, tmp_path / "report", outcomes_dir=outcomes)
+    finally:
+        store.close()
+    cohort = (tmp_path / "report" / "cohort.html").read_text(encoding="utf-8")
+    assert "<td>007</td>" in cohort

@@ -28,6 +28,7 @@ from pipeline.outcomes import (
     median_ci,
     median_followup,
     outcome_config,
+    read_patient_table,
     run_outcomes,
     run_outcomes_from_files,
 )
@@ -348,6 +349,12 @@ def test_hsct_censoring_changes_only_efs(cohort, tmp_path):
 
 
 # --- files written ----------------------------------------------------------------------------
+
+
+def test_patient_ids_read_from_a_file_stay_text(tmp_path):
+    table = tmp_path / "patients.csv"
+    table.write_text("patient,auc14_car_t\n001,420\n010,35.5\n", encoding="utf-8")
+    assert read_patient_table(table)["patient"].tolist() == ["001", "010"]
 
 
 def test_stage_writes_tables_json_and_figures(cohort, tmp_path):

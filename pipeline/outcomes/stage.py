@@ -307,12 +307,12 @@ def run_outcomes(
 
 
 def read_patient_table(path: Path) -> pd.DataFrame:
-    """A per-patient variable table from CSV or Parquet."""
+    """A per-patient variable table from CSV or Parquet (patient ids stay text: '001')."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={"patient": str})
     except (OSError, ValueError) as exc:
         raise OutcomeInputError(path, f"cannot be read: {first_line(exc)}") from exc
 
