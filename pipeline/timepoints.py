@@ -116,7 +116,7 @@ def timepoint_table(
         day = actual_day(first["sample_date"], infusion_dates.get(first["patient"]))
         nominal = int(first["nominal_day"])
         for row in sample.itertuples(index=False):
-            pct = percentage(row.count, int(row.parent_count or 0), settings.counts)
+            pct = percentage(row.count, int(_number(row.parent_count) or 0), settings.counts)
             conc = _concentration(sample, counts, row.count, haematology, settings)
             records.append(
                 {
