@@ -725,12 +725,15 @@ def export(
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     below_lod_interval: BelowLodOption = "zero",
+    anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
+    log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
 ) -> None:
     """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
     from pipeline.export import export as export_tables
     from pipeline.store import Store
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
+    kinetics = _kinetics_options(anchor_day0, log_down)
     key = None
     if pseudonymise:
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
@@ -739,7 +742,7 @@ def export(
     _writable(out, folder=True)
     store = Store(db)
     try:
-        written = export_tables(store, out, fmt, key, clinical, counts)
+        written = export_tables(store, out, fmt, key, clinical, counts, kinetics)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.batch import infusion_dates
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
-from pipeline.kinetics import patient_kinetics
+from pipeline.kinetics import KineticsOptions, patient_kinetics
 from pipeline.store import Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
@@ -103,14 +103,17 @@ class Pseudonymiser:
 
 
 def tables(
-    store: Store, clinical: Path | None = None, count_settings: CountSettings = CountSettings()
+    store: Store,
+    clinical: Path | None = None,
+    count_settings: CountSettings = CountSettings(),
+    kinetics_options: KineticsOptions = KineticsOptions(),
 ) -> dict[str, pd.DataFrame]:
     """The tidy tables from the store's newest gatings."""
     counts = store.latest_counts()
     infusion, relapse = infusion_dates(clinical)
     settings = TimepointSettings(counts=count_settings)
     timepoints = timepoint_table(counts, infusion, settings=settings)
-    kinetics, _ = patient_kinetics(timepoints, relapse_days=relapse)
+    kinetics, _ = patient_kinetics(timepoints, options=kinetics_options, relapse_days=relapse)
     samples = pd.DataFrame(store.samples())
     populations = pd.DataFrame(counts)
     if len(populations):
@@ -139,6 +142,7 @@ def export(
     key: str | None = None,
     clinical: Path | None = None,
     count_settings: CountSettings = CountSettings(),
+    kinetics_options: KineticsOptions = KineticsOptions(),
 ) -> dict[str, Path]:
     """Write samples, populations, timepoints and kinetics plus data_dictionary.csv."""
     if fmt not in ("csv", "parquet"):
@@ -146,7 +150,7 @@ def export(
     out_dir.mkdir(parents=True, exist_ok=True)
     alias = Pseudonymiser(key.encode("utf-8")) if key else None
     written = {}
-    for name, frame in tables(store, clinical, count_settings).items():
+    for name, frame in tables(store, clinical, count_settings, kinetics_options).items():
         if alias is not None:
             frame = _pseudonymise(frame, alias)
         path = out_dir / f"{name}.{fmt}"

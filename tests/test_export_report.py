@@ -223,3 +223,42 @@ def test_outcome_tables_in_the_report_keep_patient_ids_as_written(tmp_path):
         store.close()
     cohort = (tmp_path / "report" / "cohort.html").read_text(encoding="utf-8")
     assert "<td>007</td>" in cohort
+
+
+def _store_with_car_t_counts(url: str, per_ul: dict[int, float]) -> None:
+    """A store holding one patient's memory tubes: CAR-T and bead events giving ``per_ul``
+    (5,000 bead events of 50,000 per tube in 50 µL of blood: cells/µL = events / 5)."""
+    from pipeline.store import FileRecord, PopulationRecord, SampleRecord
+
+    store = Store(url)
+    try:
+        run = store.start_run("test", {})
+        for day, value in per_ul.items():
+            file = FileRecord(f"{day:064d}", f"/b/D{day}.fcs", 1, "3.1", None, 1, 1, False,
+                              None, {}, [])  # fmt: skip
+            sample = SampleRecord("P1", f"D{day}", day, "memory", "memory-lyric", 1, "0" * 64,
+                                  "test", 50.0, 50_000.0, None, None)  # fmt: skip
+            sample_id = (
+                store.sample_id(file.sha256) if store.record_sample(run, file, sample) else None
+            )
+            counts = [PopulationRecord("beads", None, 5000, None),
+                      PopulationRecord("CAR", "T", round(value * 5), 10_000)]  # fmt: skip
+            store.record_gating(run, sample_id, "t", "1" * 64, counts, [])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [([], 420.0), (["--anchor-day0"], 445.0), (["--log-down"], 407.39)],
+)
+def test_export_and_kinetics_take_the_same_kinetics_options(tmp_path, options, expected):
+    """The worked example of the domain notes (10/80/40/20 cells/µL on days 5/7/11/14)."""
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    _store_with_car_t_counts(db, {5: 10.0, 7: 80.0, 11: 40.0, 14: 20.0})
+    for command in ("export", "kinetics"):
+        out = tmp_path / command
+        result = runner.invoke(app, [command, "--db", db, "--out", str(out), *options])
+        assert result.exit_code == 0, result.output
+        kinetics = pd.read_csv(out / "kinetics.csv")
+        assert kinetics.loc[0, "car_t_auc14"] == pytest.approx(expected, abs=0.01), command
