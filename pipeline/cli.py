@@ -454,6 +454,8 @@ def pool(
 
 
 KINETICS_HELP = "Anchor day 0 at 0 cells/µL in AUCs (recorded with the result)."
+AnchorOption = Annotated[bool, typer.Option(help=KINETICS_HELP)]
+LogDownOption = Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")]
 
 
 def _kinetics_options(anchor_day0: bool, log_down: bool):
@@ -506,8 +508,8 @@ def run(
     db: DbOption = None,
     rules: RulesOption = None,
     out: OutOption = Path("cartflow-out"),
-    anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
-    log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+    anchor_day0: AnchorOption = False,
+    log_down: LogDownOption = False,
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     below_lod_interval: BelowLodOption = "zero",
@@ -636,8 +638,8 @@ def kinetics(
     clinical: Annotated[
         Path | None, typer.Option(help="Clinical table (infusion dates for actual days).")
     ] = None,
-    anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
-    log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+    anchor_day0: AnchorOption = False,
+    log_down: LogDownOption = False,
     haematology: HaematologyOption = None,
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
@@ -685,16 +687,37 @@ def outcomes(
     config: Annotated[
         Path | None, typer.Option("--config", help="analysis.yaml overriding the defaults.")
     ] = None,
+    anchor_day0: AnchorOption = False,
+    log_down: LogDownOption = False,
+    haematology: HaematologyOption = None,
+    lod_events: LodOption = 20,
+    lloq_events: LloqOption = 50,
+    below_lod_interval: BelowLodOption = "zero",
 ) -> None:
-    """Outcome correlation: group comparisons, ROC cut-points, Kaplan-Meier, log-rank, Cox."""
+    """Outcome correlation: group comparisons, ROC cut-points, Kaplan-Meier, log-rank, Cox.
+
+    The per-patient variables come from the store with the same count and AUC options as
+    `kinetics`; timepoints and kinetics tables are written beside the outcome folder."""
     from pipeline.batch import follow_up, outcomes_stage
     from pipeline.store import Store
 
+    counts = _count_settings(lod_events, lloq_events, below_lod_interval)
+    options = _kinetics_options(anchor_day0, log_down)
     _writable(out, folder=True)
     store = Store(db)
     try:
-        run_id = store.start_run("outcomes", {"clinical": str(clinical), "config": str(config)})
-        follow = follow_up(store, run_id, out.parent, clinical=clinical)
+        parameters = {"clinical": str(clinical), "config": str(config), "anchor_day0": anchor_day0,
+                      "log_down": log_down, "counts": counts.__dict__}  # fmt: skip
+        run_id = store.start_run("outcomes", parameters)
+        follow = follow_up(
+            store,
+            run_id,
+            out.parent,
+            clinical=clinical,
+            options=options,
+            haematology=haematology,
+            count_settings=counts,
+        )
         try:
             known = {s["patient"] for s in store.samples()}
             report = outcomes_stage(follow, clinical, out, config, known)
@@ -725,8 +748,8 @@ def export(
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     below_lod_interval: BelowLodOption = "zero",
-    anchor_day0: Annotated[bool, typer.Option(help=KINETICS_HELP)] = False,
-    log_down: Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")] = False,
+    anchor_day0: AnchorOption = False,
+    log_down: LogDownOption = False,
 ) -> None:
     """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
     from pipeline.export import export as export_tables

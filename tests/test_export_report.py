@@ -252,13 +252,25 @@ def _store_with_car_t_counts(url: str, per_ul: dict[int, float]) -> None:
     ("options", "expected"),
     [([], 420.0), (["--anchor-day0"], 445.0), (["--log-down"], 407.39)],
 )
-def test_export_and_kinetics_take_the_same_kinetics_options(tmp_path, options, expected):
+def test_export_kinetics_and_outcomes_take_the_same_kinetics_options(tmp_path, options, expected):
     """The worked example of the domain notes (10/80/40/20 cells/µL on days 5/7/11/14)."""
     db = f"sqlite:///{tmp_path / 'store.sqlite'}"
     _store_with_car_t_counts(db, {5: 10.0, 7: 80.0, 11: 40.0, 14: 20.0})
-    for command in ("export", "kinetics"):
-        out = tmp_path / command
-        result = runner.invoke(app, [command, "--db", db, "--out", str(out), *options])
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text(
+        "patient,infusion_date,relapse_date,death_date,last_followup_date\n"
+        "P1,2024-01-01,,,2025-01-01\n",
+        encoding="utf-8",
+    )
+    no_figures = tmp_path / "analysis.yaml"
+    no_figures.write_text("figures: false\nbootstrap: 10\n", encoding="utf-8")
+    for command, extra in (  # outcomes writes its tables beside its own folder
+        ("export", []),
+        ("kinetics", []),
+        ("outcomes", ["--clinical", str(clinical), "--config", str(no_figures)]),
+    ):
+        out = tmp_path / command / ("outcomes" if command == "outcomes" else "")
+        result = runner.invoke(app, [command, "--db", db, "--out", str(out), *extra, *options])
         assert result.exit_code == 0, result.output
-        kinetics = pd.read_csv(out / "kinetics.csv")
+        kinetics = pd.read_csv(tmp_path / command / "kinetics.csv")
         assert kinetics.loc[0, "car_t_auc14"] == pytest.approx(expected, abs=0.01), command
