@@ -12,7 +12,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 AucMethod = Literal["linear", "linear-up/log-down"]
 AUC14_DAYS = (5, 7, 11, 14)
@@ -274,20 +277,19 @@ def _observations(rows) -> list[Observation]:
     ]
 
 
-def after_infusion(rows) -> tuple[object, dict[str, list[str]]]:
+def _after_infusion(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """A patient's timepoint rows from infusion on (the leukapheresis product is not part of
     the kinetics), one sample per tube and day: the newest stored, with a note per tube
     naming each day measured more than once."""
     post = rows[rows.nominal_day >= 0]
-    newest = post.groupby(["tube", "nominal_day"])["sample_id"].transform("max")
-    samples = post.groupby(["tube", "nominal_day"])["sample_id"].nunique()
+    per_day = post.groupby(["tube", "nominal_day"])["sample_id"]
+    samples = per_day.agg(["nunique", "max"])
     notes: dict[str, list[str]] = {}
-    for (tube, day), count in samples[samples > 1].items():
-        used = int(post[(post.tube == tube) & (post.nominal_day == day)].sample_id.max())
+    for (tube, day), count, newest in samples[samples["nunique"] > 1].itertuples():
         notes.setdefault(tube, []).append(
-            f"day {day}: {count} samples, the newest stored (sample {used}) used"
+            f"day {day}: {count} samples, the newest stored (sample {newest}) used"
         )
-    return post[post.sample_id == newest], notes
+    return post[post.sample_id == per_day.transform("max")], notes
 
 
 def patient_kinetics(
@@ -304,7 +306,7 @@ def patient_kinetics(
     if timepoints is None or len(timepoints) == 0:
         return pd.DataFrame(), long
     for patient, all_rows in timepoints.groupby("patient", sort=True):
-        rows, repeated = after_infusion(all_rows)
+        rows, repeated = _after_infusion(all_rows)
         record: dict = {"patient": patient}
         for followed in populations:
             selected = rows[(rows.tube == followed.tube) & (rows.population == followed.population)]
