@@ -84,7 +84,7 @@ def load_flowjo(path: str | Path, sample: str | None = None) -> GateSet:
         raise GatingError(path, f"is not well-formed XML: {exc}") from exc
     try:
         workspace = flowkit.Workspace(str(path), ignore_missing_files=True)
-        ids = workspace.get_sample_ids()
+        ids = workspace.get_sample_ids(loaded_only=False)  # the FCS files need not be at hand
     except Exception as exc:  # FlowKit's own parse errors, whatever their class
         raise GatingError(path, f"is not a FlowJo 10 workspace FlowKit can read: {exc}") from exc
     if not ids:
@@ -256,6 +256,9 @@ def _transform_from_flowkit(transform: Any) -> Transform:
         return Flin(t=transform.param_t, a=transform.param_a)
     if isinstance(transform, fkt.LogTransform):
         return Flog(t=transform.param_t, m=transform.param_m)
+    if isinstance(transform, fkt.WSPLogTransform):  # FlowJo's log: flog's curve, clipped at 0
+        decades = transform.decades
+        return Flog(t=transform.offset * 10**decades, m=decades)
     if isinstance(transform, fkt.AsinhTransform):
         return Fasinh(t=transform.param_t, m=transform.param_m, a=transform.param_a)
     if isinstance(transform, fkt.LogicleTransform):

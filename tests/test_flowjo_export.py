@@ -3,6 +3,7 @@ the same FCS file and must count every population exactly as cartflow does."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from pipeline.gate import gate_file
 from pipeline.simulate import SimulationConfig, simulate_cohort
 from tests.conftest import FIXTURE_COHORT, GATINGML, require_shared
 
+RUNNER = CliRunner()
 TUBES = {"memory": "CAR-T memory", "function": "CAR-T function", "bcell": "BCELL COUNT"}
 UNREPRESENTABLE = {
     "gml_all_gates.xml": "uncompensated FL3-H beside the compensated one",
@@ -78,6 +80,22 @@ def test_workspace_gives_flowkit_cartflows_counts(cohort, tube, tmp_path):
     for population in gate_set.population_ids:
         assert counts.get(population) == gated.result.count(population), population
     assert all(counts[p] > 0 for p in ("singlets", "cells", "lymphocytes", "T"))
+
+
+@pytest.mark.parametrize("tube", list(TUBES))
+def test_a_workspace_read_back_as_fixed_gates_gives_the_same_counts(cohort, tube, tmp_path):
+    """`gate FILE --gates x.wsp` on the workspace `gate FILE --flowjo x.wsp` wrote: every
+    population is counted as placed (FlowJo's log scale on SSC-A included)."""
+    path = next(cohort.glob(f"CART-001 D11_{TUBES[tube]}_*.fcs"))
+    target = tmp_path / "sample.wsp"
+    assert RUNNER.invoke(app, ["gate", str(path), "--flowjo", str(target)]).exit_code == 0
+    placed = RUNNER.invoke(app, ["gate", str(path), "--json"])
+    fixed = RUNNER.invoke(app, ["gate", str(path), "--gates", str(target), "--json"])
+    assert fixed.exit_code == 0, fixed.output
+    placed_counts = json.loads(placed.output)["counts"]
+    fixed_counts = json.loads(fixed.output)["counts"]
+    assert placed_counts["lymphocytes"] > 0
+    assert {p: fixed_counts.get(p) for p in placed_counts} == placed_counts
 
 
 def test_workspace_is_what_flowjo_reads(tmp_path):
