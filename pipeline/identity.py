@@ -22,6 +22,8 @@ from pipeline.errors import IdentityError, ManifestError, yaml_problem
 DAYS_PER_MONTH = 30
 MONTH_DAYS = {3: 90, 6: 180, 12: 365}
 LEUKAPHERESIS_DAY = -30
+MAX_FOLLOW_UP_DAYS = 30 * 366
+"""Thirty years after infusion: beyond the longest follow-up a timepoint can name."""
 MANIFEST_COLUMNS = ("file", "patient", "timepoint", "tube")
 MANIFEST_OPTIONAL = ("blood_volume_ul", "beads_per_tube", "sample_date", "bead_lot")
 
@@ -61,14 +63,17 @@ def parse_timepoint(label: str, source: str | Path | None = None) -> Timepoint:
     if not match:
         raise IdentityError(source, f"timepoint label {label!r} is not understood")
     if match["day"] is not None:
-        day = int(match["day"])
-        return Timepoint(f"D{day}", day)
-    if match["month"] is not None:
+        timepoint = Timepoint(f"D{int(match['day'])}", int(match["day"]))
+    elif match["month"] is not None:
         months = int(match["month"])
         if months == 0:
             raise IdentityError(source, f"timepoint label {label!r} names month 0")
-        return Timepoint(f"M{months}", MONTH_DAYS.get(months, months * DAYS_PER_MONTH))
-    return Timepoint("LA", LEUKAPHERESIS_DAY)
+        timepoint = Timepoint(f"M{months}", MONTH_DAYS.get(months, months * DAYS_PER_MONTH))
+    else:
+        return Timepoint("LA", LEUKAPHERESIS_DAY)
+    if not -MAX_FOLLOW_UP_DAYS <= timepoint.nominal_day <= MAX_FOLLOW_UP_DAYS:
+        raise IdentityError(source, f"timepoint label {label!r} lies beyond 30 years of follow-up")
+    return timepoint
 
 
 @dataclass(frozen=True)

@@ -157,8 +157,9 @@ def ingest_batch(
         )
     report = IngestReport(run_id)
     seen: dict[str, Path] = {}
+    context = _context_digest(manifest, rules, panels)
     for path in files:
-        outcome = _ingest_one(path, store, run_id, panels, manifest, rules, seen)
+        outcome = _ingest_one(path, store, run_id, panels, manifest, rules, seen, context)
         report.outcomes.append(outcome)
         if on_file:
             on_file(outcome)
@@ -166,7 +167,20 @@ def ingest_batch(
     return report
 
 
-def _ingest_one(path, store, run_id, panels, manifest, rules, seen) -> FileOutcome:
+CONTENT_KINDS = frozenset({"fcs-format", "fcs-unsupported"})
+"""Refusals the file's bytes alone decide. Others (identity, panel) also depend on the
+manifest, the identity rules and the panels, so they are keyed on those too: a corrected
+manifest re-admits the file."""
+
+
+def _context_digest(manifest: Manifest | None, rules: IdentityRules, panels) -> str:
+    """A short digest of what, besides its bytes, decides whether a file is accepted."""
+    context = repr((sorted(manifest.rows.items()) if manifest else None, rules,
+                    sorted(p.sha256 for p in panels)))  # fmt: skip
+    return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
+
+
+def _ingest_one(path, store, run_id, panels, manifest, rules, seen, context) -> FileOutcome:
     try:
         sha = sha256_of(path)
     except OSError as exc:
@@ -184,16 +198,20 @@ def _ingest_one(path, store, run_id, panels, manifest, rules, seen) -> FileOutco
                 path, "duplicate", sha, "content already ingested under another name"
             )
         return FileOutcome(path, "known", sha, "already ingested", new=False)
-    if store.is_quarantined(sha):
-        return FileOutcome(path, "quarantined", sha, "already in quarantine", new=False)
+    in_context = f"{sha}:{context}"
+    before = store.quarantined_as(sha) or store.quarantined_as(in_context)
+    if before is not None:
+        kind, reason = before
+        return FileOutcome(path, "quarantined", sha, f"{reason} (quarantined before)", kind, False)
     try:
         checked = check_file(path, panels, manifest, rules)
     except CartflowError as exc:
-        store.quarantine(run_id, sha, str(path), sha, exc.kind, exc.problem)
+        key = sha if exc.kind in CONTENT_KINDS else in_context
+        store.quarantine(run_id, key, str(path), sha, exc.kind, exc.problem)
         return FileOutcome(path, "quarantined", sha, exc.problem, exc.kind)
     except Exception as exc:  # a bad file must never stop the batch
         reason = f"unexpected {type(exc).__name__}: {exc}"
-        store.quarantine(run_id, sha, str(path), sha, "internal", reason)
+        store.quarantine(run_id, in_context, str(path), sha, "internal", reason)
         return FileOutcome(path, "quarantined", sha, reason, "internal")
     record = describe(checked.fcs, sha, path)
     stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))

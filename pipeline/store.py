@@ -360,12 +360,15 @@ class Store:
         with self._sessions() as session:
             return session.scalar(select(FcsFileRow.id).where(FcsFileRow.sha256 == sha256))
 
-    def is_quarantined(self, content_key: str) -> bool:
+    def quarantined_as(self, content_key: str) -> tuple[str, str] | None:
+        """The kind and reason a file was quarantined with under this key, if it was."""
         with self._sessions() as session:
-            found = session.scalar(
-                select(QuarantineRow.id).where(QuarantineRow.content_key == content_key)
-            )
-            return found is not None
+            found = session.execute(
+                select(QuarantineRow.error_kind, QuarantineRow.reason).where(
+                    QuarantineRow.content_key == content_key
+                )
+            ).first()
+            return None if found is None else (found.error_kind, found.reason)
 
     def add_file_name(self, run_id: int, file_id: int, path: str) -> bool:
         """Remember another path for known content; False when it was already known."""

@@ -32,7 +32,9 @@ def test_timepoint_labels_map_to_nominal_days(label, day, canonical):
     assert (timepoint.nominal_day, timepoint.label) == (day, canonical)
 
 
-@pytest.mark.parametrize("label", ["", "week 2", "D", "5", "M0", "Dx7", "day seven"])
+@pytest.mark.parametrize(
+    "label", ["", "week 2", "D", "5", "M0", "Dx7", "day seven", "D99999999999999999999", "M400"]
+)
 def test_unparseable_timepoints_name_file_and_label(label):
     with pytest.raises(IdentityError) as caught:
         parse_timepoint(label, "batch/P01.fcs")

@@ -151,6 +151,30 @@ def test_file_not_in_manifest_is_quarantined(cohort, store, tmp_path):
     assert "not listed in manifest" in report.outcomes[0].detail
 
 
+def test_a_corrected_manifest_readmits_a_quarantined_file(cohort, store, tmp_path):
+    batch = tmp_path / "batch"
+    (copy,) = _small_batch(cohort, batch, count=1)
+    wrong, right = tmp_path / "wrong.csv", tmp_path / "right.csv"
+    wrong.write_text("file,patient,timepoint,tube\nother.fcs,P1,D7,memory\n", encoding="utf-8")
+    tube = "bcell" if "BCELL" in copy.name else "memory" if "memory" in copy.name else "function"
+    right.write_text(f"file,patient,timepoint,tube\n{copy.name},P1,D7,{tube}\n", encoding="utf-8")
+    assert ingest_batch(batch, store, load_manifest(wrong)).outcomes[0].status == "quarantined"
+    again = ingest_batch(batch, store, load_manifest(wrong)).outcomes[0]
+    assert (again.status, again.kind, again.new) == ("quarantined", "identity", False)
+    assert "not listed in manifest" in again.detail and "(quarantined before)" in again.detail
+    assert ingest_batch(batch, store, load_manifest(right)).outcomes[0].status == "accepted"
+
+
+def test_a_broken_file_stays_quarantined_with_its_reason(store, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / "broken.fcs").write_bytes(b"FCS3.1" + b" " * 10)
+    first = ingest_batch(batch, store).outcomes[0]
+    again = ingest_batch(batch, store).outcomes[0]
+    assert (again.status, again.kind, again.new) == ("quarantined", first.kind, False)
+    assert again.detail == f"{first.detail} (quarantined before)"
+
+
 def test_sqlite_store_file_is_created_where_asked(tmp_path):
     store = Store(tmp_path / "deep" / "dir" / "s.sqlite")
     store.close()

@@ -109,7 +109,8 @@ def test_quarantine_records_each_file_once(store):
     run_id = store.start_run("ingest", {})
     assert store.quarantine(run_id, "d" * 64, "/b/bad.fcs", "d" * 64, "fcs-format", "truncated")
     assert not store.quarantine(run_id, "d" * 64, "/b/bad2.fcs", "d" * 64, "fcs-format", "x")
-    assert store.is_quarantined("d" * 64)
+    assert store.quarantined_as("d" * 64) == ("fcs-format", "truncated")
+    assert store.quarantined_as("e" * 64) is None
     assert store.quarantined() == [
         {"path": "/b/bad.fcs", "sha256": "d" * 64, "kind": "fcs-format", "reason": "truncated"}
     ]
