@@ -14,8 +14,10 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy.exc import DataError
+
 from panels import Panel, load_panels, match_panel
-from pipeline.errors import CartflowError
+from pipeline.errors import CartflowError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
 from pipeline.store import FileRecord, SampleRecord, Store
@@ -214,7 +216,12 @@ def _ingest_one(path, store, run_id, panels, manifest, rules, seen, context) -> 
         store.quarantine(run_id, in_context, str(path), sha, "internal", reason)
         return FileOutcome(path, "quarantined", sha, reason, "internal")
     record = describe(checked.fcs, sha, path)
-    stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+    try:
+        stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+    except (DataError, OverflowError) as exc:  # a value of this file the store cannot hold
+        reason = f"the store cannot hold a value of this file: {first_line(exc)}"
+        store.quarantine(run_id, in_context, str(path), sha, "store", reason)
+        return FileOutcome(path, "quarantined", sha, reason, "store")
     if stored is None:  # another process stored the same content meanwhile
         return FileOutcome(path, "known", sha, "already ingested", new=False)
     ident = checked.identity
