@@ -171,7 +171,10 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     figures = sorted(outcomes_dir.glob("*.png"))
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
-        frame = pd.read_csv(csv, dtype={"patient": str})  # '001' stays '001'
+        try:
+            frame = pd.read_csv(csv, dtype={"patient": str})  # '001' stays '001'
+        except pd.errors.EmptyDataError:  # an analysis with nothing to report
+            frame = pd.DataFrame()
         tables.append(
             (csv.stem, frame.head(200).to_html(index=False, na_rep="", float_format="%.4g"))
         )

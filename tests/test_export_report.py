@@ -212,10 +212,11 @@ def test_report_pages_load_in_chromium(finished_run, tmp_path):
         shutil.copy(shot, Path(keep) / shot.name)
 
 
-def test_outcome_tables_in_the_report_keep_patient_ids_as_written(tmp_path):
+def test_outcome_tables_in_the_report_keep_patient_ids_and_may_be_empty(tmp_path):
     outcomes = tmp_path / "outcomes"
     outcomes.mkdir()
     (outcomes / "patients.csv").write_text("patient,efs_days\n007,120\n", encoding="utf-8")
+    (outcomes / "cutpoints.csv").write_text("\n", encoding="utf-8")  # nothing to report
     store = Store(f"sqlite:///{tmp_path / 'empty.sqlite'}")
     try:
         write_report(store, tmp_path / "report", outcomes_dir=outcomes)
@@ -223,6 +224,7 @@ def test_outcome_tables_in_the_report_keep_patient_ids_as_written(tmp_path):
         store.close()
     cohort = (tmp_path / "report" / "cohort.html").read_text(encoding="utf-8")
     assert "<td>007</td>" in cohort
+    assert "cutpoints" in cohort
 
 
 def _store_with_car_t_counts(url: str, per_ul: dict[int, float]) -> None:
