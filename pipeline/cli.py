@@ -799,12 +799,16 @@ def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool)
         console.print(f"membership: {membership}")
 
 
+MAX_EVENTS = 20_000_000
+"""Events per simulated file: beyond the 5 M of the benchmark, within this machine's memory."""
+
+
 @app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients.")] = 6,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
-    events: Annotated[int, typer.Option(min=500, help="Events per file.")] = 50_000,
+    events: Annotated[int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file.")] = 50_000,
     cytometer: Annotated[
         str, typer.Option(help="FACSLyric (10 colours) or 'FACSCanto II' (8 colours).")
     ] = "FACSLyric",
@@ -821,6 +825,8 @@ def simulate(
         leukapheresis=leukapheresis,
     )
     _writable(out_dir, folder=True)
+    if any(out_dir.iterdir()):
+        raise _fail(f"{out_dir}: is not empty; simulate writes only into a new or empty folder")
     try:
         summary = simulate_cohort(out_dir, config)
     except (CartflowError, ValueError) as exc:
@@ -840,7 +846,9 @@ def demo(
     bundled: Annotated[
         bool, typer.Option(help="Use the small committed cohort in fixtures/ instead.")
     ] = False,
-    events: Annotated[int, typer.Option(help="Events per file of the generated cohort.")] = 20_000,
+    events: Annotated[
+        int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file of the generated cohort.")
+    ] = 20_000,
 ) -> None:
     """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
     _writable(out, folder=True)

@@ -136,3 +136,15 @@ def test_an_output_of_the_wrong_kind_is_named(tmp_path, option, made, problem):
     result = runner.invoke(app, ["gate", str(fcs), option, str(target)])
     assert result.exit_code == 1, result.output
     assert f"{target}: {problem}" in result.output
+
+
+def test_simulate_never_writes_over_existing_files(tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / "manifest.csv").write_text("a lab's own manifest\n", encoding="utf-8")
+    result = runner.invoke(app, ["simulate", str(batch), "--patients", "1", "--events", "600"])
+    assert result.exit_code == 1
+    assert f"{batch}: is not empty" in result.output
+    assert (batch / "manifest.csv").read_text(encoding="utf-8") == "a lab's own manifest\n"
+    too_many = runner.invoke(app, ["simulate", str(tmp_path / "new"), "--events", "100000000000"])
+    assert too_many.exit_code == 2 and "--events" in too_many.output
