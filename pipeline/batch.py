@@ -287,61 +287,58 @@ def run_batch(
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
     files = [(o.path, o.sha256) for o in ingest.outcomes if o.status in ("accepted", "known")]
-    run_id = store.start_run(
-        "run",
-        {
-            "batch": str(batch_dir),
-            "clinical": str(settings.clinical) if settings.clinical else None,
-            "kinetics": settings.kinetics.__dict__,
-            "counts": settings.counts.__dict__,
-            "workers": settings.workers,
-            "scheduler": settings.scheduler,
-        },
-    )
-    report_dir = settings.out / "report"
-    pending = pending_gating(store, files, report_dir if settings.html_report else None)
-    advance = progress("gate", len(pending))
-    gated = gate_batch(
-        store,
-        run_id,
-        pending,
-        lambda _work: advance(),
-        workers=settings.workers,
-        scheduler=settings.scheduler,
-    )
-    outcomes, outcome_error = None, None
-    clinical = settings.clinical
-    try:
-        infusion_dates(clinical)
-    except CartflowError as exc:  # a bad clinical table must not stop the batch
-        outcome_error, clinical = str(exc), None
-    follow = follow_up(
-        store,
-        run_id,
-        settings.out,
-        clinical=clinical,
-        options=settings.kinetics,
-        haematology=settings.haematology,
-        count_settings=settings.counts,
-    )
-    outcome_dir = settings.out / "outcomes"
-    if clinical is not None and len(follow.kinetics):
-        progress("outcomes", 1)
-        try:
-            outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
-        except CartflowError as exc:
-            outcome_error = str(exc)
-    index = None
-    if settings.html_report:
-        progress("report", 1)
-        index = write_report(
+    parameters = {
+        "batch": str(batch_dir),
+        "clinical": str(settings.clinical) if settings.clinical else None,
+        "kinetics": settings.kinetics.__dict__,
+        "counts": settings.counts.__dict__,
+        "workers": settings.workers,
+        "scheduler": settings.scheduler,
+    }
+    with store.recording("run", parameters) as run_id:
+        report_dir = settings.out / "report"
+        pending = pending_gating(store, files, report_dir if settings.html_report else None)
+        advance = progress("gate", len(pending))
+        gated = gate_batch(
             store,
-            report_dir,
-            follow.timepoints,
-            follow.kinetics,
-            outcome_dir if outcomes is not None else None,
+            run_id,
+            pending,
+            lambda _work: advance(),
+            workers=settings.workers,
+            scheduler=settings.scheduler,
         )
-    store.finish_run(run_id)
+        outcomes, outcome_error = None, None
+        clinical = settings.clinical
+        try:
+            infusion_dates(clinical)
+        except CartflowError as exc:  # a bad clinical table must not stop the batch
+            outcome_error, clinical = str(exc), None
+        follow = follow_up(
+            store,
+            run_id,
+            settings.out,
+            clinical=clinical,
+            options=settings.kinetics,
+            haematology=settings.haematology,
+            count_settings=settings.counts,
+        )
+        outcome_dir = settings.out / "outcomes"
+        if clinical is not None and len(follow.kinetics):
+            progress("outcomes", 1)
+            try:
+                outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
+            except CartflowError as exc:
+                outcome_error = str(exc)
+        index = None
+        if settings.html_report:
+            progress("report", 1)
+            index = write_report(
+                store,
+                report_dir,
+                follow.timepoints,
+                follow.kinetics,
+                outcome_dir if outcomes is not None else None,
+            )
     return RunSummary(
         run_id,
         ingest,

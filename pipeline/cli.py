@@ -654,12 +654,9 @@ def kinetics(
     options = _kinetics_options(anchor_day0, log_down)
     _writable(out, folder=True)
     store = Store(db)
+    parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__}
     try:
-        run_id = store.start_run(
-            "kinetics",
-            {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__},
-        )
-        try:
+        with store.recording("kinetics", parameters) as run_id:
             follow = follow_up(
                 store,
                 run_id,
@@ -669,9 +666,8 @@ def kinetics(
                 haematology=haematology,
                 count_settings=counts,
             )
-        except CartflowError as exc:
-            raise _fail(str(exc)) from None
-        store.finish_run(run_id)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
     finally:
         store.close()
     _print_follow_up(follow)
@@ -705,25 +701,23 @@ def outcomes(
     options = _kinetics_options(anchor_day0, log_down)
     _writable(out, folder=True)
     store = Store(db)
+    parameters = {"clinical": str(clinical), "config": str(config), "anchor_day0": anchor_day0,
+                  "log_down": log_down, "counts": counts.__dict__}  # fmt: skip
     try:
-        parameters = {"clinical": str(clinical), "config": str(config), "anchor_day0": anchor_day0,
-                      "log_down": log_down, "counts": counts.__dict__}  # fmt: skip
-        run_id = store.start_run("outcomes", parameters)
-        follow = follow_up(
-            store,
-            run_id,
-            out.parent,
-            clinical=clinical,
-            options=options,
-            haematology=haematology,
-            count_settings=counts,
-        )
-        try:
+        with store.recording("outcomes", parameters) as run_id:
+            follow = follow_up(
+                store,
+                run_id,
+                out.parent,
+                clinical=clinical,
+                options=options,
+                haematology=haematology,
+                count_settings=counts,
+            )
             known = {s["patient"] for s in store.samples()}
             report = outcomes_stage(follow, clinical, out, config, known)
-        except CartflowError as exc:
-            raise _fail(str(exc)) from None
-        store.finish_run(run_id)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
     finally:
         store.close()
     console.print(f"outcomes: {len(report.figures)} figures, tables and outcomes.json in {out}")
@@ -870,6 +864,23 @@ def demo(
     raise typer.Exit(summary.exit_code)
 
 
+def _store_failure(exc: BaseException) -> str | None:
+    """The one-line problem of a store that failed mid-command (locked by another process,
+    read-only, gone), or None for any other error."""
+    if "sqlalchemy" not in sys.modules:  # not imported: the error cannot be one of its own
+        return None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.errors import first_line
+
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    problem = first_line(getattr(exc, "orig", None) or exc)
+    if "locked" in problem:
+        problem += " (another process is writing to it; try again when it is done)"
+    return problem
+
+
 def main() -> None:
     try:
         app()
@@ -879,6 +890,12 @@ def main() -> None:
     except OSError as exc:  # an output that could not be written after all (a full disk)
         where = f"{exc.filename}: " if exc.filename else ""
         errors.print(f"error: {where}{exc.strerror or exc}", soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:
+        problem = _store_failure(exc)
+        if problem is None:
+            raise
+        errors.print(f"error: the store failed: {problem}", soft_wrap=True)
         sys.exit(1)
 
 

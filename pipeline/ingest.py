@@ -141,31 +141,26 @@ def ingest_batch(
     rules: IdentityRules = IdentityRules(),
     panels: tuple[Panel, ...] | None = None,
     on_file: Callable[[FileOutcome], None] | None = None,
-    run_id: int | None = None,
     files: list[Path] | None = None,
 ) -> IngestReport:
     """Ingest every FCS file of a batch folder (or just ``files``) into the store."""
     panels = panels if panels is not None else load_panels()
     files = scan_batch(batch_dir) if files is None else sorted(files)
-    if run_id is None:
-        run_id = store.start_run(
-            "ingest",
-            {
-                "batch": str(batch_dir),
-                "manifest": str(manifest.path) if manifest else None,
-                "rules": rules.__dict__,
-                "panels": {p.id: p.sha256 for p in panels},
-            },
-        )
-    report = IngestReport(run_id)
-    seen: dict[str, Path] = {}
-    context = _context_digest(manifest, rules, panels)
-    for path in files:
-        outcome = _ingest_one(path, store, run_id, panels, manifest, rules, seen, context)
-        report.outcomes.append(outcome)
-        if on_file:
-            on_file(outcome)
-    store.finish_run(run_id)
+    parameters = {
+        "batch": str(batch_dir),
+        "manifest": str(manifest.path) if manifest else None,
+        "rules": rules.__dict__,
+        "panels": {p.id: p.sha256 for p in panels},
+    }
+    with store.recording("ingest", parameters) as run_id:
+        report = IngestReport(run_id)
+        seen: dict[str, Path] = {}
+        context = _context_digest(manifest, rules, panels)
+        for path in files:
+            outcome = _ingest_one(path, store, run_id, panels, manifest, rules, seen, context)
+            report.outcomes.append(outcome)
+            if on_file:
+                on_file(outcome)
     return report
 
 

@@ -310,8 +310,9 @@ class Store:
         except ArgumentError as exc:
             raise StoreError(self.url, f"is not a database URL: {first_line(exc)}") from exc
         try:
-            if self.url.startswith("sqlite:///"):
-                Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = self.url.removeprefix("sqlite:///")
+            if self.url.startswith("sqlite:///") and not path.startswith("file:"):  # not a URI
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, future=True)
         except (ArgumentError, ImportError, OSError) as exc:
             problem = f"cannot be used as a store: {first_line(exc)}"
@@ -355,6 +356,18 @@ class Store:
             run = session.get(Run, run_id)
             run.finished_at = _now()
             run.status = status
+
+    @contextmanager
+    def recording(self, command: str, parameters: dict[str, Any]) -> Iterator[int]:
+        """A run around some work: its id meanwhile, then 'finished', or 'failed' when the
+        work raises (an error, an interruption), so no run is left 'running'."""
+        run_id = self.start_run(command, parameters)
+        try:
+            yield run_id
+        except BaseException:
+            self.finish_run(run_id, "failed")
+            raise
+        self.finish_run(run_id)
 
     def file_id(self, sha256: str) -> int | None:
         with self._sessions() as session:

@@ -188,3 +188,26 @@ def test_the_command_line_reports_a_bad_store_in_one_line(tmp_path):
         done.stderr.strip() == f"error: sqlite:///{path}: cannot be opened: file is not a database"
     )
     assert path.read_text(encoding="utf-8") == "not a database"
+
+
+def test_a_run_whose_work_fails_is_marked_failed(store):
+    from pipeline.store import Run
+
+    with pytest.raises(RuntimeError), store.recording("kinetics", {}) as failing:
+        raise RuntimeError("the work broke")
+    with store.recording("kinetics", {}) as working:
+        pass
+    with store.transaction() as session:
+        assert session.get(Run, failing).status == "failed"
+        assert session.get(Run, working).status == "finished"
+
+
+def test_a_store_that_fails_mid_command_is_one_line(tmp_path):
+    path = tmp_path / "store.sqlite"
+    Store(path).close()
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"  # readable, not writable
+    command = [sys.executable, "-m", "pipeline.cli", "kinetics", "--db", url, "--out", "k"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: the store failed: attempt to write a readonly database"
+    assert not (tmp_path / "file:").exists()
