@@ -142,7 +142,9 @@ def _optional_float(value: str, path: Path, line: int, column: str) -> float | N
         raise ManifestError(
             path, f"line {line}, column {column}: {value!r} is not a number"
         ) from None
-    if not math.isfinite(number) or number <= 0:
+    if not math.isfinite(number):
+        raise ManifestError(path, f"line {line}, column {column}: {value!r} is not finite")
+    if number <= 0:
         raise ManifestError(path, f"line {line}, column {column}: {value!r} must be positive")
     return number
 
@@ -171,6 +173,9 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(path, f"missing column(s): {', '.join(missing)}")
     manifest = Manifest(path)
     for line, raw in enumerate(reader, start=2):
+        if None in raw:  # csv puts cells beyond the header under None
+            cells = len(reader.fieldnames) + len(raw[None])
+            raise ManifestError(path, f"line {line}: {cells} cells, the header has {len(header)}")
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
         for column in MANIFEST_COLUMNS:
             if not row.get(column):

@@ -73,6 +73,8 @@ def test_manifest_rows_identify_files(tmp_path):
         ("a.fcs,,D7,memory,50,50000,2025-03-07\n", "line 2, column patient: empty"),
         ("a.fcs,CART-01,D7,memory,,,\na.fcs,CART-02,D7,memory,,,\n", "line 3, column file"),
         ("a.fcs,CART-01,week 1,memory,,,\n", "line 2"),
+        ("a.fcs,CART-01,D7,memory,,,,extra,extra\n", "line 2: 9 cells, the header has 7"),
+        ("a.fcs,CART-01,D7,memory,1e400,,\n", "column blood_volume_ul: '1e400' is not finite"),
     ],
 )
 def test_manifest_errors_name_line_and_column(tmp_path, body, fragment):
