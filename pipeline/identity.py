@@ -98,10 +98,16 @@ class IdentityRules:
             raise IdentityError(path, f"identity rules cannot be read: {problem}") from exc
         except yaml.YAMLError as exc:
             raise IdentityError(*yaml_problem(path, exc)) from exc
-        fields = {k: tuple(v) for k, v in raw.items() if k in cls.__dataclass_fields__}
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if not isinstance(raw, dict):
+            raise IdentityError(path, "identity rules must be a mapping of rule: [values]")
+        unknown = sorted(map(str, set(raw) - set(cls.__dataclass_fields__)))
         if unknown:
             raise IdentityError(path, f"unknown identity rule(s): {', '.join(unknown)}")
+        for name, values in raw.items():
+            texts = isinstance(values, list) and all(isinstance(v, str) and v for v in values)
+            if not texts:
+                raise IdentityError(path, f"{name}: expected a list of texts, not {values!r}")
+        fields = {k: tuple(v) for k, v in raw.items()}
         for pattern in fields.get("filename_patterns", ()):
             try:
                 re.compile(pattern)

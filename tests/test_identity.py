@@ -144,6 +144,23 @@ def test_rules_yaml_errors_are_specific(tmp_path):
         IdentityRules.from_yaml(rules_file)
 
 
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("- a\n", "must be a mapping"),
+        ("patient_keywords: 5\n", "patient_keywords: expected a list of texts, not 5"),
+        ("patient_keywords: PATIENT ID\n", "expected a list of texts, not 'PATIENT ID'"),
+        ("patient_keywords: [null]\n", "expected a list of texts, not [None]"),
+    ],
+)
+def test_rules_of_the_wrong_shape_are_refused(tmp_path, text, fragment):
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(text, encoding="utf-8")
+    with pytest.raises(IdentityError) as caught:
+        IdentityRules.from_yaml(rules_file)
+    assert fragment in caught.value.problem and str(rules_file) in str(caught.value)
+
+
 def _yaml_loaders():
     from gating.template import load_template
     from panels import load_panel
