@@ -369,6 +369,10 @@ def gate(
         given = read_cuts(cuts) if cuts else None
         matrix = read_spillover(spillover) if spillover else None
         gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix)
+        unused = sorted(set(given or {}) - set(gated.placed.decisions))
+        if unused:
+            placed = ", ".join(gated.placed.decisions)
+            raise CartflowError(cuts, f"cut(s) {unused} are not placed on this file ({placed})")
         if gatingml:
             export_gatingml(gated.placed.gate_set, gatingml)
         if flowjo:

@@ -115,10 +115,14 @@ def read_cuts(path: Path) -> dict[str, ThresholdDecision]:
     cuts = {}
     for name, entry in raw.items():
         value = entry.get("value") if isinstance(entry, dict) else None
-        if not isinstance(value, int | float) or not math.isfinite(value):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
             raise CartflowError(path, f"cut {name!r} needs a finite number 'value'")
-        evidence = dict(entry.get("evidence") or {}, source=str(path.name))
-        cuts[str(name)] = ThresholdDecision(
-            float(value), "fixed", False, None, int(entry.get("events") or 0), evidence
-        )
+        evidence, events = entry.get("evidence") or {}, entry.get("events") or 0
+        if not isinstance(evidence, dict):
+            raise CartflowError(path, f"cut {name!r}: 'evidence' must be an object")
+        if not isinstance(events, int) or isinstance(events, bool) or events < 0:
+            raise CartflowError(path, f"cut {name!r}: 'events' must be a whole number")
+        evidence = dict(evidence, source=str(path.name))
+        cuts[str(name)] = ThresholdDecision(float(value), "fixed", False, None, events, evidence)
     return cuts

@@ -100,3 +100,20 @@ def test_a_bad_cuts_file_is_named_with_the_problem(tmp_path):
         read_cuts(bad)
     with pytest.raises(CartflowError, match=r"missing\.json.*cannot be read"):
         read_cuts(tmp_path / "missing.json")
+    for entry, problem in (
+        ('{"value": true}', "needs a finite number"),
+        ('{"value": 0.4, "evidence": "str"}', "'evidence' must be an object"),
+        ('{"value": 0.4, "events": "abc"}', "'events' must be a whole number"),
+    ):
+        bad.write_text(f'{{"CAR": {entry}}}', encoding="utf-8")
+        with pytest.raises(CartflowError, match=problem):
+            read_cuts(bad)
+
+
+def test_a_cut_the_file_does_not_place_is_refused(tmp_path):
+    cuts = tmp_path / "cuts.json"
+    cuts.write_text('{"car": {"value": 0.9}}', encoding="utf-8")  # the cut is 'CAR'
+    path = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
+    result = runner.invoke(app, ["gate", str(path), "--cuts", str(cuts)])
+    assert result.exit_code == 1
+    assert "cut(s) ['car'] are not placed on this file" in result.output
