@@ -557,6 +557,11 @@ def read_spillover(path: Path) -> Spillover:
         raise FcsError(path, "spillover matrix has values that are not numbers") from None
     if not np.all(np.isfinite(matrix)) or not np.allclose(np.diag(matrix), 1.0, atol=0.05):
         raise FcsError(path, "spillover matrix needs finite values and 1 on its diagonal")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FcsError(path, f"spillover matrix names detector(s) {repeated} twice")
+    if np.linalg.cond(matrix) > 1e12:
+        raise FcsError(path, "spillover matrix is singular: it cannot be inverted to compensate")
     return Spillover(channels=names, matrix=matrix, keyword=f"override:{Path(path).name}")
 
 

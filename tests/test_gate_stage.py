@@ -192,6 +192,12 @@ def test_a_bad_spillover_override_is_named(memory_file, gated, tmp_path):
     (tmp_path / "diag.csv").write_text(",A,B\nA,0.5,0.1\nB,0.2,1\n", encoding="utf-8")
     with pytest.raises(CartflowError, match=r"diag\.csv.*1 on its diagonal"):
         read_spillover(tmp_path / "diag.csv")
+    (tmp_path / "singular.csv").write_text("FITC-A,PE-A\n1,1\n1,1\n", encoding="utf-8")
+    with pytest.raises(CartflowError, match=r"singular\.csv.*singular"):
+        read_spillover(tmp_path / "singular.csv")
+    (tmp_path / "twice.csv").write_text("FITC-A,FITC-A\n1,0\n0,1\n", encoding="utf-8")
+    with pytest.raises(CartflowError, match=r"twice\.csv.*\['FITC-A'\] twice"):
+        read_spillover(tmp_path / "twice.csv")
     names = tuple(c.replace("-A", "-X") for c in own.channels)
     other = read_spillover(_spill_csv(tmp_path / "other.csv", names, own.matrix))
     with pytest.raises(CartflowError, match="names detectors not in the file"):
