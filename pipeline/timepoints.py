@@ -50,7 +50,20 @@ def load_haematology(path) -> Haematology:
     bad = table.index[dates.isna()].tolist()
     if bad:
         raise CartflowError(path, f"row {bad[0] + 1}, column date: not a date")
-    return Haematology(table.assign(date=dates.dt.date))
+    table = table.assign(date=dates.dt.date)
+    for column in sorted({"alc_per_ul", "wbc_per_ul"} & set(table.columns)):
+        values = pd.to_numeric(table[column], errors="coerce")
+        given = table[column].notna()
+        wrong = table.index[given & ~(values.gt(0) & values.lt(float("inf")))].tolist()
+        if wrong:
+            problem = f"{table[column][wrong[0]]!r} is not a positive number of cells/µL"
+            raise CartflowError(path, f"row {wrong[0] + 1}, column {column}: {problem}")
+        table[column] = values
+    repeated = table.duplicated(["patient", "date"], keep=False)
+    if repeated.any():
+        first = table[repeated].iloc[0]
+        raise CartflowError(path, f"patient {first.patient} has two rows for {first.date}")
+    return Haematology(table)
 
 
 @dataclass(frozen=True)

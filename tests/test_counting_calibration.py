@@ -127,6 +127,15 @@ def test_dual_platform_from_a_haematology_table(tmp_path):
     table.write_text("patient,when,alc_per_ul\nP1,2025-03-09,1500\n", encoding="utf-8")
     with pytest.raises(CartflowError, match="needs columns"):
         load_haematology(table)
+    for body, problem in (
+        ("P1,2025-03-09,abc\n", "row 1, column alc_per_ul: 'abc' is not a positive number"),
+        ("P1,2025-03-09,-1500\n", "row 1, column alc_per_ul: -1500"),
+        ("P1,2025-03-09,inf\n", "row 1, column alc_per_ul: inf"),
+        ("P1,2025-03-09,1500\nP1,2025-03-09,1600\n", "P1 has two rows for 2025-03-09"),
+    ):
+        table.write_text(f"patient,date,alc_per_ul\n{body}", encoding="utf-8")
+        with pytest.raises(CartflowError, match=problem):
+            load_haematology(table)
 
 
 # --- end to end: simulated FCS files → gating → counts → kinetics, against the truth ---------
