@@ -170,7 +170,7 @@ def inspect(
 def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
     from pipeline.store import Store
 
-    store = Store(db)
+    store = Store(db, existing=True)
     try:
         trail = store.provenance(sample_id)
     finally:
@@ -657,7 +657,7 @@ def kinetics(
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
     _writable(out, folder=True)
-    store = Store(db)
+    store = Store(db, existing=True)
     parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__}
     try:
         with store.recording("kinetics", parameters) as run_id:
@@ -704,7 +704,7 @@ def outcomes(
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
     _writable(out, folder=True)
-    store = Store(db)
+    store = Store(db, existing=True)
     parameters = {"clinical": str(clinical), "config": str(config), "anchor_day0": anchor_day0,
                   "log_down": log_down, "counts": counts.__dict__}  # fmt: skip
     try:
@@ -761,7 +761,7 @@ def export(
         if not key:
             raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
     _writable(out, folder=True)
-    store = Store(db)
+    store = Store(db, existing=True)
     try:
         written = export_tables(store, out, fmt, key, clinical, counts, kinetics)
     except CartflowError as exc:

@@ -280,9 +280,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _check_schema(engine: Engine, where: str) -> None:
+MAKE_ONE = "(`cartflow run` or `cartflow ingest` make one)"
+NO_STORE = "holds no cartflow store " + MAKE_ONE
+
+
+def _check_schema(engine: Engine, where: str) -> bool:
     """Refuse a database that holds other tables but none of cartflow's, or cartflow tables
-    lacking columns of this schema (written by another version): nothing is written to it."""
+    lacking columns of this schema (written by another version): nothing is written to it.
+    True when the store's tables are there."""
     inspector = inspect(engine)
     present = set(inspector.get_table_names())
     ours = [table for table in Base.metadata.sorted_tables if table.name in present]
@@ -298,20 +303,26 @@ def _check_schema(engine: Engine, where: str) -> None:
                 f"table {table.name!r} lacks column(s) {', '.join(missing)}: the store was "
                 f"written by another cartflow version than {__version__}; open a new store",
             )
+    return bool(ours)
 
 
 class Store:
     """A connection to the results store with the few operations the stages need."""
 
-    def __init__(self, url: str | os.PathLike | None = None) -> None:
+    def __init__(self, url: str | os.PathLike | None = None, *, existing: bool = False) -> None:
+        """Open (and, unless ``existing``, create) the store; ``existing`` is for commands
+        that only read results: a store that is not there is an error, not a new empty one."""
         self.url = normalise_url(url)
         try:
             self.display_url = make_url(self.url).render_as_string(hide_password=True)
         except ArgumentError as exc:
             raise StoreError(self.url, f"is not a database URL: {first_line(exc)}") from exc
+        path = self.url.removeprefix("sqlite:///")
+        local_file = self.url.startswith("sqlite:///") and not path.startswith("file:")  # no URI
+        if existing and local_file and not Path(path).is_file():
+            raise StoreError(self.display_url, "there is no store here " + MAKE_ONE)
         try:
-            path = self.url.removeprefix("sqlite:///")
-            if self.url.startswith("sqlite:///") and not path.startswith("file:"):  # not a URI
+            if local_file:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, future=True)
         except (ArgumentError, ImportError, OSError) as exc:
@@ -320,7 +331,8 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            _check_schema(self.engine, self.display_url)
+            if not _check_schema(self.engine, self.display_url) and existing:
+                raise StoreError(self.display_url, NO_STORE)
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             self.engine.dispose()

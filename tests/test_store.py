@@ -211,3 +211,36 @@ def test_a_store_that_fails_mid_command_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == "error: the store failed: attempt to write a readonly database"
     assert not (tmp_path / "file:").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["inspect", "--sample", "1"],
+        ["kinetics", "--out", "k"],
+        ["export", "--out", "e"],
+        ["outcomes", "--clinical", "c.csv", "--out", "o/outcomes"],
+    ],
+)
+def test_commands_that_read_results_do_not_make_a_store_at_a_mistyped_path(
+    tmp_path, monkeypatch, command
+):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    typo = tmp_path / "typo" / "stroe.sqlite"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*command, "--db", f"sqlite:///{typo}"])
+    assert isinstance(result.exception, StoreError)  # main() prints it in one line
+    assert "there is no store here" in str(result.exception)
+    assert not typo.exists() and not typo.parent.exists()
+
+
+def test_an_empty_database_is_not_a_store_to_read(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StoreError, match="holds no cartflow store"):
+        Store(empty, existing=True)
+    Store(empty).close()  # a command that writes results makes it one
+    Store(empty, existing=True).close()
