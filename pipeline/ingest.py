@@ -63,13 +63,14 @@ def sha256_of(path: Path) -> str:
 
 
 def scan_batch(batch_dir: Path) -> list[Path]:
-    """FCS files below a folder, in a stable order, skipping hidden and quarantine folders."""
+    """FCS files below a folder, in a stable order, skipping hidden and quarantine folders.
+    A link named like an FCS file is listed even when broken, so that ingest reports it."""
     found = []
     for path in batch_dir.rglob("*"):
         parts = path.relative_to(batch_dir).parts
         if any(p.startswith(".") or p == "quarantine" for p in parts):
             continue
-        if path.suffix.lower() in FCS_SUFFIXES and path.is_file():
+        if path.suffix.lower() in FCS_SUFFIXES and (path.is_file() or path.is_symlink()):
             found.append(path)
     return sorted(found)
 
@@ -182,7 +183,8 @@ def _ingest_one(path, store, run_id, panels, manifest, rules, seen, context) -> 
         sha = sha256_of(path)
     except OSError as exc:
         reason = f"cannot be read: {exc.strerror or exc}"
-        new = store.quarantine(run_id, f"path:{path.resolve()}", str(path), None, "io", reason)
+        key = f"path:{path.absolute()}"  # not resolve(): a link may loop
+        new = store.quarantine(run_id, key, str(path), None, "io", reason)
         return FileOutcome(path, "quarantined", None, reason, "io", new)
     if sha in seen:
         return FileOutcome(path, "duplicate", sha, f"same content as {seen[sha].name}")

@@ -175,6 +175,20 @@ def test_a_broken_file_stays_quarantined_with_its_reason(store, tmp_path):
     assert again.detail == f"{first.detail} (quarantined before)"
 
 
+def test_a_broken_link_is_reported_not_skipped(store, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / "gone.fcs").symlink_to(tmp_path / "nowhere.fcs")
+    (batch / "loop.fcs").symlink_to(batch / "loop.fcs")
+    outcomes = {o.path.name: o for o in ingest_batch(batch, store).outcomes}
+    assert {name: o.status for name, o in outcomes.items()} == {
+        "gone.fcs": "quarantined",
+        "loop.fcs": "quarantined",
+    }
+    assert "No such file" in outcomes["gone.fcs"].detail
+    assert "symbolic links" in outcomes["loop.fcs"].detail
+
+
 def test_sqlite_store_file_is_created_where_asked(tmp_path):
     store = Store(tmp_path / "deep" / "dir" / "s.sqlite")
     store.close()
