@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from sqlalchemy.exc import DataError
 
 from panels import Panel, load_panels, match_panel
-from pipeline.errors import CartflowError, first_line
+from pipeline.errors import CartflowError, IdentityError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
 from pipeline.store import FileRecord, SampleRecord, Store
@@ -153,12 +155,13 @@ def ingest_batch(
         "rules": rules.__dict__,
         "panels": {p.id: p.sha256 for p in panels},
     }
+    names = Counter(path.name for path in files)
+    batch = _Batch(panels, manifest, rules, frozenset(n for n, c in names.items() if c > 1))
     with store.recording("ingest", parameters) as run_id:
         report = IngestReport(run_id)
         seen: dict[str, Path] = {}
-        context = _context_digest(manifest, rules, panels)
         for path in files:
-            outcome = _ingest_one(path, store, run_id, panels, manifest, rules, seen, context)
+            outcome = _ingest_one(path, store, run_id, batch, seen)
             report.outcomes.append(outcome)
             if on_file:
                 on_file(outcome)
@@ -171,14 +174,32 @@ manifest, the identity rules and the panels, so they are keyed on those too: a c
 manifest re-admits the file."""
 
 
-def _context_digest(manifest: Manifest | None, rules: IdentityRules, panels) -> str:
-    """A short digest of what, besides its bytes, decides whether a file is accepted."""
-    context = repr((sorted(manifest.rows.items()) if manifest else None, rules,
-                    sorted(p.sha256 for p in panels)))  # fmt: skip
-    return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
+@dataclass(frozen=True)
+class _Batch:
+    """What, besides a file's bytes, decides whether it is accepted."""
+
+    panels: tuple[Panel, ...]
+    manifest: Manifest | None
+    rules: IdentityRules
+    shared_names: frozenset[str]  # names that several files of the batch carry
+
+    @cached_property
+    def digest(self) -> str:
+        context = repr((sorted(self.manifest.rows.items()) if self.manifest else None,
+                        self.rules, sorted(p.sha256 for p in self.panels),
+                        sorted(self.shared_names)))  # fmt: skip
+        return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
+
+    def check(self, path: Path) -> Checked:
+        if self.manifest is not None and path.name in self.shared_names:
+            raise IdentityError(
+                path, f"several files of the batch are named {path.name!r}, and the manifest "
+                "names files by name: rename them apart"
+            )  # fmt: skip
+        return check_file(path, self.panels, self.manifest, self.rules)
 
 
-def _ingest_one(path, store, run_id, panels, manifest, rules, seen, context) -> FileOutcome:
+def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
     try:
         sha = sha256_of(path)
     except OSError as exc:
@@ -197,13 +218,13 @@ def _ingest_one(path, store, run_id, panels, manifest, rules, seen, context) -> 
                 path, "duplicate", sha, "content already ingested under another name"
             )
         return FileOutcome(path, "known", sha, "already ingested", new=False)
-    in_context = f"{sha}:{context}"
+    in_context = f"{sha}:{batch.digest}"
     before = store.quarantined_as(sha) or store.quarantined_as(in_context)
     if before is not None:
         kind, reason = before
         return FileOutcome(path, "quarantined", sha, f"{reason} (quarantined before)", kind, False)
     try:
-        checked = check_file(path, panels, manifest, rules)
+        checked = batch.check(path)
     except CartflowError as exc:
         key = sha if exc.kind in CONTENT_KINDS else in_context
         store.quarantine(run_id, key, str(path), sha, exc.kind, exc.problem)

@@ -228,3 +228,19 @@ def test_generated_cohorts_are_accepted_and_identified(cytometer, store, tmp_pat
             row["tube"],
         )
         assert sample["panel_id"] == f"{row['tube']}-{suffix}"
+
+
+def test_same_named_files_in_subfolders_are_not_given_one_manifest_row(cohort, store, tmp_path):
+    batch = tmp_path / "batch"
+    first, second = sorted(cohort.glob("*memory*.fcs"))[:2]
+    for folder, source in (("a", first), ("b", second)):
+        (batch / folder).mkdir(parents=True)
+        shutil.copy(source, batch / folder / "tube.fcs")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,patient,timepoint,tube\ntube.fcs,P1,D7,memory\n", encoding="utf-8")
+    outcomes = ingest_batch(batch, store, load_manifest(manifest)).outcomes
+    assert [o.status for o in outcomes] == ["quarantined", "quarantined"]
+    assert all("several files of the batch are named 'tube.fcs'" in o.detail for o in outcomes)
+    shutil.move(batch / "b" / "tube.fcs", tmp_path / "elsewhere.fcs")  # the clash resolved
+    (again,) = ingest_batch(batch, store, load_manifest(manifest)).outcomes
+    assert again.status == "accepted"
