@@ -111,7 +111,10 @@ def inspect(
     manifest: ManifestOption = None,
     rules: RulesOption = None,
     sample: Annotated[
-        int | None, typer.Option("--sample", help="Show the provenance of a stored sample.")
+        int | None,
+        typer.Option(
+            "--sample", min=1, max=2**63 - 1, help="Show the provenance of a stored sample."
+        ),
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -805,7 +808,9 @@ MAX_EVENTS = 20_000_000
 def simulate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients.")] = 6,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Random seed; the same seed gives the same bytes.")
+    ] = 0,
     events: Annotated[int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file.")] = 50_000,
     cytometer: Annotated[
         str, typer.Option(help="FACSLyric (10 colours) or 'FACSCanto II' (8 colours).")

@@ -319,6 +319,8 @@ class Store:
             raise StoreError(self.url, f"is not a database URL: {first_line(exc)}") from exc
         path = self.url.removeprefix("sqlite:///")
         local_file = self.url.startswith("sqlite:///") and not path.startswith("file:")  # no URI
+        if local_file and Path(path).is_dir():
+            raise StoreError(self.display_url, "is a folder, not a store file")
         if existing and local_file and not Path(path).is_file():
             raise StoreError(self.display_url, "there is no store here " + MAKE_ONE)
         try:

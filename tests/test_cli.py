@@ -148,3 +148,20 @@ def test_simulate_never_writes_over_existing_files(tmp_path):
     assert (batch / "manifest.csv").read_text(encoding="utf-8") == "a lab's own manifest\n"
     too_many = runner.invoke(app, ["simulate", str(tmp_path / "new"), "--events", "100000000000"])
     assert too_many.exit_code == 2 and "--events" in too_many.output
+
+
+def test_out_of_range_numbers_are_usage_errors_naming_the_option(tmp_path):
+    for args, option in (
+        (["inspect", "--sample", "99999999999999999999"], "--sample"),
+        (["simulate", str(tmp_path / "s"), "--seed", "-1"], "--seed"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and option in result.output, result.output
+
+
+def test_a_folder_given_as_the_store_is_named_as_such(tmp_path):
+    from pipeline.errors import StoreError
+    from pipeline.store import Store
+
+    with pytest.raises(StoreError, match="is a folder, not a store file"):
+        Store(tmp_path)
