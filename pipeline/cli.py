@@ -553,20 +553,38 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
+def _check_scheduler(address: str) -> None:
+    """Fail before any work when no Dask scheduler answers at ``address``."""
+    from dask.distributed import Client
+
+    from pipeline.errors import first_line
+
+    try:
+        with Client(address, timeout="10s"):
+            pass
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise _fail(f"{address}: no Dask scheduler answers there: {first_line(exc)}") from None
+
+
 def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
     """One run with progress bars and a printed summary."""
     from dataclasses import replace
 
     from pipeline.batch import run_batch
     from pipeline.store import Store
+    from pipeline.timepoints import load_haematology
 
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
     _writable(settings.out, folder=True)
     try:
         loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        if settings.haematology is not None:  # checked now, read again by the counts
+            load_haematology(settings.haematology)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
+    if settings.scheduler:
+        _check_scheduler(settings.scheduler)
     settings = replace(settings, manifest=loaded_manifest, rules=loaded_rules)
     store = Store(db)
     try:

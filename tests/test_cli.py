@@ -165,3 +165,15 @@ def test_a_folder_given_as_the_store_is_named_as_such(tmp_path):
 
     with pytest.raises(StoreError, match="is a folder, not a store file"):
         Store(tmp_path)
+
+
+def test_run_checks_its_scheduler_and_haematology_table_before_any_work(tmp_path):
+    db = tmp_path / "store.sqlite"
+    base = ["run", str(FIXTURE_COHORT), "--db", f"sqlite:///{db}", "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*base, "--scheduler", "bogus"])
+    assert result.exit_code == 1 and "bogus: no Dask scheduler answers there" in result.output
+    table = tmp_path / "haematology.csv"
+    table.write_text("patient,date,alc_per_ul\nP1,2025-03-09,abc\n", encoding="utf-8")
+    result = runner.invoke(app, [*base, "--haematology", str(table)])
+    assert result.exit_code == 1 and "column alc_per_ul" in result.output
+    assert not db.exists()
