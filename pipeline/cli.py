@@ -799,9 +799,12 @@ def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool)
 
     try:
         gate_set = load_fixed_gates(gates, file.name)
-        _, result = gate_fixed(file, gate_set)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
+    try:
+        _, result = gate_fixed(file, gate_set)
+    except CartflowError as exc:  # the gates do not fit this file: name both
+        raise _fail(f"{gates} on {file}: {exc}") from None
     counts = {p: result.count(p) for p in result.populations}
     if as_json:
         console.print_json(json.dumps({"file": str(file), "gates": str(gates), "counts": counts}))

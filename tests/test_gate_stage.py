@@ -206,3 +206,12 @@ def test_a_bad_spillover_override_is_named(memory_file, gated, tmp_path):
         app, ["gate", str(memory_file), "--spillover", str(tmp_path / "diag.csv")]
     )
     assert result.exit_code != 0 and "diag.csv" in result.output
+
+
+def test_fixed_gates_that_do_not_fit_the_file_name_both(memory_file):
+    from tests.conftest import GATINGML, require_shared
+
+    xml = require_shared(GATINGML / "gml" / "gml_all_gates.xml")  # drawn on data1's channels
+    result = runner.invoke(app, ["gate", str(memory_file), "--gates", str(xml)])
+    assert result.exit_code == 1
+    assert f"{xml} on {memory_file}: " in result.output.replace("\n", "")
