@@ -362,6 +362,8 @@ def _data_span(
     )
     candidates = [s for s in (header.data, text_span) if s[0] > 0 and s[1] >= s[0]]
     if not candidates:
+        if text.get("$TOT", "").strip() == "0":
+            raise FcsError(path, "holds no events ($TOT 0): nothing was acquired")
         raise FcsError(path, "neither HEADER nor TEXT gives a DATA segment")
     declared_total = text.get("$TOT", "").strip()
     total = _int_keyword(text, "$TOT", path) if declared_total else None

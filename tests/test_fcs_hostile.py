@@ -173,3 +173,13 @@ def test_damaged_files_read_or_fail_cleanly(case, tmp_path):
     if fcs is not None:
         assert fcs.events.dtype == np.float32
         assert fcs.events.shape == (fcs.event_count, len(fcs.channels))
+
+
+def test_a_file_without_events_says_so(small, tmp_path):
+    from tests.fcs_mutate import build_fcs, split_fcs
+
+    version, keywords, _, delimiter = split_fcs(small.read_bytes())
+    keywords["$TOT"] = "0"
+    empty = tmp_path / "empty.fcs"
+    empty.write_bytes(build_fcs(version, keywords, b"", delimiter))
+    _expect(empty, "holds no events ($TOT 0)")
