@@ -10,6 +10,7 @@ the ALL-Hematotox score from a configurable point table.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -159,6 +160,8 @@ def _as_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        return data.decode("utf-16")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -166,11 +169,13 @@ def _read_text(path: Path) -> str:
 
 
 def _split_csv(path: Path) -> tuple[list[list[str]], list[int], bool]:
-    """Records of a CSV file with the line each ends on, and whether ';' separates cells."""
+    """Records of a CSV file (cells separated by ',', ';' or a tab, whichever the header
+    uses most) with the line each ends on, and whether ';' separates cells."""
     text = _read_text(path)
     first = text.split("\n", 1)[0]
-    semicolon = first.count(";") > first.count(",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=";" if semicolon else ",")
+    delimiter = max((",", ";", "\t"), key=first.count)
+    semicolon = delimiter == ";"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     records, lines = [], []
     for record in reader:
         records.append([cell.strip() for cell in record])

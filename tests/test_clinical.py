@@ -93,6 +93,13 @@ def test_semicolon_csv_with_decimal_commas_and_dotted_dates(tmp_path):
     assert data.loc[0, "infusion_date"] == pd.Timestamp("2024-01-10")
 
 
+def test_excel_unicode_text_utf16_with_tabs_loads(tmp_path):
+    path = tmp_path / "c.txt"
+    lines = [HEADER.replace(",", "\t"), *(r.replace(",", "\t") for r in ROWS)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-16")  # with its byte-order mark
+    assert load_clinical(path).patients == ("P1", "P2", "P3")
+
+
 def test_blank_lines_are_skipped_but_rows_keep_their_numbers(tmp_path):
     path = write_csv(tmp_path / "c.csv", (ROWS[0], "", ROWS[1].replace("0.5,50", "0.5,x")))
     assert problems_of(path) == ["row 3 (line 4), column platelets_per_nl: 'x' is not a number"]
