@@ -209,7 +209,10 @@ def _parse_with_flowkit(
         raise GatingError(path, f"is not valid Gating-ML 2.0 ({problem})")
     try:
         return flowkit.parse_gating_xml(io.BytesIO(data))
-    except Exception as exc:  # FlowKit raises ValueError, KeyError, its own errors...
+    except KeyError as exc:  # a reference to an id the document does not define
+        problem = f"refers to {exc.args[0]!r}, which the document does not define"
+        raise GatingError(path, f"is not valid Gating-ML 2.0: it {problem}") from exc
+    except Exception as exc:  # FlowKit raises ValueError and its own errors
         raise GatingError(path, f"is not valid Gating-ML 2.0: {exc}") from exc
 
 

@@ -374,8 +374,21 @@ def test_oversized_document_is_refused(tmp_path):
         (VALID.replace(RANGE_GATE, "&undefined;" + RANGE_GATE).encode(), "not well-formed"),
         (b'<?xml version="1.0"?><Workspace flowJoVersion="10.8"/>', "not a Gating-ML 2.0"),
         (VALID.replace('gating:min="100"', 'gating:min="lots"').encode(), "not valid Gating-ML"),
+        (
+            VALID.replace('gating:id="R"', 'gating:id="R" gating:parent_id="Nope"').encode(),
+            "refers to 'Nope', which the document does not define",
+        ),
     ],
-    ids=["random-bytes", "text", "empty", "unclosed", "undefined-entity", "flowjo", "bad-number"],
+    ids=[
+        "random-bytes",
+        "text",
+        "empty",
+        "unclosed",
+        "undefined-entity",
+        "flowjo",
+        "bad-number",
+        "unknown-parent",
+    ],
 )
 def test_garbage_is_refused(tmp_path, content, fragment):
     (path := tmp_path / "garbage.xml").write_bytes(content)
