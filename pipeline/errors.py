@@ -11,12 +11,18 @@ class CartflowError(Exception):
     def __init__(self, source: str | Path | None, problem: str) -> None:
         self.source = str(source) if source is not None else None
         self.problem = problem
-        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+        message = f"{self.source}: {problem}" if self.source else problem
+        super().__init__(_one_line(message))
 
     @property
     def kind(self) -> str:
         """Short machine-readable name of the error class, e.g. ``fcs-format``."""
         return getattr(self, "code", "error")
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a file name) escaped, so a message stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class FcsError(CartflowError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -177,3 +179,12 @@ def test_run_checks_its_scheduler_and_haematology_table_before_any_work(tmp_path
     result = runner.invoke(app, [*base, "--haematology", str(table)])
     assert result.exit_code == 1 and "column alc_per_ul" in result.output
     assert not db.exists()
+
+
+def test_an_error_about_a_file_with_a_newline_in_its_name_stays_one_line(tmp_path):
+    odd = tmp_path / "two\nlines.fcs"
+    odd.write_text("not an FCS file", encoding="utf-8")
+    command = [sys.executable, "-m", "pipeline.cli", "inspect", str(odd)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1 and "two\\nlines.fcs" in done.stderr
