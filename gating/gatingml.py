@@ -76,12 +76,15 @@ def load_flowjo(path: str | Path, sample: str | None = None) -> GateSet:
 
     path = Path(path)
     data = _read_bounded(path)
+    guard = _DoctypeGuard()
     try:
-        etree.fromstring(data, _safe_parser(target=_DoctypeGuard()))
+        etree.fromstring(data, _safe_parser(target=guard))
     except _DoctypeFoundError as exc:
         raise GatingError(path, _DOCTYPE_REFUSED) from exc
     except etree.XMLSyntaxError as exc:
         raise GatingError(path, f"is not well-formed XML: {exc}") from exc
+    if guard.root != "Workspace":
+        raise GatingError(path, f"is not a FlowJo workspace: its root element is <{guard.root}>")
     try:
         workspace = flowkit.Workspace(str(path), ignore_missing_files=True)
         ids = workspace.get_sample_ids(loaded_only=False)  # the FCS files need not be at hand
@@ -127,13 +130,17 @@ class _DoctypeFoundError(Exception):
 
 
 class _DoctypeGuard:
-    """Parser target that stops at a DOCTYPE, before any of its declarations are used."""
+    """Parser target that stops at a DOCTYPE, before any of its declarations are used, and
+    notes the root element."""
+
+    root: str | None = None
 
     def doctype(self, name: str, public_id: str | None, system_url: str | None) -> None:
         raise _DoctypeFoundError(system_url or public_id or name)
 
     def start(self, tag: str, attrib: dict) -> None:
-        pass
+        if self.root is None:
+            self.root = tag
 
     def end(self, tag: str) -> None:
         pass

@@ -215,3 +215,11 @@ def test_fixed_gates_that_do_not_fit_the_file_name_both(memory_file):
     result = runner.invoke(app, ["gate", str(memory_file), "--gates", str(xml)])
     assert result.exit_code == 1
     assert f"{xml} on {memory_file}: " in result.output.replace("\n", "")
+
+
+def test_a_wsp_that_is_not_a_workspace_says_so(memory_file, tmp_path):
+    other = tmp_path / "other.wsp"
+    other.write_text('<?xml version="1.0"?><Gating-ML/>', encoding="utf-8")
+    result = runner.invoke(app, ["gate", str(memory_file), "--gates", str(other)])
+    assert result.exit_code == 1
+    assert "is not a FlowJo workspace: its root element is <Gating-ML>" in result.output
