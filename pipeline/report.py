@@ -21,6 +21,7 @@ from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 SAMPLE_IMAGE_DIR = "samples"
+READABLE_FLAGS = {"below_lod": "below LOD", "below_lloq": "below LLOQ"}
 
 
 def overview_path(report_dir: Path, sha256: str) -> Path:
@@ -48,7 +49,7 @@ def write_report(
     outcomes_dir: Path | None = None,
 ) -> Path:
     """Write the report into ``report_dir``; returns the path of index.html."""
-    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     common = {
         "version": __version__,
@@ -125,11 +126,10 @@ def _population_row(row) -> dict:
     ci = ""
     if row.cells_ci_low is not None and not pd.isna(row.cells_ci_low):
         ci = f"{_fmt(row.cells_ci_low)} – {_fmt(row.cells_ci_high)}"
-    flags = [] if pd.isna(row.count_flags) or not row.count_flags else [row.count_flags]
-    if row.below_lod is True:
-        flags.append("below LOD")
-    elif row.below_lloq is True:
-        flags.append("below LLOQ")
+    raw = "" if pd.isna(row.count_flags) else row.count_flags
+    flags = [READABLE_FLAGS.get(flag, flag) for flag in raw.split(";") if flag]
+    if "below LOD" in flags and "below LLOQ" in flags:  # below the LOD says it all
+        flags.remove("below LLOQ")
     return {
         "population": row.population,
         "parent": row.parent,

@@ -276,3 +276,22 @@ def test_export_kinetics_and_outcomes_take_the_same_kinetics_options(tmp_path, o
         assert result.exit_code == 0, result.output
         kinetics = pd.read_csv(tmp_path / command / "kinetics.csv")
         assert kinetics.loc[0, "car_t_auc14"] == pytest.approx(expected, abs=0.01), command
+
+
+def test_a_report_into_a_new_folder_without_gating_plots(finished_run, tmp_path):
+    """A run with nothing new to gate still writes its report (no overviews to show), and a
+    count's flags are shown once, readably."""
+    _, db, out = finished_run
+    timepoints = pd.read_csv(out / "timepoints.csv", dtype={"patient": str})
+    store = Store(db)
+    try:
+        index = write_report(store, tmp_path / "report", timepoints)
+    finally:
+        store.close()
+    pages = sorted((tmp_path / "report" / "samples").glob("*.html"))
+    assert index.is_file() and pages
+    texts = [page.read_text(encoding="utf-8") for page in pages]
+    assert not any('src=""' in text for text in texts)
+    assert all("No gate overview in this report" in text for text in texts)
+    flagged = [text for text in texts if "below LLOQ" in text or "below LOD" in text]
+    assert flagged and not any("below_lloq" in text or "below_lod" in text for text in flagged)
