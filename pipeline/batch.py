@@ -133,10 +133,13 @@ def gate_parallel(
         yield from map(gate_one, pending)
         return
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each)
+    try:
         futures = [pool.submit(gate_one, item) for item in pending]
         for future in as_completed_futures(futures):
             yield future.result()
+    finally:  # interrupted: the files not started are dropped, not gated on the way out
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def gate_batch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -911,9 +912,19 @@ def _store_failure(exc: BaseException) -> str | None:
     return problem
 
 
+def _terminate(signum: int, _frame) -> None:
+    """SIGTERM ends the command as Ctrl-C does: runs are marked failed, workers stop."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == 130:  # typer's exit on Ctrl-C (and on SIGTERM, through _terminate)
+            errors.print("interrupted: a run in progress is marked failed; run again to finish")
+        raise
     except CartflowError as exc:
         errors.print(f"error: {exc}", soft_wrap=True)
         sys.exit(1)

@@ -124,6 +124,57 @@ def test_kill_and_rerun_gives_the_same_store(tmp_path, store_url, delay):
         assert snapshot[table] == rows, (table, set(snapshot[table]) ^ set(rows))
 
 
+def test_sigterm_marks_the_run_failed_and_leaves_no_workers(tmp_path):
+    """SIGTERM (a service stopping) ends a run as Ctrl-C does: one line, exit 130, the run
+    marked failed, no pool workers left behind."""
+    batch = _batch(tmp_path / "batch")
+    path = tmp_path / "store.sqlite"
+    process = subprocess.Popen(
+        _cli(*_run_args(batch, f"sqlite:///{path}", tmp_path / "out", "--workers", "2")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # until gating has begun
+        if path.exists() and _count(path, "gatings"):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: a run in progress")
+    statuses = dict(_rows(path, "select command, status from runs"))
+    assert statuses["run"] == "failed"
+    assert not _processes_naming(batch)  # forked workers keep the run's command line
+
+
+def _processes_naming(text: Path) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if str(text) in command:
+            found.append(entry.name)
+    return found
+
+
+def _rows(path: Path, query: str) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        return connection.execute(query).fetchall()
+
+
+def _count(path: Path, table: str) -> int:
+    try:
+        return _rows(path, f"select count(*) from {table}")[0][0]
+    except Exception:  # the store is still being created
+        return 0
+
+
 def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
     first = _batch(tmp_path / "first", prefixes=("CART-001 D7_", "CART-001 D11_", "CART-003 D11_"))
     second = _batch(
