@@ -289,7 +289,11 @@ def run_batch(
         files=candidates,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
-    files = [(o.path, o.sha256) for o in ingest.outcomes if o.status in ("accepted", "known")]
+    first_path: dict[str, Path] = {}  # a copy under another name is gated once, if at all
+    for outcome in ingest.outcomes:
+        if outcome.status in ("accepted", "known", "duplicate"):
+            first_path.setdefault(outcome.sha256, outcome.path)
+    files = [(path, sha) for sha, path in first_path.items()]
     parameters = {
         "batch": str(batch_dir),
         "clinical": str(settings.clinical) if settings.clinical else None,

@@ -290,3 +290,18 @@ def test_detection_limits_and_the_below_lod_interval_are_options_kept_with_the_r
     bad = runner.invoke(app, ["kinetics", "--db", db, "--out", str(tmp_path / "c"),
                               "--lod-events", "60"])  # fmt: skip
     assert bad.exit_code != 0 and "--lloq-events 50 is below --lod-events 60" in bad.output
+
+
+def test_a_batch_ingested_under_another_path_is_still_gated(tmp_path, monkeypatch):
+    """Ingest, then run the same folder named another way: its files are copies of stored
+    content under new names, and the run gates them (it gated nothing)."""
+    batch = _batch(tmp_path / "batch", prefixes=("CART-001 D7_",))
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    manifest = ("--manifest", str(FIXTURE_COHORT / "manifest.csv"))
+    ingested = runner.invoke(app, ["ingest", str(batch), "--db", db, *manifest])
+    assert ingested.exit_code == 0, ingested.output
+    monkeypatch.chdir(tmp_path)
+    args = _run_args(Path("batch"), db, tmp_path / "out", *manifest)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"gate: {len(list(batch.glob('*.fcs')))} gated" in result.output
