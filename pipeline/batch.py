@@ -150,11 +150,12 @@ def gate_batch(
     workers: int = 1,
     scheduler: str | None = None,
 ) -> list[GateWork]:
-    """Gate pending files (in parallel when asked) and store each as it finishes."""
+    """Gate pending files (in parallel when asked) and store each as it finishes; returns
+    those this run stored (not those another run stored first meanwhile)."""
     done = []
     for work in gate_parallel(pending, workers, scheduler):
-        write_gating(store, run_id, work)
-        done.append(work)
+        if write_gating(store, run_id, work):
+            done.append(work)
         if on_file:
             on_file(work)
     return done
@@ -350,7 +351,7 @@ def run_batch(
         run_id,
         ingest,
         tuple(gated),
-        len(files) - len(pending),
+        len(files) - len(gated),  # before this run, or by another run meanwhile
         follow,
         index,
         quarantine_report,

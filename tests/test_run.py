@@ -4,6 +4,7 @@ safe when two runs overlap, and reported."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -189,9 +190,11 @@ def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
         )
         for i, batch in enumerate((first, second))
     ]
+    reported = 0
     for process in runs:
-        _, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err.decode()
+        reported += int(re.search(r"gate: (\d+) gated", out.decode()).group(1))
     store = Store(store_url)
     snapshot = store.snapshot()
     union = {p.name for p in first.glob("*.fcs")} | {p.name for p in second.glob("*.fcs")}
@@ -199,6 +202,7 @@ def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
     assert len(snapshot["samples"]) == len(union)
     gated = [(sha, template) for sha, template, _ in snapshot["gatings"]]
     assert len(gated) == len(set(gated)) == len(union)
+    assert reported == len(union)  # each file counted as gated by the one run that stored it
     populations = [(sha, template, pop) for sha, template, pop, _ in snapshot["populations"]]
     assert len(populations) == len(set(populations))
     store.close()
