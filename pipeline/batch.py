@@ -363,23 +363,25 @@ def run_batch(
 @dataclass
 class ArrivalWatch:
     """Which files of a folder are complete: same size on two looks and readable (or, when
-    unreadable, unchanged for ``settle`` looks, so that ingest can quarantine them)."""
+    unreadable, unchanged for ``settle`` looks, so that ingest can quarantine them). A file
+    handed over is looked at again when it changes (a copy that stalled, then finished)."""
 
     folder: Path
     settle: int = 3
     sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    handed_over: set[Path] = field(default_factory=set)
+    handed_over: dict[Path, tuple[int, int]] = field(default_factory=dict)  # size, mtime
 
     def complete(self) -> list[Path]:
         from pipeline.fcs import read_fcs
 
         ready = []
         for path in scan_batch(self.folder):
-            if path in self.handed_over:
-                continue
             try:
-                size = path.stat().st_size
+                stat = path.stat()
             except OSError:
+                continue
+            size = stat.st_size
+            if self.handed_over.get(path) == (size, stat.st_mtime_ns):
                 continue
             previous, stable = self.sizes.get(path, (-1, 0))
             stable = stable + 1 if size == previous else 0
@@ -392,7 +394,7 @@ class ArrivalWatch:
                 if stable < self.settle:
                     continue
             ready.append(path)
-        self.handed_over.update(ready)
+            self.handed_over[path] = (size, stat.st_mtime_ns)
         return ready
 
 

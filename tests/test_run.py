@@ -309,3 +309,23 @@ def test_a_batch_ingested_under_another_path_is_still_gated(tmp_path, monkeypatc
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"gate: {len(list(batch.glob('*.fcs')))} gated" in result.output
+
+
+def test_a_copy_that_stalled_is_taken_again_once_it_is_finished(tmp_path):
+    """An unreadable file is handed over (to be quarantined) after it stops changing; when
+    the copy then finishes, the complete file is handed over again."""
+    from pipeline.batch import ArrivalWatch
+
+    source = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    target = folder / source.name
+    whole = source.read_bytes()
+    target.write_bytes(whole[: len(whole) // 2])
+    watch = ArrivalWatch(folder, settle=2)
+    looks = [watch.complete() for _ in range(4)]
+    assert looks == [[], [], [target], []]  # stalled long enough: handed over once
+    target.write_bytes(whole)  # the copy finishes
+    assert watch.complete() == []  # it changed: wait for it to settle
+    assert watch.complete() == [target]
+    assert watch.complete() == []
