@@ -19,11 +19,50 @@ import pandas as pd
 from pipeline.batch import infusion_dates
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
-from pipeline.kinetics import KineticsOptions, patient_kinetics
+from pipeline.kinetics import DEFAULT_POPULATIONS, KineticsOptions, patient_kinetics
 from pipeline.store import Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
 Format = Literal["csv", "parquet"]
+
+
+def _kinetic_columns() -> dict[str, str]:
+    """Every column of the per-patient kinetics table, described."""
+    metrics = {
+        "cmax": "peak {what}/µL",
+        "tmax_day": "day of the peak of {what} (first on ties)",
+        "clast": "last {what}/µL at or above the LOD",
+        "tlast_day": "day of that last value",
+        "auc14": "AUC of {what}/µL over days 5, 7, 11, 14 (≥ 3 points; options recorded)",
+        "auc28": "AUC of {what}/µL over days 5 … 28",
+        "auclast": "AUC of {what}/µL up to the last value at or above the LOD",
+        "persistence_day": "last day with {what} at or above the LOD",
+    }
+    names = {
+        "car_t": "CAR-T cells",
+        "cd8_car_t": "CD8 CAR-T cells",
+        "cd8_scm_car_t": "CD8 stem-cell-memory CAR-T cells",
+        "car_neg_cd8_scm": "CAR- CD8 stem-cell-memory T cells",
+    }
+    columns = {
+        f"{followed.name}_{metric}": text.format(what=names[followed.name])
+        for followed in DEFAULT_POPULATIONS
+        for metric, text in metrics.items()
+    }
+    return columns | {
+        "expanded": "peak above 5 CAR-T/µL",
+        "car_pct_of_cd3_at_peak": "CAR-T as % of CD3+ at the CAR-T peak",
+        "cd8_pct_of_car_at_peak": "CD8 as % of CAR-T at the CAR-T peak",
+        "scm_pct_of_cd8_car_at_peak": "stem-cell memory as % of CD8 CAR-T at the CAR-T peak",
+        "b_cell_aplasia_onset_day": "first day of B-cell aplasia (≤ 1 B cell/µL or below LOD)",
+        "b_cell_aplasia_loss_day": "day B cells came back after aplasia",
+        "b_cell_aplasia_loss_confirmed": "the next count rose after that day",
+        "b_cell_aplasia_duration_days": "days from onset to loss (or to the last sample)",
+        "cd19_negative_relapse_pattern": "relapse while B-cell aplasia persisted",
+    }
+
+
+KINETICS_COLUMNS = _kinetic_columns()
 
 DICTIONARY: dict[str, dict[str, str]] = {
     "samples": {
@@ -67,27 +106,22 @@ DICTIONARY: dict[str, dict[str, str]] = {
         "cells_per_ul": "cells/µL of blood",
         "cells_ci_low": "lower exact 95 % limit, cells/µL",
         "cells_ci_high": "upper exact 95 % limit, cells/µL",
-        "lod_cells_per_ul": "limit of detection for this sample, cells/µL (20 events)",
-        "lloq_cells_per_ul": "lower limit of quantification, cells/µL (50 events)",
+        "lod_cells_per_ul": "limit of detection for this sample, cells/µL (--lod-events, 20)",
+        "lloq_cells_per_ul": "lower limit of quantification, cells/µL (--lloq-events, 50)",
         "below_lod": "fewer events than the LOD",
         "below_lloq": "fewer events than the LLOQ",
         "count_method": "single-platform beads or dual-platform",
         "count_inputs": "inputs of the concentration (JSON)",
         "count_flags": "why no concentration was given, or what to watch",
+        "parent": "parent population",
+        "parent_events": "events in the parent",
+        "sample_id": "store id of the sample",
+        "sha256": "SHA-256 of the FCS file's bytes",
+        "template_id": "gating template used",
+        "template_sha256": "SHA-256 of the gating template used",
+        "run_id": "run that gated the sample",
     },
-    "kinetics": {
-        "patient": "patient id",
-        "car_t_cmax": "peak CAR-T cells/µL",
-        "car_t_tmax_day": "day of the peak (first on ties)",
-        "car_t_auc14": "AUC of CAR-T/µL over days 5, 7, 11, 14 (linear trapezoid, ≥ 3 points)",
-        "car_t_auc28": "AUC over days 5 … 28",
-        "car_t_auclast": "AUC up to the last value above LOD",
-        "car_t_persistence_day": "last day with CAR-T above LOD",
-        "expanded": "peak above 5 CAR-T/µL",
-        "car_pct_of_cd3_at_peak": "CAR-T as % of CD3+ at the peak",
-        "scm_pct_of_cd8_car_at_peak": "stem-cell memory as % of CD8 CAR-T at the peak",
-        "b_cell_aplasia_duration_days": "days of B-cell aplasia (≤ 1 B cell/µL)",
-    },
+    "kinetics": {"patient": "patient id"} | KINETICS_COLUMNS,
 }
 
 
