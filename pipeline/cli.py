@@ -362,6 +362,19 @@ def gate(
     from pipeline.gate import gate_file, membership_table
     from pipeline.pooling import read_cuts
 
+    if gates is not None:
+        given = {"--template": template, "--cuts": cuts, "--spillover": spillover,
+                 "--plots": plots, "--gatingml": gatingml, "--flowjo": flowjo}  # fmt: skip
+        unused = [option for option, value in given.items() if value is not None]
+        if unused:
+            raise _fail(
+                f"--gates applies a lab's gates as they are: {', '.join(unused)} do not apply"
+            )
+    if spillover is not None and (gatingml or flowjo):
+        raise _fail(
+            "--gatingml/--flowjo with --spillover: the exported gates would compensate with the "
+            "file's own matrix; export without the override"
+        )
     _writable(membership, folder=False)
     _writable(plots, folder=True)
     if gates is not None:
@@ -373,10 +386,10 @@ def gate(
         given = read_cuts(cuts) if cuts else None
         matrix = read_spillover(spillover) if spillover else None
         gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix)
-        unused = sorted(set(given or {}) - set(gated.placed.decisions))
-        if unused:
-            placed = ", ".join(gated.placed.decisions)
-            raise CartflowError(cuts, f"cut(s) {unused} are not placed on this file ({placed})")
+        decisions = gated.placed.decisions
+        unused = sorted(name for name in given or {} if decisions.get(name) is not given[name])
+        if unused:  # a misspelt name, or a gate that places its cut itself (singlets, cells)
+            raise CartflowError(cuts, f"cut(s) {unused} were not used as given on this file")
         if gatingml:
             export_gatingml(gated.placed.gate_set, gatingml)
         if flowjo:
@@ -397,6 +410,7 @@ def gate(
                     "fallbacks": {k: d.reason for k, d in decisions.items() if d.fallback},
                     "flags": list(gated.placed.flags),
                     "skipped": dict(gated.placed.skipped),
+                    "approximations": dict(gated.placed.approximations),
                 },
                 default=str,
             )
@@ -416,13 +430,16 @@ def gate(
             console.print(f"  cut {name}: {decision.value:.4g} by {decision.method} {state}")
         for flag in gated.placed.flags:
             console.print(f"  flag: {flag}")
+        for population, note in gated.placed.approximations.items():
+            console.print(f"  approximated: {population} {note}")
+    notes = errors if as_json else console  # --json keeps standard output one JSON object
     if membership:
         membership_table(gated).to_parquet(membership)
-        console.print(f"membership: {membership}")
+        notes.print(f"membership: {membership}")
     if plots:
         from pipeline.plots import gate_plots
 
-        console.print(f"plots: {len(gate_plots(gated, plots))} PNG files in {plots}")
+        notes.print(f"plots: {len(gate_plots(gated, plots))} PNG files in {plots}")
 
 
 @app.command()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +225,37 @@ def test_a_wsp_that_is_not_a_workspace_says_so(memory_file, tmp_path):
     result = runner.invoke(app, ["gate", str(memory_file), "--gates", str(other)])
     assert result.exit_code == 1
     assert "is not a FlowJo workspace: its root element is <Gating-ML>" in result.output
+
+
+def test_gate_refuses_options_that_would_be_ignored(memory_file, tmp_path):
+    own = tmp_path / "own.xml"
+    assert runner.invoke(app, ["gate", str(memory_file), "--gatingml", str(own)]).exit_code == 0
+    matrix = tmp_path / "m.csv"
+    matrix.write_text("FITC-A,PE-A\n1,0.1\n0.1,1\n", encoding="utf-8")
+    for args, problem in (
+        (["--gates", str(own), "--spillover", str(matrix)], "--spillover do not apply"),
+        (["--gates", str(own), "--plots", str(tmp_path / "p")], "--plots do not apply"),
+        (["--spillover", str(matrix), "--gatingml", str(tmp_path / "x.xml")], "own matrix"),
+    ):
+        result = runner.invoke(app, ["gate", str(memory_file), *args])
+        assert result.exit_code == 1 and problem in result.output, result.output
+    assert not (tmp_path / "p").exists() and not (tmp_path / "x.xml").exists()
+
+
+def test_gate_json_is_one_object_and_names_approximations(tmp_path):
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    cohort = tmp_path / "canto"
+    config = SimulationConfig(patients=1, seed=3, events=3000, cytometer="FACSCanto II",
+                              tubes=("memory",), timepoints=("D7",))  # fmt: skip
+    simulate_cohort(cohort, config)
+    path = next(cohort.glob("*memory*.fcs"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "gate", str(path), "--json",
+         "--membership", str(tmp_path / "m.parquet")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # nothing else on standard output
+    assert "CD4 not on this panel" in report["approximations"]["CAR_CD4"]
+    assert "membership:" in result.stderr

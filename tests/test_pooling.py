@@ -116,4 +116,8 @@ def test_a_cut_the_file_does_not_place_is_refused(tmp_path):
     path = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
     result = runner.invoke(app, ["gate", str(path), "--cuts", str(cuts)])
     assert result.exit_code == 1
-    assert "cut(s) ['car'] are not placed on this file" in result.output
+    assert "cut(s) ['car'] were not used as given on this file" in result.output
+    cuts.write_text('{"singlets": {"value": 0.9}, "CAR": {"value": 0.4}}', encoding="utf-8")
+    result = runner.invoke(app, ["gate", str(path), "--cuts", str(cuts)])
+    assert result.exit_code == 1  # the singlet gate places its own cut
+    assert "cut(s) ['singlets'] were not used as given" in result.output
