@@ -533,6 +533,14 @@ def _parse_spill(value: str, keyword: str, names: set[str]) -> Spillover:
     return Spillover(channels=channel_names, matrix=matrix, keyword=keyword)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_spillover(path: Path) -> Spillover:
     """A spillover matrix from CSV (a header of detector names, one row per detector, an
     optional first column of row names), to use instead of a file's own matrix."""
@@ -548,8 +556,10 @@ def read_spillover(path: Path) -> Spillover:
     if len(rows) < 2:
         raise FcsError(path, "a spillover CSV needs a header of detectors and one row each")
     header, body = rows[0], rows[1:]
-    labelled = header[0] == "" or len(header) == len(body[0]) - 1
-    names = tuple(header[1:] if header[0] == "" else header)
+    named_rows = all(row and not _is_number(row[0]) for row in body)  # a column of row names
+    labelled = header[0] == "" or len(header) == len(body[0]) - 1 or named_rows
+    corner = labelled and len(header) == len(body[0])  # the row-name column has a header cell
+    names = tuple(header[1:] if header[0] == "" or corner else header)
     values = [row[1:] if labelled else row for row in body]
     if len(values) != len(names) or any(len(row) != len(names) for row in values):
         raise FcsError(path, f"spillover matrix is not square over its {len(names)} detectors")

@@ -181,6 +181,12 @@ def test_a_spillover_override_replaces_the_files_matrix(memory_file, gated, tmp_
     )
     uncompensated = gate_file(memory_file, spillover=bare)
     assert uncompensated.counts() != gated.counts()
+    named_corner = tmp_path / "named.csv"
+    rows = [",".join(["detector", *own.channels])]
+    for name, row in zip(own.channels, own.matrix, strict=True):
+        rows.append(",".join([name, *map(repr, map(float, row))]))
+    named_corner.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert read_spillover(named_corner).channels == tuple(own.channels)
 
 
 def test_a_bad_spillover_override_is_named(memory_file, gated, tmp_path):
