@@ -59,9 +59,10 @@ def compensated_columns(
     # in float64 and rounded once to float32; laid out detector-major, so each returned
     # column is contiguous; done in blocks of events so the float64 temporaries stay small
     out = np.empty((len(columns), events.shape[0]), dtype=np.float32)
-    for start in range(0, events.shape[0], COMPENSATION_BLOCK):
-        block = events[start : start + COMPENSATION_BLOCK, columns].T.astype(np.float64)
-        out[:, start : start + COMPENSATION_BLOCK] = inverse_t @ block
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN events: flagged by the caller
+        for start in range(0, events.shape[0], COMPENSATION_BLOCK):
+            block = events[start : start + COMPENSATION_BLOCK, columns].T.astype(np.float64)
+            out[:, start : start + COMPENSATION_BLOCK] = inverse_t @ block
     return out.T
 
 

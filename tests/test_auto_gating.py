@@ -8,6 +8,7 @@ FlowIO and read again.
 from __future__ import annotations
 
 import io
+import warnings
 from array import array
 from dataclasses import replace
 from pathlib import Path
@@ -151,7 +152,10 @@ def test_non_finite_events_are_flagged_and_left_out(cohort):
     events[::50, _column(fcs, panel, "CAR")] = np.nan
     events[1::70, fcs.channel_names.index("FSC-A")] = np.inf
     events[2::90, fcs.channel_names.index("Time")] = -np.inf
-    gated = _gate(fcs, panel, events)
+    events[3::60, _column(fcs, panel, "CD3")] = np.inf  # a compensated channel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # flagged, not printed as numpy's
+        gated = _gate(fcs, panel, events)
     _check_evidence(gated)
     bad = int((~np.isfinite(events).all(axis=1)).sum())
     assert f"non_finite_events:{bad}" in gated.placed.flags
