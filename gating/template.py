@@ -453,14 +453,23 @@ def _check_cut_populations(
             for ref in (*cut.estimate_chain, cut.negative):
                 if ref is not None and ref not in order:
                     raise reader.error(where, f"population {ref!r} is not defined")
-            if users and cut.estimate_chain:
-                first = users[0]
-                if all(order[ref] >= order[first.id] for ref in cut.estimate_chain):
-                    raise reader.error(
-                        where,
-                        f"{marker} is first needed by {first.id!r}, before "
-                        f"{cut.estimate_chain[0]!r} (where it is placed) is gated",
-                    )
+            if not users:
+                continue
+            first = users[0]
+            if cut.estimate_chain and all(
+                order[ref] >= order[first.id] for ref in cut.estimate_chain
+            ):
+                raise reader.error(
+                    where,
+                    f"{marker} is first needed by {first.id!r}, before "
+                    f"{cut.estimate_chain[0]!r} (where it is placed) is gated",
+                )
+            if cut.negative is not None and order[cut.negative] >= order[first.id]:
+                raise reader.error(
+                    where,
+                    f"{marker} is first needed by {first.id!r}, before its negative "
+                    f"population {cut.negative!r} is gated",
+                )
 
 
 def load_template(path: Path) -> Template:

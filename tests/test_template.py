@@ -186,6 +186,14 @@ def test_estimate_on_a_population_gated_after_the_cut_is_needed(tmp_path):
     _fails(tmp_path, text, "CAR is first needed by 'CAR'", _line(text, "estimate_on: CAR_CD27hi"))
 
 
+def test_a_tail_negative_gated_after_the_cut_is_needed(tmp_path):
+    text = BASE.replace(
+        "CAR: {method: balance, estimate_on: T,",
+        "CAR: {method: tail, negative: CAR_CD27hi, estimate_on: T,",
+    )
+    _fails(tmp_path, text, "before its negative population 'CAR_CD27hi'", _line(text, "tail"))
+
+
 def test_estimate_on_chain_needs_population_ids(tmp_path):
     text = BASE.replace("estimate_on: T,", "estimate_on: [T, 3],")
     _fails(tmp_path, text, "'estimate_on' must be a population id", _line(text, "[T, 3]"))
