@@ -33,12 +33,18 @@ def _axis_values(gated: SampleGating, compensated: np.ndarray, axis: Dimension, 
 
 
 def _population_gates(gated: SampleGating, population: str) -> list:
-    """The shape or range gates that make up a population (its own, or its AND/OR parts)."""
-    gate = gated.placed.gate_set.gate(population)
-    if isinstance(gate, BooleanGate):
-        parts = [gated.placed.gate_set.gate(r.gate) for r in gate.refs]
-        return [g for g in parts if g.id.startswith(population + PART)] or parts[:1]
-    return [gate]
+    """The shape or range gates that make up a population: its own, or the parts of its
+    AND/OR gates, followed down through booleans of booleans (the lymphocyte gate)."""
+    gate_set = gated.placed.gate_set
+
+    def shapes(gate) -> list:
+        if not isinstance(gate, BooleanGate):
+            return [gate]
+        parts = [gate_set.gate(r.gate) for r in gate.refs]
+        own = [g for g in parts if g.id.startswith(population + PART)] or parts[:1]
+        return [shape for part in own for shape in shapes(part)]
+
+    return shapes(gate_set.gate(population))
 
 
 def _cuts(gate) -> list[tuple[Dimension, float | None, float | None]]:

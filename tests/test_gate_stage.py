@@ -265,3 +265,22 @@ def test_gate_json_is_one_object_and_names_approximations(tmp_path):
     report = json.loads(result.stdout)  # nothing else on standard output
     assert "CD4 not on this panel" in report["approximations"]["CAR_CD4"]
     assert "membership:" in result.stderr
+
+
+def test_the_lymphocyte_plot_shows_its_events(tmp_path):
+    """The lymphocyte gate is a boolean of booleans; its plot still finds its axes."""
+    from PIL import Image
+
+    from pipeline.plots import gate_plots
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    config = SimulationConfig(patients=1, seed=7, events=20_000, tubes=("memory",),
+                              timepoints=("D14",))  # fmt: skip
+    simulate_cohort(tmp_path / "c", config)
+    gated = gate_file(next((tmp_path / "c").glob("*memory*.fcs")))
+    assert isinstance(gated.placed.gate_set.gate("lymphocytes").refs, tuple)
+    gate_plots(gated, tmp_path / "plots")
+    pixels = np.asarray(Image.open(tmp_path / "plots" / "lymphocytes.png").convert("L"))
+    h, w = pixels.shape
+    inked = (pixels[int(h * 0.1) : int(h * 0.8), int(w * 0.12) : int(w * 0.92)] < 200).mean()
+    assert inked > 0.05  # a density, not empty axes
