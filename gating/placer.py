@@ -78,7 +78,7 @@ def place_threshold(
     """Try each method of a cut in turn; the first that is not a fallback wins."""
     decision = None
     finite = values[np.isfinite(values)]
-    if finite.size and np.ptp(finite) == 0:
+    if finite.size > 1 and np.ptp(finite) == 0:  # one event is too few, not a dead channel
         return ThresholdDecision(
             spec.bounds.default, spec.methods[0], True, "channel carries no signal", values.size
         )

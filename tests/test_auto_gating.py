@@ -343,3 +343,14 @@ def test_each_cd45_band_has_its_own_dead_cell_line(cohort, tmp_path):
 
 def test_every_shape_gate_a_template_may_name_has_a_placer():
     assert sorted(SHAPE_PLACERS) == sorted(SHAPE_GATES)
+
+
+def test_a_single_event_is_too_few_not_a_dead_channel():
+    from gating.placer import place_threshold
+    from gating.template import load_template
+
+    spec = load_template(TEMPLATE_DIR / "memory.yaml").thresholds["CAR"].positive
+    one = place_threshold(spec, np.array([0.4], dtype=np.float32), None)
+    assert one.fallback and "only 1 events" in one.reason
+    flat = place_threshold(spec, np.full(100, 0.4, dtype=np.float32), None)
+    assert flat.fallback and flat.reason == "channel carries no signal"
