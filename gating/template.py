@@ -167,6 +167,7 @@ def _duplicate_key(node: yaml.Node) -> tuple[str, int] | None:
     return None
 
 
+_POPULATION_ID = re.compile(r"[\w .+:-]+")
 VALLEY_SIDES = ("lower", "middle", "upper")
 """Where in a valley's flat floor a valley cut lands."""
 CUT_FIELDS = frozenset(
@@ -414,6 +415,10 @@ def _populations(
         pop_id, parent = str(entry["id"]), entry.get("parent")
         if PART_SEPARATOR in pop_id or not pop_id.strip():
             raise reader.error(key, f"population id {pop_id!r} is empty or contains '::'")
+        if not _POPULATION_ID.fullmatch(pop_id):  # it names files, XML ids and FlowJo paths
+            raise reader.error(
+                key, f"population id {pop_id!r} may hold letters, digits, spaces and _ . + - : only"
+            )
         if pop_id in known:
             raise reader.error(key, f"population {pop_id!r} is defined twice")
         if parent is not None and parent not in known:

@@ -285,6 +285,14 @@ def test_population_ids_may_not_use_the_helper_separator(tmp_path):
     _fails(tmp_path, text, "contains '::'", _line(text, "CAR::hi"))
 
 
+@pytest.mark.parametrize("bad", ["T(CD8)", "T/CD8", "T&CD8", "T,CD8"])
+def test_population_ids_are_safe_as_file_names_and_xml_ids(tmp_path, bad):
+    text = BASE.replace("{id: CAR_CD27hi,", f'{{id: "{bad}",').replace(
+        "parent: CAR_CD27hi", f'parent: "{bad}"'
+    )
+    _fails(tmp_path, text, "may hold letters, digits", _line(text, bad))
+
+
 def test_empty_population_list(tmp_path):
     text = BASE.split("populations:")[0] + "populations: []\n"
     _fails(tmp_path, text, "non-empty list", _line(text, "populations:"))
