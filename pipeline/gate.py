@@ -18,6 +18,7 @@ from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
 from pipeline.fcs import FcsFile, Spillover, read_fcs
+from pipeline.identity import identify
 from pipeline.store import GateRecord, PopulationRecord
 
 TEMPLATE_DIR = PANEL_DIR / "templates"
@@ -148,10 +149,17 @@ def gate_file(
     :func:`gate_fcs`)."""
     fcs = read_fcs(path)
     pairs = [(c.name, c.marker) for c in fcs.channels]
-    panel = match_panel(
-        path, pairs, panels or load_panels(), tube or (template.tube if template else None)
-    ).panel
+    tube = tube or (template.tube if template else None) or _tube_of(path, fcs)
+    panel = match_panel(path, pairs, panels or load_panels(), tube).panel
     return gate_fcs(fcs, panel, template, fixed_cuts, spillover)
+
+
+def _tube_of(path: Path, fcs: FcsFile) -> str | None:
+    """The tube the file's keywords or name give, as ingest would read it (None if neither)."""
+    try:
+        return identify(path, fcs.text).tube
+    except CartflowError:  # no patient or timepoint to be found: the tube may still be
+        return None
 
 
 def compact_evidence(value, points: int = 128):

@@ -284,3 +284,20 @@ def test_the_lymphocyte_plot_shows_its_events(tmp_path):
     h, w = pixels.shape
     inked = (pixels[int(h * 0.1) : int(h * 0.8), int(w * 0.12) : int(w * 0.92)] < 200).mean()
     assert inked > 0.05  # a density, not empty axes
+
+
+def test_a_relabelled_file_is_judged_against_its_own_tubes_panel(memory_file, tmp_path):
+    from pipeline.fcs import read_fcs
+    from tests.fcs_mutate import rewrite
+
+    channels = read_fcs(memory_file, events=False).channels
+    cd4, cd8 = (
+        next(i for i, c in enumerate(channels, 1) if c.marker and c.marker.startswith(marker))
+        for marker in ("CD4", "CD8")
+    )
+    swapped = rewrite(memory_file, tmp_path / memory_file.name,
+                      **{f"P{cd4}S": channels[cd8 - 1].marker,
+                         f"P{cd8}S": channels[cd4 - 1].marker})  # fmt: skip
+    result = runner.invoke(app, ["gate", str(swapped)])
+    assert result.exit_code == 1
+    assert "panel memory-" in result.output and "panel bcell-" not in result.output
