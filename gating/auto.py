@@ -118,7 +118,9 @@ def _place(
     if bad:
         flags.append(f"non_finite_events:{bad}")
     evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
-    placer = Placer(template, evaluator, channels, fixed_cuts or {}, SHAPE_PLACERS)
+    placer = Placer(
+        template, evaluator, channels, fixed_cuts or {}, SHAPE_PLACERS, scatter_gates.core_ellipses
+    )
     placer.run()
     placed = PlacedGating(
         template_id=template.id,

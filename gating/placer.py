@@ -36,6 +36,9 @@ PART = "::"
 
 ShapePlacer = Callable[["Placer", PopulationSpec], None]
 """Places one shape gate (``stable_flow``, ``cells``, …) of a template on the sample."""
+CorePlacer = Callable[["Placer", PopulationSpec, "list[Gate]"], "list[Gate]"]
+"""Places the gates that keep a phenotype population to its robust core (``core``), given
+its condition gates; none when it cannot."""
 
 
 @dataclass(frozen=True)
@@ -132,9 +135,11 @@ class Placer:
         channels: ChannelMap,
         fixed_cuts: Mapping[str, float | ThresholdDecision],
         shape_gates: Mapping[str, ShapePlacer],
+        core: CorePlacer | None = None,
     ) -> None:
         self.template = template
         self.shape_gates = shape_gates
+        self.core = core
         self.evaluator = evaluator
         self.channels = channels
         self.fixed_cuts = fixed_cuts
@@ -265,8 +270,12 @@ class Placer:
                 f"read as {' '.join(map(str, usable))}: "
                 f"{', '.join(c.marker for c in dropped)} not on this panel"
             )
-        gates = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
-        if len(gates) > 1:
+        gates: list[Gate] = [self._condition_gate(spec, c, False) for c in usable]
+        if spec.options.get("core") and self.core is not None:
+            gates += self.core(self, spec, gates)
+        if len(gates) == 1:
+            gates = [self._condition_gate(spec, usable[0], True)]
+        else:
             refs = tuple(GateRef(g.id) for g in gates)
             gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
         self.add(*gates)

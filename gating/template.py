@@ -176,6 +176,8 @@ CUT_FIELDS = frozenset(
      "valley_side"}
 )  # fmt: skip
 POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate"})
+PHENOTYPE_OPTIONS = frozenset({"core", "core_quantile"})
+"""A phenotype population may keep to its robust core on scatter and named markers."""
 GATE_OPTIONS: dict[str, frozenset[str]] = {
     "stable_flow": frozenset({"max_deviation"}),
     "singlets": frozenset({"width", "min_spread"}),
@@ -402,6 +404,27 @@ def _phenotype(
     return phenotype
 
 
+def _core_options(
+    options: dict, pop_id: str, key: str, thresholds: dict[str, ThresholdSpec], reader: _Reader
+) -> None:
+    """``core``: two markers with thresholds; ``core_quantile``: a share between 0 and 1."""
+    core = options.get("core")
+    pair = isinstance(core, list) and len(core) == 2 and all(m in thresholds for m in core)
+    if core is not None and not pair:
+        raise reader.error(
+            f"{key}.core", f"{pop_id}: core needs two markers with thresholds, as [CD45, CD3]"
+        )
+    quantile = options.get("core_quantile")
+    if quantile is not None:
+        if core is None:
+            raise reader.error(f"{key}.core_quantile", f"{pop_id}: core_quantile needs core")
+        number = isinstance(quantile, int | float) and not isinstance(quantile, bool)
+        if not (number and 0 < quantile < 1):
+            raise reader.error(
+                f"{key}.core_quantile", f"{pop_id}: core_quantile must lie between 0 and 1"
+            )
+
+
 def _populations(
     entries: list, thresholds: dict[str, ThresholdSpec], reader: _Reader
 ) -> list[PopulationSpec]:
@@ -431,10 +454,12 @@ def _populations(
         options = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
         phenotype: tuple[Condition, ...] = ()
         if has_phenotype:
-            if options:
-                name = sorted(options)[0]
+            extra = set(options) - PHENOTYPE_OPTIONS
+            if extra:
+                name = sorted(extra)[0]
                 raise reader.error(f"{key}.{name}", f"{pop_id}: unknown field {name!r}")
             phenotype = _phenotype(entry, pop_id, key, thresholds, reader)
+            _core_options(options, pop_id, key, thresholds, reader)
         else:
             reader.gate_options(str(gate), options, key)
         populations.append(

@@ -268,6 +268,28 @@ def test_unknown_field_on_a_phenotype_population(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ("core: CD45", "core needs two markers with thresholds"),
+        ("core: [CD45, CD99]", "core needs two markers with thresholds"),
+        ("core: [CD45, CD3], core_quantile: 1.5", "core_quantile must lie between 0 and 1"),
+        ("core: [CD45, CD3], core_quantile: true", "core_quantile must lie between 0 and 1"),
+        ("core_quantile: 0.99", "core_quantile needs core"),
+    ],
+)
+def test_bad_core_of_a_phenotype_population(tmp_path, fields, reason):
+    old = "{id: T, parent: lymphocytes, phenotype: CD3+}"
+    text = BASE.replace(old, old[:-1] + f", {fields}}}")
+    _fails(tmp_path, text, f"T: {reason}", _line(text, fields))
+
+
+def test_shipped_cd3_negative_compartments_keep_to_their_core():
+    for tube in ("memory", "function", "bcell"):
+        spec = load_template(TEMPLATE_DIR / f"{tube}.yaml").population("lymphocytes_CD3neg")
+        assert spec.options["core"] == ["CD45", "CD3"]
+
+
+@pytest.mark.parametrize(
     ("transform", "reason"),
     [
         ("{type: asinh, T: 262144}", "transform type 'asinh' is not logicle"),
