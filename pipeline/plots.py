@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 
 from gating.compensation import compensate
-from gating.model import BooleanGate, Dimension, PolygonGate, RangeGate, RectangleGate
+from gating.model import (
+    BooleanGate,
+    Dimension,
+    EllipsoidGate,
+    PolygonGate,
+    RangeGate,
+    RectangleGate,
+)
 from gating.placer import PART
 from pipeline.gate import SampleGating
 
@@ -87,12 +94,24 @@ def _draw_density(ax, gated, compensated, axes, idx) -> tuple[np.ndarray, np.nda
     return x, y
 
 
+def _ellipse(gate: EllipsoidGate, axes: list[Dimension]) -> np.ndarray | None:
+    """Outline of a 2-D ellipsoid gate drawn on the plot's axes (in either order)."""
+    if len(gate.axes) != 2 or set(gate.axes) != set(axes):
+        return None
+    angles = np.linspace(0.0, 2 * np.pi, 129)
+    root = np.linalg.cholesky(np.array(gate.covariance)) * np.sqrt(gate.distance_square)
+    outline = np.asarray(gate.mean) + np.column_stack([np.cos(angles), np.sin(angles)]) @ root.T
+    return outline if gate.axes[0] == axes[0] else outline[:, ::-1]
+
+
 def _draw_gates(ax, gates, axes: list[Dimension]) -> None:
-    """Polygons as outlines, range and rectangle cuts as lines."""
+    """Polygons and ellipses as outlines, range and rectangle cuts as lines."""
     for gate in gates:
         if isinstance(gate, PolygonGate):
             vertices = np.array((*gate.vertices, gate.vertices[0]))
             ax.plot(vertices[:, 0], vertices[:, 1], color="red", lw=1.2)
+        if isinstance(gate, EllipsoidGate) and (outline := _ellipse(gate, axes)) is not None:
+            ax.plot(outline[:, 0], outline[:, 1], color="red", lw=1.2)
         for axis, low, high in _cuts(gate):
             if axis not in axes:
                 continue
@@ -110,6 +129,10 @@ def _cut_notes(gated: SampleGating, population: str, axes: list[Dimension]) -> l
     for name, decision in gated.placed.decisions.items():
         if name.split(".")[0] == population or markers.get(name.split(".")[0]) in shown:
             state = f"fallback ({decision.reason})" if decision.fallback else decision.method
+            if "quantile" in decision.evidence:  # a core: ellipses of a fitted Gaussian
+                share = decision.evidence["quantile"]
+                notes.append(f"{name}: ellipses keeping {share:.1%} of the fitted core")
+                continue
             notes.append(f"{name}: cut {decision.value:.3g} by {state}")
     return notes
 

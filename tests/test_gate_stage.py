@@ -301,3 +301,20 @@ def test_a_relabelled_file_is_judged_against_its_own_tubes_panel(memory_file, tm
     result = runner.invoke(app, ["gate", str(swapped)])
     assert result.exit_code == 1
     assert "panel memory-" in result.output and "panel bcell-" not in result.output
+
+
+def test_an_ellipse_is_drawn_on_its_own_axes_in_either_order():
+    """A core ellipse is outlined where its Mahalanobis distance meets its limit, whichever
+    of its axes the plot puts first; on other axes it is not drawn."""
+    from gating.model import Dimension, EllipsoidGate
+    from pipeline.plots import _ellipse
+
+    cd45, cd3, fsc = Dimension("BV510-A"), Dimension("APC-H7-A"), Dimension("FSC-A")
+    cov = np.array([[0.0004, 0.0001], [0.0001, 0.0025]])
+    gate = EllipsoidGate("core", None, (cd45, cd3), (0.65, 0.12), tuple(map(tuple, cov)), 13.8)
+    outline = _ellipse(gate, [cd45, cd3])
+    centred = outline - np.array([0.65, 0.12])
+    distance = np.einsum("ij,jk,ik->i", centred, np.linalg.inv(cov), centred)
+    np.testing.assert_allclose(distance, 13.8, rtol=1e-9)
+    np.testing.assert_allclose(_ellipse(gate, [cd3, cd45]), outline[:, ::-1])
+    assert _ellipse(gate, [cd3, fsc]) is None
