@@ -36,9 +36,9 @@ PART = "::"
 
 ShapePlacer = Callable[["Placer", PopulationSpec], None]
 """Places one shape gate (``stable_flow``, ``cells``, …) of a template on the sample."""
-CorePlacer = Callable[["Placer", PopulationSpec, "list[Gate]"], "list[Gate]"]
-"""Places the gates that keep a phenotype population to its robust core (``core``), given
-its condition gates; none when it cannot."""
+CorePlacer = Callable[["Placer", PopulationSpec, str], list[Gate]]
+"""Places the gates that keep a phenotype population to its robust core (``core``), under
+the gate of its phenotype (named); none when it cannot."""
 
 
 @dataclass(frozen=True)
@@ -270,15 +270,31 @@ class Placer:
                 f"read as {' '.join(map(str, usable))}: "
                 f"{', '.join(c.marker for c in dropped)} not on this panel"
             )
-        gates: list[Gate] = [self._condition_gate(spec, c, False) for c in usable]
-        if spec.options.get("core") and self.core is not None:
-            gates += self.core(self, spec, gates)
-        if len(gates) == 1:
-            gates = [self._condition_gate(spec, usable[0], True)]
-        else:
+        if spec.options.get("core") and self.core is not None and self._with_core(spec, usable):
+            return
+        gates: list[Gate] = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
+        if len(gates) > 1:
             refs = tuple(GateRef(g.id) for g in gates)
             gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
         self.add(*gates)
+
+    def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> bool:
+        """The phenotype's events kept to their core: True when a core was placed. The core
+        gates sit under the phenotype, so only its (few) events are transformed for them."""
+        conditions = [self._condition_gate(spec, c, False) for c in usable]
+        phenotype = conditions[0].id
+        self.add(*conditions)
+        if len(conditions) > 1:
+            phenotype = f"{spec.id}{PART}phenotype"
+            refs = tuple(GateRef(g.id) for g in conditions)
+            self.add(BooleanGate(phenotype, spec.parent, "and", refs))
+        assert self.core is not None
+        core = self.core(self, spec, phenotype)
+        if not core:
+            return False
+        refs = (GateRef(phenotype), *(GateRef(g.id) for g in core))
+        self.add(*core, BooleanGate(spec.id, spec.parent, "and", refs))
+        return True
 
     def _condition_gate(self, spec: PopulationSpec, condition: Condition, alone: bool) -> RangeGate:
         gate_id = spec.id if alone else f"{spec.id}{PART}{condition}"

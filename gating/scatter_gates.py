@@ -489,55 +489,44 @@ CORE_FIT_EVENTS = 500
 covariance determinant search runs up to 500 points, beyond that a slower subset search."""
 
 
-def core_ellipses(placer: Placer, spec: PopulationSpec, conditions: list[Gate]) -> list[Gate]:
+def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[Gate]:
     """Two ellipses keeping a small phenotype compartment to its robust core (``core``).
 
     The lymphocyte gate is tuned for the whole lymphocyte cloud; the few dead cells and
     monocytes it lets through are CD3-dim, so in the CD3- compartment (NK and B cells,
-    a few hundred events at B-cell aplasia) they become a large share. Here the
-    compartment's own Gaussian is fitted robustly (minimum covariance determinant, which
-    ignores such outliers) on FSC-A, log SSC-A and the ``core`` markers, and the
-    compartment keeps the events inside both its ``core_quantile`` ellipses: one on
-    FSC-A × log SSC-A, one on the markers (dead cells: small, CD45-dim, raised CD3
-    background; monocytes: large, CD45-dim). Two 2-D ellipses, so that Gating-ML and
-    FlowJo both hold them. None with fewer than ``MIN_EVENTS`` events.
+    a few hundred events beside the expanding CAR-T cells) they become a large share.
+    Here the compartment's own Gaussian is fitted robustly (minimum covariance
+    determinant, which ignores such outliers) on FSC-A, log SSC-A and the two ``core``
+    markers, and the compartment keeps the events inside both its ``core_quantile``
+    ellipses: one on the markers, one on FSC-A × log SSC-A (dead cells: small, CD45-dim,
+    raised CD3 background; monocytes: large, CD45-dim). Two 2-D ellipses, so that
+    Gating-ML and FlowJo both hold them; they sit under the ``phenotype`` gate. None with
+    fewer than ``MIN_EVENTS`` events; a fit that fails falls back to none, flagged.
     """
     from scipy.stats import chi2
-    from sklearn.covariance import MinCovDet
 
     markers = [
-        str(m) for m in _as_list(spec.options["core"])
+        m for m in spec.options["core"]
         if m in placer.channels.markers and m not in placer.degenerate
     ]  # fmt: skip
-    scatter = placer.scatter_axes()
-    axes = [*scatter, *(placer.axis(m) for m in markers)]
+    axes = [*placer.scatter_axes(), *(placer.axis(m) for m in markers)]
     every = placer.evaluator.values  # the compartment is small: all of its events
-    inside = np.ones(0, dtype=bool)
-    for gate in conditions:
-        bound = gate.bound
-        values = every(bound.axis, spec.parent)
-        keep = np.isfinite(values)
-        if bound.min is not None:
-            keep &= values >= bound.min
-        if bound.max is not None:
-            keep &= values < bound.max
-        inside = keep if inside.size == 0 else inside & keep
-    points = np.column_stack([every(axis, spec.parent)[inside] for axis in axes])
+    points = np.column_stack([every(axis, phenotype) for axis in axes])
     points = points[np.isfinite(points).all(axis=1)]
+    name = f"{spec.id}.core"
+    quantile = float(spec.options.get("core_quantile", CORE_QUANTILE))
     if len(points) < MIN_EVENTS:
         return []
-    sample = points[:: -(-len(points) // CORE_FIT_EVENTS)].astype(np.float64)
-    # on a common scale: FSC-A in the tens of thousands beside logicle units would leave
-    # the covariance too ill-conditioned for the fit
-    centre = np.median(sample, axis=0)
-    scale = 1.4826 * np.median(np.abs(sample - centre), axis=0)
-    scale[~(scale > 0)] = 1.0
-    fitted = MinCovDet(random_state=0).fit((sample - centre) / scale)
-    location = centre + fitted.location_ * scale
-    covariance = fitted.covariance_ * np.outer(scale, scale)
-    quantile = float(spec.options.get("core_quantile", CORE_QUANTILE))
+    try:
+        location, covariance = _robust_gaussian(points)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        failed = ThresholdDecision(
+            0.0, "clusters", True, f"core not fitted: {exc}", len(points), {"quantile": quantile}
+        )
+        placer.decide(name, lambda: failed)
+        return []
     distance = float(chi2.ppf(quantile, 2))
-    placer.decisions[f"{spec.id}.core"] = ThresholdDecision(
+    placer.decisions[name] = ThresholdDecision(
         distance,
         "clusters",
         False,
@@ -548,22 +537,33 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, conditions: list[Gate]) 
     )  # fmt: skip
     # the marker ellipse needs both markers (one off the panel or silent: scatter only);
     # it comes first, so that plots show the compartment on its markers
-    pairs = ([("markers", (2, 3))] if len(axes) == 4 else []) + [("scatter", (0, 1))]
-    gates: list[Gate] = []
-    for name, index in pairs:
-        ix = list(index)
-        gates.append(
-            EllipsoidGate(
-                PART.join((spec.id, "core", name)),
-                spec.parent,
-                tuple(axes[i] for i in ix),
-                tuple(float(v) for v in location[ix]),
-                tuple(tuple(float(v) for v in row) for row in covariance[np.ix_(ix, ix)]),
-                distance,
-            )
+    pairs = ([("markers", [2, 3])] if len(axes) == 4 else []) + [("scatter", [0, 1])]
+    return [
+        EllipsoidGate(
+            PART.join((spec.id, "core", part)),
+            phenotype,
+            tuple(axes[i] for i in ix),
+            tuple(float(v) for v in location[ix]),
+            tuple(tuple(float(v) for v in row) for row in covariance[np.ix_(ix, ix)]),
+            distance,
         )
-    return gates
+        for part, ix in pairs
+    ]
 
 
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, list | tuple) else [value]
+def _robust_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance by minimum covariance determinant on at most ``CORE_FIT_EVENTS``
+    evenly spaced points, each axis first brought to a common scale (FSC-A in the tens of
+    thousands beside logicle units leaves the covariance too ill-conditioned to fit)."""
+    from sklearn.covariance import MinCovDet
+
+    sample = points[:: -(-len(points) // CORE_FIT_EVENTS)].astype(np.float64)
+    centre = np.median(sample, axis=0)
+    scale = 1.4826 * np.median(np.abs(sample - centre), axis=0)
+    if not (scale > 0).all():
+        raise ValueError("an axis does not vary within the compartment")
+    fitted = MinCovDet(random_state=0).fit((sample - centre) / scale)
+    covariance = fitted.covariance_ * np.outer(scale, scale)
+    if not (np.linalg.eigvalsh(covariance) > 0).all():
+        raise ValueError("the fitted covariance is singular")
+    return centre + fitted.location_ * scale, covariance

@@ -372,6 +372,23 @@ def test_the_cd3_negative_compartment_keeps_to_its_core(tmp_path):
     assert "lymphocytes_CD3neg.core" not in cut_only.placed.decisions
 
 
+def test_a_core_that_cannot_be_fitted_is_flagged_and_the_cut_alone_used(cohort):
+    """CD3- events all of one size leave nothing to fit on FSC-A: the core falls back
+    (flagged, with the reason) and the compartment is the CD3 cut alone."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    events = fcs.events.copy()
+    first = _gate(fcs, panel, events)
+    negative = first.marker_values("CD3") < first.placed.cuts["CD3"] + 0.05
+    events[negative, fcs.channel_names.index("FSC-A")] = 52_000.0
+    gated = _gate(fcs, panel, events)
+    decision = gated.placed.decisions["lymphocytes_CD3neg.core"]
+    assert decision.fallback and "does not vary" in decision.reason
+    assert "threshold_fallback:lymphocytes_CD3neg.core" in gated.placed.flags
+    gate = gated.placed.gate_set.gate("lymphocytes_CD3neg")
+    assert getattr(gate, "refs", None) is None  # the CD3 range itself
+    assert gated.result.count("lymphocytes_CD3neg") > 0
+
+
 def test_every_shape_gate_a_template_may_name_has_a_placer():
     assert sorted(SHAPE_PLACERS) == sorted(SHAPE_GATES)
 
