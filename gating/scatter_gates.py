@@ -484,9 +484,10 @@ def _half_plane(
 
 CORE_QUANTILE = 0.999
 """Share of a compartment's robust Gaussian that each of its core ellipses keeps."""
-CORE_FIT_EVENTS = 500
-"""At most this many (evenly spaced) events fit a core: scikit-learn's exact minimum
-covariance determinant search runs up to 500 points, beyond that a slower subset search."""
+TRIM_QUANTILE = 0.975
+"""Reweighting of a core's fit: points beyond this Mahalanobis quantile are left out."""
+CONCENTRATION_STEPS = 50
+"""At most this many concentration steps (they stop when the chosen half repeats)."""
 
 
 def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[Gate]:
@@ -552,18 +553,46 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
 
 
 def _robust_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance by minimum covariance determinant on at most ``CORE_FIT_EVENTS``
-    evenly spaced points, each axis first brought to a common scale (FSC-A in the tens of
-    thousands beside logicle units leaves the covariance too ill-conditioned to fit)."""
-    from sklearn.covariance import MinCovDet
+    """Mean and covariance of the bulk of ``points``, robust to a minority of outliers: the
+    minimum covariance determinant estimator from one deterministic start.
 
-    sample = points[:: -(-len(points) // CORE_FIT_EVENTS)].astype(np.float64)
-    centre = np.median(sample, axis=0)
-    scale = 1.4826 * np.median(np.abs(sample - centre), axis=0)
-    if not (scale > 0).all():
+    From the coordinate-wise median and MAD, concentration steps refit the Gaussian on the
+    half of the points nearest to it until that half no longer changes; one reweighting
+    step then refits on the points within the 97.5 % Mahalanobis quantile. Both fits are
+    corrected for their truncation. (scikit-learn's MinCovDet searches from 30 random
+    starts: 30-40 ms a file, a third of the whole gating of a 100,000-event file.)"""
+    from scipy.stats import chi2
+
+    n, dims = points.shape
+    mean = np.median(points, axis=0)
+    spread = 1.4826 * np.median(np.abs(points - mean), axis=0)
+    if not (spread > 0).all():
         raise ValueError("an axis does not vary within the compartment")
-    fitted = MinCovDet(random_state=0).fit((sample - centre) / scale)
-    covariance = fitted.covariance_ * np.outer(scale, scale)
+    covariance = np.diag(spread**2)
+    half = (n + dims + 1) // 2
+    chosen = np.zeros(0, dtype=np.intp)
+    for _ in range(CONCENTRATION_STEPS):
+        nearest = np.sort(np.argpartition(_mahalanobis(points, mean, covariance), half)[:half])
+        if np.array_equal(nearest, chosen):
+            break
+        chosen = nearest
+        mean, covariance = points[chosen].mean(axis=0), np.cov(points[chosen], rowvar=False)
+    covariance = covariance * _truncation(half / n, dims)
+    kept = _mahalanobis(points, mean, covariance) <= chi2.ppf(TRIM_QUANTILE, dims)
+    mean = points[kept].mean(axis=0)
+    covariance = np.cov(points[kept], rowvar=False) * _truncation(TRIM_QUANTILE, dims)
     if not (np.linalg.eigvalsh(covariance) > 0).all():
         raise ValueError("the fitted covariance is singular")
-    return centre + fitted.location_ * scale, covariance
+    return mean, covariance
+
+
+def _mahalanobis(points: np.ndarray, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    centred = points - mean
+    return np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)
+
+
+def _truncation(share: float, dims: int) -> float:
+    """Factor restoring a Gaussian covariance fitted on its ``share`` nearest points."""
+    from scipy.stats import chi2
+
+    return share / float(chi2.cdf(chi2.ppf(share, dims), dims + 2))
