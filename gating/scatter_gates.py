@@ -486,6 +486,8 @@ CORE_QUANTILE = 0.999
 """Share of a compartment's robust Gaussian that each of its core ellipses keeps."""
 TRIM_QUANTILE = 0.975
 """Reweighting of a core's fit: points beyond this Mahalanobis quantile are left out."""
+CORE_FIT_EVENTS = 2_000
+"""At most this many (evenly spaced) events of a compartment fit its core."""
 CONCENTRATION_STEPS = 50
 """At most this many concentration steps (they stop when the chosen half repeats)."""
 
@@ -519,7 +521,7 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
     if len(points) < MIN_EVENTS:
         return []
     try:
-        location, covariance = _robust_gaussian(points)
+        location, covariance = _robust_gaussian(points[:: -(-len(points) // CORE_FIT_EVENTS)])
     except (ValueError, np.linalg.LinAlgError) as exc:
         failed = ThresholdDecision(
             0.0, "clusters", True, f"core not fitted: {exc}", len(points), {"quantile": quantile}
