@@ -270,7 +270,8 @@ class Placer:
                 f"read as {' '.join(map(str, usable))}: "
                 f"{', '.join(c.marker for c in dropped)} not on this panel"
             )
-        if spec.options.get("core") and self.core is not None and self._with_core(spec, usable):
+        if spec.options.get("core") and self.core is not None:
+            self._with_core(spec, usable)
             return
         gates: list[Gate] = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
         if len(gates) > 1:
@@ -278,23 +279,25 @@ class Placer:
             gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
         self.add(*gates)
 
-    def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> bool:
-        """The phenotype's events kept to their core: True when a core was placed. The core
-        gates sit under the phenotype, so only its (few) events are transformed for them."""
+    def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> None:
+        """The phenotype's events kept to their core (the phenotype alone when no core can
+        be placed). The core gates sit under the phenotype's gate, so only its (few)
+        events are transformed for them."""
+        assert self.core is not None
         conditions = [self._condition_gate(spec, c, False) for c in usable]
-        phenotype = conditions[0].id
+        refs = tuple(GateRef(g.id) for g in conditions)
+        phenotype = conditions[0].id if len(conditions) == 1 else f"{spec.id}{PART}phenotype"
         self.add(*conditions)
         if len(conditions) > 1:
-            phenotype = f"{spec.id}{PART}phenotype"
-            refs = tuple(GateRef(g.id) for g in conditions)
             self.add(BooleanGate(phenotype, spec.parent, "and", refs))
-        assert self.core is not None
         core = self.core(self, spec, phenotype)
-        if not core:
-            return False
-        refs = (GateRef(phenotype), *(GateRef(g.id) for g in core))
-        self.add(*core, BooleanGate(spec.id, spec.parent, "and", refs))
-        return True
+        if core:
+            refs = (GateRef(phenotype), *(GateRef(g.id) for g in core))
+            self.add(*core, BooleanGate(spec.id, spec.parent, "and", refs))
+        elif len(conditions) > 1:
+            self.add(BooleanGate(spec.id, spec.parent, "and", refs))
+        else:
+            self.add(self._condition_gate(spec, usable[0], True))
 
     def _condition_gate(self, spec: PopulationSpec, condition: Condition, alone: bool) -> RangeGate:
         gate_id = spec.id if alone else f"{spec.id}{PART}{condition}"

@@ -372,21 +372,42 @@ def test_the_cd3_negative_compartment_keeps_to_its_core(tmp_path):
     assert "lymphocytes_CD3neg.core" not in cut_only.placed.decisions
 
 
-def test_a_core_that_cannot_be_fitted_is_flagged_and_the_cut_alone_used(cohort):
+@pytest.mark.parametrize("phenotype", ["CD3-", "CD3- CD45+"])
+def test_a_core_that_cannot_be_fitted_is_flagged_and_the_cut_alone_used(
+    cohort, tmp_path, phenotype
+):
     """CD3- events all of one size leave nothing to fit on FSC-A: the core falls back
-    (flagged, with the reason) and the compartment is the CD3 cut alone."""
+    (flagged, with the reason) and the compartment is its phenotype alone."""
     fcs, panel, _ = _load(cohort, "D11", "memory")
+    old = "phenotype: CD3-, core: [CD45, CD3]"
+    template = _template_with(tmp_path, "memory", old, old.replace("CD3-", phenotype))
     events = fcs.events.copy()
-    first = _gate(fcs, panel, events)
+    first = _gate(fcs, panel, events, template=template)
     negative = first.marker_values("CD3") < first.placed.cuts["CD3"] + 0.05
     events[negative, fcs.channel_names.index("FSC-A")] = 52_000.0
-    gated = _gate(fcs, panel, events)
+    gated = _gate(fcs, panel, events, template=template)
     decision = gated.placed.decisions["lymphocytes_CD3neg.core"]
     assert decision.fallback and "does not vary" in decision.reason
     assert "threshold_fallback:lymphocytes_CD3neg.core" in gated.placed.flags
-    gate = gated.placed.gate_set.gate("lymphocytes_CD3neg")
-    assert getattr(gate, "refs", None) is None  # the CD3 range itself
-    assert gated.result.count("lymphocytes_CD3neg") > 0
+    kept = np.asarray(gated.result.mask("lymphocytes_CD3neg"))
+    cd3, cd45 = gated.marker_values("CD3"), gated.marker_values("CD45")
+    parent = np.asarray(gated.result.mask("lymphocytes"))
+    expected = parent & (cd3 < gated.placed.cuts["CD3"])
+    if "CD45" in phenotype:
+        expected &= cd45 >= gated.placed.cuts["CD45"]
+    assert kept.any() and np.array_equal(kept, expected)
+
+
+def test_a_core_under_a_two_marker_phenotype(cohort, tmp_path):
+    """A core may sit under a phenotype of several markers: it narrows their AND."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    old = "phenotype: CD3-, core: [CD45, CD3]"
+    template = _template_with(tmp_path, "memory", old, old.replace("CD3-", "CD3- CD45+"))
+    gated = _gate(fcs, panel, fcs.events, template=template)
+    kept = np.asarray(gated.result.mask("lymphocytes_CD3neg"))
+    phenotype = np.asarray(gated.result.mask("lymphocytes_CD3neg::phenotype"))
+    assert "lymphocytes_CD3neg.core" in gated.placed.decisions
+    assert kept.sum() > 0.9 * phenotype.sum() and not (kept & ~phenotype).any()
 
 
 def test_every_shape_gate_a_template_may_name_has_a_placer():
