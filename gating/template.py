@@ -407,12 +407,19 @@ def _phenotype(
 def _core_options(
     options: dict, pop_id: str, key: str, thresholds: dict[str, ThresholdSpec], reader: _Reader
 ) -> None:
-    """``core``: two markers with thresholds; ``core_quantile``: a share between 0 and 1."""
+    """``core``: two different markers with thresholds; ``core_quantile``: a share between
+    0 and 1."""
     core = options.get("core")
-    pair = isinstance(core, list) and len(core) == 2 and all(m in thresholds for m in core)
+    pair = (
+        isinstance(core, list)
+        and len(core) == 2
+        and all(isinstance(m, str) and m in thresholds for m in core)
+        and core[0] != core[1]
+    )
     if core is not None and not pair:
         raise reader.error(
-            f"{key}.core", f"{pop_id}: core needs two markers with thresholds, as [CD45, CD3]"
+            f"{key}.core",
+            f"{pop_id}: core needs two different markers with thresholds, as [CD45, CD3]",
         )
     quantile = options.get("core_quantile")
     if quantile is not None:

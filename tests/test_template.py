@@ -270,8 +270,10 @@ def test_unknown_field_on_a_phenotype_population(tmp_path):
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ("core: CD45", "core needs two markers with thresholds"),
-        ("core: [CD45, CD99]", "core needs two markers with thresholds"),
+        ("core: CD45", "core needs two different markers with thresholds"),
+        ("core: [CD45, CD99]", "core needs two different markers with thresholds"),
+        ("core: [CD3, CD3]", "core needs two different markers with thresholds"),
+        ("core: [[CD45], CD3]", "core needs two different markers with thresholds"),
         ("core: [CD45, CD3], core_quantile: 1.5", "core_quantile must lie between 0 and 1"),
         ("core: [CD45, CD3], core_quantile: true", "core_quantile must lie between 0 and 1"),
         ("core_quantile: 0.99", "core_quantile needs core"),
