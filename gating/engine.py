@@ -572,6 +572,13 @@ class _Evaluation:
             **evidence,
         )
 
+    def forget(self, population: str) -> None:
+        """Drop a population's mask, count and evidence."""
+        for kept in (self.packed, self.counts, self.parents, self.diagnostics):
+            del kept[population]
+        self._recent.pop(population, None)
+        self._positions.pop(population, None)
+
     def run(self, gate: Gate) -> None:
         """Evaluate one gate on its parent's events."""
         idx = self.positions(gate.parent)
@@ -729,6 +736,17 @@ class Evaluator:
             raise GatingError(f"gate {gate.id!r}", f"{exc.source}: {exc.problem}") from exc
         self._hierarchy.admit(gate)
         self._gates.append(gate)
+        self._gate_set = None
+
+    def withdraw(self, gate_id: str) -> None:
+        """Take back the gate added last, as if it had never been added."""
+        if not self._gates or self._gates[-1].id != gate_id:
+            raise ValueError(f"{gate_id!r} is not the gate added last")
+        gate = self._gates.pop()
+        for population in self._hierarchy.withdraw(gate):
+            self._evaluation.forget(population)
+            for key in [k for k in self._subsamples if k[1] == population]:
+                del self._subsamples[key]
         self._gate_set = None
 
     def count(self, population: str) -> int:

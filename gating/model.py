@@ -415,6 +415,15 @@ class GateHierarchy:
         else:
             self._populations.add(gate.id)
 
+    def withdraw(self, gate: Gate) -> list[str]:
+        """Forget an admitted gate's ids (nothing admitted after it may use them); returns
+        the populations it made."""
+        own = _own_ids(gate)
+        self._used.difference_update(own)
+        self._populations.difference_update(own)
+        self._quadrant_gates.discard(gate.id)
+        return own[1:] if isinstance(gate, QuadrantGate) else own
+
     def add(self, gate: Gate) -> None:
         """Check the next gate, then admit it."""
         self.check(gate)

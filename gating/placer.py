@@ -171,6 +171,15 @@ class Placer:
             )
         else:
             decision = make()
+        return self.record(name, decision)
+
+    def approximate(self, population: str, note: str) -> None:
+        """Say how a population is read short of its definition (notes add up)."""
+        known = self.approximations.get(population)
+        self.approximations[population] = f"{known}; {note}" if known else note
+
+    def record(self, name: str, decision: ThresholdDecision) -> ThresholdDecision:
+        """Keep a decision (flagged when it fell back)."""
         self.decisions[name] = decision
         if decision.fallback:
             self.flags.append(f"threshold_fallback:{name}")
@@ -266,12 +275,12 @@ class Placer:
             self.skipped[spec.id] = f"channel of {', '.join(silent)} carries no signal"
             return
         if dropped:
-            self.approximations[spec.id] = (
+            self.approximate(
+                spec.id,
                 f"read as {' '.join(map(str, usable))}: "
-                f"{', '.join(c.marker for c in dropped)} not on this panel"
+                f"{', '.join(c.marker for c in dropped)} not on this panel",
             )
-        if spec.options.get("core") and self.core is not None:
-            self._with_core(spec, usable)
+        if spec.options.get("core") and self.core is not None and self._with_core(spec, usable):
             return
         gates: list[Gate] = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
         if len(gates) > 1:
@@ -279,25 +288,25 @@ class Placer:
             gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
         self.add(*gates)
 
-    def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> None:
-        """The phenotype's events kept to their core (the phenotype alone when no core can
-        be placed). The core gates sit under the phenotype's gate, so only its (few)
-        events are transformed for them."""
+    def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> bool:
+        """The phenotype's events kept to their core; False (and nothing added) when no
+        core can be placed. The core gates sit under the phenotype's gate, so only its
+        (few) events are transformed for them."""
         assert self.core is not None
-        conditions = [self._condition_gate(spec, c, False) for c in usable]
-        refs = tuple(GateRef(g.id) for g in conditions)
-        phenotype = conditions[0].id if len(conditions) == 1 else f"{spec.id}{PART}phenotype"
-        self.add(*conditions)
-        if len(conditions) > 1:
-            self.add(BooleanGate(phenotype, spec.parent, "and", refs))
+        helpers: list[Gate] = [self._condition_gate(spec, c, False) for c in usable]
+        if len(helpers) > 1:
+            refs = tuple(GateRef(g.id) for g in helpers)
+            helpers.append(BooleanGate(f"{spec.id}{PART}phenotype", spec.parent, "and", refs))
+        self.add(*helpers)
+        phenotype = helpers[-1].id
         core = self.core(self, spec, phenotype)
-        if core:
-            refs = (GateRef(phenotype), *(GateRef(g.id) for g in core))
-            self.add(*core, BooleanGate(spec.id, spec.parent, "and", refs))
-        elif len(conditions) > 1:
-            self.add(BooleanGate(spec.id, spec.parent, "and", refs))
-        else:
-            self.add(self._condition_gate(spec, usable[0], True))
+        if not core:
+            for gate in reversed(helpers):
+                self.evaluator.withdraw(gate.id)
+            return False
+        refs = (GateRef(phenotype), *(GateRef(g.id) for g in core))
+        self.add(*core, BooleanGate(spec.id, spec.parent, "and", refs))
+        return True
 
     def _condition_gate(self, spec: PopulationSpec, condition: Condition, alone: bool) -> RangeGate:
         gate_id = spec.id if alone else f"{spec.id}{PART}{condition}"

@@ -512,6 +512,12 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
         m for m in spec.options["core"]
         if m in placer.channels.markers and m not in placer.degenerate
     ]  # fmt: skip
+    if len(markers) < 2:
+        missing = [m for m in spec.options["core"] if m not in markers]
+        scatter = f"{placer.channels.fsc_area} × {placer.channels.ssc_area}"
+        placer.approximate(
+            spec.id, f"core on {scatter} only: {', '.join(missing)} off the panel or silent"
+        )
     axes = [*placer.scatter_axes(), *(placer.axis(m) for m in markers)]
     every = placer.evaluator.values  # the compartment is small: all of its events
     points = np.column_stack([every(axis, phenotype) for axis in axes])
@@ -519,6 +525,7 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
     name = f"{spec.id}.core"
     quantile = float(spec.options.get("core_quantile", CORE_QUANTILE))
     if len(points) < MIN_EVENTS:
+        placer.approximate(spec.id, f"no core: {len(points)} events, a core needs {MIN_EVENTS}")
         return []
     try:
         location, covariance = _robust_gaussian(points[:: -(-len(points) // CORE_FIT_EVENTS)])
@@ -526,10 +533,10 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
         failed = ThresholdDecision(
             0.0, "clusters", True, f"core not fitted: {exc}", len(points), {"quantile": quantile}
         )
-        placer.decide(name, lambda: failed)
+        placer.record(name, failed)  # never a given cut: nothing to apply it to
         return []
     distance = float(chi2.ppf(quantile, 2))
-    placer.decisions[name] = ThresholdDecision(
+    placer.record(name, ThresholdDecision(
         distance,
         "clusters",
         False,
@@ -537,7 +544,7 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
         len(points),
         {"axes": [axis.label for axis in axes], "mean": location.tolist(),
          "covariance": covariance.tolist(), "quantile": quantile},
-    )  # fmt: skip
+    ))  # fmt: skip
     # the marker ellipse needs both markers (one off the panel or silent: scatter only);
     # it comes first, so that plots show the compartment on its markers
     pairs = ([("markers", [2, 3])] if len(axes) == 4 else []) + [("scatter", [0, 1])]

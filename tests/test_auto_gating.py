@@ -396,6 +396,35 @@ def test_a_core_that_cannot_be_fitted_is_flagged_and_the_cut_alone_used(
     if "CD45" in phenotype:
         expected &= cd45 >= gated.placed.cuts["CD45"]
     assert kept.any() and np.array_equal(kept, expected)
+    # the gates are those of the phenotype without a core: no helper left behind
+    own = {g.id for g in gated.placed.gate_set.gates if g.id.startswith("lymphocytes_CD3neg")}
+    plain = _template_with(tmp_path, "memory", old, f"phenotype: {phenotype}")
+    alone = _gate(fcs, panel, events, template=plain).placed.gate_set.gates
+    assert own == {g.id for g in alone if g.id.startswith("lymphocytes_CD3neg")}
+
+
+def test_a_core_read_short_says_so(cohort, tmp_path):
+    """A compartment too small for a core, or a core marker off the panel, is noted with
+    the population (never silently)."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    first = _gate(fcs, panel, fcs.events)
+    negative = np.flatnonzero(np.asarray(first.result.mask("lymphocytes_CD3neg::CD3-")))
+    events = fcs.events.copy()
+    events[negative[40:], fcs.channel_names.index("FSC-A")] = 1.0  # out of every scatter gate
+    small = _gate(fcs, panel, events)
+    count = small.result.count("lymphocytes_CD3neg")
+    assert count < 50 and "lymphocytes_CD3neg.core" not in small.placed.decisions
+    assert small.placed.approximations["lymphocytes_CD3neg"] == (
+        f"no core: {count} events, a core needs 50"
+    )
+    silent = fcs.events.copy()
+    silent[:, _column(fcs, panel, "CD95")] = 0.0
+    off = _template_with(tmp_path, "memory", "core: [CD45, CD3]", "core: [CD45, CD95]")
+    scatter_only = _gate(fcs, panel, silent, template=off)
+    note = scatter_only.placed.approximations["lymphocytes_CD3neg"]
+    assert note == "core on FSC-A × SSC-A only: CD95 off the panel or silent"
+    parts = [p for p in scatter_only.result.populations if "::core::" in p]
+    assert parts == ["lymphocytes_CD3neg::core::scatter"]
 
 
 def test_a_core_under_a_two_marker_phenotype(cohort, tmp_path):

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gating.compensation import compensate
-from gating.engine import evaluate, points_in_polygon
+from gating.engine import Evaluator, evaluate, points_in_polygon
 from gating.errors import GatingError
 from gating.gatingml import MAX_DOCUMENT_BYTES, export_gatingml, load_gatingml
 from gating.model import (
@@ -238,6 +238,31 @@ def test_range_cut_is_reported_in_raw_units():
     assert cut.min == 0.31 and cut.max is None and cut.raw_max is None
     assert cut.raw_min == pytest.approx(float(logicle_.inverse(np.array([0.31]))[0]))
     assert cut.axis == "PE [MySpill, L]"
+
+
+def test_a_withdrawn_gate_leaves_no_trace():
+    """Withdrawing the gates added last (a quadrant gate among them) leaves what evaluating
+    the others alone gives; adding them again gives the whole set's result."""
+    events, names = _data()
+    base = _all_gates()
+    last_quadrant = max(i for i, g in enumerate(base.gates) if isinstance(g, QuadrantGate))
+    kept, withdrawn = base.gates[:last_quadrant], base.gates[last_quadrant:]
+    evaluator = Evaluator(base.transforms, base.compensations, events, names)
+    for gate in base.gates:
+        evaluator.add(gate)
+    with pytest.raises(ValueError, match="not the gate added last"):
+        evaluator.withdraw(kept[-1].id)
+    for gate in reversed(withdrawn):
+        evaluator.withdraw(gate.id)
+    alone = evaluate(GateSet(kept, base.transforms, base.compensations), events, names)
+    partial = evaluator.result()
+    assert partial.populations == alone.populations
+    assert evaluator.gate_set.gates == kept
+    assert all(np.array_equal(partial.mask(p), alone.mask(p)) for p in alone.populations)
+    for gate in withdrawn:
+        evaluator.add(gate)
+    whole, full = evaluator.result(), evaluate(base, events, names)
+    assert whole.populations == full.populations and dict(whole.counts) == dict(full.counts)
 
 
 # --------------------------------------------------- child on parent == full AND parent
