@@ -129,11 +129,15 @@ def _cut_notes(gated: SampleGating, population: str, axes: list[Dimension]) -> l
     for name, decision in gated.placed.decisions.items():
         if name.split(".")[0] == population or markers.get(name.split(".")[0]) in shown:
             state = f"fallback ({decision.reason})" if decision.fallback else decision.method
-            if "quantile" in decision.evidence:  # a core: ellipses of a fitted Gaussian
+            if not name.endswith(".core"):
+                notes.append(f"{name}: cut {decision.value:.3g} by {state}")
+            elif decision.fallback:
+                notes.append(f"{name}: none ({decision.reason})")
+            else:  # ellipses of a fitted Gaussian; the one on scatter is not drawn here
                 share = decision.evidence["quantile"]
-                notes.append(f"{name}: ellipses keeping {share:.1%} of the fitted core")
-                continue
-            notes.append(f"{name}: cut {decision.value:.3g} by {state}")
+                notes.append(
+                    f"{name}: ellipses keeping {share:.1%} of the fitted core (drawn on their axes)"
+                )
     return notes
 
 

@@ -318,3 +318,44 @@ def test_an_ellipse_is_drawn_on_its_own_axes_in_either_order():
     np.testing.assert_allclose(distance, 13.8, rtol=1e-9)
     np.testing.assert_allclose(_ellipse(gate, [cd3, cd45]), outline[:, ::-1])
     assert _ellipse(gate, [cd3, fsc]) is None
+
+
+def test_plot_notes_tell_a_core_from_a_cut(tmp_path):
+    """The core's note speaks of ellipses; a tail cut (whose evidence also holds a
+    quantile) is a cut, and a core that could not be fitted says why there is none."""
+    from dataclasses import replace
+
+    from gating.template import load_template
+    from pipeline.gate import TEMPLATE_DIR
+    from pipeline.plots import _matplotlib, draw_population
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    text = (TEMPLATE_DIR / "memory.yaml").read_text(encoding="utf-8")
+    old = "CD62L: {method: [valley, balance], estimate_on: [CAR_CD8, T], bounds: [0.2, 0.55],"
+    tail = (
+        "CD62L: {method: [tail], negative: CARneg, estimate_on: [CAR_CD8, T], bounds: [0.2, 0.9],"
+    )
+    path = tmp_path / "memory.yaml"
+    path.write_text(text.replace(old, tail), encoding="utf-8")
+    config = SimulationConfig(patients=1, seed=7, events=30_000, timepoints=("D11",),
+                              tubes=("memory",))  # fmt: skip
+    simulate_cohort(tmp_path / "cohort", config)
+    (memory_file,) = (tmp_path / "cohort").glob("*.fcs")
+    gated = gate_file(memory_file, template=load_template(path))
+    assert "quantile" in gated.placed.decisions["CD62L"].evidence
+    _, ax = _matplotlib().subplots()
+
+    def notes(sample, population: str, name: str) -> list[str]:
+        drawn = draw_population(ax, sample, sample.fcs.events, population)
+        return [n for n in drawn if n.startswith(f"{name}:")]
+
+    (cd62l,) = notes(gated, "CAR_CD8_CM", "CD62L")
+    assert cd62l.startswith(f"CD62L: cut {gated.placed.cuts['CD62L']:.3g} by ") and "tail" in cd62l
+    core = "lymphocytes_CD3neg.core"
+    assert notes(gated, "lymphocytes_CD3neg", core) == [
+        f"{core}: ellipses keeping 99.9% of the fitted core (drawn on their axes)"
+    ]
+    decisions = dict(gated.placed.decisions)
+    decisions[core] = replace(decisions[core], fallback=True, reason="core not fitted: x")
+    failed = replace(gated, placed=replace(gated.placed, decisions=decisions))
+    assert notes(failed, "lymphocytes_CD3neg", core) == [f"{core}: none (core not fitted: x)"]
