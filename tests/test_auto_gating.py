@@ -385,7 +385,8 @@ def test_a_core_that_cannot_be_fitted_is_flagged_and_the_cut_alone_used(
     first = _gate(fcs, panel, events, template=template)
     negative = first.marker_values("CD3") < first.placed.cuts["CD3"] + 0.05
     events[negative, fcs.channel_names.index("FSC-A")] = 52_000.0
-    gated = _gate(fcs, panel, events, template=template)
+    given = {"lymphocytes_CD3neg.core": 5.0}  # a core is fitted, never given
+    gated = _gate(fcs, panel, events, template=template, fixed_cuts=given)
     decision = gated.placed.decisions["lymphocytes_CD3neg.core"]
     assert decision.fallback and "does not vary" in decision.reason
     assert "threshold_fallback:lymphocytes_CD3neg.core" in gated.placed.flags
