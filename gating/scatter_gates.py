@@ -536,15 +536,9 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
         placer.record(name, failed)  # never a given cut: nothing to apply it to
         return []
     distance = float(chi2.ppf(quantile, 2))
-    placer.record(name, ThresholdDecision(
-        distance,
-        "clusters",
-        False,
-        None,
-        len(points),
-        {"axes": [axis.label for axis in axes], "mean": location.tolist(),
-         "covariance": covariance.tolist(), "quantile": quantile},
-    ))  # fmt: skip
+    evidence = {"axes": [axis.label for axis in axes], "mean": location.tolist(),
+                "covariance": covariance.tolist(), "quantile": quantile}  # fmt: skip
+    placer.record(name, ThresholdDecision(distance, "clusters", False, None, len(points), evidence))
     # the marker ellipse needs both markers (one off the panel or silent: scatter only);
     # it comes first, so that plots show the compartment on its markers
     pairs = ([("markers", [2, 3])] if len(axes) == 4 else []) + [("scatter", [0, 1])]

@@ -133,7 +133,7 @@ def _cut_notes(gated: SampleGating, population: str, axes: list[Dimension]) -> l
                 notes.append(f"{name}: cut {decision.value:.3g} by {state}")
             elif decision.fallback:
                 notes.append(f"{name}: none ({decision.reason})")
-            else:  # ellipses of a fitted Gaussian; the one on scatter is not drawn here
+            else:  # ellipses of a fitted Gaussian, each drawn where the plot has its axes
                 share = decision.evidence["quantile"]
                 notes.append(
                     f"{name}: ellipses keeping {share:.1%} of the fitted core (drawn on their axes)"
