@@ -117,10 +117,13 @@ def timepoint_table(
     haematology: Haematology | None = None,
     settings: TimepointSettings = TimepointSettings(),
 ) -> pd.DataFrame:
-    """One row per sample × population from the store's latest counts."""
+    """One row per sample × population from the store's latest counts, samples in the order
+    patient, day, tube (whatever order they were gated in), populations in template order."""
     if not rows:
         return pd.DataFrame()
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).sort_values(
+        ["patient", "nominal_day", "tube", "sample_id"], kind="stable"
+    )
     records = []
     infusion_dates = infusion_dates or {}
     for _, sample in frame.groupby("sample_id", sort=False):

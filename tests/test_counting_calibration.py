@@ -208,3 +208,28 @@ def test_auc14_within_ten_percent_of_truth_when_the_peak_exceeds_10_per_ul(end_t
         ["cohort", "patient", "car_t_auc14", "auc14_car_t_sampled", "error"]
     ]
     assert (error <= 0.10).all(), worst.to_string()
+
+
+def test_timepoint_rows_follow_patient_day_and_tube_not_gating_order():
+    """Samples gated in any order (parallel workers) give the same table: patient, day,
+    tube; each sample's populations keep their template order."""
+    samples = [
+        (sample_id, patient, day, tube)
+        for sample_id, (patient, day, tube) in enumerate(
+            [("P2", 7, "memory"), ("P1", 14, "bcell"), ("P1", 7, "memory"), ("P1", 7, "bcell")],
+            start=1,
+        )
+    ]
+    rows = [
+        {**row, "sample_id": sample_id, "patient": patient, "tube": tube}
+        for sample_id, patient, day, tube in samples
+        for row in _rows(40, 2500, nominal=day)
+    ]
+    table = timepoint_table(rows)
+    order = table.drop_duplicates("sample_id")[["patient", "nominal_day", "tube"]]
+    assert [tuple(r) for r in order.itertuples(index=False)] == [
+        ("P1", 7, "bcell"), ("P1", 7, "memory"), ("P1", 14, "bcell"), ("P2", 7, "memory")
+    ]  # fmt: skip
+    assert list(table["population"][:3]) == ["beads", "T", "CAR"]
+    shuffled = timepoint_table(rows[6:] + rows[:6])
+    pd.testing.assert_frame_equal(shuffled.reset_index(drop=True), table.reset_index(drop=True))
