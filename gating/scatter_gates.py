@@ -268,6 +268,7 @@ def _dead_line(
     are CD45-dim, so with ``dead_cd45_sd`` the CD45 range above the floor is split that
     many lymphocyte CD45 sds below the lymphocytes' mode, and each band gets its own line:
     nearer the lymphocytes where the dim dead cells crowd, further out in the bright band.
+    The brightest band's line keeps at least ``BRIGHT_KEEP`` of that band's events.
     """
     fit, low = placer.scatter, spec.options.get("cluster", "lymphocytes")
     dead = spec.options.get("dead", "dead")
@@ -295,13 +296,25 @@ def _dead_line(
             edges[1:1] = [edge for edge in inner if edge > floor.value]
     fsc, ssc = placer.scatter_axes()
     banded = len(edges) > 2
+    if banded:  # each event's distance along the direction, in lymphocyte sds
+        points = np.column_stack([placer.values(fsc, spec.parent), placer.values(ssc, spec.parent)])
+        along = (points @ direction - float(direction @ mean)) / scale
     lines: list[tuple[float, float, PolygonGate]] = []
     for number, (lo, hi) in enumerate(pairwise(edges)):
         weights = [lymph.weight, other.weight]
-        if cd45 is not None and posterior is not None and posterior.size:
-            inside = (cd45 >= lo) & (cd45 < hi)
+        inside = None if cd45 is None else (cd45 >= lo) & (cd45 < hi)
+        if inside is not None and posterior is not None and posterior.size:
             weights = [float(np.mean(posterior[:, i] * inside)) for i in range(2)]
         sds = _dead_crossing(spec, reach, spread, weights)
+        extra = {}
+        if banded and np.isinf(hi) and inside is not None and inside.any():
+            # the brightest band is the live lymphocytes' own (dead cells are CD45-dim):
+            # its line keeps their upper tail even when the dead-cell cluster was fitted
+            # onto it (NK cells, with more side scatter than T cells, lie in that tail)
+            high_sd = float(spec.options.get("dead_sd", (2.5, 4.5))[1])
+            tail = float(np.quantile(along[inside & np.isfinite(along)], BRIGHT_KEEP))
+            extra = {"crossing_sds": sds, "bright_keep": BRIGHT_KEEP, "bright_tail_sds": tail}
+            sds = max(sds, min(high_sd, tail))
         limit = float(direction @ mean) + sds * scale
         suffix = f"{number + 1}" if banded else ""
         placer.decisions[".".join(filter(None, (spec.id, "dead", suffix)))] = ThresholdDecision(
@@ -313,7 +326,7 @@ def _dead_line(
             {"direction": direction.tolist(), "limit": limit, "lymphocyte_sds": sds,
              "dead_distance_sds": reach, "dead_spread_sds": spread, "weights": weights,
              "lymphocyte_mean": list(lymph.mean), "dead_mean": list(other.mean),
-             "cd45_range": [float(lo), float(hi)]},
+             "cd45_range": [float(lo), float(hi)], **extra},
         )  # fmt: skip
         vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
         gate_id = PART.join(filter(None, (spec.id, "dead", suffix)))
@@ -488,6 +501,8 @@ TRIM_QUANTILE = 0.975
 """Reweighting of a core's fit: points beyond this Mahalanobis quantile are left out."""
 CORE_FIT_EVENTS = 2_000
 """At most this many (evenly spaced) events of a compartment fit its core."""
+BRIGHT_KEEP = 0.995
+"""Share of the brightest CD45 band a dead-cell line keeps at least."""
 CONCENTRATION_STEPS = 50
 """At most this many concentration steps (they stop when the chosen half repeats)."""
 
