@@ -307,12 +307,13 @@ def _dead_line(
             weights = [float(np.mean(posterior[:, i] * inside)) for i in range(2)]
         sds = _dead_crossing(spec, reach, spread, weights)
         extra = {}
-        if banded and np.isinf(hi) and inside is not None and inside.any():
+        brightest = along[inside & np.isfinite(along)] if banded and np.isinf(hi) else ()
+        if len(brightest):
             # the brightest band is the live lymphocytes' own (dead cells are CD45-dim):
             # its line keeps their upper tail even when the dead-cell cluster was fitted
             # onto it (NK cells, with more side scatter than T cells, lie in that tail)
             high_sd = float(spec.options.get("dead_sd", (2.5, 4.5))[1])
-            tail = float(np.quantile(along[inside & np.isfinite(along)], BRIGHT_KEEP))
+            tail = float(np.quantile(brightest, BRIGHT_KEEP))
             extra = {"crossing_sds": sds, "bright_keep": BRIGHT_KEEP, "bright_tail_sds": tail}
             sds = max(sds, min(high_sd, tail))
         limit = float(direction @ mean) + sds * scale
