@@ -312,13 +312,12 @@ def _dead_line(
             # the brightest band is the live lymphocytes' own (dead cells are CD45-dim):
             # its line keeps their upper tail even when the dead-cell cluster was fitted
             # onto it (NK cells, with more side scatter than T cells, lie in that tail)
-            high_sd = float(spec.options.get("dead_sd", (2.5, 4.5))[1])
             tail = float(np.quantile(brightest, BRIGHT_KEEP))
             extra = {"crossing_sds": sds, "bright_keep": BRIGHT_KEEP, "bright_tail_sds": tail}
-            sds = max(sds, min(high_sd, tail))
+            sds = max(sds, min(_dead_sds(spec)[1], tail))
         limit = float(direction @ mean) + sds * scale
         suffix = f"{number + 1}" if banded else ""
-        placer.decisions[".".join(filter(None, (spec.id, "dead", suffix)))] = ThresholdDecision(
+        placer.record(".".join(filter(None, (spec.id, "dead", suffix))), ThresholdDecision(
             sds,
             "clusters",
             False,
@@ -328,7 +327,7 @@ def _dead_line(
              "dead_distance_sds": reach, "dead_spread_sds": spread, "weights": weights,
              "lymphocyte_mean": list(lymph.mean), "dead_mean": list(other.mean),
              "cd45_range": [float(lo), float(hi)], **extra},
-        )  # fmt: skip
+        ))  # fmt: skip
         vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
         gate_id = PART.join(filter(None, (spec.id, "dead", suffix)))
         lines.append((lo, hi, PolygonGate(gate_id, spec.parent, (fsc, ssc), vertices)))
@@ -357,12 +356,18 @@ def _banded(
     return BooleanGate(f"{spec.id}{PART}dead", spec.parent, "or", tuple(parts))
 
 
+def _dead_sds(spec: PopulationSpec) -> tuple[float, float]:
+    """The span, in lymphocyte sds, a dead-cell line is kept within (``dead_sd``)."""
+    low_sd, high_sd = spec.options.get("dead_sd", (2.5, 4.5))
+    return float(low_sd), float(high_sd)
+
+
 def _dead_crossing(
     spec: PopulationSpec, reach: float, spread: float, weights: list[float]
 ) -> float:
     """Lymphocyte sds along the dead-cell direction where the weighted dead-cell density
     overtakes the lymphocytes' (within ``dead_sd``)."""
-    low_sd, high_sd = (float(v) for v in spec.options.get("dead_sd", (2.5, 4.5)))
+    low_sd, high_sd = _dead_sds(spec)
     grid = np.linspace(low_sd, high_sd, 256)
     lymph_density = weights[0] * np.exp(-0.5 * grid**2)
     dead_density = weights[1] / spread * np.exp(-0.5 * ((grid - reach) / spread) ** 2)
