@@ -54,7 +54,7 @@ from gating.model import (
     RatioDimension,
     RectangleGate,
 )
-from gating.transforms import Fasinh, Flin, Flog, Logicle, ScaleTransform
+from gating.transforms import Fasinh, Flin, Flog, FlowJoBiex, FlowJoLog, Logicle, ScaleTransform
 
 COMP_PREFIX = "Comp-"
 """FlowJo's name prefix of a compensated parameter."""
@@ -89,6 +89,8 @@ class _Scale:
             return fkt.WSPLogTransform(a["offset"], a["decades"])
         if self.tag == "logicle":
             return fkt.LogicleTransform(a["T"], a["W"], a["M"], a["A"])
+        if self.tag == "biex":
+            return fkt.WSPBiexTransform(a["neg"], a["width"], a["pos"], a["maxRange"])
         return fkt.AsinhTransform(a["T"], a["M"], a["A"])
 
 
@@ -104,6 +106,13 @@ def _scale_for(transform: ScaleTransform | None) -> _Scale | None:
             return _Scale("logicle", (("T", t), ("W", w), ("M", m), ("A", a), ("length", 256)))
         case Fasinh(t=t, m=m, a=a):
             return _Scale("fasinh", (("T", t), ("M", m), ("A", a), ("length", 256)))
+        case FlowJoLog(offset=offset, decades=decades):
+            return _Scale("log", (("offset", offset), ("decades", decades)))
+        case FlowJoBiex(negative=neg, width=width, positive=pos, max_value=top):
+            return _Scale(
+                "biex",
+                (("neg", neg), ("width", width), ("pos", pos), ("maxRange", top), ("length", 256)),
+            )
     return None
 
 
@@ -124,8 +133,12 @@ def _error(gate_id: str, problem: str) -> GatingError:
     return GatingError(f"gate {gate_id!r}", f"{problem}; {USE_GATINGML}")
 
 
-def _raw(transform: ScaleTransform | None, value: float) -> float:
-    return value if transform is None else float(transform.inverse(np.array([value]))[0])
+def _raw(transform: ScaleTransform | None, value: float) -> float | None:
+    """A transformed coordinate as a raw one (None: the open end of a FlowJo scale)."""
+    if transform is None:
+        return value
+    raw = float(transform.inverse(np.array([value]))[0])
+    return raw if math.isfinite(raw) else None
 
 
 def _clip_below(
@@ -303,6 +316,8 @@ class _Workspace:
         if len(vertices) < 3:
             raise _error(gate.id, "lies below the offset of a FlowJo log scale")
         raw = tuple(tuple(_raw(t, v) for t, v in zip(transforms, p, strict=True)) for p in vertices)
+        if any(v is None for vertex in raw for v in vertex):
+            raise _error(gate.id, "a vertex lies on the flat end of a FlowJo scale")
         return _Node(gate.id, gate.parent, "polygon", params, vertices=raw)
 
     def _add_polygon(self, gate: PolygonGate) -> None:

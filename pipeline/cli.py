@@ -816,11 +816,11 @@ def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool)
     from pipeline.gate import gate_fixed, load_fixed_gates
 
     try:
-        gate_set = load_fixed_gates(gates, file.name)
+        lab_gates = load_fixed_gates(gates)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     try:
-        _, result = gate_fixed(file, gate_set)
+        _, _, result = gate_fixed(file, lab_gates)
     except CartflowError as exc:  # the gates do not fit this file: name both
         raise _fail(f"{gates} on {file}: {exc}") from None
     counts = {p: result.count(p) for p in result.populations}

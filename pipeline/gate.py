@@ -213,18 +213,28 @@ def membership_table(gated: SampleGating):
     )
 
 
-def load_fixed_gates(path: Path, sample: str | None = None) -> GateSet:
-    """A lab's fixed gates: Gating-ML 2.0 (.xml) or a FlowJo 10 workspace (.wsp)."""
-    from gating.gatingml import load_flowjo, load_gatingml
+def load_fixed_gates(path: Path):
+    """A lab's fixed gates: Gating-ML 2.0 or a FlowJo 10 workspace (told apart by content);
+    ``gates_for`` gives the gates of one data file."""
+    from gating.workspace import load_lab_gates
 
-    return load_flowjo(path, sample) if path.suffix.lower() == ".wsp" else load_gatingml(path)
+    return load_lab_gates(path)
 
 
-def gate_fixed(path: Path, gate_set: GateSet) -> tuple[FcsFile, GatingResult]:
-    """Apply fixed gates to one file (no placement): Gating-ML semantics, 'FCS' compensation
-    from the file's own spillover matrix."""
+def fixed_gates_for(lab_gates, fcs: FcsFile) -> GateSet:
+    """The lab's gates for one read file: its workspace sample, matched by name, $FIL or
+    event count."""
+    return lab_gates.gates_for(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
+
+
+def gate_fixed(
+    path: Path, lab_gates, fcs: FcsFile | None = None
+) -> tuple[FcsFile, GateSet, GatingResult]:
+    """Apply a lab's fixed gates to one file (no placement): Gating-ML semantics, 'FCS'
+    compensation from the file's own spillover matrix."""
     from gating.engine import evaluate
 
-    fcs = read_fcs(path)
+    fcs = fcs or read_fcs(path)
+    gate_set = fixed_gates_for(lab_gates, fcs)
     spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
-    return fcs, evaluate(gate_set, fcs.events, fcs.channel_names, spill)
+    return fcs, gate_set, evaluate(gate_set, fcs.events, fcs.channel_names, spill)
