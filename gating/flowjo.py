@@ -28,7 +28,8 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -551,8 +552,10 @@ def workspace_bytes(
     channel_names: Sequence[str],
     spill: tuple[Sequence[str], np.ndarray] | None,
     group: str = "cartflow",
+    keywords: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The FlowJo 10 workspace document for one sample (see the module docstring)."""
+    """The FlowJo 10 workspace document for one sample (see the module docstring);
+    ``keywords`` are added to the sample's keywords (e.g. the evidence of each cut)."""
     import flowkit
 
     tree = _Workspace(gate_set, events, channel_names, spill)
@@ -571,7 +574,46 @@ def workspace_bytes(
         dataset.addnext(copy.deepcopy(matrix_el))  # FlowJo and FlowKit read it from the sample
     _write_scales(tree.scales, sample.find("Transformations"))
     _write_tree(tree.nodes, sample.find("SampleNode/Subpopulations"))
+    listed = sample.find("Keywords")
+    for name, value in (keywords or {}).items():
+        etree.SubElement(listed, "Keyword", name=name, value=value)
     return etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
+
+
+def batch_workspace(samples: Sequence[tuple[Path, bytes]], out: Path, group: str) -> None:
+    """Write one FlowJo 10 workspace holding several samples, each given as the path of its
+    FCS file and its one-sample document (from :func:`workspace_bytes`). FCS paths are
+    written relative to the workspace, so the folder holding both can be moved."""
+    from urllib.parse import quote
+
+    if not samples:
+        raise GatingError(out, "no sample to write")
+    parser = etree.XMLParser(remove_blank_text=True)
+    document = etree.fromstring(samples[0][1], parser)
+    sample_list = document.find("SampleList")
+    for child in list(sample_list):
+        sample_list.remove(child)
+    refs = document.find("Groups/GroupNode/Group/SampleRefs")
+    for child in list(refs):
+        refs.remove(child)
+    document.find("Groups/GroupNode").set("name", group)
+    document.find("Groups/GroupNode").set("owningGroup", group)
+    document.find("Groups/GroupNode/Group").set("name", group)
+    folder = out.resolve().parent
+    for number, (fcs_path, one) in enumerate(samples, start=1):
+        sample = etree.fromstring(one, parser).find("SampleList/Sample")
+        relative = Path(os.path.relpath(Path(fcs_path).resolve(), folder)).as_posix()
+        sample.find("DataSet").set("uri", quote(relative))
+        sample.find("DataSet").set("sampleID", str(number))
+        sample.find("SampleNode").set("sampleID", str(number))
+        sample_list.append(sample)
+        etree.SubElement(refs, "SampleRef", sampleID=str(number))
+    data = etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    except OSError as exc:
+        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
 
 
 def export_flowjo(

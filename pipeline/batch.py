@@ -37,6 +37,8 @@ class GateWork:
     gates: tuple[GateRecord, ...] = ()
     flags: tuple[str, ...] = ()
     error: str | None = None
+    flowjo: bytes | None = None
+    """The sample's one-sample FlowJo workspace, for the batch workspace (when asked for)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class PendingFile:
     sample_id: int
     tube: str
     overview: Path | None = None
+    review: Path | None = None
+    """Folder of the review exports (Gating-ML per sample), when asked for."""
 
 
 def gate_one(item: PendingFile) -> GateWork:
@@ -67,16 +71,52 @@ def gate_one(item: PendingFile) -> GateWork:
         from pipeline.plots import sample_overview
 
         sample_overview(gated, item.overview)
+    flowjo, flags = None, gated.placed.flags
+    if item.review is not None:
+        try:
+            flowjo = review_exports(gated, item.review)
+        except CartflowError as exc:  # the counts stand; the review copy is said to be missing
+            flags = (*flags, f"review_export_failed: {exc.problem}")
     return GateWork(
-        **base, populations=tuple(populations), gates=tuple(gates), flags=gated.placed.flags
+        **base, populations=tuple(populations), gates=tuple(gates), flags=flags, flowjo=flowjo
+    )
+
+
+def review_exports(gated, folder: Path) -> bytes:
+    """Write the sample's placed gates as Gating-ML (``folder/gatingml/<file>.xml``) and
+    return its one-sample FlowJo workspace, each cut's evidence as a sample keyword."""
+    from gating.flowjo import workspace_bytes
+    from gating.gatingml import export_gatingml
+
+    (folder / "gatingml").mkdir(parents=True, exist_ok=True)
+    gate_set = gated.placed.gate_set
+    export_gatingml(gate_set, folder / "gatingml" / f"{gated.fcs.path.stem}.xml")
+    spill = gated.spillover
+    keywords = {"CARTFLOW TEMPLATE": gated.template.id}
+    for name, decision in gated.placed.decisions.items():
+        fallback = " (fallback)" if decision.fallback else ""
+        keywords[f"CARTFLOW {name}"] = (
+            f"{decision.method} {float(decision.value):.6g}{fallback}: {decision.reason}"
+        )
+    return workspace_bytes(
+        gate_set,
+        gated.fcs.path,
+        gated.fcs.events,
+        gated.fcs.channel_names,
+        (list(spill.channels), spill.matrix) if spill else None,
+        keywords=keywords,
     )
 
 
 def pending_gating(
-    store: Store, files: Sequence[tuple[Path, str]], report_dir: Path | None = None
+    store: Store,
+    files: Sequence[tuple[Path, str]],
+    report_dir: Path | None = None,
+    review_dir: Path | None = None,
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
-    template (with the path of their overview plot when a report is wanted)."""
+    template (with the path of their overview plot when a report is wanted, and the review
+    folder when review exports are)."""
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
@@ -89,7 +129,9 @@ def pending_gating(
             done = False  # gating will say what is missing
         if not done:
             overview = overview_path(report_dir, sha) if report_dir else None
-            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"], overview))
+            pending.append(
+                PendingFile(path, sha, sample["sample_id"], sample["tube"], overview, review_dir)
+            )
     return pending
 
 
@@ -243,6 +285,8 @@ class RunSettings:
     html_report: bool = True
     analysis: Path | None = None
     haematology: Path | None = None
+    review: bool = False
+    """Write OUT/review: one FlowJo 10 workspace of the batch, Gating-ML per sample."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +300,7 @@ class RunSummary:
     quarantine_report: Path | None
     outcomes: object | None = None
     outcome_error: str | None = None
+    review: Path | None = None
 
     @property
     def failed(self) -> list[GateWork]:
@@ -305,7 +350,10 @@ def run_batch(
     }
     with store.recording("run", parameters) as run_id:
         report_dir = settings.out / "report"
-        pending = pending_gating(store, files, report_dir if settings.html_report else None)
+        review_dir = settings.out / "review" if settings.review else None
+        pending = pending_gating(
+            store, files, report_dir if settings.html_report else None, review_dir
+        )
         advance = progress("gate", len(pending))
         gated = gate_batch(
             store,
@@ -315,6 +363,9 @@ def run_batch(
             workers=settings.workers,
             scheduler=settings.scheduler,
         )
+        review = None
+        if review_dir is not None:
+            review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name)
         outcomes, outcome_error = None, None
         clinical = settings.clinical
         try:
@@ -357,7 +408,20 @@ def run_batch(
         quarantine_report,
         outcomes,
         outcome_error,
+        review,
     )
+
+
+def write_batch_workspace(gated: Sequence[GateWork], folder: Path, batch: str) -> Path | None:
+    """One FlowJo 10 workspace of every sample this run gated (``folder/<batch>.wsp``)."""
+    from gating.flowjo import batch_workspace
+
+    samples = [(w.path, w.flowjo) for w in gated if w.flowjo is not None and not w.error]
+    if not samples:
+        return None
+    out = folder / f"{batch}.wsp"
+    batch_workspace(sorted(samples, key=lambda s: s[0].name), out, batch)
+    return out
 
 
 @dataclass

@@ -551,6 +551,14 @@ def run(
         Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
     ] = None,
     haematology: HaematologyOption = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Write OUT/review: a FlowJo 10 workspace of the batch (FCS paths relative "
+            "to it) and Gating-ML per sample, for a cytometrist's review.",
+        ),
+    ] = False,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
@@ -566,6 +574,7 @@ def run(
         html_report=html_report,
         analysis=analysis,
         haematology=haematology,
+        review=review,
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
@@ -631,6 +640,8 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
         console.print(f"outcomes: {len(summary.outcomes.figures)} figures and tables in {where}")
     if summary.report:
         console.print(f"report: {summary.report.resolve()}")
+    if summary.review:
+        console.print(f"review workspace: {summary.review}")
     return summary
 
 

@@ -267,3 +267,55 @@ def test_counts_of_every_example_workspace_are_flowjos():
                 assert abs(count - flowjo) <= abs(theirs - flowjo), (wsp.name, population)
             table.append((wsp.name, population, flowjo, theirs, count))
     assert table == COUNTS_TABLE
+
+
+# ------------------------------------------------------------------------------ review exports
+
+
+def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
+    """`run --review`: one FlowJo 10 workspace of the batch, every sample in it; moved with
+    its batch to another folder, FlowKit finds the FCS files and counts every population as
+    cartflow stored it. Gating-ML per sample beside it."""
+    import flowkit
+
+    from pipeline.store import Store
+
+    cohort = tmp_path / "cohort"
+    assert (
+        RUNNER.invoke(
+            app, ["simulate", str(cohort), "--patients", "1", "--events", "3000", "--seed", "3"]
+        ).exit_code
+        == 0
+    )
+    batch = tmp_path / "lab" / "batch"
+    batch.mkdir(parents=True)
+    for fcs in sorted(cohort.glob("CART-001 D11_*.fcs")):
+        shutil.copy(fcs, batch / fcs.name)
+    out, db = tmp_path / "lab" / "out", f"sqlite:///{tmp_path / 'store.sqlite'}"
+    result = RUNNER.invoke(
+        app, ["run", str(batch), "--db", db, "--out", str(out), "--no-report", "--review",
+              "--workers", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in (out / "review" / "gatingml").glob("*.xml")) == sorted(
+        p.stem for p in batch.glob("*.fcs")
+    )
+    names = sorted(p.name for p in batch.glob("*.fcs"))
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "lab", moved)
+    wsp = moved / "out" / "review" / "batch.wsp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        workspace = flowkit.Workspace(str(wsp), find_fcs_files_from_wsp=True)
+        assert sorted(workspace.get_sample_ids()) == names
+        workspace.analyze_samples()
+    store = Store(db, existing=True)
+    try:
+        stored = store.latest_counts()
+    finally:
+        store.close()
+    assert len({row["file"] for row in stored}) == 3
+    for row in stored:
+        report = workspace.get_gating_results(row["file"]).report
+        counts = dict(zip(report["gate_name"], report["count"], strict=True))
+        assert counts[row["population"]] == row["count"], (row["file"], row["population"])
