@@ -97,25 +97,7 @@ class FlowJoWorkspace:
     ) -> WorkspaceSample:
         """The sample a data file belongs to: by name, then ``$FIL``, then a unique event
         count; a :class:`GatingError` naming the file and the samples when none fits."""
-        matched = [s for s in self.samples if file_name in (s.name, s.file_name)]
-        if not matched and fil:
-            matched = [s for s in self.samples if s.keywords.get("$FIL") == fil]
-        if not matched and event_count is not None:
-            matched = [s for s in self.samples if s.event_count == event_count]
-        if len(matched) == 1:
-            return matched[0]
-        if matched:
-            raise GatingError(
-                file_name,
-                f"matches several samples of workspace {self.path.name}: "
-                + ", ".join(s.name for s in matched),
-            )
-        listed = ", ".join(s.name for s in self.samples) or "none"
-        raise GatingError(
-            file_name,
-            f"matches no sample of workspace {self.path.name} by name, $FIL or event count "
-            f"(its samples: {listed})",
-        )
+        return match_sample(self.samples, self.path, file_name, fil, event_count)
 
     def gates_for(
         self, file_name: str, fil: str | None = None, event_count: int | None = None
@@ -152,6 +134,29 @@ class FlowJoWorkspace:
         return gate_set
 
 
+def match_sample(samples, source: Path, file_name: str, fil: str | None, event_count: int | None):
+    """The one sample (of a workspace or experiment) a data file belongs to: by name, then
+    ``$FIL``, then a unique event count; else a :class:`GatingError` naming the file and
+    the samples."""
+    matched = [s for s in samples if file_name in (s.name, s.file_name)]
+    if not matched and fil:
+        matched = [s for s in samples if s.keywords.get("$FIL") == fil]
+    if not matched and event_count is not None:
+        matched = [s for s in samples if s.event_count == event_count]
+    if len(matched) == 1:
+        return matched[0]
+    if matched:
+        raise GatingError(
+            file_name,
+            f"matches several samples of {source.name}: " + ", ".join(s.name for s in matched),
+        )
+    listed = ", ".join(s.name for s in samples) or "none"
+    raise GatingError(
+        file_name,
+        f"matches no sample of {source.name} by name, $FIL or event count (its samples: {listed})",
+    )
+
+
 def _original_name(name: str) -> str:
     for i, reserved in enumerate(FLOWKIT_RESERVED):
         if name == _STAND_IN.format(i):
@@ -181,12 +186,10 @@ class GatingMLGates:
         return self.gates
 
 
-LabGates = GatingMLGates | FlowJoWorkspace
-
-
-def load_lab_gates(path: str | Path) -> LabGates:
-    """A lab's fixed gates: a Gating-ML 2.0 document or a FlowJo 10 workspace, told apart by
-    their content. Any other format is refused with its name and the way forward."""
+def load_lab_gates(path: str | Path):
+    """A lab's fixed gates: a Gating-ML 2.0 document, a FlowJo 10 workspace or a FACSDiva
+    experiment export, told apart by their content. Any other format is refused with its
+    name and the way forward."""
     from gating.gatingml import load_gatingml
 
     path = Path(path)
@@ -201,16 +204,15 @@ def load_lab_gates(path: str | Path) -> LabGates:
             )
         return read_flowjo_workspace(path, document)
     if root == "bdfacs":
-        raise GatingError(
-            path,
-            "is a BD FACSDiva experiment export; cartflow reads FlowJo 10 workspaces and "
-            "Gating-ML 2.0: open the experiment's FCS files in FlowJo 10 and save a workspace",
-        )
+        from gating.diva import DivaExperiment
+
+        return DivaExperiment(path, document)
     if root.endswith("}Gating-ML"):
         return GatingMLGates(path, load_gatingml(path))
     raise GatingError(
         path,
-        f"is neither Gating-ML 2.0 nor a FlowJo 10 workspace (its root element is <{root}>)",
+        f"is neither Gating-ML 2.0, a FlowJo 10 workspace nor a FACSDiva export (its root "
+        f"element is <{root}>)",
     )
 
 

@@ -319,3 +319,54 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
         report = workspace.get_gating_results(row["file"]).report
         counts = dict(zip(report["gate_name"], report["count"], strict=True))
         assert counts[row["population"]] == row["count"], (row["file"], row["population"])
+
+
+# ------------------------------------------------------------------------------ FACSDiva, FlowJo 9
+
+DIVA = REAL / "diva"
+
+
+def test_diva_gates_count_within_one_percent_of_divas_own():
+    """PE_2.xml's tube for 124500.fcs: DIVA's own gates (rectangles on FSC/SSC height and
+    width, polygons on its biexponential display, an interval on a log axis), applied by
+    `gate --gates`, count within 1 % of the counts DIVA stored."""
+    fcs, xml = require_shared(DIVA / "124500.fcs"), DIVA / "PE_2.xml"
+    result = RUNNER.invoke(app, ["gate", str(fcs), "--gates", str(xml), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)["counts"]
+    stored = load_lab_gates(xml).match(fcs.name).stored_counts()
+    assert stored == {
+        "P1": 17902, "P1/P2": 17543, "P1/P2/P3": 12334, "P1/P2/P3/P4": 1160,
+        "P1/P2/P3/P4/P5": 1100,
+    }  # fmt: skip
+    assert set(counts) == set(stored)
+    for population, count in counts.items():
+        assert abs(count - stored[population]) <= 0.01 * stored[population], population
+
+
+def test_diva_gates_cartflow_cannot_read_are_named():
+    experiment = load_lab_gates(require_shared(DIVA / "PE_2.xml"))
+    control = experiment.match("124480.fcs")
+    assert control.specimen == "Compensation Controls"
+    with pytest.raises(
+        GatingError,
+        match=r"tube 124480\.fcs: gate 'Rest of All Events' is a "
+        "DIVA RestOf_Classifier, which cartflow cannot read",
+    ):
+        experiment.gate_set(control)
+    quadrants = experiment.gate_set(experiment.match("124506.fcs")).population_ids
+    assert [q for q in quadrants if q.startswith("P1/P2/Q")] == [
+        f"P1/P2/Q{i}" for i in (1, 2, 3, 4)
+    ]
+
+
+def test_a_flowjo_9_workspace_is_named_with_the_way_forward():
+    fcs = require_shared(REAL / "flowjo9" / "a2004_O1T2pb05i_A2_A02.fcs")
+    result = RUNNER.invoke(
+        app, ["gate", str(fcs), "--gates", str(REAL / "flowjo9" / "A2004Analysis.xml")]
+    )
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert "is a FlowJo 9.2 workspace" in message
+    assert "open it in FlowJo 10 and save it again" in message
+    assert "Gating-ML" not in message
