@@ -4,7 +4,7 @@ tables into the output folder. Each stage is a module of its own; this one only 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as as_completed_futures
 from dataclasses import dataclass, field
@@ -15,7 +15,14 @@ import pandas as pd
 
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
-from pipeline.gate import gate_file, gate_records, template_for
+from pipeline.gate import (
+    LabGating,
+    gate_file,
+    gate_fixed,
+    gate_records,
+    lab_gate_records,
+    template_for,
+)
 from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
@@ -50,11 +57,15 @@ class PendingFile:
     overview: Path | None = None
     review: Path | None = None
     """Folder of the review exports (Gating-ML per sample), when asked for."""
+    lab: LabGating | None = None
+    """A lab's fixed gates that gate this file's tube instead of its template."""
 
 
 def gate_one(item: PendingFile) -> GateWork:
     """Gate one file; any problem becomes the work's error, never an exception."""
     base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id}
+    if item.lab is not None:
+        return _gate_with_lab_gates(item, base)
     try:
         template = template_for(item.tube)
     except CartflowError as exc:
@@ -80,6 +91,20 @@ def gate_one(item: PendingFile) -> GateWork:
     return GateWork(
         **base, populations=tuple(populations), gates=tuple(gates), flags=flags, flowjo=flowjo
     )
+
+
+def _gate_with_lab_gates(item: PendingFile, base: dict) -> GateWork:
+    """Gate one file with its tube's fixed lab gates (no placement)."""
+    lab = item.lab
+    base |= {"template_id": lab.id, "template_sha256": lab.sha256}
+    try:
+        fcs, gate_set, result = gate_fixed(item.path, lab.load())
+        populations, gates = lab_gate_records(lab, fcs, gate_set, result)
+    except CartflowError as exc:
+        return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
+    except Exception as exc:  # a bad file must never stop the batch
+        return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
+    return GateWork(**base, populations=tuple(populations), gates=tuple(gates))
 
 
 def review_exports(gated, folder: Path) -> bytes:
@@ -113,24 +138,29 @@ def pending_gating(
     files: Sequence[tuple[Path, str]],
     report_dir: Path | None = None,
     review_dir: Path | None = None,
+    lab_gates: Mapping[str, LabGating] | None = None,
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
     template (with the path of their overview plot when a report is wanted, and the review
-    folder when review exports are)."""
+    folder when review exports are); a tube in ``lab_gates`` is gated by the lab's gates."""
+    lab_gates = lab_gates or {}
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
         sample = by_sha.get(sha)
         if sample is None:
             continue
+        lab = lab_gates.get(sample["tube"])
         try:
-            done = store.has_gating(sample["sample_id"], template_for(sample["tube"]).sha256)
+            gating_sha = lab.sha256 if lab else template_for(sample["tube"]).sha256
+            done = store.has_gating(sample["sample_id"], gating_sha)
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
-            overview = overview_path(report_dir, sha) if report_dir else None
+            overview = overview_path(report_dir, sha) if report_dir and not lab else None
+            review = review_dir if not lab else None
             pending.append(
-                PendingFile(path, sha, sample["sample_id"], sample["tube"], overview, review_dir)
+                PendingFile(path, sha, sample["sample_id"], sample["tube"], overview, review, lab)
             )
     return pending
 
@@ -287,6 +317,8 @@ class RunSettings:
     haematology: Path | None = None
     review: bool = False
     """Write OUT/review: one FlowJo 10 workspace of the batch, Gating-ML per sample."""
+    lab_gates: Mapping[str, LabGating] = field(default_factory=dict)
+    """Tube → a lab's fixed gates that gate it instead of its template."""
 
 
 @dataclass(frozen=True)
@@ -347,12 +379,17 @@ def run_batch(
         "counts": settings.counts.__dict__,
         "workers": settings.workers,
         "scheduler": settings.scheduler,
+        "lab_gates": {t: f"{g.path} sha256:{g.sha256}" for t, g in settings.lab_gates.items()},
     }
     with store.recording("run", parameters) as run_id:
         report_dir = settings.out / "report"
         review_dir = settings.out / "review" if settings.review else None
         pending = pending_gating(
-            store, files, report_dir if settings.html_report else None, review_dir
+            store,
+            files,
+            report_dir if settings.html_report else None,
+            review_dir,
+            settings.lab_gates,
         )
         advance = progress("gate", len(pending))
         gated = gate_batch(

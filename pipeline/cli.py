@@ -559,6 +559,16 @@ def run(
             "to it) and Gating-ML per sample, for a cytometrist's review.",
         ),
     ] = False,
+    lab_gates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gates",
+            metavar="TUBE=FILE",
+            help="Gate a tube with a lab's fixed gates (Gating-ML, FlowJo 10 workspace or "
+            "FACSDiva export) instead of its template, e.g. --gates memory=lab.wsp "
+            "(repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
@@ -575,9 +585,28 @@ def run(
         analysis=analysis,
         haematology=haematology,
         review=review,
+        lab_gates=_lab_gates(lab_gates or []),
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
+
+
+def _lab_gates(entries: list[str]) -> dict:
+    """``TUBE=FILE`` options as tube → the lab's gates, each read now (fail before any work)."""
+    from pipeline.gate import lab_gating
+
+    gatings = {}
+    for entry in entries:
+        tube, sep, file = entry.partition("=")
+        if not sep or not tube.strip() or not file.strip():
+            raise _fail(f"--gates {entry!r}: give TUBE=FILE, e.g. --gates memory=lab.wsp")
+        if tube.strip() in gatings:
+            raise _fail(f"--gates: tube {tube.strip()!r} is given twice")
+        try:
+            gatings[tube.strip()] = lab_gating(Path(file.strip()))
+        except CartflowError as exc:
+            raise _fail(str(exc)) from None
+    return gatings
 
 
 def _check_scheduler(address: str) -> None:

@@ -213,6 +213,79 @@ def membership_table(gated: SampleGating):
     )
 
 
+@dataclass(frozen=True)
+class LabGating:
+    """A lab's fixed gates used as the gating of a tube: the file and its SHA-256, which
+    stand where a template's id and hash stand in the store."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def id(self) -> str:
+        """How the store names this gating (``lab:<file name>``)."""
+        return f"lab:{self.path.name}"
+
+    def load(self):
+        """The lab's gates (read once per process)."""
+        return _lab_gates(self.path, self.sha256)
+
+
+def lab_gating(path: Path) -> LabGating:
+    """A lab's gates file, checked to be readable now (a :class:`CartflowError` if not)."""
+    import hashlib
+
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise GateStageError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    gating = LabGating(path, digest)
+    gating.load()
+    return gating
+
+
+@cache
+def _lab_gates(path: Path, sha256: str):
+    del sha256  # part of the cache key: a changed file is read again
+    return load_fixed_gates(path)
+
+
+def lab_gate_records(
+    gating: LabGating, fcs: FcsFile, gate_set: GateSet, result: GatingResult
+) -> tuple[list[PopulationRecord], list[GateRecord]]:
+    """Store rows for a sample gated with a lab's fixed gates: counts per population, and
+    per gate where it came from (the lab's file, its sample, the lab software's own count)."""
+    lab = gating.load()
+    sample = lab.match(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
+    stored = sample.stored_counts()
+    populations = [
+        PopulationRecord(
+            p,
+            result.parents[p],
+            result.count(p),
+            result.count(result.parents[p]) if result.parents[p] else result.event_count,
+        )
+        for p in result.populations
+    ]
+    gates = [
+        GateRecord(
+            gate=p,
+            method="fixed",
+            value=None,
+            fallback=False,
+            evidence={
+                "source": str(gating.path),
+                "sha256": gating.sha256,
+                "sample": sample.name,
+                "gate": type(result.diagnostics[p].gate).__name__,
+                "lab_count": stored.get(p),
+            },
+        )
+        for p in result.populations
+    ]
+    return populations, gates
+
+
 def load_fixed_gates(path: Path):
     """A lab's fixed gates: Gating-ML 2.0 or a FlowJo 10 workspace (told apart by content);
     ``gates_for`` gives the gates of one data file."""

@@ -370,3 +370,70 @@ def test_a_flowjo_9_workspace_is_named_with_the_way_forward():
     assert "is a FlowJo 9.2 workspace" in message
     assert "open it in FlowJo 10 and save it again" in message
     assert "Gating-ML" not in message
+
+
+# ------------------------------------------------------------------------------ lab gates in run
+
+
+def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp_path):
+    """`run --gates memory=lab.wsp`: the memory tube is gated by the lab's fixed gates, the
+    counts are those `gate --gates` gives, the store names the workspace, its SHA-256 and
+    sample as the gating's source; a memory file the workspace does not hold fails alone,
+    with the workspace's samples named, and the other tubes keep their template."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from pipeline.store import GateRow, Store
+
+    cohort = tmp_path / "cohort"
+    assert (
+        RUNNER.invoke(
+            app, ["simulate", str(cohort), "--patients", "1", "--events", "3000", "--seed", "4"]
+        ).exit_code
+        == 0
+    )
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    chosen = [*cohort.glob("CART-001 D11_*.fcs"), *cohort.glob("CART-001 D14_CAR-T memory_*.fcs")]
+    for fcs in chosen:
+        shutil.copy(fcs, batch / fcs.name)
+    lab_file = next(batch.glob("CART-001 D11_CAR-T memory_*.fcs"))
+    other = next(batch.glob("CART-001 D14_CAR-T memory_*.fcs"))
+    wsp = tmp_path / "lab.wsp"
+    assert RUNNER.invoke(app, ["gate", str(lab_file), "--flowjo", str(wsp)]).exit_code == 0
+    fixed = json.loads(
+        RUNNER.invoke(app, ["gate", str(lab_file), "--gates", str(wsp), "--json"]).output
+    )["counts"]
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    result = RUNNER.invoke(
+        app, ["run", str(batch), "--db", db, "--out", str(tmp_path / "out"), "--no-report",
+              "--workers", "1", "--gates", f"memory={wsp}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert f"gating failed: {other.name}" in output and "matches no sample of lab.wsp" in output
+    store = Store(db, existing=True)
+    try:
+        samples = {s["file"]: s for s in store.samples()}
+        trail = store.provenance(samples[lab_file.name]["sample_id"])["gatings"][-1]
+        template_trail = store.provenance(samples[next(batch.glob("*BCELL*")).name]["sample_id"])[
+            "gatings"
+        ][-1]
+        with store.engine.connect() as connection:
+            evidence = connection.execute(
+                select(GateRow.gate, GateRow.evidence).where(
+                    GateRow.gating_id == trail["gating_id"]
+                )
+            ).all()
+    finally:
+        store.close()
+    assert trail["template_id"] == "lab:lab.wsp" and trail["status"] == "ok"
+    assert trail["template_sha256"] == hashlib.sha256(wsp.read_bytes()).hexdigest()
+    assert trail["counts"] == fixed
+    assert {c["method"] for c in trail["cuts"].values()} == {"fixed"}
+    assert template_trail["template_id"] != "lab:lab.wsp"
+    assert {gate for gate, _ in evidence} == set(fixed)
+    for _, where in evidence:
+        assert where["source"] == str(wsp) and where["sample"] == lab_file.name
+        assert where["sha256"] == trail["template_sha256"]
