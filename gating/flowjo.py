@@ -30,7 +30,7 @@ import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +128,22 @@ class _Node:
     limits: tuple[tuple[float | None, float | None], ...] = ()
     vertices: tuple[tuple[float, float], ...] = ()
     refs: tuple[str, ...] = ()
+    label: str | None = None
+    """The name FlowJo shows, when not ``name`` (unique among its siblings only)."""
+
+    @property
+    def shown(self) -> str:
+        """The population's name in the workspace."""
+        return self.label or self.name
+
+
+HELPER_MARK = "::"
+"""A gate id holding this is a helper of the population before it (``CAR_CD8_SCM::CD62L+``)."""
+
+
+def _condition(gate_id: str) -> str | None:
+    """What a helper gate tests (``CD62L+`` of ``CAR_CD8_SCM::CD62L+``), else None."""
+    return gate_id.rsplit(HELPER_MARK, 1)[1] or None if HELPER_MARK in gate_id else None
 
 
 def _error(gate_id: str, problem: str) -> GatingError:
@@ -179,8 +195,10 @@ class _Workspace:
         self.scales: dict[str, _Scale | None] = {}
         self.nodes: dict[str, _Node] = {}
         self._choose_scales()
+        self.folded: set[str] = set()
         for gate in gate_set.gates:
             self._add_gate(gate)
+        self._drop_folded_helpers()
 
     # ------------------------------------------------------------------ parameters and scales
 
@@ -262,11 +280,24 @@ class _Workspace:
     # ------------------------------------------------------------------ gates into nodes
 
     def _put(self, node: _Node) -> None:
-        if "/" in node.name:
+        if "/" in node.shown:
             raise _error(node.name, "FlowJo population names cannot contain '/'")
         if node.name in self.nodes:
             raise _error(node.name, "this name is used twice in the workspace")
+        if node.label is not None and any(
+            other.parent == node.parent and other.shown == node.label
+            for other in self.nodes.values()
+        ):
+            node = replace(node, label=None)  # a sibling shows that name already
         self.nodes[node.name] = node
+
+    def _drop_folded_helpers(self) -> None:
+        """Helper gates whose test was folded into the chain of the population they serve,
+        and that nothing else uses, are left out (their events are that chain's)."""
+        used = {n.parent for n in self.nodes.values()}
+        used |= {r for n in self.nodes.values() for r in n.refs}
+        for name in self.folded - used:
+            del self.nodes[name]
 
     def _add_gate(self, gate: Gate) -> None:
         if isinstance(gate, RangeGate | RectangleGate):
@@ -359,10 +390,18 @@ class _Workspace:
             and all(p.parent == gate.parent for p in parts)
         )
         if nested:
+            # a chain: the first part, each other part inside the one before, the last one
+            # named after the gate; a step shows what it tests (CD62L+) where it can
             parent = parts[0].name
             for i, part in enumerate(parts[1:], start=2):
                 name = gate.id if i == len(parts) else f"{gate.id} ({i} of {len(parts)})"
-                self._put(_Node(name, parent, part.kind, part.params, part.limits, part.vertices))
+                label = None if i == len(parts) else _condition(part.name)
+                self._put(
+                    _Node(name, parent, part.kind, part.params, part.limits, part.vertices,
+                          label=label)
+                )  # fmt: skip
+                if _condition(part.name) is not None:
+                    self.folded.add(part.name)
                 parent = name
             return
         refs = []
@@ -445,7 +484,7 @@ def _paths(nodes: dict[str, _Node]) -> dict[str, str]:
     paths: dict[str, str] = {}
     for node in nodes.values():
         parent = paths.get(node.parent) if node.parent else None
-        paths[node.name] = node.name if parent is None else f"{parent}/{node.name}"
+        paths[node.name] = node.shown if parent is None else f"{parent}/{node.shown}"
     return paths
 
 
@@ -463,13 +502,13 @@ def _write_tree(nodes: dict[str, _Node], root: etree._Element) -> None:
             parent_el = subpops
         if node.kind in ("and", "or", "not"):
             element = etree.SubElement(parent_el, f"{node.kind.capitalize()}Node")
-            _population_attrs(element, node.name)
+            _population_attrs(element, node.shown)
             deps = etree.SubElement(element, "Dependents")
             for ref in node.refs:
                 etree.SubElement(deps, "Dependent").set("name", paths[ref])
         else:
             element = etree.SubElement(parent_el, "Population")
-            _population_attrs(element, node.name)
+            _population_attrs(element, node.shown)
             gate_id = f"ID{number}"
             gate_ids[node.name] = gate_id
             _write_gate(element, node, gate_id, gate_ids.get(node.parent or ""))
