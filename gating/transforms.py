@@ -378,10 +378,59 @@ class FlowJoBiex:
             return np.where(y <= low, -np.inf, np.where(y > high, np.inf, x))
 
 
-ScaleTransform = Flin | Flog | Fasinh | Logicle | Hyperlog | FlowJoLog | FlowJoBiex
+@dataclass(frozen=True)
+class TableScale:
+    """A display scale given as a table: ``values[i]`` is the data value at channel i (FlowJo
+    9's calibration tables), interpolated linearly; values beyond the table's ends land on
+    its first or last channel."""
+
+    values: tuple[float, ...]
+
+    kind: ClassVar[str] = "table"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        values = tuple(float(v) for v in self.values)
+        _check(self.kind, len(values) >= 2, "needs at least two entries")
+        _check(
+            self.kind,
+            all(math.isfinite(v) for v in values) and bool(np.all(np.diff(values) > 0)),
+            "entries must be finite and increasing",
+        )
+        object.__setattr__(self, "values", values)
+
+    @property
+    def top(self) -> float:
+        """The data value at the last channel."""
+        return self.values[-1]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Channels of data values (float64 out; NaN stays NaN)."""
+        table = np.asarray(self.values)
+        return np.interp(_as_float64(x), table, np.arange(table.size, dtype=np.float64))
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Data values of channels; -inf/+inf beyond the table's ends."""
+        table = np.asarray(self.values)
+        y = _as_float64(y)
+        x = np.interp(y, np.arange(table.size, dtype=np.float64), table)
+        with np.errstate(invalid="ignore"):
+            return np.where(y <= 0, -np.inf, np.where(y > table.size - 1, np.inf, x))
+
+
+ScaleTransform = Flin | Flog | Fasinh | Logicle | Hyperlog | FlowJoLog | FlowJoBiex | TableScale
 """A one-column, monotone increasing transformation."""
 
 Transform = ScaleTransform | Fratio
 """Any transformation: Gating-ML 2.0's and FlowJo's."""
 
-SCALE_TRANSFORMS: tuple[type, ...] = (Flin, Flog, Fasinh, Logicle, Hyperlog, FlowJoLog, FlowJoBiex)
+SCALE_TRANSFORMS: tuple[type, ...] = (
+    Flin,
+    Flog,
+    Fasinh,
+    Logicle,
+    Hyperlog,
+    FlowJoLog,
+    FlowJoBiex,
+    TableScale,
+)

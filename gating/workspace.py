@@ -195,13 +195,10 @@ def load_lab_gates(path: str | Path):
     path = Path(path)
     root, document = _parse_document(path)
     if root == "Workspace":
-        version = document.get("flowJoVersion", "")
         if not _is_flowjo10(document):
-            raise GatingError(
-                path,
-                f"is a FlowJo {version or 'pre-10'} workspace; cartflow reads FlowJo 10 "
-                "workspaces: open it in FlowJo 10 and save it again",
-            )
+            from gating.flowjo9 import Flowjo9Workspace
+
+            return Flowjo9Workspace(path, document)
         return read_flowjo_workspace(path, document)
     if root == "bdfacs":
         from gating.diva import DivaExperiment

@@ -365,16 +365,44 @@ def test_diva_gates_cartflow_cannot_read_are_named():
     ]
 
 
-def test_a_flowjo_9_workspace_is_named_with_the_way_forward():
-    fcs = require_shared(REAL / "flowjo9" / "a2004_O1T2pb05i_A2_A02.fcs")
-    result = RUNNER.invoke(
-        app, ["gate", str(fcs), "--gates", str(REAL / "flowjo9" / "A2004Analysis.xml")]
-    )
-    assert result.exit_code == 1
-    message = " ".join(result.output.split())
-    assert "is a FlowJo 9.2 workspace" in message
-    assert "open it in FlowJo 10 and save it again" in message
-    assert "Gating-ML" not in message
+def test_flowjo_9_gates_count_close_to_flowjos_own():
+    """A2004Analysis.xml (FlowJo 9.2): polygons drawn on FlowJo's calibration tables and
+    ranges drawn on histograms, applied to the sample its $FIL names: FlowJo's stored counts
+    within 2 % (or 6 events, for the small ones)."""
+    folder = REAL / "flowjo9"
+    fcs = require_shared(folder / "a2004_O1T2pb05i_A2_A02.fcs")
+    xml = folder / "A2004Analysis.xml"
+    result = RUNNER.invoke(app, ["gate", str(fcs), "--gates", str(xml), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)["counts"]
+    sample = load_lab_gates(xml).match(fcs.name)
+    assert sample.event_count == 45363  # the second sample of the two named a2004_O1T2pb05i
+    stored = sample.stored_counts()
+    assert set(counts) == {p.path for p in sample.populations} and len(counts) == 19
+    compared = [p for p in counts if p in stored]
+    assert len(compared) == 18  # FlowJo stored no count for CD14-MHC2- of this sample
+    for population in compared:
+        allowed = max(6, 0.02 * stored[population])
+        assert abs(counts[population] - stored[population]) <= allowed, population
+    assert abs(counts["Live"] - stored["Live"]) <= 0.002 * stored["Live"]
+
+
+def test_a_flowjo_9_gate_cartflow_cannot_read_is_named_with_the_way_forward(tmp_path):
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
+    document = etree.parse(str(require_shared(REAL / "flowjo9" / "A2004Analysis.xml")), parser)
+    first = document.getroot().find("SampleList/Sample/SampleNode/Population/PolygonGate")
+    first.tag = "EllipseGate"
+    mangled = etree.tostring(document)
+    (xml := tmp_path / "fj9.xml").write_bytes(mangled)
+    workspace = load_lab_gates(xml)
+    with pytest.raises(
+        GatingError,
+        match=r"FlowJo 9\.2 sample .*: gate 'Live' is a EllipseGate, "
+        r"which cartflow cannot read .*open the workspace in FlowJo 10 and save",
+    ):
+        workspace.gate_set(workspace.samples[0])
 
 
 # ------------------------------------------------------------------------------ lab gates in run
