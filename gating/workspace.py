@@ -13,6 +13,7 @@ error names the file and the workspace's samples.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import warnings
@@ -78,6 +79,7 @@ class FlowJoWorkspace:
 
     def __init__(self, path: Path, document: etree._Element, flowkit_workspace) -> None:
         self.path = path
+        self._document = document
         self._flowkit = flowkit_workspace
         self.samples = tuple(_samples(document))
         self.groups = _group_names(document)
@@ -98,6 +100,42 @@ class FlowJoWorkspace:
         """The sample a data file belongs to: by name, then ``$FIL``, then a unique event
         count; a :class:`GatingError` naming the file and the samples when none fits."""
         return match_sample(self.samples, self.path, file_name, fil, event_count)
+
+    def group(self, name: str) -> WorkspaceGroup:
+        """A sample group's own gates (its template in FlowJo), for any data file; read on
+        the scales and matrix of a sample of the group."""
+        groups = {g.get("name"): g for g in self._document.iterfind("Groups/GroupNode")}
+        if name not in groups:
+            listed = ", ".join(groups) or "none"
+            raise GatingError(self.path, f"has no sample group {name!r} (its groups: {listed})")
+        template = groups[name].find("Subpopulations")
+        members = [s for s in self.samples if name in s.groups]
+        if template is None or not members:
+            raise GatingError(
+                self.path, f"sample group {name!r} holds no gates or no sample to read them on"
+            )
+        document = etree.fromstring(etree.tostring(self._document))
+        sample_list = document.find("SampleList")
+        keep = None
+        for element in list(sample_list):
+            node = element.find("SampleNode")
+            if keep is None and node is not None and node.get("name") == members[0].name:
+                keep = element
+            else:
+                sample_list.remove(element)
+        node = keep.find("SampleNode")
+        for ref in document.iterfind("Groups/GroupNode/Group/SampleRefs/SampleRef"):
+            if ref.get("sampleID") != node.get("sampleID"):
+                ref.getparent().remove(ref)
+        old = node.find("Subpopulations")
+        if old is not None:
+            node.remove(old)
+        node.append(copy.deepcopy(template))
+        workspace = read_flowjo_workspace(self.path, document)
+        gate_set = workspace.gate_set(workspace.samples[0])
+        if not gate_set.gates:
+            raise GatingError(self.path, f"sample group {name!r} holds no gates")
+        return WorkspaceGroup(self.path, name, gate_set)
 
     def gates_for(
         self, file_name: str, fil: str | None = None, event_count: int | None = None
@@ -173,11 +211,27 @@ MAX_WORKSPACE_BYTES = 200 * 2**20
 
 
 @dataclass(frozen=True)
+class TemplateSource:
+    """What a file is gated with when one set of gates serves every file: its name; no
+    counts of the lab's software to compare with."""
+
+    name: str
+
+    def stored_counts(self) -> dict[str, int]:
+        """None stored (the gates were not drawn on this file)."""
+        return {}
+
+
+@dataclass(frozen=True)
 class GatingMLGates:
     """A Gating-ML 2.0 document: the same gates for every data file."""
 
     path: Path
     gates: GateSet
+
+    def match(self, file_name: str, fil: str | None = None, event_count: int | None = None):
+        """Every file is gated by the document itself."""
+        return TemplateSource(self.path.name)
 
     def gates_for(
         self, file_name: str, fil: str | None = None, event_count: int | None = None
@@ -186,13 +240,41 @@ class GatingMLGates:
         return self.gates
 
 
+@dataclass(frozen=True)
+class WorkspaceGroup:
+    """A FlowJo sample group's own gates: the same gates for every data file."""
+
+    path: Path
+    name: str
+    gates: GateSet
+
+    def match(self, file_name: str, fil: str | None = None, event_count: int | None = None):
+        """Every file is gated by the group's gates."""
+        return TemplateSource(f"group {self.name}")
+
+    def gates_for(
+        self, file_name: str, fil: str | None = None, event_count: int | None = None
+    ) -> GateSet:
+        """The group's gates (one set for every file)."""
+        return self.gates
+
+
 def load_lab_gates(path: str | Path):
     """A lab's fixed gates: a Gating-ML 2.0 document, a FlowJo 10 workspace or a FACSDiva
-    experiment export, told apart by their content. Any other format is refused with its
-    name and the way forward."""
+    experiment export, told apart by their content; ``lab.wsp#GROUP`` names a sample group
+    of a FlowJo 10 workspace, whose own gates then serve every file. Any other format is
+    refused with its name and the way forward."""
     from gating.gatingml import load_gatingml
 
     path = Path(path)
+    if not path.exists() and "#" in path.name:
+        file, _, group = str(path).rpartition("#")
+        workspace = load_lab_gates(file)
+        if not isinstance(workspace, FlowJoWorkspace):
+            raise GatingError(
+                file, f"is not a FlowJo 10 workspace: it has no sample group {group!r}"
+            )
+        return workspace.group(group)
     root, document = _parse_document(path)
     if root == "Workspace":
         if not _is_flowjo10(document):

@@ -235,10 +235,13 @@ def lab_gating(path: Path) -> LabGating:
     """A lab's gates file, checked to be readable now (a :class:`CartflowError` if not)."""
     import hashlib
 
+    file = path
+    if not path.exists() and "#" in path.name:  # lab.wsp#GROUP: a workspace's sample group
+        file = Path(str(path).rpartition("#")[0])
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
     except OSError as exc:
-        raise GateStageError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        raise GateStageError(file, f"cannot be read: {exc.strerror or exc}") from exc
     gating = LabGating(path, digest)
     gating.load()
     return gating

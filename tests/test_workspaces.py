@@ -470,3 +470,43 @@ def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp
     for _, where in evidence:
         assert where["source"] == str(wsp) and where["sample"] == lab_file.name
         assert where["sha256"] == trail["template_sha256"]
+
+
+# ------------------------------------------------------------------------------ sample groups
+
+
+def test_a_sample_group_gives_its_own_gates_and_samples_keep_theirs():
+    """8_color_ICS.wsp: the DEN group's gates (`lab.wsp#DEN`) are its template; two samples
+    of it carry their own Time gate (FlowJo's per-sample gates), read as theirs."""
+    wsp = require_shared(EIGHT_COLOUR / "8_color_ICS.wsp")
+    group = load_lab_gates(f"{wsp}#DEN")
+    workspace = load_lab_gates(wsp)
+    assert group.match("any.fcs").stored_counts() == {}
+    template = {g.id: g for g in group.gates_for("any.fcs").gates}
+    assert len(template) == 14
+    own = {}
+    for sample in workspace.samples:
+        gates = {g.id: g for g in workspace.gate_set(sample).gates}
+        assert set(gates) == set(template)
+        own[sample.name] = sorted(i for i in gates if gates[i] != template[i])
+    assert own == {
+        "101_DEN084Y5_15_E01_008_clean.fcs": ["Time"],
+        "101_DEN084Y5_15_E03_009_clean.fcs": [],
+        "101_DEN084Y5_15_E05_010_clean.fcs": ["Time"],
+    }
+    with pytest.raises(GatingError, match=r"has no sample group 'NOPE' \(its groups: All Samples"):
+        load_lab_gates(f"{wsp}#NOPE")
+
+
+def test_a_group_gates_any_file_and_a_samples_own_gate_stays_its_own():
+    """simple_poly_and_rect_v2_poly50.wsp: the sample's poly1 was redrawn on the sample
+    (FlowJo: owningGroup ""), away from my_group's poly1: the file gated as its sample counts
+    50 in poly1 (FlowKit's count), gated by the group's template (any file) 0."""
+    folder = require_shared(FLOWKIT / "simple_line_example")
+    fcs = folder / "data_set_simple_line_100.fcs"
+    wsp = folder / "simple_poly_and_rect_v2_poly50.wsp"
+    by_group = RUNNER.invoke(app, ["gate", str(fcs), "--gates", f"{wsp}#my_group", "--json"])
+    by_sample = RUNNER.invoke(app, ["gate", str(fcs), "--gates", str(wsp), "--json"])
+    assert by_group.exit_code == 0, by_group.output
+    assert json.loads(by_sample.output)["counts"] == {"poly1": 50, "rect1": 0}
+    assert json.loads(by_group.output)["counts"] == {"poly1": 0, "rect1": 0}
