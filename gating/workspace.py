@@ -19,13 +19,24 @@ import io
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 from lxml import etree
 
 from gating.errors import GatingError
-from gating.model import GateSet
+from gating.model import (
+    Bound,
+    EllipsoidGate,
+    GateSet,
+    PolygonGate,
+    QuadrantGate,
+    RangeGate,
+    RectangleGate,
+)
+from gating.transforms import Hyperlog
 
 FLOWKIT_RESERVED = (".", "..")
 """Gate names FlowKit's gate tree cannot hold; read under a stand-in and given back."""
@@ -39,8 +50,8 @@ READABLE_KINDS = frozenset(
 )
 """Population kinds FlowKit reads from a FlowJo 10 workspace (quadrants come as rectangles)."""
 
-READABLE_SCALES = frozenset(("linear", "log", "logicle", "biex", "fasinh"))
-"""FlowJo 10 parameter scales FlowKit reads."""
+READABLE_SCALES = frozenset(("linear", "log", "logicle", "biex", "fasinh", "hyperlog"))
+"""FlowJo 10 parameter scales read (hyperlog by cartflow, the others by FlowKit)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class FlowJoWorkspace:
         self.path = path
         self._document = document
         self._flowkit = flowkit_workspace
+        self._hyperlogs = _hyperlogs(document)
         self.samples = tuple(_samples(document))
         self.groups = _group_names(document)
 
@@ -157,6 +169,7 @@ class FlowJoWorkspace:
         try:
             strategy = self._flowkit.get_gating_strategy(sample.name)
             gate_set = from_flowkit(strategy, path_ids=True, rename=_original_name)
+            gate_set = _on_hyperlog(gate_set, self._hyperlogs.get(sample.name, {}))
         except GatingError as exc:
             raise GatingError(
                 self.path, f"sample {sample.name}: {exc.source}: {exc.problem}"
@@ -393,8 +406,8 @@ def _check_readable(path: Path, document: etree._Element) -> None:
                     path,
                     f"sample {node.get('name') if node is not None else '?'}: parameter "
                     f"{parameter!r} is on FlowJo's {kind} scale, which cartflow cannot read "
-                    "(it reads linear, log, biex, logicle and arcsinh): choose one of those in "
-                    "FlowJo and save the workspace again",
+                    "(it reads linear, log, biex, logicle, arcsinh and hyperlog): choose one of "
+                    "those in FlowJo and save the workspace again",
                 )
 
 
@@ -408,7 +421,76 @@ def _with_stand_ins(document: etree._Element) -> bytes:
     for dependent in copy.iter("Dependent"):
         parts = dependent.get("name", "").split("/")
         dependent.set("name", "/".join(_stand_in(p) for p in parts))
+    for scale in copy.iterfind("SampleList/Sample/Transformations/*"):
+        if etree.QName(scale).localname == "hyperlog":  # FlowKit reads it as logicle; see
+            scale.tag = f"{{{etree.QName(scale).namespace}}}logicle"  # _on_hyperlog
     return etree.tostring(copy)
+
+
+def _hyperlogs(document: etree._Element) -> dict[str, dict[str, Hyperlog]]:
+    """Sample name → parameter → its FlowJo hyperlog scale (T, W, M, A as Gating-ML's)."""
+    found: dict[str, dict[str, Hyperlog]] = {}
+    for sample in document.iterfind("SampleList/Sample"):
+        node = sample.find("SampleNode")
+        for scale in sample.iterfind("Transformations/*"):
+            if etree.QName(scale).localname != "hyperlog":
+                continue
+            values = {etree.QName(k).localname: v for k, v in scale.attrib.items()}
+            parameter = next(
+                (v for e in scale.iter() for k, v in e.attrib.items() if k.endswith("}name")),
+                "",
+            )
+            hyperlog = Hyperlog(*(float(values.get(k, "nan")) for k in ("T", "W", "M", "A")))
+            for name in (parameter, parameter.removeprefix("Comp-")):
+                found.setdefault(node.get("name", "") if node is not None else "", {})[name] = (
+                    hyperlog
+                )
+    return found
+
+
+def _on_hyperlog(gate_set: GateSet, hyperlogs: dict[str, Hyperlog]) -> GateSet:
+    """The gates as drawn on FlowJo's hyperlog scales: FlowKit read those scales as logicle
+    with the same parameters, so each coordinate on them goes back to its data value
+    through the logicle and onto the hyperlog."""
+    swapped = {t: h for t, h in hyperlogs.items() if t in gate_set.transforms}
+    if not swapped:
+        return gate_set
+
+    def moved(axis, value: float | None) -> float | None:
+        if value is None or axis.transform not in swapped:
+            return value
+        raw = gate_set.transforms[axis.transform].inverse(np.array([value]))
+        return float(swapped[axis.transform].apply(raw)[0])
+
+    gates = []
+    for gate in gate_set.gates:
+        if isinstance(gate, RangeGate | RectangleGate):
+            bounds = tuple(
+                Bound(b.axis, moved(b.axis, b.min), moved(b.axis, b.max)) for b in gate.bounds
+            )
+            gate = dataclass_replace(
+                gate,
+                **({"bound": bounds[0]} if isinstance(gate, RangeGate) else {"bounds": bounds}),
+            )
+        elif isinstance(gate, PolygonGate):
+            vertices = tuple(
+                tuple(moved(a, v) for a, v in zip(gate.axes, vertex, strict=True))
+                for vertex in gate.vertices
+            )
+            gate = dataclass_replace(gate, vertices=vertices)
+        elif isinstance(gate, EllipsoidGate | QuadrantGate) and any(
+            a.transform in swapped for a in _gate_axes(gate)
+        ):
+            raise GatingError(f"gate {gate.id!r}", "an ellipse or quadrant on a hyperlog scale")
+        gates.append(gate)
+    transforms = {**gate_set.transforms, **swapped}
+    return GateSet(tuple(gates), transforms, gate_set.compensations)
+
+
+def _gate_axes(gate) -> tuple:
+    if isinstance(gate, QuadrantGate):
+        return tuple(d.axis for d in gate.dividers)
+    return tuple(gate.axes)
 
 
 # ------------------------------------------------------------------- the document itself

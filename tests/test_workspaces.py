@@ -163,16 +163,16 @@ def test_a_gate_flowkit_cannot_read_is_named(tmp_path):
         load_lab_gates(wsp)
 
 
-def test_a_scale_flowkit_cannot_read_is_named(tmp_path):
+def test_a_scale_cartflow_cannot_read_is_named(tmp_path):
     source = require_shared(EIGHT_COLOUR / "8_color_ICS_simple.wsp").read_text()
     start = source.index("<transforms:logicle", source.index("<SampleList>"))
     end = source.index("</transforms:logicle>", start) + len("</transforms:logicle>")
-    element = source[start:end].replace("transforms:logicle", "transforms:hyperlog")
-    (wsp := tmp_path / "hyper.wsp").write_text(source[:start] + element + source[end:])
+    element = source[start:end].replace("transforms:logicle", "transforms:exponential")
+    (wsp := tmp_path / "odd.wsp").write_text(source[:start] + element + source[end:])
     with pytest.raises(
         GatingError,
-        match=r"hyper\.wsp: sample .*: parameter '.+' is on "
-        "FlowJo's hyperlog scale, which cartflow cannot read",
+        match=r"odd\.wsp: sample .*: parameter '.+' is on "
+        "FlowJo's exponential scale, which cartflow cannot read",
     ):
         load_lab_gates(wsp)
 
@@ -510,3 +510,30 @@ def test_a_group_gates_any_file_and_a_samples_own_gate_stays_its_own():
     assert by_group.exit_code == 0, by_group.output
     assert json.loads(by_sample.output)["counts"] == {"poly1": 50, "rect1": 0}
     assert json.loads(by_group.output)["counts"] == {"poly1": 0, "rect1": 0}
+
+
+def test_a_hyperlog_scale_is_read_as_flowjo_drew_on_it(tmp_path):
+    """FlowKit does not read FlowJo's hyperlog; cartflow does: the biex example with its
+    two scales made hyperlog keeps its gate's data-value limits, so the same 50,605 events
+    (FlowJo's count), and the gate is on a hyperlog scale."""
+    from gating.transforms import Hyperlog
+
+    folder = require_shared(FLOWKIT / "simple_diamond_example")
+    source = (folder / "test_data_diamond_biex_rect.wsp").read_text()
+    hyper = source.replace(
+        'transforms:biex transforms:length="256"  transforms:maxRange="262144"  '
+        'transforms:neg="0"  transforms:width="-10"  transforms:pos="4.418539922"',
+        'transforms:hyperlog transforms:length="256"  transforms:maxRange="262144"  '
+        'transforms:T="262144"  transforms:W="0.5"  transforms:M="4.5"  transforms:A="0"',
+    ).replace("</transforms:biex>", "</transforms:hyperlog>")
+    assert hyper.count("transforms:hyperlog transforms") == 2
+    (wsp := tmp_path / "hyperlog.wsp").write_text(hyper)
+    workspace = load_lab_gates(wsp)
+    gate_set = workspace.gate_set(workspace.samples[0])
+    assert all(isinstance(t, Hyperlog) for t in gate_set.transforms.values())
+    (gate,) = gate_set.gates
+    raw = [gate_set.transforms[b.axis.transform].inverse(np.array([b.min]))[0] for b in gate.bounds]
+    np.testing.assert_allclose(raw, [49058.7235978176, 50336.54700531022], rtol=1e-9)
+    fcs = folder / "test_data_diamond_01.fcs"
+    result = RUNNER.invoke(app, ["gate", str(fcs), "--gates", str(wsp), "--json"])
+    assert json.loads(result.output)["counts"] == {"upper_right": 50605}
