@@ -619,10 +619,17 @@ def workspace_bytes(
     return etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
 
 
-def batch_workspace(samples: Sequence[tuple[Path, bytes]], out: Path, group: str) -> None:
+def batch_workspace(
+    samples: Sequence[tuple[Path, bytes]],
+    out: Path,
+    group: str,
+    groups: Mapping[str, Sequence[int]] | None = None,
+) -> None:
     """Write one FlowJo 10 workspace holding several samples, each given as the path of its
-    FCS file and its one-sample document (from :func:`workspace_bytes`). FCS paths are
-    written relative to the workspace, so the folder holding both can be moved."""
+    FCS file and its one-sample document (from :func:`workspace_bytes`). Every sample is in
+    the group ``group``; ``groups`` adds more (name → positions in ``samples``, e.g. one
+    per patient). FCS paths are written relative to the workspace, so the folder holding
+    both can be moved."""
     from urllib.parse import quote
 
     if not samples:
@@ -632,12 +639,20 @@ def batch_workspace(samples: Sequence[tuple[Path, bytes]], out: Path, group: str
     sample_list = document.find("SampleList")
     for child in list(sample_list):
         sample_list.remove(child)
-    refs = document.find("Groups/GroupNode/Group/SampleRefs")
-    for child in list(refs):
-        refs.remove(child)
-    document.find("Groups/GroupNode").set("name", group)
-    document.find("Groups/GroupNode").set("owningGroup", group)
-    document.find("Groups/GroupNode/Group").set("name", group)
+    first = document.find("Groups/GroupNode")
+    for child in list(first.find("Group/SampleRefs")):
+        first.find("Group/SampleRefs").remove(child)
+    template = copy.deepcopy(first)
+    members = {group: range(len(samples)), **(groups or {})}
+    for number, (name, positions) in enumerate(members.items()):
+        node = first if number == 0 else copy.deepcopy(template)
+        if number:
+            first.getparent().append(node)
+        node.set("name", name)
+        node.set("owningGroup", name)
+        node.find("Group").set("name", name)
+        for position in positions:
+            etree.SubElement(node.find("Group/SampleRefs"), "SampleRef", sampleID=str(position + 1))
     folder = out.resolve().parent
     for number, (fcs_path, one) in enumerate(samples, start=1):
         sample = etree.fromstring(one, parser).find("SampleList/Sample")
@@ -646,7 +661,6 @@ def batch_workspace(samples: Sequence[tuple[Path, bytes]], out: Path, group: str
         sample.find("DataSet").set("sampleID", str(number))
         sample.find("SampleNode").set("sampleID", str(number))
         sample_list.append(sample)
-        etree.SubElement(refs, "SampleRef", sampleID=str(number))
     data = etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

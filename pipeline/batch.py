@@ -402,7 +402,7 @@ def run_batch(
         )
         review = None
         if review_dir is not None:
-            review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name)
+            review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name, store)
         outcomes, outcome_error = None, None
         clinical = settings.clinical
         try:
@@ -449,15 +449,27 @@ def run_batch(
     )
 
 
-def write_batch_workspace(gated: Sequence[GateWork], folder: Path, batch: str) -> Path | None:
-    """One FlowJo 10 workspace of every sample this run gated (``folder/<batch>.wsp``)."""
+def write_batch_workspace(
+    gated: Sequence[GateWork], folder: Path, batch: str, store: Store
+) -> Path | None:
+    """One FlowJo 10 workspace of every sample this run gated (``folder/<batch>.wsp``),
+    grouped by patient and by tube as well."""
     from gating.flowjo import batch_workspace
 
-    samples = [(w.path, w.flowjo) for w in gated if w.flowjo is not None and not w.error]
-    if not samples:
+    works = sorted(
+        (w for w in gated if w.flowjo is not None and not w.error), key=lambda w: w.path.name
+    )
+    if not works:
         return None
+    identity = {s["sample_id"]: s for s in store.samples()}
+    groups: dict[str, list[int]] = {}
+    for position, work in enumerate(works):
+        sample = identity.get(work.sample_id, {})
+        for key, prefix in (("patient", "patient "), ("tube", "tube ")):
+            if sample.get(key):
+                groups.setdefault(f"{prefix}{sample[key]}", []).append(position)
     out = folder / f"{batch}.wsp"
-    batch_workspace(sorted(samples, key=lambda s: s[0].name), out, batch)
+    batch_workspace([(w.path, w.flowjo) for w in works], out, batch, dict(sorted(groups.items())))
     return out
 
 

@@ -309,7 +309,11 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
         workspace = flowkit.Workspace(str(wsp), find_fcs_files_from_wsp=True)
         assert sorted(workspace.get_sample_ids()) == names
         workspace.analyze_samples()
-    memory = next(s for s in load_lab_gates(wsp).samples if "memory" in s.name)
+    review = load_lab_gates(wsp)
+    assert {g: len([s for s in review.samples if g in s.groups]) for g in review.groups} == {
+        "batch": 3, "patient CART-001": 3, "tube bcell": 1, "tube function": 1, "tube memory": 1
+    }  # fmt: skip
+    memory = next(s for s in review.samples if "memory" in s.name)
     paths = [p.path for p in memory.populations]
     assert not any("(2 of 4)" in p for p in paths)  # helper steps show what they test
     assert any(p.endswith("CAR_CD8_SCM::CD45RA+/CD62L+/CD27++/CAR_CD8_SCM") for p in paths)
