@@ -3,6 +3,7 @@ FlowJo's own scales, gates addressed by path, samples matched to files, FlowJo's
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import warnings
@@ -85,7 +86,13 @@ def _flowkit_paths(wsp: Path) -> dict[str, set[str]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        workspace = flowkit.Workspace(str(wsp), ignore_missing_files=True)
+        # FlowKit 1.3 renamed ignore_missing_files to load_missing_file_data
+        option = next(
+            o
+            for o in ("load_missing_file_data", "ignore_missing_files")
+            if o in inspect.signature(flowkit.Workspace).parameters
+        )
+        workspace = flowkit.Workspace(str(wsp), **{option: True})
     paths = {}
     for sample in workspace.get_sample_ids(loaded_only=False):
         strategy = workspace.get_gating_strategy(sample)
