@@ -860,19 +860,29 @@ def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     try:
-        _, _, result = gate_fixed(file, lab_gates)
+        fcs, _, result = gate_fixed(file, lab_gates)
+        source = lab_gates.match(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
     except CartflowError as exc:  # the gates do not fit this file: name both
         raise _fail(f"{gates} on {file}: {exc}") from None
     counts = {p: result.count(p) for p in result.populations}
+    stored = source.stored_counts()  # the lab software's own counts, where it kept them
     if as_json:
-        console.print_json(json.dumps({"file": str(file), "gates": str(gates), "counts": counts}))
-    else:
-        table = Table("population", "events", "% of parent", box=None, pad_edge=False)
-        for population, count in counts.items():
-            table.add_row(
-                population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"
+        console.print_json(
+            json.dumps(
+                {"file": str(file), "gates": str(gates), "sample": source.name,
+                 "counts": counts, "lab_counts": stored}
             )
-        console.print(f"[bold]{file.name}[/bold]  fixed gates from {gates.name}")
+        )  # fmt: skip
+    else:
+        columns = ["population", "events", "% of parent"] + (["lab's count"] if stored else [])
+        table = Table(*columns, box=None, pad_edge=False)
+        for population, count in counts.items():
+            row = [population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"]
+            if stored:
+                lab = stored.get(population)
+                row.append("" if lab is None else f"{lab:,}")
+            table.add_row(*row)
+        console.print(f"[bold]{file.name}[/bold]  fixed gates from {gates.name} ({source.name})")
         console.print(table)
     if membership:
         pd.DataFrame({p: result.mask(p) for p in result.populations}).to_parquet(membership)

@@ -356,6 +356,7 @@ def test_diva_gates_count_within_one_percent_of_divas_own():
         "P1/P2/P3/P4/P5": 1100,
     }  # fmt: skip
     assert set(counts) == set(stored)
+    assert json.loads(result.output)["lab_counts"] == stored  # shown beside cartflow's
     for population, count in counts.items():
         assert abs(count - stored[population]) <= 0.01 * stored[population], population
 
