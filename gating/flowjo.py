@@ -672,7 +672,8 @@ def batch_workspace(
 def export_flowjo(
     gate_set: GateSet, fcs_path: str | Path, out: str | Path, group: str = "cartflow"
 ) -> None:
-    """Write a FlowJo 10 workspace holding the sample ``fcs_path`` gated by ``gate_set``.
+    """Write a FlowJo 10 workspace holding the sample ``fcs_path`` gated by ``gate_set``
+    (its FCS path relative to the workspace).
 
     Raises :class:`GatingError` naming the gate when a gate cannot be written exactly, and
     naming ``out`` when the file cannot be written.
@@ -682,8 +683,4 @@ def export_flowjo(
     fcs = read_fcs(Path(fcs_path))
     spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
     data = workspace_bytes(gate_set, Path(fcs_path), fcs.events, fcs.channel_names, spill, group)
-    out = Path(out)
-    try:
-        out.write_bytes(data)
-    except OSError as exc:
-        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
+    batch_workspace([(Path(fcs_path), data)], Path(out), group)

@@ -4,7 +4,9 @@ the same FCS file and must count every population exactly as cartflow does."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -132,7 +134,9 @@ def test_workspace_is_what_flowjo_reads(tmp_path):
     assert 'data-type:name="Comp-FITC-A"' in text
     assert 'prefix="Comp-"' in text
     assert "<NotNode" in text and "<OrNode" in text
-    assert path.resolve().as_uri() in text
+    # the FCS path is relative to the workspace, so moving both together keeps it valid
+    relative = Path(os.path.relpath(path.resolve(), target.resolve().parent)).as_posix()
+    assert f'uri="{quote(relative)}"' in text and "file:" not in text.split("<DataSet")[1][:80]
 
 
 def _hand_made(path: Path) -> tuple[GateSet, Path]:
