@@ -27,6 +27,7 @@ from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
 from pipeline.report import overview_path, write_report
+from pipeline.review import review_exports, write_batch_workspace
 from pipeline.store import GateRecord, PopulationRecord, Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
@@ -105,32 +106,6 @@ def _gate_with_lab_gates(item: PendingFile, base: dict) -> GateWork:
     except Exception as exc:  # a bad file must never stop the batch
         return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
     return GateWork(**base, populations=tuple(populations), gates=tuple(gates))
-
-
-def review_exports(gated, folder: Path) -> bytes:
-    """Write the sample's placed gates as Gating-ML (``folder/gatingml/<file>.xml``) and
-    return its one-sample FlowJo workspace, each cut's evidence as a sample keyword."""
-    from gating.flowjo import workspace_bytes
-    from gating.gatingml import export_gatingml
-
-    (folder / "gatingml").mkdir(parents=True, exist_ok=True)
-    gate_set = gated.placed.gate_set
-    export_gatingml(gate_set, folder / "gatingml" / f"{gated.fcs.path.stem}.xml")
-    spill = gated.spillover
-    keywords = {"CARTFLOW TEMPLATE": gated.template.id}
-    for name, decision in gated.placed.decisions.items():
-        fallback = " (fallback)" if decision.fallback else ""
-        keywords[f"CARTFLOW {name}"] = (
-            f"{decision.method} {float(decision.value):.6g}{fallback}: {decision.reason}"
-        )
-    return workspace_bytes(
-        gate_set,
-        gated.fcs.path,
-        gated.fcs.events,
-        gated.fcs.channel_names,
-        (list(spill.channels), spill.matrix) if spill else None,
-        keywords=keywords,
-    )
 
 
 def pending_gating(
@@ -447,30 +422,6 @@ def run_batch(
         outcome_error,
         review,
     )
-
-
-def write_batch_workspace(
-    gated: Sequence[GateWork], folder: Path, batch: str, store: Store
-) -> Path | None:
-    """One FlowJo 10 workspace of every sample this run gated (``folder/<batch>.wsp``),
-    grouped by patient and by tube as well."""
-    from gating.flowjo import batch_workspace
-
-    works = sorted(
-        (w for w in gated if w.flowjo is not None and not w.error), key=lambda w: w.path.name
-    )
-    if not works:
-        return None
-    identity = {s["sample_id"]: s for s in store.samples()}
-    groups: dict[str, list[int]] = {}
-    for position, work in enumerate(works):
-        sample = identity.get(work.sample_id, {})
-        for key, prefix in (("patient", "patient "), ("tube", "tube ")):
-            if sample.get(key):
-                groups.setdefault(f"{prefix}{sample[key]}", []).append(position)
-    out = folder / f"{batch}.wsp"
-    batch_workspace([(w.path, w.flowjo) for w in works], out, batch, dict(sorted(groups.items())))
-    return out
 
 
 @dataclass

@@ -827,6 +827,15 @@ def export(
     below_lod_interval: BelowLodOption = "zero",
     anchor_day0: AnchorOption = False,
     log_down: LogDownOption = False,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Also write OUT/review: one FlowJo 10 workspace per patient and Gating-ML "
+            "per sample (each sample's gates placed again from its file, written only if "
+            "they give the stored counts).",
+        ),
+    ] = False,
 ) -> None:
     """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
     from pipeline.export import export as export_tables
@@ -839,15 +848,26 @@ def export(
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
         if not key:
             raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
+    if review and pseudonymise:
+        raise _fail("--review with --pseudonymise: workspaces carry the files' own keywords")
     _writable(out, folder=True)
     store = Store(db, existing=True)
     try:
         written = export_tables(store, out, fmt, key, clinical, counts, kinetics)
+        workspaces, notes = [], []
+        if review:
+            from pipeline.review import export_review
+
+            workspaces, notes = export_review(store, out / "review")
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
         store.close()
     console.print(f"export: {len(written)} files in {out}")
+    if review:
+        console.print(f"review: {len(workspaces)} FlowJo workspace(s) in {out / 'review'}")
+        for note in notes:
+            console.print(f"  left out: {note}")
 
 
 def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool) -> None:

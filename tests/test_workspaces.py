@@ -282,7 +282,8 @@ def test_counts_of_every_example_workspace_are_flowjos():
 def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
     """`run --review`: one FlowJo 10 workspace of the batch, every sample in it; moved with
     its batch to another folder, FlowKit finds the FCS files and counts every population as
-    cartflow stored it. Gating-ML per sample beside it."""
+    cartflow stored it. Gating-ML per sample beside it. `export --review` writes the same
+    from the store, one workspace per patient, with the same counts."""
     import flowkit
 
     from pipeline.store import Store
@@ -308,6 +309,12 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
         p.stem for p in batch.glob("*.fcs")
     )
     names = sorted(p.name for p in batch.glob("*.fcs"))
+    exported = RUNNER.invoke(
+        app, ["export", "--out", str(tmp_path / "lab" / "export"), "--db", db, "--review"]
+    )
+    assert exported.exit_code == 0 and "review: 1 FlowJo workspace(s)" in exported.output
+    per_patient = load_lab_gates(tmp_path / "lab" / "export" / "review" / "CART-001.wsp")
+    assert sorted(s.name for s in per_patient.samples) == names
     moved = tmp_path / "elsewhere"
     shutil.move(tmp_path / "lab", moved)
     wsp = moved / "out" / "review" / "batch.wsp"
@@ -331,7 +338,18 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
     finally:
         store.close()
     assert len({row["file"] for row in stored}) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patient = flowkit.Workspace(
+            str(moved / "export" / "review" / "CART-001.wsp"), find_fcs_files_from_wsp=True
+        )
+        patient.analyze_samples()
     for row in stored:
+        exported_report = patient.get_gating_results(row["file"]).report
+        exported_counts = dict(
+            zip(exported_report["gate_name"], exported_report["count"], strict=True)
+        )
+        assert exported_counts[row["population"]] == row["count"], row["population"]
         report = workspace.get_gating_results(row["file"]).report
         counts = dict(zip(report["gate_name"], report["count"], strict=True))
         assert counts[row["population"]] == row["count"], (row["file"], row["population"])
