@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ for i, path in enumerate(paths):
             continue
     np.save(f"{out}/{i}.npy", frame.to_numpy(dtype=np.float64))
     keywords = {k: v for k, v in meta.items() if not str(k).startswith("_")}
-    result[path] = {"events": f"{out}/{i}.npy", "meta": keywords}
+    result[path] = {"events": f"{out}/{i}.npy", "meta": keywords, "columns": list(frame.columns)}
 print(json.dumps(result, default=str))
 """
 
@@ -78,9 +79,15 @@ def corpus_dir() -> Path | None:
     return Path(_run(code).strip()) / "tests" / "data" / "FlowCytometers"
 
 
-def parse_many(
-    paths: list[Path], reformat_meta: bool = False
-) -> dict[Path, tuple[dict[str, str], np.ndarray] | str]:
+class Parsed(NamedTuple):
+    """A file as fcsparser reads it."""
+
+    meta: dict[str, str]
+    columns: list[str]
+    events: np.ndarray
+
+
+def parse_many(paths: list[Path], reformat_meta: bool = False) -> dict[Path, Parsed | str]:
     """Each file as fcsparser reads it, in one run: keywords and events (float64), or the
     error fcsparser raised for it."""
     with tempfile.TemporaryDirectory() as out:
@@ -88,12 +95,12 @@ def parse_many(
         return {
             path: entry["error"]
             if "error" in (entry := parsed[str(path)])
-            else (entry["meta"], np.load(entry["events"]))
+            else Parsed(entry["meta"], entry["columns"], np.load(entry["events"]))
             for path in paths
         }
 
 
-def parse(path: Path, reformat_meta: bool = False) -> tuple[dict[str, str], np.ndarray]:
+def parse(path: Path, reformat_meta: bool = False) -> Parsed:
     """One file's keywords and events as fcsparser reads them."""
     result = parse_many([path], reformat_meta)[path]
     if isinstance(result, str):
@@ -111,7 +118,7 @@ def events(path: Path, batch: list[Path] = ()) -> np.ndarray:
         wanted = list(dict.fromkeys([path, *(p for p in batch if p not in _events)]))
         for p, result in parse_many(wanted).items():
             if not isinstance(result, str):
-                _events[p] = result[1]
+                _events[p] = result.events
     if path not in _events:
-        return parse(path)[1]  # raises with fcsparser's error
+        return parse(path).events  # raises with fcsparser's error
     return _events[path]

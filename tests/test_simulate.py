@@ -115,7 +115,7 @@ def test_fcsparser_flowio_and_cartflow_read_the_same_events_and_keywords(cohort)
     rows = _manifest(summary)
     parsed = fcsparser_reference.parse_many(list(summary.files), reformat_meta=True)
     for row, path in zip(rows, summary.files, strict=True):
-        meta, data = parsed[path]
+        meta, columns, data = parsed[path]
         flow = flowio.FlowData(str(path))
         ours = read_fcs(path, scale=False)
         n_channels = ours.events.shape[1]
@@ -138,8 +138,8 @@ def test_fcsparser_flowio_and_cartflow_read_the_same_events_and_keywords(cohort)
         assert names[:3] == ["FSC-A", "FSC-H", "SSC-A"] and names[-1] == "Time"
         assert ours.spillover.channels == tuple(names[3:-1])
         labels = [c.marker for c in ours.channels]
-        assert [flow.channels[str(i)].get("PnS") for i in range(1, n_channels + 1)] == labels
-        assert list(data.columns) == [c.marker or c.name for c in ours.channels]
+        assert [(flow.channels[i]["pns"] or None) for i in range(1, n_channels + 1)] == labels
+        assert columns == [c.marker or c.name for c in ours.channels]
         assert all(re.fullmatch(r"\S+ \S+", label) for label in labels if label)
         assert np.all(np.diff(ours.events[:, -1]) >= 0), "events are not in acquisition order"
 
