@@ -981,6 +981,39 @@ def demo(
     raise typer.Exit(summary.exit_code)
 
 
+@app.command()
+def spillover(
+    controls: Annotated[
+        Path, typer.Argument(help="Folder of single-stain controls and one unstained control.")
+    ],
+    out: Annotated[Path, typer.Option(help="Spillover matrix CSV to write.")] = Path(
+        "spillover.csv"
+    ),
+) -> None:
+    """Compute a spillover matrix from single-stain controls (positive vs negative medians per
+    detector, as FlowJo and FACSDiva do); use it with `gate --spillover` or a panel's
+    `spillover:`."""
+    from pipeline.spillover import spillover_from_folder
+
+    if not controls.is_dir():
+        raise _fail(f"{controls}: not a folder")
+    _writable(out, folder=False)
+    try:
+        result = spillover_from_folder(controls)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    result.write_csv(out)
+    console.print(f"spillover: {len(result.detectors)} detectors, negative: {result.unstained}")
+    for c in result.controls:
+        console.print(
+            f"  {c.file}: {c.detector}, {c.positive_events:,} positive events (above "
+            f"{c.threshold:.4g}, median {c.positive_median:.4g}) vs {c.negative_events:,} "
+            f"unstained (median {c.negative_median:.4g})",
+            soft_wrap=True,
+        )
+    console.print(f"matrix: {out}")
+
+
 config_app = typer.Typer(
     help="A lab's configuration folder: panels, templates, marker names, identity rules.",
     no_args_is_help=True,

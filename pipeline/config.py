@@ -264,18 +264,10 @@ def _cross_checks(directory, panels, templates, names) -> list[str]:
                 )
         path = directory / panel.spillover if panel.spillover else None
         if path is not None:
-            try:
-                matrix = read_spillover(path)
+            try:  # its detectors are checked against each file when it is gated
+                read_spillover(path)
             except CartflowError as exc:
                 problems.append(f"{panel.source}: spillover {panel.spillover}: {exc}")
-            else:
-                unknown = [c for c in matrix.channels
-                           if c not in {ch.channel for ch in panel.channels}]  # fmt: skip
-                if unknown:
-                    problems.append(
-                        f"{panel.source}: spillover {panel.spillover} names detectors not on "
-                        f"panel {panel.id}: {', '.join(unknown)}"
-                    )
     for entry in names.read_as if names is not None else ():
         if not any(entry.marker in p.markers for p in panels):
             problems.append(
