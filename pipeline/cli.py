@@ -1075,7 +1075,10 @@ def _print_config(report) -> None:
         for marker, reason in panel.omitted.items():
             console.print(f"    omitted {marker}: {reason}")
     for entry in config.names.read_as:
-        console.print(f"  read as: {entry.antigen} is read as {entry.marker} ({entry.where})")
+        console.print(
+            f"  read as: {entry.antigen} is read as {entry.marker} ({entry.where})",
+            soft_wrap=True,
+        )
     for tube, template in report.templates.items():
         console.print(
             f"  template {tube}: {template.id} v{template.version}, "
@@ -1151,14 +1154,19 @@ def panel_check(
                 f"  [yellow]read as:[/yellow] {entry.antigen} is read as {entry.marker} "
                 f"(declared in {entry.where})",
                 markup=True,
+                soft_wrap=True,
             )
         return
     console.print(f"{file.name}: no panel fits: {check.problem}", soft_wrap=True)
     if check.closest is not None:
-        console.print(f"  closest: panel {check.closest.id} ({check.closest.source})")
+        console.print(
+            f"  closest: panel {check.closest.id} ({check.closest.source})", soft_wrap=True
+        )
         for difference in check.differences:
             console.print(f"    {difference}", soft_wrap=True)
-    console.print(f"  `cartflow panel draft {file} --tube NAME --config DIR` drafts a panel")
+    console.print(
+        f"  `cartflow panel draft {file} --tube NAME --config DIR` drafts a panel", soft_wrap=True
+    )
     raise typer.Exit(1)
 
 

@@ -235,7 +235,12 @@ def check_file_panel(
     try:
         match = match_panel(path, pairs, panels, tube, names)
     except CartflowError as exc:
-        ranked = sorted(panels, key=lambda p: (len(panel_differences(p, fcs, names)), p.id))
+
+        def score(panel: Panel) -> tuple[int, str]:  # most markers agreeing, fewest not
+            differ = len(panel_differences(panel, fcs, names))
+            return (2 * differ - len(panel.channels), panel.id)
+
+        ranked = sorted(panels, key=score)
         closest = ranked[0] if ranked else None
         differences = tuple(panel_differences(closest, fcs, names)) if closest else ()
         return PanelCheck(path, None, closest, differences, {}, (), exc.problem)

@@ -237,3 +237,121 @@ def test_spillover_from_controls_is_close_to_the_reference_matrix(tmp_path):
     _ok(["config", "check", str(config)])
     gated = _ok(["gate", str(source), "--config", str(config), "--json"])
     assert "spillover_override:controls.csv" in json.loads(gated.stdout)["flags"]
+
+
+def test_config_check_names_each_problem_with_file_and_line(tmp_path):
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    panel = config / "memory-lyric.yaml"
+    text = panel.read_text(encoding="utf-8")
+    panel.write_text(text.replace("marker: CD27,", "marker: CD 27,"), encoding="utf-8")
+    line = 1 + next(i for i, t in enumerate(text.splitlines()) if "marker: CD27," in t)
+    (config / "templates" / "bcell.yaml").unlink()
+    (config / "identity.yaml").write_text("patient_keyword: [X]\n", encoding="utf-8")
+    result = runner.invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 1
+    assert f"memory-lyric.yaml line {line}: marker 'CD 27'" in result.output
+    assert "tube 'bcell' has no gating template" in result.output
+    assert "identity.yaml: unknown identity rule(s): patient_keyword" in result.output
+    assert "4 problem(s)" in result.output  # both bcell layouts lack the template
+    # any command given the folder refuses it in one line naming file and line
+    gated = runner.invoke(app, ["gate", "x.fcs", "--config", str(config)])
+    assert gated.exit_code == 1 and f"memory-lyric.yaml line {line}" in gated.output
+
+
+def test_the_shipped_configuration_is_the_default_and_cartflow_config_names_another(
+    tmp_path, monkeypatch
+):
+    from panels import PANEL_DIR
+    from pipeline.config import content_hash, load_config
+
+    shipped = load_config()
+    assert shipped.directory == PANEL_DIR and shipped.sha256 == content_hash(PANEL_DIR)
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    copy = load_config(config)
+    assert copy.sha256 == shipped.sha256  # the same files under another folder
+    assert [p.id for p in copy.panels] == [p.id for p in shipped.panels]
+    (config / "memory-canto.yaml").unlink()
+    monkeypatch.setenv("CARTFLOW_CONFIG", str(config))
+    assert "memory-canto" not in [p.id for p in load_config().panels]
+    assert load_config().sha256 != shipped.sha256
+    checked = _ok(["config", "check", str(config)])
+    assert "memory-canto" not in checked.output and "memory-lyric" in checked.output
+
+
+def test_one_tube_on_two_instruments_is_one_panel_with_two_layouts(tmp_path):
+    """Two FACSCanto IIs naming the V450 detector differently: one panel, two layouts."""
+    source = require_shared(REAL / "diva" / "124500.fcs")
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    markers = [("PE-A", "CD3"), ("APC-Cy7-A", "Viab"), ("Pacific Orange-A", "CD8")]
+
+    def channels(v450: str) -> str:
+        rows = [*markers, (v450, "CD44")]
+        return "".join(f'      - {{channel: "{c}", marker: {m}}}\n' for c, m in rows)
+
+    (config / "diva.yaml").write_text(
+        "id: diva\ntube: diva\nscatter: [FSC-A, FSC-H, SSC-A]\ntime: Time\nlayouts:\n"
+        f"  - id: canto-a\n    cytometer: FACSCanto II (A)\n    channels:\n{channels('V450-A')}"
+        f"  - id: canto-b\n    cytometer: FACSCanto II (B)\n    channels:\n"
+        f"{channels('Bd Horizon V450-A')}",
+        encoding="utf-8",
+    )
+    (config / "templates" / "diva.yaml").write_text(DIVA_TEMPLATE, encoding="utf-8")
+    checked = _ok(["config", "check", str(config)])
+    assert "panel diva/canto-a (tube diva" in checked.output
+    assert "panel diva/canto-b (tube diva" in checked.output
+    matched = _ok(["panel", "check", str(source), "--config", str(config)])
+    assert "panel diva/canto-b (tube diva, FACSCanto II (B))" in matched.output
+    assert "CD44 on Bd Horizon V450-A" in matched.output
+    gated = json.loads(_ok(["gate", str(source), "--config", str(config), "--json"]).stdout)
+    assert gated["panel"] == "diva/canto-b" and gated["counts"]["CD8"] > 0
+
+
+def test_panel_check_names_the_closest_panel_and_what_differs(tmp_path):
+    source = require_shared(REAL / "diva" / "124500.fcs")
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    result = runner.invoke(app, ["panel", "check", str(source), "--config", str(config)])
+    assert result.exit_code == 1
+    assert "no panel fits" in result.output and "closest: panel" in result.output
+    assert re.search(r"detector '\S+' is not in the file", result.output)
+
+
+def test_an_antigen_read_as_another_only_when_declared_and_shown(tmp_path):
+    """CCR7 is not CD62L: a lab reading one as the other declares it, and panel check says so."""
+    from pipeline.simulate import SimulationConfig, simulate_cohort
+
+    simulate_cohort(tmp_path / "c", SimulationConfig(patients=1, seed=3, events=1000))
+    memory = next((tmp_path / "c").rglob("*memory*.fcs"))
+    relabelled = tmp_path / "ccr7.fcs"
+    data = memory.read_bytes()
+    assert data.count(b"CD62L") == 1
+    relabelled.write_bytes(data.replace(b"CD62L", b"CCR7 "))  # same length: offsets hold
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    refused = runner.invoke(app, ["panel", "check", str(relabelled), "--config", str(config)])
+    assert refused.exit_code == 1, refused.output
+    assert "CD62L: detector 'PE-A' is labelled 'CCR7" in refused.output.replace("\n", " ")
+    with (config / "markers.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("read_as:\n  CCR7: CD62L\n")
+    matched = _ok(["panel", "check", str(relabelled), "--config", str(config)])
+    assert "read as: CCR7 is read as CD62L (declared in" in matched.output
+    assert "markers.yaml line" in matched.output
+    assert "read as: CCR7 is read as CD62L" in _ok(["config", "check", str(config)]).output
+
+
+def test_inspect_and_ingest_read_a_nul_padded_file(tmp_path):
+    source = require_shared(REAL / "flowkit" / "test_comp_example.fcs")
+    shown = _ok(["inspect", str(source), "--json"])
+    info = json.loads(shown.stdout)
+    assert info["events"] == 10_703 and any("NUL" in w for w in info["warnings"])
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(source, batch / source.name)
+    ingested = runner.invoke(app, ["ingest", str(batch), "--db", str(tmp_path / "s.sqlite"),
+                                   "--out", str(tmp_path / "out")])  # fmt: skip
+    # read: refused for its unknown panel and identity, not for its bytes
+    assert ingested.exit_code == 2 and "not text" not in ingested.output
+    assert "quarantined: test_comp_example.fcs" in ingested.output
