@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,11 @@ def test_a_lab_file_from_draft_to_gated_batch(tube, tmp_path):
         store.close()
     assert {r["population"]: r["count"] for r in rows} == dict(counts)
     assert {r["panel_id"] for r in rows} == {tube}
+    from pipeline.config import load_config
+
+    with sqlite3.connect(db) as conn:  # the configuration's hash is kept with the run
+        recorded = [json.loads(p) for (p,) in conn.execute("SELECT parameters FROM runs")]
+    assert {p.get("config_sha256") for p in recorded} == {load_config(config).sha256}
     timepoints = pd.read_csv(out / "timepoints.csv")
     assert set(counts) <= set(timepoints.population)
 
