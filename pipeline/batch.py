@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.config import LabConfig
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.gate import (
@@ -56,10 +57,16 @@ class PendingFile:
     sample_id: int
     tube: str
     overview: Path | None = None
+    config: LabConfig | None = None
+    """The lab configuration to gate with (None: the shipped one)."""
     review: Path | None = None
     """Folder of the review exports (Gating-ML per sample), when asked for."""
     lab: LabGating | None = None
     """A lab's fixed gates that gate this file's tube instead of its template."""
+
+
+def _template(tube: str, config: LabConfig | None):
+    return config.template(tube) if config else template_for(tube)
 
 
 def gate_one(item: PendingFile) -> GateWork:
@@ -68,12 +75,12 @@ def gate_one(item: PendingFile) -> GateWork:
     if item.lab is not None:
         return _gate_with_lab_gates(item, base)
     try:
-        template = template_for(item.tube)
+        template = _template(item.tube, item.config)
     except CartflowError as exc:
         return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
     base |= {"template_id": template.id, "template_sha256": template.sha256}
     try:
-        gated = gate_file(item.path, template=template, tube=item.tube)
+        gated = gate_file(item.path, template=template, tube=item.tube, config=item.config)
     except CartflowError as exc:
         return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
     except Exception as exc:  # a bad file must never stop the batch
@@ -112,6 +119,7 @@ def pending_gating(
     store: Store,
     files: Sequence[tuple[Path, str]],
     report_dir: Path | None = None,
+    config: LabConfig | None = None,
     review_dir: Path | None = None,
     lab_gates: Mapping[str, LabGating] | None = None,
 ) -> list[PendingFile]:
@@ -127,7 +135,7 @@ def pending_gating(
             continue
         lab = lab_gates.get(sample["tube"])
         try:
-            gating_sha = lab.sha256 if lab else template_for(sample["tube"]).sha256
+            gating_sha = lab.sha256 if lab else _template(sample["tube"], config).sha256
             done = store.has_gating(sample["sample_id"], gating_sha)
         except CartflowError:
             done = False  # gating will say what is missing
@@ -135,7 +143,9 @@ def pending_gating(
             overview = overview_path(report_dir, sha) if report_dir and not lab else None
             review = review_dir if not lab else None
             pending.append(
-                PendingFile(path, sha, sample["sample_id"], sample["tube"], overview, review, lab)
+                PendingFile(
+                    path, sha, sample["sample_id"], sample["tube"], overview, config, review, lab
+                )
             )
     return pending
 
@@ -290,6 +300,8 @@ class RunSettings:
     html_report: bool = True
     analysis: Path | None = None
     haematology: Path | None = None
+    config: LabConfig | None = None
+    """The lab configuration (None: the shipped one)."""
     review: bool = False
     """Write OUT/review: one FlowJo 10 workspace of the batch, Gating-ML per sample."""
     lab_gates: Mapping[str, LabGating] = field(default_factory=dict)
@@ -340,6 +352,7 @@ def run_batch(
         settings.rules,
         on_file=lambda _o: advance(),
         files=candidates,
+        config=settings.config,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
     first_path: dict[str, Path] = {}  # a copy under another name is gated once, if at all
@@ -354,6 +367,7 @@ def run_batch(
         "counts": settings.counts.__dict__,
         "workers": settings.workers,
         "scheduler": settings.scheduler,
+        **(settings.config.provenance() if settings.config else {}),
         "lab_gates": {t: f"{g.path} sha256:{g.sha256}" for t, g in settings.lab_gates.items()},
     }
     with store.recording("run", parameters) as run_id:
@@ -363,6 +377,7 @@ def run_batch(
             store,
             files,
             report_dir if settings.html_report else None,
+            settings.config,
             review_dir,
             settings.lab_gates,
         )
@@ -397,7 +412,10 @@ def run_batch(
         if clinical is not None and len(follow.kinetics):
             progress("outcomes", 1)
             try:
-                outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
+                lab_table = settings.config.hematotox if settings.config else None
+                outcomes = outcomes_stage(
+                    follow, clinical, outcome_dir, settings.analysis, None, lab_table
+                )
             except CartflowError as exc:
                 outcome_error = str(exc)
         index = None
@@ -489,18 +507,25 @@ def outcomes_stage(
     out_dir: Path,
     config_path: Path | None,
     known_patients: set[str] | None = None,
+    hematotox: Path | None = None,
 ):
     """The outcome-correlation stage on this store's patients. With ``known_patients`` a
     clinical row naming anyone else is an error (a batch run passes None: its store may not
-    hold every patient of the clinical table yet)."""
+    hold every patient of the clinical table yet). ``hematotox`` is the lab configuration's
+    point table, used unless the analysis settings name one."""
+    from dataclasses import replace
+
     from pipeline.outcomes import load_outcome_config, run_outcomes
 
     patients, points = outcome_inputs(follow)
+    settings = load_outcome_config(config_path)
+    if settings.hematotox_table is None and hematotox is not None:
+        settings = replace(settings, hematotox_table=hematotox)
     return run_outcomes(
         clinical,
         patients,
         out_dir,
-        load_outcome_config(config_path),
+        settings,
         points if len(points) else None,
         known_patients=known_patients,
     )
