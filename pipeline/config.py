@@ -230,6 +230,16 @@ def check_config(directory: Path) -> ConfigReport:
             templates[path.stem] = load_template(path)
         except CartflowError as exc:
             problems.append(str(exc))
+    for path in sorted((directory / GATES_FOLDER).glob("*")):
+        if path.suffix.lower() not in (".xml", ".wsp"):
+            problems.append(f"{path}: not a lab's gates file (gates/TUBE.xml or .wsp)")
+            continue
+        try:  # a lab's fixed gates: read now, matched to each file when it is gated
+            from gating.workspace import load_lab_gates
+
+            load_lab_gates(path)
+        except CartflowError as exc:
+            problems.append(str(exc))
     for path in config_files(directory):
         if path.parent == directory and path.suffix not in (".yaml", ".csv", ".md", ".txt"):
             problems.append(f"{path}: not part of the configuration layout")
@@ -262,13 +272,17 @@ def _cross_checks(directory, panels, templates, names) -> list[str]:
                             f"{seen[panel.id]}")  # fmt: skip
         seen[panel.id] = panel.source
         template = templates.get(panel.tube)
-        if template is None:
+        fixed = any(
+            p.stem == panel.tube and p.suffix.lower() in (".xml", ".wsp")
+            for p in (directory / GATES_FOLDER).glob("*")
+        )
+        if template is None and not fixed:
             if not (directory / TEMPLATE_FOLDER / f"{panel.tube}.yaml").is_file():
                 problems.append(
                     f"{panel.source}: tube {panel.tube!r} has no gating template: write "
                     f"{directory / TEMPLATE_FOLDER / (panel.tube + '.yaml')}"
                 )
-        else:
+        elif template is not None:
             absent = [m for m in template.markers
                       if m not in panel.markers and m not in panel.omitted]  # fmt: skip
             if absent:

@@ -502,6 +502,51 @@ def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp
         assert where["sha256"] == trail["template_sha256"]
 
 
+def test_a_configuration_folder_gates_a_tube_with_its_gates_file(tmp_path):
+    """A lab configuration's `gates/memory.wsp` gates the memory tube in `run --config`
+    (config check reads it), the other tubes keep their templates."""
+    cohort = tmp_path / "cohort"
+    assert (
+        RUNNER.invoke(
+            app, ["simulate", str(cohort), "--patients", "1", "--events", "3000", "--seed", "5"]
+        ).exit_code
+        == 0
+    )
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for fcs in cohort.glob("CART-001 D11_*.fcs"):
+        shutil.copy(fcs, batch / fcs.name)
+    memory = next(batch.glob("*memory*.fcs"))
+    config = tmp_path / "config"
+    assert RUNNER.invoke(app, ["config", "init", str(config)]).exit_code == 0
+    (config / "gates").mkdir()
+    wsp = config / "gates" / "memory.wsp"
+    assert RUNNER.invoke(app, ["gate", str(memory), "--flowjo", str(wsp)]).exit_code == 0
+    checked = RUNNER.invoke(app, ["config", "check", str(config)])
+    assert checked.exit_code == 0, checked.output
+    (config / "gates" / "function.txt").write_text("not gates")
+    assert RUNNER.invoke(app, ["config", "check", str(config)]).exit_code != 0
+    (config / "gates" / "function.txt").unlink()
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    result = RUNNER.invoke(
+        app, ["run", str(batch), "--db", db, "--out", str(tmp_path / "out"), "--no-report",
+              "--workers", "1", "--config", str(config)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from pipeline.store import Store
+
+    store = Store(db, existing=True)
+    try:
+        used = {
+            s["tube"]: store.provenance(s["sample_id"])["gatings"][-1]["template_id"]
+            for s in store.samples()
+        }
+    finally:
+        store.close()
+    assert used["memory"] == "lab:memory.wsp"
+    assert all(not t.startswith("lab:") for tube, t in used.items() if tube != "memory")
+
+
 # ------------------------------------------------------------------------------ sample groups
 
 
