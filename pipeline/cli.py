@@ -762,6 +762,7 @@ def watch(
         html_report=html_report,
         analysis=lab.analysis,
         config=lab,
+        lab_gates=_lab_gates([], lab),
     )
     arrivals = ArrivalWatch(folder)
     look = 0
