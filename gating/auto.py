@@ -25,20 +25,28 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gating import qc_gates, scatter_gates
+from gating.cuts import place_threshold
 from gating.engine import Evaluator, GatingResult
+from gating.method import Method
 from gating.model import GateSet
+from gating.options import GATE_OPTIONS, CoreOptions
 from gating.placement import ThresholdDecision
-from gating.placer import FLUOR, ChannelMap, Placer, ShapePlacer, place_threshold, transforms_for
+from gating.placer import FLUOR, ChannelMap, Placer, transforms_for
 from gating.template import Template
 
-SHAPE_PLACERS: Mapping[str, ShapePlacer] = {
-    "stable_flow": qc_gates.stable_flow,
-    "singlets": qc_gates.singlets,
-    "beads": qc_gates.beads,
-    "cells": scatter_gates.cells,
-    "lymphocytes": scatter_gates.lymphocytes,
+METHODS: Mapping[str, Method] = {
+    name: Method(name, GATE_OPTIONS[name], place)
+    for name, place in (
+        ("stable_flow", qc_gates.stable_flow),
+        ("singlets", qc_gates.singlets),
+        ("beads", qc_gates.beads),
+        ("cells", scatter_gates.cells),
+        ("lymphocytes", scatter_gates.lymphocytes),
+    )
 }
-"""The placer of each shape gate a template may name."""
+"""The placement method of each gate a template may name."""
+CORE = Method("core", CoreOptions, scatter_gates.core_ellipses)
+"""Keeps a phenotype population to its robust core (``core: [CD45, CD3]``)."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,7 @@ def _place(
     if bad:
         flags.append(f"non_finite_events:{bad}")
     evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
-    placer = Placer(
-        template, evaluator, channels, fixed_cuts or {}, SHAPE_PLACERS, scatter_gates.core_ellipses
-    )
+    placer = Placer(template, evaluator, channels, fixed_cuts or {}, METHODS, CORE)
     placer.run()
     placed = PlacedGating(
         template_id=template.id,

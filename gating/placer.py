@@ -1,56 +1,44 @@
-"""One sample's walk through a gating template: the state every gate placer works on.
+"""One sample's walk through a gating template.
 
 A :class:`Placer` places the cuts a population needs from the events of the population the
-template names (:func:`place_threshold`, trying the cut's methods in turn), compiles phenotype
-populations into range and boolean gates, and hands shape gates to the placers it was given
-(:mod:`gating.qc_gates`, :mod:`gating.scatter_gates`). Every gate is added to one
-:class:`~gating.engine.Evaluator` at once, so the next cut can look at the population just made.
+template names (:func:`gating.cuts.place_threshold`, trying the cut's methods in turn),
+compiles phenotype populations into range and boolean gates, and runs the registered
+placement method of every other gate (:mod:`gating.method`) on its parent's events. It is
+the only writer: each method returns a :class:`~gating.method.Placement`, which ``apply``
+adds to one :class:`~gating.engine.Evaluator` (so the next cut can look at the population
+just made), recording its decisions the one way cuts are recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from gating.cuts import place_threshold
 from gating.engine import Evaluator
 from gating.errors import GatingError
-from gating.model import FCS_SPILL, BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
-from gating.placement import (
-    ClusterFit,
-    ThresholdDecision,
-    balance_threshold,
-    mixture_threshold,
-    tail_threshold,
-    valley_threshold,
+from gating.method import (
+    ESTIMATE_LIMIT,
+    FLUOR,
+    PART,
+    SSC_LOG,
+    ChannelMap,
+    Method,
+    Parent,
+    Placement,
+    fixed_decision,
 )
+from gating.model import FCS_SPILL, BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
+from gating.placement import ThresholdDecision
 from gating.template import Condition, CutSpec, PopulationSpec, Template
 from gating.transforms import Flog, Logicle
 
-FLUOR = "fluor"
-SSC_LOG = "ssc_log"
-ESTIMATE_LIMIT = 20_000
-PART = "::"
-"""Separator of helper gates (one per phenotype condition) from their population id."""
-
-ShapePlacer = Callable[["Placer", PopulationSpec], None]
-"""Places one shape gate (``stable_flow``, ``cells``, …) of a template on the sample."""
-CorePlacer = Callable[["Placer", PopulationSpec, str], list[Gate]]
-"""Places the gates that keep a phenotype population to its robust core (``core``), under
-the gate of its phenotype (named); none when it cannot."""
-
-
-@dataclass(frozen=True)
-class ChannelMap:
-    """Where a sample's markers and scatter signals are ($PnN names)."""
-
-    markers: Mapping[str, str]
-    fluorescence: tuple[str, ...]
-    fsc_area: str = "FSC-A"
-    fsc_height: str = "FSC-H"
-    ssc_area: str = "SSC-A"
-    time: str = "Time"
+__all__ = [
+    "ESTIMATE_LIMIT", "FLUOR", "PART", "SSC_LOG", "ChannelMap", "Placer", "place_threshold",
+    "transforms_for",
+]  # fmt: skip
 
 
 def transforms_for(template: Template) -> dict:
@@ -64,69 +52,10 @@ def transforms_for(template: Template) -> dict:
     }
 
 
-def _same(values: np.ndarray) -> np.ndarray:
-    return values
-
-
-def _fixed(value: float, method_reason: str, events: int) -> ThresholdDecision:
-    return ThresholdDecision(value, "fixed", False, None, events, {"source": method_reason})
-
-
-def place_threshold(
-    spec: CutSpec,
-    values: np.ndarray,
-    negatives: np.ndarray | None,
-    scale: Logicle | None = None,
-) -> ThresholdDecision:
-    """Try each method of a cut in turn; the first that is not a fallback wins."""
-    decision = None
-    finite = values[np.isfinite(values)]
-    if finite.size > 1 and np.ptp(finite) == 0:  # one event is too few, not a dead channel
-        return ThresholdDecision(
-            spec.bounds.default, spec.methods[0], True, "channel carries no signal", values.size
-        )
-    tried = []
-    for method in spec.methods:
-        if method == "valley":
-            decision = valley_threshold(values, spec.bounds, side=spec.valley_side)
-        elif method == "mixture":
-            decision = mixture_threshold(values, spec.bounds, spec.components)
-        elif method == "balance":
-            to_linear, to_scale = (scale.inverse, scale.apply) if scale else (_same, _same)
-            decision = balance_threshold(
-                values,
-                spec.bounds,
-                to_linear,
-                to_scale,
-                spec.components,
-                spec.floor_sd,
-                min_positives=spec.min_positives,
-                hidden_share=spec.hidden_share,
-            )
-        elif method == "tail":
-            decision = tail_threshold(
-                negatives if negatives is not None else values,
-                spec.bounds,
-                spec.quantile,
-                spec.margin,
-            )
-        else:
-            return _fixed(spec.bounds.default, "template", values.size)
-        if not decision.fallback:
-            if tried:
-                decision.evidence["earlier_attempts"] = tried
-            return decision
-        tried.append(f"{method}: {decision.reason}")
-    assert decision is not None
-    reason = "; ".join(tried)
-    return ThresholdDecision(
-        decision.value, decision.method, True, reason, decision.events, decision.evidence
-    )
-
-
 class Placer:
     """Walks a template over one sample: the cuts and gates placed so far, the flags raised,
-    and the evaluator every gate is added to; shape gates are placed by ``shape_gates``."""
+    and the evaluator every gate is added to; gates other than phenotypes are placed by the
+    ``methods`` registry (``core`` keeps a phenotype to its robust core)."""
 
     def __init__(
         self,
@@ -134,11 +63,11 @@ class Placer:
         evaluator: Evaluator,
         channels: ChannelMap,
         fixed_cuts: Mapping[str, float | ThresholdDecision],
-        shape_gates: Mapping[str, ShapePlacer],
-        core: CorePlacer | None = None,
+        methods: Mapping[str, Method],
+        core: Method | None = None,
     ) -> None:
         self.template = template
-        self.shape_gates = shape_gates
+        self.methods = methods
         self.core = core
         self.evaluator = evaluator
         self.channels = channels
@@ -149,9 +78,9 @@ class Placer:
         self.skipped: dict[str, str] = {}
         self.approximations: dict[str, str] = {}
         self.flags: list[str] = []
-        self.scatter: ClusterFit | None = None
         self.degenerate: set[str] = set()
-        self.scatter_kept: tuple[str, ...] = ()
+        self.fits: dict[str, Any] = {}
+        """What each method fitted, by population, for methods that declare it as input."""
 
     def axis(self, marker: str) -> Dimension:
         return Dimension(self.channels.markers[marker], FCS_SPILL, FLUOR)
@@ -167,7 +96,9 @@ class Placer:
         if name in self.fixed_cuts:
             given = self.fixed_cuts[name]
             decision = (
-                given if isinstance(given, ThresholdDecision) else _fixed(float(given), "given", 0)
+                given
+                if isinstance(given, ThresholdDecision)
+                else fixed_decision(float(given), "given", 0)
             )
         else:
             decision = make()
@@ -177,6 +108,40 @@ class Placer:
         """Say how a population is read short of its definition (notes add up)."""
         known = self.approximations.get(population)
         self.approximations[population] = f"{known}; {note}" if known else note
+
+    def parent_view(
+        self, population_id: str, parent: str | None, inputs: Mapping[str, Any] | None = None
+    ) -> Parent:
+        """The read-only view a method places ``population_id`` from."""
+        return Parent(
+            population_id, parent, self.evaluator, self.channels, frozenset(self.degenerate),
+            self.fixed_cuts, inputs or {},
+        )  # fmt: skip
+
+    def apply(self, population_id: str, placement: Placement) -> None:
+        """Record a method's decisions, flags and notes; add its gates (or say why not)."""
+        for name, decision in placement.decisions:
+            self.record(name, decision)
+        self.flags.extend(placement.flags)
+        for note in placement.notes:
+            self.approximate(population_id, note)
+        if placement.skipped is not None:
+            self.skipped[population_id] = placement.skipped
+            return
+        self.add(*placement.gates)
+        if placement.fit is not None:
+            self.fits[population_id] = placement.fit
+
+    def place_gate(self, spec: PopulationSpec) -> None:
+        """Run the population's method on its parent (less any excluded population)."""
+        method = self.methods[str(spec.gate)]
+        parent = spec.parent
+        if spec.exclude is not None and spec.exclude in self.populations:
+            parent = f"{spec.id}{PART}events"
+            self.add(BooleanGate(parent, spec.parent, "not", (GateRef(spec.exclude),)))
+        inputs = {name: self.fits.get(getattr(spec.options, name)) for name in method.inputs}
+        view = self.parent_view(spec.id, parent, inputs)
+        self.apply(spec.id, method.place(view, spec.options))
 
     def record(self, name: str, decision: ThresholdDecision) -> ThresholdDecision:
         """Keep a decision (flagged when it fell back)."""
@@ -253,7 +218,7 @@ class Placer:
                 continue
             try:
                 if spec.gate is not None:
-                    self.shape_gates[spec.gate](self, spec)
+                    self.place_gate(spec)
                 else:
                     self._phenotype(spec)
             except (GatingError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
@@ -280,7 +245,7 @@ class Placer:
                 f"read as {' '.join(map(str, usable))}: "
                 f"{', '.join(c.marker for c in dropped)} not on this panel",
             )
-        if spec.options.get("core") and self.core is not None and self._with_core(spec, usable):
+        if spec.options is not None and self.core is not None and self._with_core(spec, usable):
             return
         gates: list[Gate] = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
         if len(gates) > 1:
@@ -299,7 +264,9 @@ class Placer:
             helpers.append(BooleanGate(f"{spec.id}{PART}phenotype", spec.parent, "and", refs))
         self.add(*helpers)
         phenotype = helpers[-1].id
-        core = self.core(self, spec, phenotype)
+        placement = self.core.place(self.parent_view(spec.id, phenotype), spec.options)
+        core = placement.gates
+        self.apply(spec.id, Placement(decisions=placement.decisions, notes=placement.notes))
         if not core:
             for gate in reversed(helpers):
                 self.evaluator.withdraw(gate.id)
@@ -322,9 +289,3 @@ class Placer:
                 axis, min=self.cut(condition.marker, "+"), max=self.cut(condition.marker, "++")
             )
         return RangeGate(gate_id, spec.parent, bound)
-
-    def raw(self, channel: str, population: str | None) -> np.ndarray:
-        return self.evaluator.values(Dimension(channel), population)
-
-    def scatter_axes(self) -> tuple[Dimension, Dimension]:
-        return Dimension(self.channels.fsc_area), Dimension(self.channels.ssc_area, None, SSC_LOG)

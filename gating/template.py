@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from gating.errors import GatingError
+from gating.options import GATE_OPTIONS, CoreOptions, inputs_of, read_options
 from gating.placement import Bounds
 from pipeline.errors import yaml_problem
 
 Level = Literal["+", "-", "++", "dim"]
-ShapeGate = Literal["stable_flow", "singlets", "beads", "cells", "lymphocytes"]
-SHAPE_GATES: tuple[str, ...] = ("stable_flow", "singlets", "beads", "cells", "lymphocytes")
+SHAPE_GATES: tuple[str, ...] = tuple(GATE_OPTIONS)
 METHODS = ("valley", "mixture", "tail", "balance", "fixed")
 PART_SEPARATOR = "::"
 """Reserved in population ids: helper gates are named ``<population>::<part>``."""
@@ -83,8 +83,11 @@ class PopulationSpec:
     parent: str | None
     phenotype: tuple[Condition, ...] = ()
     gate: str | None = None
-    options: dict[str, Any] = field(default_factory=dict, compare=False)
+    options: Any = None
+    """The gate's method options (:mod:`gating.options`), or a phenotype's core options."""
     line: int = 0
+    exclude: str | None = None
+    """A population left out of the parent before the gate is placed (e.g. beads)."""
 
 
 @dataclass(frozen=True)
@@ -175,32 +178,7 @@ CUT_FIELDS = frozenset(
      "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright",
      "valley_side"}
 )  # fmt: skip
-POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate"})
-PHENOTYPE_OPTIONS = frozenset({"core", "core_quantile"})
-"""A phenotype population may keep to its robust core on scatter and named markers."""
-GATE_OPTIONS: dict[str, frozenset[str]] = {
-    "stable_flow": frozenset({"max_deviation"}),
-    "singlets": frozenset({"width", "min_spread"}),
-    "beads": frozenset({"bounds", "default"}),
-    "cells": frozenset(
-        {"exclude", "clusters", "keep", "radius", "spread", "bounds", "default", "keep_large"}
-    ),
-    "lymphocytes": frozenset(
-        {
-            "bounds",
-            "default",
-            "cluster",
-            "bright",
-            "cd45_sd",
-            "dead",
-            "dead_sd",
-            "dead_cd45_sd",
-            "lymphocyte_sd",
-            "band_sd",
-            "band_cd45_sd",
-        }
-    ),
-}
+POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate", "exclude"})
 
 
 class _Reader:
@@ -287,11 +265,20 @@ class _Reader:
             valley_side=valley_side,
         )
 
-    def gate_options(self, gate: str, options: dict[str, Any], key: str) -> None:
-        """Shape-gate options: known names, and scatter clusters as name: [FSC-A, SSC-A]."""
-        unknown = sorted(set(options) - GATE_OPTIONS[gate])
+    def options(self, cls: type, raw: dict[str, Any], key: str, what: str) -> Any:
+        """A method's typed options from the template's mapping (defaults filled in)."""
+        options, problem = read_options(cls, raw)
+        if problem:
+            joiner = " " if problem[1].startswith("has ") else ": "
+            raise self.error(f"{key}.{problem[0]}", f"{what}{joiner}{problem[1]}")
+        return options
+
+    def gate_options(self, gate: str, options: dict[str, Any], key: str) -> Any:
+        """Shape-gate options: known names of the right kind, dead-cell CD45 splits, and
+        scatter clusters as name: [FSC-A, SSC-A]."""
+        unknown = sorted(set(options) - {f.name for f in fields(GATE_OPTIONS[gate])})
         if unknown:
-            raise self.error(f"{key}.{unknown[0]}", f"gate {gate} has no option {unknown[0]!r}")
+            self.options(GATE_OPTIONS[gate], options, key, f"gate {gate}")  # names what is allowed
         splits = options.get("dead_cd45_sd")
         if splits is not None:
             numbers = isinstance(splits, list) and all(
@@ -318,6 +305,7 @@ class _Reader:
                 raise self.error(
                     f"{key}.keep", f"kept cluster {missing[0]!r} is not one of the clusters"
                 )
+        return self.options(GATE_OPTIONS[gate], options, key, f"gate {gate}")
 
 
 def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
@@ -406,7 +394,7 @@ def _phenotype(
 
 def _core_options(
     options: dict, pop_id: str, key: str, thresholds: dict[str, ThresholdSpec], reader: _Reader
-) -> None:
+) -> CoreOptions | None:
     """``core``: two different markers with thresholds; ``core_quantile``: a share between
     0 and 1."""
     core = options.get("core")
@@ -430,6 +418,7 @@ def _core_options(
             raise reader.error(
                 f"{key}.core_quantile", f"{pop_id}: core_quantile must lie between 0 and 1"
             )
+    return None if core is None else reader.options(CoreOptions, options, key, pop_id)
 
 
 def _populations(
@@ -458,19 +447,33 @@ def _populations(
             raise reader.error(key, f"{pop_id!r} needs exactly one of 'phenotype' or 'gate'")
         if gate is not None and gate not in SHAPE_GATES:
             raise reader.error(key, f"gate {gate!r} is not one of {', '.join(SHAPE_GATES)}")
-        options = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
+        raw = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
+        exclude = entry.get("exclude")
+        if exclude is not None and exclude not in known:
+            raise reader.error(
+                f"{key}.exclude", f"{pop_id}: excluded population {exclude!r} is not defined above"
+            )
         phenotype: tuple[Condition, ...] = ()
         if has_phenotype:
-            extra = set(options) - PHENOTYPE_OPTIONS
+            extra = set(raw) - {f.name for f in fields(CoreOptions)}
             if extra:
                 name = sorted(extra)[0]
                 raise reader.error(f"{key}.{name}", f"{pop_id}: unknown field {name!r}")
             phenotype = _phenotype(entry, pop_id, key, thresholds, reader)
-            _core_options(options, pop_id, key, thresholds, reader)
+            options = _core_options(raw, pop_id, key, thresholds, reader)
         else:
-            reader.gate_options(str(gate), options, key)
+            options = reader.gate_options(str(gate), raw, key)
+            for name in inputs_of(GATE_OPTIONS[str(gate)]):
+                if getattr(options, name) not in known:
+                    raise reader.error(
+                        f"{key}.{name}",
+                        f"{pop_id}: {name} {getattr(options, name)!r} must name a population "
+                        "defined above it",
+                    )
         populations.append(
-            PopulationSpec(pop_id, parent, phenotype, gate, options, reader.lines.get(key, 0))
+            PopulationSpec(
+                pop_id, parent, phenotype, gate, options, reader.lines.get(key, 0), exclude
+            )
         )
         known.add(pop_id)
     return populations

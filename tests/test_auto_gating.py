@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gating.auto import SHAPE_PLACERS
+from gating.auto import METHODS
 from gating.placer import SSC_LOG
 from gating.template import SHAPE_GATES, load_template
 from panels import load_panels, match_panel
@@ -441,7 +441,7 @@ def test_a_core_under_a_two_marker_phenotype(cohort, tmp_path):
 
 
 def test_every_shape_gate_a_template_may_name_has_a_placer():
-    assert sorted(SHAPE_PLACERS) == sorted(SHAPE_GATES)
+    assert sorted(METHODS) == sorted(SHAPE_GATES)
 
 
 def test_a_single_event_is_too_few_not_a_dead_channel():

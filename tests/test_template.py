@@ -288,7 +288,7 @@ def test_bad_core_of_a_phenotype_population(tmp_path, fields, reason):
 def test_shipped_cd3_negative_compartments_keep_to_their_core():
     for tube in ("memory", "function", "bcell"):
         spec = load_template(TEMPLATE_DIR / f"{tube}.yaml").population("lymphocytes_CD3neg")
-        assert spec.options["core"] == ["CD45", "CD3"]
+        assert spec.options.core == ("CD45", "CD3")
 
 
 @pytest.mark.parametrize(
