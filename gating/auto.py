@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gating import qc_gates, scatter_gates
+from gating import gates_2d, qc_gates, scatter_gates
 from gating.cuts import place_threshold
 from gating.engine import Evaluator, GatingResult
 from gating.method import Method
@@ -42,6 +42,11 @@ METHODS: Mapping[str, Method] = {
         ("beads", qc_gates.beads),
         ("cells", scatter_gates.cells),
         ("lymphocytes", scatter_gates.lymphocytes),
+        ("polygon", gates_2d.polygon),
+        ("rectangle", gates_2d.rectangle),
+        ("ellipse", gates_2d.ellipse),
+        ("quadrant", gates_2d.quadrant),
+        ("cluster", gates_2d.cluster),
     )
 }
 """The placement method of each gate a template may name."""
@@ -126,7 +131,9 @@ def _place(
     if bad:
         flags.append(f"non_finite_events:{bad}")
     evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
-    placer = Placer(template, evaluator, channels, fixed_cuts or {}, METHODS, CORE)
+    placer = Placer(
+        template, evaluator, channels, fixed_cuts or {}, METHODS, CORE, tuple(channel_names)
+    )
     placer.run()
     placed = PlacedGating(
         template_id=template.id,

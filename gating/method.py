@@ -41,6 +41,23 @@ class ChannelMap:
     time: str = "Time"
 
 
+def axis_for(
+    name: str, channels: ChannelMap, scales: Mapping[str, str | None], units: str = "transformed"
+) -> Dimension:
+    """The axis of a marker (its compensated detector) or of a channel named directly
+    (``FSC-A``): on the template's scale for it (``scales``: name → transform id, None for
+    data units), else the fluorescence scale for detectors and data units for the rest;
+    ``units="data"`` always gives data units."""
+    if name in channels.markers:
+        channel, compensation = channels.markers[name], FCS_SPILL
+    else:
+        channel = name
+        compensation = FCS_SPILL if name in channels.fluorescence else None
+    default = FLUOR if compensation else None
+    transform = scales.get(name, scales.get(channel, default))
+    return Dimension(channel, compensation, None if units == "data" else transform)
+
+
 def fixed_decision(value: float, source: str, events: int) -> ThresholdDecision:
     """A cut given rather than placed (by the template, or pooled and passed in)."""
     return ThresholdDecision(value, "fixed", False, None, events, {"source": source})
@@ -59,6 +76,10 @@ class Parent:
     degenerate: frozenset[str] = frozenset()
     given: Mapping[str, float | ThresholdDecision] = field(default_factory=dict)
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    scales: Mapping[str, str | None] = field(default_factory=dict)
+    """The template's scale (transform id) per marker or channel, where it gives one."""
+    available: frozenset[str] = frozenset()
+    """The sample's channel names ($PnN)."""
 
     def values(self, axis: Dimension, limit: int | None = ESTIMATE_LIMIT) -> np.ndarray:
         """Transformed values of one axis on the parent (its estimation subsample)."""
@@ -80,9 +101,13 @@ class Parent:
     def transform(self, name: str):
         return self.evaluator.gate_set.transforms[name]
 
-    def axis(self, marker: str) -> Dimension:
-        """A marker's compensated, transformed axis."""
-        return Dimension(self.channels.markers[marker], FCS_SPILL, FLUOR)
+    def axis(self, name: str, units: str = "transformed") -> Dimension:
+        """A marker's compensated axis, or a channel's, on its scale (:func:`axis_for`)."""
+        return axis_for(name, self.channels, self.scales, units)
+
+    def has(self, name: str) -> bool:
+        """Whether the sample carries this marker or channel."""
+        return name in self.channels.markers or name in self.available
 
     def scatter_axes(self) -> tuple[Dimension, Dimension]:
         """FSC-A (linear) and SSC-A (log) as the scatter gates use them."""

@@ -74,7 +74,69 @@ class CoreOptions:
     core_quantile: float = 0.999
 
 
-PAIRS = {"bounds": 2, "dead_sd": 2, "spread": 2, "channels": 2, "core": 2}
+@dataclass(frozen=True)
+class PolygonOptions:
+    channels: tuple[str, ...] = ()
+    vertices: tuple = ()
+    """Corners as [x, y] pairs, in the axes' units (``units``)."""
+    units: str = "transformed"
+
+
+@dataclass(frozen=True)
+class RectangleOptions:
+    channels: tuple[str, ...] = ()
+    min: tuple[float, ...] = ()
+    max: tuple[float, ...] = ()
+    units: str = "transformed"
+
+
+@dataclass(frozen=True)
+class EllipseOptions:
+    channels: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    covariance: tuple = ()
+    distance: float = 1.0
+    units: str = "transformed"
+
+
+@dataclass(frozen=True)
+class QuadrantOptions:
+    channels: tuple[str, ...] = ()
+    at: tuple[float, ...] = ()
+    """The crossing point [x, y] in the axes' units."""
+    quarter: str = "++"
+    """Which quarter: ``++``, ``+-``, ``-+`` or ``--`` (x sign, then y sign)."""
+    units: str = "transformed"
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """A cluster placed from the data on two channels (flowDensity / flowClust spirit)."""
+
+    channels: tuple[str, ...] = ()
+    pick: str = "largest"
+    """``largest`` (most events), ``densest`` (highest peak) or ``nearest`` (to ``near``)."""
+    near: tuple[float, ...] = (0.5, 0.5)
+    """For ``nearest``: where to look, as quantiles of each channel's parent events."""
+    components: float = 3
+    level: float = 0.95
+    """Share of the chosen Gaussian its ellipse keeps."""
+    min_share: float = 0.0
+    """Flag the gate ``implausible:`` when it keeps less than this share of its parent."""
+    max_share: float = 1.0
+    trim: tuple[float, ...] = (0.001, 0.999)
+    """Parent events outside these quantiles on either channel do not shape the fit."""
+
+
+PAIRS = {"bounds": 2, "dead_sd": 2, "spread": 2, "channels": 2, "core": 2, "near": 2,
+         "trim": 2, "mean": 2, "at": 2}  # fmt: skip
+POINTS = {"vertices", "covariance"}
+"""Options holding [x, y] pairs."""
+CHOICES = {
+    "units": ("transformed", "data"),
+    "pick": ("largest", "densest", "nearest"),
+    "quarter": ("++", "+-", "-+", "--"),
+}
 """Options that hold exactly two values."""
 
 
@@ -100,7 +162,16 @@ def _check(name: str, kind: str, value: Any) -> tuple[Any, str | None]:
         return value, None if isinstance(value, bool) else f"{name} must be true or false"
     if kind == "number":
         return (float(value), None) if _number(value) else (value, f"{name} must be a number")
+    if kind == "points":
+        pairs = isinstance(value, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p) for p in value
+        )
+        if not pairs or not value:
+            return value, f"{name} must be a list of [x, y] number pairs"
+        return tuple(tuple(float(v) for v in p) for p in value), None
     if kind == "text":
+        if name in CHOICES and value not in CHOICES[name]:
+            return value, f"{name} must be one of {', '.join(CHOICES[name])}"
         return str(value), None if isinstance(value, str) and value else f"{name} must be a name"
     if kind in ("numbers", "texts"):
         if not isinstance(value, list):
@@ -128,8 +199,10 @@ def read_options(cls: type, raw: dict[str, Any]) -> tuple[Any, tuple[str, str] |
     for name, value in raw.items():
         default = known[name].default
         kind = "mapping" if default is None or default is MISSING else _kind(default)
-        if name == "core":
+        if name in ("core", "channels"):
             kind = "texts"
+        if name in POINTS:
+            kind = "points"
         checked, problem = _check(name, kind, value)
         if problem:
             return None, (name, problem)
@@ -137,11 +210,25 @@ def read_options(cls: type, raw: dict[str, Any]) -> tuple[Any, tuple[str, str] |
     return cls(**values), None
 
 
+REQUIRED = {
+    "polygon": ("channels", "vertices"),
+    "rectangle": ("channels",),
+    "ellipse": ("channels", "mean", "covariance"),
+    "quadrant": ("channels", "at"),
+    "cluster": ("channels",),
+}
+"""Options a gate cannot go without."""
+
 GATE_OPTIONS: dict[str, type] = {
     "stable_flow": StableFlowOptions,
     "singlets": SingletsOptions,
     "beads": BeadsOptions,
     "cells": CellsOptions,
     "lymphocytes": LymphocytesOptions,
+    "polygon": PolygonOptions,
+    "rectangle": RectangleOptions,
+    "ellipse": EllipseOptions,
+    "quadrant": QuadrantOptions,
+    "cluster": ClusterOptions,
 }
 """The options of every gate method a template may name (``gate: cells``)."""

@@ -28,12 +28,13 @@ from gating.method import (
     Method,
     Parent,
     Placement,
+    axis_for,
     fixed_decision,
 )
-from gating.model import FCS_SPILL, BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
+from gating.model import BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
 from gating.placement import ThresholdDecision
 from gating.template import Condition, CutSpec, PopulationSpec, Template
-from gating.transforms import Flog, Logicle
+from gating.transforms import Fasinh, Flog, Hyperlog, Logicle
 
 __all__ = [
     "ESTIMATE_LIMIT", "FLUOR", "PART", "SSC_LOG", "ChannelMap", "Placer", "place_threshold",
@@ -42,13 +43,33 @@ __all__ = [
 
 
 def transforms_for(template: Template) -> dict:
-    """The template's fluorescence display transform and the SSC log scale."""
+    """The template's fluorescence display transform, the SSC log scale, and the scale it
+    gives any marker or channel of its own (``transforms:``)."""
     params = {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0} | {
         k.upper(): float(v) for k, v in template.transform.items() if k != "type"
     }
-    return {
+    made = {
         FLUOR: Logicle(t=params["T"], w=params["W"], m=params["M"], a=params["A"]),
         SSC_LOG: Flog(t=params["T"], m=params["M"]),
+    }
+    kinds = {"logicle": Logicle, "biex": Hyperlog, "asinh": Fasinh}
+    for name, spec in template.transforms.items():
+        if spec["type"] in kinds:
+            values = {k.lower(): v for k, v in spec.items() if k != "type"}
+            made[scale_id(name)] = kinds[spec["type"]](**values)
+    return made
+
+
+def scale_id(name: str) -> str:
+    """The transform id of a marker's or channel's own scale."""
+    return f"scale:{name}"
+
+
+def scales_for(template: Template) -> dict[str, str | None]:
+    """Marker or channel → the transform id of its own scale (None: data units)."""
+    return {
+        name: None if spec["type"] == "linear" else scale_id(name)
+        for name, spec in template.transforms.items()
     }
 
 
@@ -65,7 +86,10 @@ class Placer:
         fixed_cuts: Mapping[str, float | ThresholdDecision],
         methods: Mapping[str, Method],
         core: Method | None = None,
+        channel_names: tuple[str, ...] = (),
     ) -> None:
+        self.channel_names = frozenset(channel_names)
+        self.scales = scales_for(template)
         self.template = template
         self.methods = methods
         self.core = core
@@ -82,8 +106,13 @@ class Placer:
         self.fits: dict[str, Any] = {}
         """What each method fitted, by population, for methods that declare it as input."""
 
-    def axis(self, marker: str) -> Dimension:
-        return Dimension(self.channels.markers[marker], FCS_SPILL, FLUOR)
+    def axis(self, name: str) -> Dimension:
+        """The axis of a marker or channel on its scale."""
+        return axis_for(name, self.channels, self.scales)
+
+    def has(self, name: str) -> bool:
+        """Whether the sample carries this marker or channel."""
+        return name in self.channels.markers or name in self.channel_names
 
     def add(self, *gates: Gate) -> None:
         for gate in gates:
@@ -115,7 +144,7 @@ class Placer:
         """The read-only view a method places ``population_id`` from."""
         return Parent(
             population_id, parent, self.evaluator, self.channels, frozenset(self.degenerate),
-            self.fixed_cuts, inputs or {},
+            self.fixed_cuts, inputs or {}, self.scales, self.channel_names,
         )  # fmt: skip
 
     def apply(self, population_id: str, placement: Placement) -> None:
@@ -150,16 +179,20 @@ class Placer:
             self.flags.append(f"threshold_fallback:{name}")
         return decision
 
-    def cut(self, marker: str, level: str) -> float:
-        spec = self.template.thresholds[marker]
-        positive = self.decisions.get(marker) or self.decide(
-            marker, lambda: self._estimate(spec.positive, marker, None)
+    def marker_of(self, cut: str) -> str:
+        """The marker or channel a named cut is placed on."""
+        return self.template.thresholds[cut].marker
+
+    def cut(self, cut: str, level: str) -> float:
+        spec = self.template.thresholds[cut]
+        positive = self.decisions.get(cut) or self.decide(
+            cut, lambda: self._estimate(spec.positive, spec.marker, None)
         )
         if level in ("+", "-"):
             return positive.value
-        name = f"{marker}.bright"
+        name = f"{cut}.bright"
         bright = self.decisions.get(name) or self.decide(
-            name, lambda: self._estimate(spec.bright, marker, positive.value)
+            name, lambda: self._estimate(spec.bright, spec.marker, positive.value)
         )
         return bright.value
 
@@ -177,7 +210,7 @@ class Placer:
         if spec.negative:
             known = spec.negative in self.parents
             negatives = self.values(axis, spec.negative) if known else np.empty(0)
-        scale = self.evaluator.gate_set.transforms[FLUOR]
+        scale = self.evaluator.gate_set.transforms.get(axis.transform)
         decision = place_threshold(spec, values, negatives, scale)
         decision.evidence["estimated_on"] = population
         return decision
@@ -219,6 +252,8 @@ class Placer:
             try:
                 if spec.gate is not None:
                     self.place_gate(spec)
+                elif spec.boolean is not None:
+                    self._boolean(spec)
                 else:
                     self._phenotype(spec)
             except (GatingError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
@@ -229,13 +264,27 @@ class Placer:
                 self.populations.append(spec.id)
                 self.parents[spec.id] = spec.parent
 
+    def _boolean(self, spec: PopulationSpec) -> None:
+        """``A and not B``, ``A or B``, ``not A``: one Gating-ML boolean gate, negated
+        operands referenced as their complement."""
+        operator, terms = spec.boolean
+        missing = [name for _, name in terms if name not in self.parents]
+        if missing:
+            self.skipped[spec.id] = f"{', '.join(missing)} not gated"
+            return
+        if len(terms) == 1:
+            self.add(BooleanGate(spec.id, spec.parent, "not", (GateRef(terms[0][1]),)))
+            return
+        refs = tuple(GateRef(name, complement=negated) for negated, name in terms)
+        self.add(BooleanGate(spec.id, spec.parent, operator, refs))
+
     def _phenotype(self, spec: PopulationSpec) -> None:
-        usable = [c for c in spec.phenotype if c.marker in self.channels.markers]
-        dropped = [c for c in spec.phenotype if c.marker not in self.channels.markers]
+        usable = [c for c in spec.phenotype if self.has(self.marker_of(c.marker))]
+        dropped = [c for c in spec.phenotype if not self.has(self.marker_of(c.marker))]
         if not usable:
             self.skipped[spec.id] = "no marker of its phenotype is on this panel"
             return
-        silent = [c.marker for c in usable if c.marker in self.degenerate]
+        silent = [c.marker for c in usable if self.marker_of(c.marker) in self.degenerate]
         if silent:
             self.skipped[spec.id] = f"channel of {', '.join(silent)} carries no signal"
             return
@@ -277,7 +326,7 @@ class Placer:
 
     def _condition_gate(self, spec: PopulationSpec, condition: Condition, alone: bool) -> RangeGate:
         gate_id = spec.id if alone else f"{spec.id}{PART}{condition}"
-        axis = self.axis(condition.marker)
+        axis = self.axis(self.marker_of(condition.marker))
         if condition.level == "+":
             bound = Bound(axis, min=self.cut(condition.marker, "+"))
         elif condition.level == "-":

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from gating.errors import GatingError
-from gating.options import GATE_OPTIONS, CoreOptions, inputs_of, read_options
+from gating.options import GATE_OPTIONS, REQUIRED, CoreOptions, inputs_of, read_options
 from gating.placement import Bounds
 from pipeline.errors import yaml_problem
 
@@ -27,7 +27,16 @@ SHAPE_GATES: tuple[str, ...] = tuple(GATE_OPTIONS)
 METHODS = ("valley", "mixture", "tail", "balance", "fixed")
 PART_SEPARATOR = "::"
 """Reserved in population ids: helper gates are named ``<population>::<part>``."""
-_CONDITION = re.compile(r"^(?P<marker>[A-Za-z0-9γδαβ]+?)(?P<level>\+\+|\+|-|dim)$")
+_CONDITION = re.compile(r"^(?P<marker>[^\s+]+?)(?P<level>\+\+|\+|-|dim)$")
+"""A marker as labs name it (``NK1.1``, ``TCR-gd``, ``Live/Dead``), then its level."""
+TRANSFORMS = ("logicle", "asinh", "biex", "linear")
+"""Scales a template may give a channel; ``linear`` keeps data units (scatter)."""
+TRANSFORM_DEFAULTS = {
+    "logicle": {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0},
+    "biex": {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0},
+    "asinh": {"T": 262_144.0, "M": 4.5, "A": 0.0},
+    "linear": {},
+}
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,19 @@ class CutSpec:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """A marker's positive cut and, for markers read as bright (``++``), its bright cut."""
+    """A named cut's positive cut and, for markers read as bright (``++``), its bright cut.
 
-    marker: str
+    ``name`` is how phenotypes call it; ``marker`` the marker or channel it cuts (the name
+    unless the template says ``marker:``, so one marker can have a cut per branch)."""
+
+    name: str
     positive: CutSpec
     bright: CutSpec | None = None
+    marker: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.marker:
+            object.__setattr__(self, "marker", self.name)
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,8 @@ class PopulationSpec:
     line: int = 0
     exclude: str | None = None
     """A population left out of the parent before the gate is placed (e.g. beads)."""
+    boolean: tuple[str, tuple[tuple[bool, str], ...]] | None = None
+    """``("and" | "or", ((negated, population), ...))`` for a boolean population."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,8 @@ class Template:
     populations: tuple[PopulationSpec, ...]
     source: str
     sha256: str
+    transforms: dict[str, dict] = field(default_factory=dict)
+    """Per marker or channel: ``{"type": "asinh", "T": ..., ...}`` (``linear``: data units)."""
 
     def population(self, population_id: str) -> PopulationSpec:
         for spec in self.populations:
@@ -109,11 +130,16 @@ class Template:
 
     @property
     def markers(self) -> tuple[str, ...]:
-        return tuple(self.thresholds)
+        """Every marker or channel the template cuts or draws on (each once)."""
+        names = [spec.marker for spec in self.thresholds.values()]
+        for population in self.populations:
+            names.extend(getattr(population.options, "channels", ()) or ())
+        return tuple(dict.fromkeys(names))
 
     def cut(self, name: str) -> CutSpec:
         """A cut by name: a marker's positive cut (``CAR``) or its bright cut (``CD27.bright``)."""
-        marker, _, level = name.partition(".")
+        bright = name.endswith(".bright")  # a marker name may hold dots itself (NK1.1)
+        marker, level = (name.removesuffix(".bright"), "bright") if bright else (name, "")
         spec = self.thresholds.get(marker)
         cut = None if spec is None else (spec.bright if level == "bright" else spec.positive)
         if cut is None or level not in ("", "bright"):
@@ -178,7 +204,7 @@ CUT_FIELDS = frozenset(
      "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright",
      "valley_side"}
 )  # fmt: skip
-POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate", "exclude"})
+POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate", "exclude", "boolean"})
 
 
 class _Reader:
@@ -221,9 +247,14 @@ class _Reader:
         return bounds
 
     def cut(self, raw: Any, key: str) -> CutSpec:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)  # a fixed cut, as a plain number
+            return CutSpec(("fixed",), Bounds(value, value, value))
         if not isinstance(raw, dict):
-            raise self.error(key, "a threshold must be a mapping")
-        unknown = sorted(set(map(str, raw)) - CUT_FIELDS)
+            raise self.error(
+                key, "a threshold is a number (a fixed cut) or a mapping (method, bounds, default)"
+            )
+        unknown = sorted(set(map(str, raw)) - CUT_FIELDS - {"marker"})
         if unknown:
             raise self.error(f"{key}.{unknown[0]}", f"unknown field {unknown[0]!r}")
         methods = self.methods(raw.get("method"), key)
@@ -305,7 +336,15 @@ class _Reader:
                 raise self.error(
                     f"{key}.keep", f"kept cluster {missing[0]!r} is not one of the clusters"
                 )
-        return self.options(GATE_OPTIONS[gate], options, key, f"gate {gate}")
+        for name in REQUIRED.get(gate, ()):
+            if name not in options:
+                raise self.error(key, f"gate {gate} needs {name!r}")
+        typed = self.options(GATE_OPTIONS[gate], options, key, f"gate {gate}")
+        sized = [n for n in ("vertices", "min", "max") if getattr(typed, n, ())]
+        for name in sized:
+            if name != "vertices" and len(getattr(typed, name)) != len(typed.channels):
+                raise self.error(f"{key}.{name}", f"{name} needs one number per channel")
+        return typed
 
 
 def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
@@ -335,6 +374,71 @@ def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
     return {"type": kind, **params}
 
 
+def _channel_transforms(raw: Any, reader: _Reader) -> dict[str, dict]:
+    """Per marker or channel scales: ``FSC-A: linear`` or ``CD3: {type: asinh, T: 1e5}``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise reader.error("transforms", "transforms must map markers or channels to a scale")
+    from gating.transforms import Fasinh, Hyperlog, Logicle
+
+    made = {"logicle": Logicle, "biex": Hyperlog, "asinh": Fasinh}
+    found = {}
+    for name, entry in raw.items():
+        key = f"transforms.{name}"
+        entry = {"type": entry} if isinstance(entry, str) else entry
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind not in TRANSFORMS:
+            raise reader.error(key, f"{name}: scale must be one of {', '.join(TRANSFORMS)}")
+        params = {k: v for k, v in entry.items() if k != "type"}
+        unknown = sorted(set(params) - set(TRANSFORM_DEFAULTS[kind]))
+        if unknown:
+            allowed = ", ".join(TRANSFORM_DEFAULTS[kind]) or "none"
+            raise reader.error(key, f"{name}: {kind} has no parameter {unknown[0]!r} ({allowed})")
+        try:
+            values = TRANSFORM_DEFAULTS[kind] | {k: float(v) for k, v in params.items()}
+            if kind in made:
+                made[kind](**{k.lower(): v for k, v in values.items()})
+        except (TypeError, ValueError) as exc:
+            raise reader.error(key, f"{name}: {kind} parameters: {exc}") from None
+        except GatingError as exc:
+            raise reader.error(key, f"{name}: {exc.problem}") from None
+        found[str(name)] = {"type": kind, **values}
+    return found
+
+
+_BOOLEAN_SPLIT = re.compile(r"\s+(and|or)\s+")
+
+
+def _boolean(
+    text: Any, pop_id: str, key: str, known: set[str], reader: _Reader
+) -> tuple[str, tuple[tuple[bool, str], ...]]:
+    """``"T and not CAR"``, ``"CD4 T or CD8 T"``, ``"not beads"``: one operator kind, each
+    operand a population defined above, optionally preceded by ``not``."""
+    if not isinstance(text, str) or not text.strip():
+        raise reader.error(f"{key}.boolean", f"{pop_id}: boolean must be text like 'A and not B'")
+    parts = _BOOLEAN_SPLIT.split(text.strip())
+    operands, operators = parts[::2], set(parts[1::2])
+    if len(operators) > 1:
+        raise reader.error(
+            f"{key}.boolean", f"{pop_id}: use either 'and' or 'or' in one boolean, not both"
+        )
+    terms = []
+    for operand in operands:
+        negated = operand.startswith("not ")
+        name = operand.removeprefix("not ").strip()
+        if name not in known:
+            raise reader.error(
+                f"{key}.boolean", f"{pop_id}: {name!r} is not a population defined above"
+            )
+        terms.append((negated, name))
+    if len(terms) == 1 and not terms[0][0]:
+        raise reader.error(
+            f"{key}.boolean", f"{pop_id}: a boolean combines two populations or negates one"
+        )
+    return (operators.pop() if operators else "and"), tuple(terms)
+
+
 def _read_yaml(path: Path) -> tuple[str, yaml.Node, dict]:
     """The template's text, its YAML node tree (for line numbers) and its values."""
     try:
@@ -358,18 +462,23 @@ def _read_yaml(path: Path) -> tuple[str, yaml.Node, dict]:
 def _thresholds(raw: dict, reader: _Reader) -> dict[str, ThresholdSpec]:
     """Each marker's positive cut and, when given, its bright cut."""
     thresholds = {}
-    for marker, spec in raw.items():
-        key = f"thresholds.{marker}"
-        if not isinstance(marker, str) or not _CONDITION.match(f"{marker}+"):
-            raise reader.error(key, f"{marker!r} is not a marker name (letters and digits)")
+    for name, spec in raw.items():
+        key = f"thresholds.{name}"
+        if not isinstance(name, str) or not _CONDITION.match(f"{name}+"):
+            raise reader.error(
+                key, f"{name!r} is not a cut name (a marker or channel name, no spaces or '+')"
+            )
         positive = reader.cut(spec, key)
+        marker = spec.get("marker", name) if isinstance(spec, dict) else name
+        if not isinstance(marker, str) or not _CONDITION.match(f"{marker}+"):
+            raise reader.error(f"{key}.marker", f"marker {marker!r} is not a marker name")
         bright = None
-        if "bright" in spec:
+        if isinstance(spec, dict) and "bright" in spec:
             if not isinstance(spec["bright"], dict):
                 raise reader.error(f"{key}.bright", "a bright cut must be a mapping")
             bright_raw = {"estimate_on": spec.get("estimate_on"), **spec["bright"]}
             bright = reader.cut(bright_raw, f"{key}.bright")
-        thresholds[marker] = ThresholdSpec(marker, positive, bright)
+        thresholds[name] = ThresholdSpec(name, positive, bright, marker)
     return thresholds
 
 
@@ -443,8 +552,20 @@ def _populations(
         if parent is not None and parent not in known:
             raise reader.error(key, f"parent {parent!r} of {pop_id!r} is not defined above it")
         has_phenotype, gate = "phenotype" in entry, entry.get("gate")
-        if has_phenotype == (gate is not None):
-            raise reader.error(key, f"{pop_id!r} needs exactly one of 'phenotype' or 'gate'")
+        if has_phenotype + (gate is not None) + ("boolean" in entry) != 1:
+            raise reader.error(
+                key, f"{pop_id!r} needs exactly one of 'phenotype', 'gate' or 'boolean'"
+            )
+        if "boolean" in entry:
+            extra = sorted(set(entry) - {"id", "parent", "boolean"})
+            if extra:
+                raise reader.error(f"{key}.{extra[0]}", f"{pop_id}: unknown field {extra[0]!r}")
+            boolean = _boolean(entry["boolean"], pop_id, key, known, reader)
+            populations.append(
+                PopulationSpec(pop_id, parent, boolean=boolean, line=reader.lines.get(key, 0))
+            )
+            known.add(pop_id)
+            continue
         if gate is not None and gate not in SHAPE_GATES:
             raise reader.error(key, f"gate {gate!r} is not one of {', '.join(SHAPE_GATES)}")
         raw = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
@@ -517,7 +638,8 @@ def load_template(path: Path) -> Template:
     path = Path(path)
     text, node, raw = _read_yaml(path)
     reader = _Reader(path, _lines(node))
-    for key in ("id", "tube", "thresholds", "populations"):
+    raw.setdefault("thresholds", {})
+    for key in ("id", "tube", "populations"):
         if key not in raw:
             raise reader.error("", f"missing field {key!r}")
     try:
@@ -525,6 +647,7 @@ def load_template(path: Path) -> Template:
     except (TypeError, ValueError):
         raise reader.error("version", f"version {raw.get('version')!r} is not a number") from None
     transform = _transform(raw.get("transform"), reader)
+    transforms = _channel_transforms(raw.get("transforms"), reader)
     if not isinstance(raw["thresholds"], dict):
         raise reader.error("thresholds", "thresholds must map markers to their cuts")
     if not isinstance(raw["populations"], list) or not raw["populations"]:
@@ -541,4 +664,5 @@ def load_template(path: Path) -> Template:
         populations=tuple(populations),
         source=str(path),
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        transforms=transforms,
     )

@@ -171,7 +171,8 @@ def test_marker_twice_in_a_phenotype(tmp_path):
 
 def test_population_with_both_phenotype_and_gate(tmp_path):
     text = BASE.replace("phenotype: CAR+}", "phenotype: CAR+, gate: cells}")
-    _fails(tmp_path, text, "exactly one of 'phenotype' or 'gate'", _line(text, "gate: cells}"))
+    reason = "exactly one of 'phenotype', 'gate' or 'boolean'"
+    _fails(tmp_path, text, reason, _line(text, "gate: cells}"))
 
 
 def test_estimate_on_an_undefined_population(tmp_path):
