@@ -17,6 +17,7 @@ from gating.placement import (
     ThresholdDecision,
     balance_threshold,
     mixture_threshold,
+    silverman_bandwidth,
     tail_threshold,
     valley_threshold,
 )
@@ -34,7 +35,11 @@ def _same(values: np.ndarray) -> np.ndarray:
 
 
 def _valley(values, negatives, spec: CutSpec, scale) -> ThresholdDecision:
-    return valley_threshold(values, spec.bounds, side=spec.valley_side)
+    bandwidth = None
+    finite = values[np.isfinite(values)]
+    if spec.smoothing != 1.0 and finite.size > 1:
+        bandwidth = spec.smoothing * silverman_bandwidth(finite)
+    return valley_threshold(values, spec.bounds, side=spec.valley_side, bandwidth=bandwidth)
 
 
 def _mixture(values, negatives, spec: CutSpec, scale) -> ThresholdDecision:

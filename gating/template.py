@@ -70,6 +70,8 @@ class CutSpec:
     also_on: tuple[str, ...] = ()
     min_events: int = 200
     valley_side: str = "middle"
+    smoothing: float = 1.0
+    """The valley's density bandwidth as a share of Silverman's rule (below 1: finer)."""
 
     @property
     def estimate_chain(self) -> tuple[str, ...]:
@@ -202,7 +204,7 @@ VALLEY_SIDES = ("lower", "middle", "upper")
 CUT_FIELDS = frozenset(
     {"method", "bounds", "default", "estimate_on", "negative", "quantile", "margin",
      "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright",
-     "valley_side"}
+     "valley_side", "smoothing"}
 )  # fmt: skip
 POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate", "exclude", "boolean"})
 
@@ -294,6 +296,7 @@ class _Reader:
             also_on=tuple(str(p) for p in chain[1:]),
             min_events=int(self.number(raw, "min_events", key, 200)),
             valley_side=valley_side,
+            smoothing=self.number(raw, "smoothing", key, 1.0),
         )
 
     def options(self, cls: type, raw: dict[str, Any], key: str, what: str) -> Any:

@@ -101,7 +101,10 @@ def gate_fcs(
     in ``fixed_cuts`` (a value or a decision, e.g. pooled) are used as given, and
     ``spillover`` replaces the file's own matrix (flagged)."""
     template = template or template_for(panel.tube)
-    missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
+    missing = [
+        m for m in template.markers
+        if m not in panel.markers and m not in panel.omitted and m not in fcs.channel_names
+    ]  # fmt: skip
     if missing:
         raise GateStageError(
             fcs.path,
