@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def channel_map(data: Path, channel_names: list[str]) -> ChannelMap:
     with (data / "Activation-Experiment-Markers.csv").open(encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["Marker"] not in ("", "NA")]
     markers = {r["Marker"]: r["Channel"] for r in rows}
-    fluorescence = tuple(c for c in channel_names if c not in ("Time",) and c[:3] not in ("FSC", "SSC"))
+    fluorescence = tuple(
+        c for c in channel_names if c != "Time" and not c.startswith(("FSC", "SSC"))
+    )
     return ChannelMap(markers, fluorescence, "FSC-A", "FSC-H", "SSC-A", "Time")
 
 
@@ -88,7 +91,7 @@ def table(results: list[FileResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def small_counts(results: list[FileResult]) -> pd.DataFrame:
+def small_counts(results: Iterable[FileResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         for population in SMALL:

@@ -1,0 +1,66 @@
+"""Automated gating of real files against an expert's manual gates (the Activation set).
+
+One template (``panels/templates/activation.yaml``, 40 lines, no coordinates of its own)
+gates files 1-16 of CytoExploreR's mouse T-cell activation experiment; each population is
+compared event by event with the expert's FlowJo-style gates (``truth/``). File 33, a control
+without the stained populations, must come out flagged for review, not confidently wrong.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bench.real_gating import FILES, JUDGED, SMALL, gate_file, small_counts, table
+from tests.conftest import SHARED, require_shared
+
+DATA = SHARED / "real-data" / "activation"
+MEDIAN_F1 = 0.95
+DENDRITIC_MEDIAN_F1 = 0.90
+FILE_FLOOR = 0.85
+
+
+@pytest.fixture(scope="module")
+def results():
+    require_shared(DATA)
+    return [gate_file(n, DATA) for n in FILES]
+
+
+def _stained(results) -> pd.DataFrame:
+    frame = table(results)
+    return frame[frame["file"] != 33]
+
+
+def test_median_f1_per_population(results):
+    medians = _stained(results)[list(JUDGED)].median()
+    assert (medians.drop("Dendritic Cells") >= MEDIAN_F1).all(), medians.round(4).to_string()
+    assert medians["Dendritic Cells"] >= DENDRITIC_MEDIAN_F1, medians.round(4).to_string()
+
+
+def test_no_unflagged_file_below_the_floor_on_the_large_populations(results):
+    frame = _stained(results)
+    large = [p for p in JUDGED if p != "Dendritic Cells"]
+    low = frame[~frame["review"] & (frame[large] < FILE_FLOOR).any(axis=1)]
+    assert low.empty, low.to_string(index=False)
+
+
+@pytest.mark.xfail(
+    reason="dendritic cells of files 6, 7, 8 and 16 reach F1 0.82-0.84, unflagged", strict=True
+)
+def test_no_unflagged_file_below_the_floor_on_dendritic_cells(results):
+    frame = _stained(results)
+    low = frame[~frame["review"] & (frame["Dendritic Cells"] < FILE_FLOOR)]
+    assert low.empty, low.to_string(index=False)
+
+
+def test_the_unstained_control_is_flagged_for_review(results):
+    control = next(r for r in results if r.number == 33)
+    assert control.review, control.flags
+
+
+def test_cd69_counts_mostly_hold_the_experts_in_their_interval(results):
+    """CD69+ T cells (2-300 events): the expert's count inside the exact Poisson 95 %
+    interval of the gated count in at least half of the stained files' rows."""
+    counts = small_counts(r for r in results if r.number != 33)
+    assert set(counts["population"]) == set(SMALL)
+    assert counts["expert_inside"].mean() >= 0.5, counts.to_string(index=False)
