@@ -140,8 +140,9 @@ def _band(
 def _singlets_by_width(
     parent: Parent, options: SingletsOptions, height_channel: str, width_channel: str
 ) -> Placement:
-    """Doublets are wider than single cells at the same height: keep the widths within
-    ``width`` robust spreads of the median (relative to it, so any scale works)."""
+    """Doublets are wider than single cells at the same height: keep the widths up to
+    ``width`` robust spreads above the median (at least ``min_spread`` of it, so any scale
+    works)."""
     out = Builder()
     height = parent.values(Dimension(height_channel))
     width = parent.values(Dimension(width_channel))
@@ -157,7 +158,7 @@ def _singlets_by_width(
         high, "fixed", fallback, "too few events" if fallback else None, int(usable.sum()),
         {"width_median": centre, "width_spread": spread, "width_range": (low, high)},
     ))  # fmt: skip
-    bound = Bound(Dimension(width_channel), min=max(low, 0.0), max=high)
+    bound = Bound(Dimension(width_channel), max=high)  # doublets are wider, not narrower
     out.add(RangeGate(parent.id, parent.population, bound))
     return out.done()
 

@@ -64,3 +64,27 @@ def test_cd69_counts_mostly_hold_the_experts_in_their_interval(results):
     counts = small_counts(r for r in results if r.number != 33)
     assert set(counts["population"]) == set(SMALL)
     assert counts["expert_inside"].mean() >= 0.5, counts.to_string(index=False)
+
+
+DIVA = SHARED / "real-data" / "diva" / "124500.fcs"
+DIVA_COUNTS = {"singlets": 17_543, "live": 12_334, "CD8+": 1_160, "CD3+ of CD8+": 1_100}
+"""FACSDiva's stored counts of its own gates (P2, P3, P4, P5 in PE_2.xml)."""
+
+
+def test_a_facsdiva_strategy_placed_from_the_data_matches_its_stored_counts():
+    from pathlib import Path
+
+    from gating.auto import place
+    from gating.placer import ChannelMap
+    from gating.template import load_template
+    from pipeline.fcs import read_fcs
+
+    fcs = read_fcs(require_shared(DIVA))
+    template = load_template(Path(__file__).parents[1] / "docs" / "examples" / "diva-cd8.yaml")
+    markers = {"CD3": "PE-A", "Viab": "APC-Cy7-A", "CD8": "Pacific Orange-A"}
+    channels = ChannelMap(markers, tuple(fcs.spillover.channels))
+    spill = (fcs.spillover.channels, fcs.spillover.matrix)
+    placed, result = place(template, fcs.events, fcs.channel_names, channels, spill)
+    assert not placed.flags
+    for population, stored in DIVA_COUNTS.items():
+        assert abs(result.count(population) - stored) <= 0.05 * stored, (population, stored)
