@@ -33,8 +33,10 @@ def _thin(values: np.ndarray, limit: int) -> np.ndarray:
 def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The transformed values one sample's cut ``name`` was estimated on, and the values of
     its internal negative population when the cut has one."""
-    marker, _, level = name.partition(".")
     cut = gated.template.cut(name)
+    level = "bright" if name.endswith(".bright") else ""
+    named = name.removesuffix(".bright")
+    marker = gated.template.thresholds[named].marker
     decision = gated.placed.decisions.get(name)
     if decision is None:
         raise GateStageError(gated.fcs.path, f"no cut {name!r} was placed on this sample")
@@ -49,7 +51,7 @@ def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray |
     population = decision.evidence.get("estimated_on") or next(iter(gated_chain), None)
     estimated = on(population)
     if level == "bright":
-        positive = gated.placed.decisions[marker].value
+        positive = gated.placed.decisions[named].value
         estimated = estimated[estimated >= positive]
     negatives = on(cut.negative) if cut.negative else None
     return estimated, negatives
