@@ -49,6 +49,9 @@ class CellsOptions:
     bounds: tuple[float, ...] = (8_000.0, 40_000.0)
     default: float = 18_000.0
     keep_large: bool = True
+    min_share: float = 0.2
+    """A fit keeping less of its parent starts again from the data; still less: flagged
+    ``implausible:``."""
 
 
 @dataclass(frozen=True)

@@ -69,22 +69,28 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
         str(name): (float(a), float(ssc_scale.apply(np.array([float(b)]))[0]))
         for name, (a, b) in anchors.items()
     }
-    spread = options.spread
     points = np.column_stack([parent.values(fsc), parent.values(ssc)])
-    fit = gaussian_clusters(points, named, spread)
-    wandered = set(fit.evidence.get("wandered", ()))
-    kept = [
-        n
-        for n in keep
-        if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
-    ]
+    fit, kept = _scatter_fit(points, named, options.spread, keep)
+    share = _kept_share(points, fit, kept, options)
+    anchored = None
+    if share < options.min_share and named.get(keep[0]) is not None:
+        # the anchors do not fit this instrument's scatter: start them from the data,
+        # moved so that the first kept cluster's anchor sits on the densest scatter
+        moved, spread, anchored = _anchors_from_data(points, named, keep[0], options.spread)
+        refit, rekept = _scatter_fit(points, moved, spread, keep)
+        reshare = _kept_share(points, refit, rekept, options)
+        anchored["share"] = reshare
+        if reshare > share:
+            fit, kept, share = refit, rekept, reshare
     if fit.fallback or not kept:
         reason = fit.reason or "no kept cluster has events"
         return _cells_by_size(parent, options, reason)
     first = fit.clusters[kept[0]]
     edge = first.mean[0] - radius * first.sd(0)
-    evidence = dict(fit.evidence, keep=kept, radius=radius)
+    evidence = dict(fit.evidence, keep=kept, radius=radius, kept_share=share)
     evidence["absent"] = [n for n in keep if n not in kept]
+    if anchored is not None:
+        evidence["anchored_on_data"] = anchored
     shapes: list[Gate] = [
         EllipsoidGate(
             f"{parent.id}{PART}{name}",
@@ -108,6 +114,8 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
     if len(shapes) == 1:
         shapes[0] = replace(shapes[0], id=parent.id)
     out = Builder()
+    if share < options.min_share:
+        out.flags.append(f"implausible:{parent.id}")
     edge_decision = ThresholdDecision(float(edge), "clusters", False, None, fit.events, evidence)
     out.record(parent.id, edge_decision)
     out.add(*shapes)
@@ -115,6 +123,71 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
         refs = tuple(GateRef(g.id) for g in shapes)
         out.add(BooleanGate(parent.id, parent.population, "or", refs))
     return out.done(fit=ScatterClusters(fit, tuple(kept)))
+
+
+def _scatter_fit(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, float]],
+    spread: tuple[float, ...],
+    keep: tuple[str, ...],
+) -> tuple[ClusterFit, list[str]]:
+    """The named clusters fitted from their anchors, and the kept ones that hold events and
+    stayed near their anchor."""
+    fit = gaussian_clusters(points, anchors, spread)
+    wandered = set(fit.evidence.get("wandered", ()))
+    kept = [
+        n
+        for n in keep
+        if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
+    ]
+    return fit, kept
+
+
+def _kept_share(
+    points: np.ndarray, fit: ClusterFit, kept: list[str], options: CellsOptions
+) -> float:
+    """Share of the (finite) estimation events the cells gate of this fit would keep."""
+    points = points[np.isfinite(points).all(axis=1)]
+    if fit.fallback or not kept or not len(points):
+        return 0.0
+    inside = np.zeros(len(points), dtype=bool)
+    limit = options.radius**2
+    for name in kept:
+        cluster = fit.clusters[name]
+        centred = points - np.asarray(cluster.mean)
+        inverse = np.linalg.inv(np.asarray(cluster.covariance))
+        inside |= np.einsum("ij,jk,ik->i", centred, inverse, centred) <= limit
+    if options.keep_large:
+        first = fit.clusters[kept[0]]
+        low = first.mean[1] - options.radius * first.sd(1)
+        high = max(fit.clusters[n].mean[1] + options.radius * fit.clusters[n].sd(1) for n in kept)
+        inside |= (points[:, 0] >= first.mean[0]) & (points[:, 1] >= low) & (points[:, 1] < high)
+    return float(inside.mean())
+
+
+def _anchors_from_data(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, float]],
+    reference: str,
+    spread: tuple[float, ...],
+) -> tuple[dict[str, tuple[float, float]], tuple[float, ...], dict]:
+    """Anchors moved onto this sample's scatter: FSC scaled and log SSC shifted so that the
+    ``reference`` anchor lands on the densest point of the events above the lowest FSC
+    tenth (debris); the FSC spread scales with them."""
+    points = points[np.isfinite(points).all(axis=1)]
+    points = points[points[:, 0] > np.quantile(points[:, 0], 0.1)]
+    counts, x_edges, y_edges = np.histogram2d(points[:, 0], points[:, 1], bins=64)
+    kernel = np.exp(-0.5 * np.arange(-3, 4) ** 2 / 2.0)
+    smooth = np.apply_along_axis(np.convolve, 0, counts, kernel, mode="same")
+    smooth = np.apply_along_axis(np.convolve, 1, smooth, kernel, mode="same")
+    i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    mode = ((x_edges[i] + x_edges[i + 1]) / 2, (y_edges[j] + y_edges[j + 1]) / 2)
+    fsc_factor = mode[0] / anchors[reference][0]
+    ssc_shift = mode[1] - anchors[reference][1]
+    moved = {n: (a * fsc_factor, b + ssc_shift) for n, (a, b) in anchors.items()}
+    evidence = {"mode": [float(v) for v in mode], "fsc_factor": float(fsc_factor),
+                "ssc_shift": float(ssc_shift)}  # fmt: skip
+    return moved, (spread[0] * fsc_factor, spread[1]), evidence
 
 
 def _cells_by_size(parent: Parent, options: CellsOptions, why: str | None = None) -> Placement:
