@@ -36,6 +36,11 @@ from gating.placement import ThresholdDecision
 from gating.template import Condition, CutSpec, PopulationSpec, Template
 from gating.transforms import Fasinh, Flog, Hyperlog, Logicle
 
+MIN_PARENT = 200
+"""Parents smaller than this are not judged for implausible cuts."""
+NEAR_EMPTY = 0.002
+"""A side holding at most this share of its parent counts as (nearly) empty."""
+
 __all__ = [
     "ESTIMATE_LIMIT", "FLUOR", "PART", "SSC_LOG", "ChannelMap", "Placer", "place_threshold",
     "transforms_for",
@@ -301,6 +306,28 @@ class Placer:
             refs = tuple(GateRef(g.id) for g in gates)
             gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
         self.add(*gates)
+        for condition, gate in zip(usable, gates, strict=False):
+            self._check_plausible(spec, condition, gate.id)
+
+    def _check_plausible(self, spec: PopulationSpec, condition: Condition, gate_id: str) -> None:
+        """Flag ``implausible:<cut>`` when a cut leaves (nearly) nothing on its side while
+        the events it was placed on have a clear mode there (a confident but wrong cut)."""
+        decision = self.decisions.get(condition.marker)
+        parent = self.evaluator.count(spec.parent) if spec.parent else self.evaluator.event_count
+        flag = f"implausible:{condition.marker}"
+        if decision is None or condition.level not in ("+", "-") or flag in self.flags:
+            return
+        modes = decision.evidence.get("modes") or decision.evidence.get("means") or ()
+        above = condition.level == "+"
+        on_side = [m for m in modes if (m >= decision.value) == above]
+        kept = self.evaluator.count(gate_id)
+        if on_side and parent >= MIN_PARENT and kept <= NEAR_EMPTY * parent:
+            self.flags.append(flag)
+            self.approximate(
+                spec.id,
+                f"{condition} keeps {kept} of {parent} events though the cut's data have a "
+                f"mode at {on_side[0]:.3f} on that side",
+            )
 
     def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> bool:
         """The phenotype's events kept to their core; False (and nothing added) when no

@@ -88,3 +88,26 @@ def test_a_facsdiva_strategy_placed_from_the_data_matches_its_stored_counts():
     assert not placed.flags
     for population, stored in DIVA_COUNTS.items():
         assert abs(result.count(population) - stored) <= 0.05 * stored, (population, stored)
+
+
+ARIA = SHARED / "real-data" / "flowkit" / "100715.fcs"
+
+
+def test_scatter_cells_start_from_the_data_when_the_anchors_do_not_fit():
+    """A FACSAria PBMC file, its SSC far below the anchors' instrument: the anchored fit kept
+    4 % of the singlets (unflagged before); started from the sample's densest scatter it
+    keeps most of them, and says so in its evidence."""
+    from pathlib import Path
+
+    from gating.auto import place
+    from gating.placer import ChannelMap
+    from gating.template import load_template
+    from pipeline.fcs import read_fcs
+
+    fcs = read_fcs(require_shared(ARIA))
+    template = load_template(Path(__file__).parents[1] / "docs" / "examples" / "scatter-cells.yaml")
+    placed, result = place(template, fcs.events, fcs.channel_names, ChannelMap({}, ()))
+    evidence = placed.decisions["cells"].evidence
+    assert evidence["anchored_on_data"]["share"] == evidence["kept_share"] >= 0.2
+    assert result.count("cells") >= 0.5 * result.count("singlets")
+    assert "implausible:cells" not in placed.flags
