@@ -27,11 +27,12 @@ import numpy as np
 from gating import gates_2d, qc_gates, scatter_gates
 from gating.cuts import place_threshold
 from gating.engine import Evaluator, GatingResult
-from gating.method import Method
+from gating.errors import GatingError
+from gating.method import Method, Parent, Placement
 from gating.model import GateSet
 from gating.options import GATE_OPTIONS, CoreOptions
 from gating.placement import ThresholdDecision
-from gating.placer import FLUOR, ChannelMap, Placer, transforms_for
+from gating.placer import FLUOR, ChannelMap, Placer, scales_for, transforms_for
 from gating.template import Template
 
 METHODS: Mapping[str, Method] = {
@@ -94,19 +95,44 @@ def place_cut(
     return place_threshold(template.cut(name), values, negatives, scale)
 
 
+def place_pooled(
+    template: Template,
+    population: str,
+    events: np.ndarray,
+    channel_names: Sequence[str],
+    channels: ChannelMap,
+    spill: tuple[Sequence[str], np.ndarray] | None = None,
+    inputs: Mapping[str, object] | None = None,
+) -> Placement:
+    """Run one gate's method once on given parent events, e.g. those of several samples
+    pooled (openCyto's groupBy); ``place(..., fixed_cuts={population: placement})`` then
+    puts its gates under each sample's own parent. ``inputs``: what the method's declared
+    input populations fitted (pooled the same way)."""
+    spec = template.population(population)
+    if spec.gate is None:
+        raise GatingError(f"template {template.id}", f"{population!r} is not a gate")
+    evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
+    parent = Parent(
+        spec.id, None, evaluator, channels, frozenset(), {}, inputs or {},
+        scales_for(template), frozenset(channel_names),
+    )  # fmt: skip
+    return METHODS[spec.gate].place(parent, spec.options)
+
+
 def place(
     template: Template,
     events: np.ndarray,
     channel_names: Sequence[str],
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None = None,
-    fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision | Placement] | None = None,
 ) -> tuple[PlacedGating, GatingResult]:
     """Place and evaluate every population of a template on one sample.
 
     ``fixed_cuts`` (by cut name, e.g. ``{"CAR": 0.31}``, or a decision with its evidence)
     skip estimation for those cuts, e.g. when one threshold was pooled over a patient's
-    timepoints (:func:`place_cut`).
+    timepoints (:func:`place_cut`); a gate's population id with a placement
+    (:func:`place_pooled`) uses that placement's gates.
 
     Runs with one BLAS thread: its matrices are small (2 x 2 covariances, blocks of the
     compensation multiply), where waking a second thread costs more than it saves (the
@@ -124,7 +150,7 @@ def _place(
     channel_names: Sequence[str],
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None,
-    fixed_cuts: Mapping[str, float | ThresholdDecision] | None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision | Placement] | None,
 ) -> tuple[PlacedGating, GatingResult]:
     flags = []
     bad = _non_finite_events(events)

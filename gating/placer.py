@@ -12,6 +12,7 @@ just made), recording its decisions the one way cuts are recorded.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,7 @@ class Placer:
         template: Template,
         evaluator: Evaluator,
         channels: ChannelMap,
-        fixed_cuts: Mapping[str, float | ThresholdDecision],
+        fixed_cuts: Mapping[str, float | ThresholdDecision | Placement],
         methods: Mapping[str, Method],
         core: Method | None = None,
         channel_names: tuple[str, ...] = (),
@@ -173,6 +174,13 @@ class Placer:
         if spec.exclude is not None and spec.exclude in self.populations:
             parent = f"{spec.id}{PART}events"
             self.add(BooleanGate(parent, spec.parent, "not", (GateRef(spec.exclude),)))
+        given = self.fixed_cuts.get(spec.id)
+        if isinstance(given, Placement):  # placed once for several samples (pooled)
+            gates = tuple(
+                g if g.parent is not None else replace(g, parent=parent) for g in given.gates
+            )
+            self.apply(spec.id, replace(given, gates=gates))
+            return
         inputs = {name: self.fits.get(getattr(spec.options, name)) for name in method.inputs}
         view = self.parent_view(spec.id, parent, inputs)
         self.apply(spec.id, method.place(view, spec.options))
