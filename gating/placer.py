@@ -11,6 +11,7 @@ just made), recording its decisions the one way cuts are recorded.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -67,8 +68,8 @@ def transforms_for(template: Template) -> dict:
 
 
 def scale_id(name: str) -> str:
-    """The transform id of a marker's or channel's own scale."""
-    return f"scale:{name}"
+    """The transform id of a marker's or channel's own scale (an XML id: Gating-ML)."""
+    return "scale_" + re.sub(r"[^A-Za-z0-9._-]", lambda m: f"_{ord(m.group()):x}_", name)
 
 
 def scales_for(template: Template) -> dict[str, str | None]:

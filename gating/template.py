@@ -414,10 +414,12 @@ _BOOLEAN_SPLIT = re.compile(r"\s+(and|or)\s+")
 
 
 def _boolean(
-    text: Any, pop_id: str, key: str, known: set[str], reader: _Reader
+    text: Any, pop_id: str, parent: str | None, key: str, parents: dict[str, str | None],
+    reader: _Reader,
 ) -> tuple[str, tuple[tuple[bool, str], ...]]:
-    """``"T and not CAR"``, ``"CD4 T or CD8 T"``, ``"not beads"``: one operator kind, each
-    operand a population defined above, optionally preceded by ``not``."""
+    """``"CD4 T or CD8 T"``, ``"T and not CAR"``, ``"not beads"``: one operator kind, each
+    operand a population defined above under the same parent (as Gating-ML and FlowJo
+    read booleans), optionally preceded by ``not``."""  # fmt: skip
     if not isinstance(text, str) or not text.strip():
         raise reader.error(f"{key}.boolean", f"{pop_id}: boolean must be text like 'A and not B'")
     parts = _BOOLEAN_SPLIT.split(text.strip())
@@ -430,9 +432,15 @@ def _boolean(
     for operand in operands:
         negated = operand.startswith("not ")
         name = operand.removeprefix("not ").strip()
-        if name not in known:
+        if name not in parents:
             raise reader.error(
                 f"{key}.boolean", f"{pop_id}: {name!r} is not a population defined above"
+            )
+        if parents[name] != parent:
+            raise reader.error(
+                f"{key}.boolean",
+                f"{pop_id}: {name!r} is not under {parent!r}; a boolean combines populations "
+                "under its own parent",
             )
         terms.append((negated, name))
     if len(terms) == 1 and not terms[0][0]:
@@ -539,6 +547,7 @@ def _populations(
     """The population list in order: each parent defined above its children."""
     populations: list[PopulationSpec] = []
     known: set[str] = set()
+    parents: dict[str, str | None] = {}
     for i, entry in enumerate(entries):
         key = f"populations[{i}]"
         if not isinstance(entry, dict) or "id" not in entry:
@@ -563,11 +572,12 @@ def _populations(
             extra = sorted(set(entry) - {"id", "parent", "boolean"})
             if extra:
                 raise reader.error(f"{key}.{extra[0]}", f"{pop_id}: unknown field {extra[0]!r}")
-            boolean = _boolean(entry["boolean"], pop_id, key, known, reader)
+            boolean = _boolean(entry["boolean"], pop_id, parent, key, parents, reader)
             populations.append(
                 PopulationSpec(pop_id, parent, boolean=boolean, line=reader.lines.get(key, 0))
             )
             known.add(pop_id)
+            parents[pop_id] = parent
             continue
         if gate is not None and gate not in SHAPE_GATES:
             raise reader.error(key, f"gate {gate!r} is not one of {', '.join(SHAPE_GATES)}")
@@ -600,6 +610,7 @@ def _populations(
             )
         )
         known.add(pop_id)
+        parents[pop_id] = parent
     return populations
 
 

@@ -38,7 +38,7 @@ populations:
   - {id: CD4 CD8-, parent: CD4, phenotype: CD8_in_CD4-}
   - {id: CD8 T, parent: T, phenotype: CD8+}
   - {id: CD4 or CD8, parent: T, boolean: CD4 or CD8 T}
-  - {id: T not CD4, parent: T, boolean: T and not CD4}
+  - {id: CD8 not CD4, parent: T, boolean: CD8 T and not CD4}
   - {id: box, parent: Live, gate: rectangle, channels: [FSC-A, SSC-A], min: [30000, 0],
      max: [150000, 100000], units: data}
   - {id: triangle, parent: Live, gate: polygon, channels: [FSC-A, SSC-A],
@@ -85,7 +85,7 @@ def test_booleans_are_the_set_operations_they_name(gated):
     single, dead, live = (_mask(result, p) for p in ("Single", "Dead", "Live"))
     assert np.array_equal(live, single & ~dead)
     t, cd4, cd8 = (_mask(result, p) for p in ("T", "CD4", "CD8 T"))
-    assert np.array_equal(_mask(result, "T not CD4"), t & ~cd4)
+    assert np.array_equal(_mask(result, "CD8 not CD4"), t & cd8 & ~cd4)
     assert np.array_equal(_mask(result, "CD4 or CD8"), cd4 | cd8)
 
 
@@ -121,7 +121,8 @@ def test_height_width_singlets_and_the_cluster_gate(gated):
         ("quarter: +-", "quarter: +", "quarter must be one of ++, +-, -+, --"),
         ("FSC-A: 30000", "FSC-A: thirty", "a threshold is a number (a fixed cut) or a mapping"),
         ("boolean: not Dead", "boolean: not Ded", "'Ded' is not a population defined above"),
-        ("boolean: T and not CD4", "boolean: T and CD4 or Dead", "either 'and' or 'or'"),
+        ("boolean: not Dead", "boolean: not Cells", "a boolean combines populations under its"),
+        ("boolean: CD8 T and not CD4", "boolean: CD8 T and CD4 or Dead", "either 'and' or 'or'"),
         ("CD4: {type: asinh", "CD4: {type: log", "scale must be one of logicle, asinh, biex"),
         ("[CD4, CD8], at:", "[CD4, CD8], att:", "no option 'att' (allowed: channels, at"),
         ("min_share: 0.2}", "min_shar: 0.2}", "gate cluster has no option 'min_shar' (allowed:"),
@@ -136,3 +137,21 @@ def test_load_errors_name_the_file_line_and_what_is_allowed(tmp_path, old, new, 
     message = str(caught.value)
     line = next(i for i, row in enumerate(text.splitlines(), start=1) if new in row)
     assert f"{path} line {line}:" in message and reason in message, message
+
+
+def test_every_gate_of_the_language_exports_to_gatingml_and_flowjo(gated, tmp_path):
+    """Booleans with complements, drawn and cluster gates, per-channel scales: read back
+    from Gating-ML they select the same events; FlowJo's export checks each gate itself."""
+    from gating.engine import evaluate
+    from gating.flowjo import export_flowjo
+    from gating.gatingml import export_gatingml, load_gatingml, xml_id
+
+    fcs, placed, result = gated
+    export_gatingml(placed.gate_set, tmp_path / "gates.xml")
+    spill = (fcs.spillover.channels, fcs.spillover.matrix)
+    again = evaluate(load_gatingml(tmp_path / "gates.xml"), fcs.events, fcs.channel_names, spill)
+    assert {p: again.count(xml_id(p)) for p in placed.populations} == {
+        p: result.count(p) for p in placed.populations
+    }
+    export_flowjo(placed.gate_set, fcs.path, tmp_path / "gates.wsp")
+    assert (tmp_path / "gates.wsp").stat().st_size > 0
