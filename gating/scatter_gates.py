@@ -73,10 +73,13 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
     fit, kept = _scatter_fit(points, named, options.spread, keep)
     share = _kept_share(points, fit, kept, options)
     anchored = None
+    start = None
     if share < options.min_share and named.get(keep[0]) is not None:
         # the anchors do not fit this instrument's scatter: start them from the data,
         # moved so that the first kept cluster's anchor sits on the densest scatter
-        moved, spread, anchored = _anchors_from_data(points, named, keep[0], options.spread)
+        start = _anchors_from_data(points, named, keep[0], options.spread)
+    if start is not None:
+        moved, spread, anchored = start
         refit, rekept = _scatter_fit(points, moved, spread, keep)
         reshare = _kept_share(points, refit, rekept, options)
         anchored["share"] = reshare
@@ -170,18 +173,24 @@ def _anchors_from_data(
     anchors: dict[str, tuple[float, float]],
     reference: str,
     spread: tuple[float, ...],
-) -> tuple[dict[str, tuple[float, float]], tuple[float, ...], dict]:
+) -> tuple[dict[str, tuple[float, float]], tuple[float, ...], dict] | None:
     """Anchors moved onto this sample's scatter: FSC scaled and log SSC shifted so that the
     ``reference`` anchor lands on the densest point of the events above the lowest FSC
-    tenth (debris); the FSC spread scales with them."""
+    tenth (debris); the FSC spread scales with them. None without enough such events."""
     points = points[np.isfinite(points).all(axis=1)]
+    if len(points) < MIN_EVENTS:
+        return None
     points = points[points[:, 0] > np.quantile(points[:, 0], 0.1)]
+    if len(points) < MIN_EVENTS or np.ptp(points[:, 0]) == 0 or np.ptp(points[:, 1]) == 0:
+        return None
     counts, x_edges, y_edges = np.histogram2d(points[:, 0], points[:, 1], bins=64)
     kernel = np.exp(-0.5 * np.arange(-3, 4) ** 2 / 2.0)
     smooth = np.apply_along_axis(np.convolve, 0, counts, kernel, mode="same")
     smooth = np.apply_along_axis(np.convolve, 1, smooth, kernel, mode="same")
     i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
     mode = ((x_edges[i] + x_edges[i + 1]) / 2, (y_edges[j] + y_edges[j + 1]) / 2)
+    if not mode[0] > 0:
+        return None
     fsc_factor = mode[0] / anchors[reference][0]
     ssc_shift = mode[1] - anchors[reference][1]
     moved = {n: (a * fsc_factor, b + ssc_shift) for n, (a, b) in anchors.items()}
