@@ -35,6 +35,8 @@ from gating.placement import (
 )
 from gating.template import CutSpec
 
+NEAR_EMPTY = 0.002
+"""A lymphocyte gate whose box keeps at most this share of its parent is implausible."""
 MIN_CLUSTER = 20
 """Fewer fitted events than this and a scatter cluster counts as absent."""
 BLAST_WEIGHT_RATIO = 5.0
@@ -47,6 +49,9 @@ class ScatterClusters:
 
     fit: ClusterFit
     kept: tuple[str, ...]
+    ssc_shift: float = 0.0
+    """How far (log SSC) the anchors were moved onto this sample's scatter: gates reading
+    the fit move their SSC bounds with it."""
 
 
 def cells(parent: Parent, options: CellsOptions) -> Placement:
@@ -72,19 +77,17 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
     points = np.column_stack([parent.values(fsc), parent.values(ssc)])
     fit, kept = _scatter_fit(points, named, options.spread, keep)
     share = _kept_share(points, fit, kept, options)
-    anchored = None
-    start = None
-    if share < options.min_share and named.get(keep[0]) is not None:
-        # the anchors do not fit this instrument's scatter: start them from the data,
-        # moved so that the first kept cluster's anchor sits on the densest scatter
-        start = _anchors_from_data(points, named, keep[0], options.spread)
-    if start is not None:
-        moved, spread, anchored = start
-        refit, rekept = _scatter_fit(points, moved, spread, keep)
-        reshare = _kept_share(points, refit, rekept, options)
-        anchored["share"] = reshare
-        if reshare > share:
-            fit, kept, share = refit, rekept, reshare
+    anchored, shift = None, 0.0
+    if share < options.min_share:
+        # the anchors do not fit this instrument's scatter: start them from the data, moved
+        # so that one kept cluster's anchor sits on the densest scatter (lymphocytes in
+        # PBMC, granulocytes in lysed blood): the move whose fit explains the data best
+        best = _best_data_start(points, named, [n for n in keep if n in named], options)
+        if best is not None:
+            refit, rekept, reshare, anchored = best
+            if reshare > share:
+                fit, kept, share = refit, rekept, reshare
+                shift = anchored["ssc_shift"]
     if fit.fallback or not kept:
         reason = fit.reason or "no kept cluster has events"
         return _cells_by_size(parent, options, reason)
@@ -125,7 +128,7 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
     if len(shapes) > 1:
         refs = tuple(GateRef(g.id) for g in shapes)
         out.add(BooleanGate(parent.id, parent.population, "or", refs))
-    return out.done(fit=ScatterClusters(fit, tuple(kept)))
+    return out.done(fit=ScatterClusters(fit, tuple(kept), shift))
 
 
 def _scatter_fit(
@@ -144,6 +147,32 @@ def _scatter_fit(
         if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
     ]
     return fit, kept
+
+
+def _best_data_start(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, float]],
+    references: list[str],
+    options: CellsOptions,
+) -> tuple[ClusterFit, list[str], float, dict] | None:
+    """The refit from anchors moved onto the data (:func:`_anchors_from_data`) with each
+    kept cluster in turn as the reference, the one of highest likelihood in data units."""
+    best = None
+    for reference in references:
+        start = _anchors_from_data(points, anchors, reference, options.spread)
+        if start is None:
+            continue
+        moved, spread, evidence = start
+        fit, kept = _scatter_fit(points, moved, spread, options.keep)
+        if fit.fallback or not kept:
+            continue
+        # the fit's mean log density is in spread units: back to data units
+        loglik = fit.evidence["loglik"] - float(np.log(spread[0] * spread[1]))
+        share = _kept_share(points, fit, kept, options)
+        evidence.update(reference=reference, share=share, loglik=loglik)
+        if best is None or loglik > best[3]["loglik"]:
+            best = (fit, kept, share, evidence)
+    return best
 
 
 def _kept_share(
@@ -235,7 +264,8 @@ def lymphocytes(parent: Parent, options: LymphocytesOptions) -> Placement:
     out = Builder()
     scatter: ScatterClusters | None = parent.inputs.get("scatter")
     _, axis = parent.scatter_axes()
-    bounds = Bounds(*options.bounds, options.default)
+    shift = 0.0 if scatter is None else scatter.ssc_shift  # anchors moved onto the data
+    bounds = Bounds(*(v + shift for v in (*options.bounds, options.default)))
     ssc = parent.values(axis)
     decision = out.record(parent.id, parent.decide(
         parent.id, lambda: _lymphocyte_ssc(scatter, options, ssc, bounds)
@@ -259,6 +289,11 @@ def lymphocytes(parent: Parent, options: LymphocytesOptions) -> Placement:
     band = None
     if bright is not None and not decision.fallback:
         band = _brighter_band(parent, options, decision, ssc, values, floor.value, out)
+    inside = np.isfinite(ssc) & (ssc < decision.value)
+    if bright is not None:
+        inside &= bright
+    if ssc.size >= MIN_EVENTS and inside.mean() <= NEAR_EMPTY:
+        out.flags.append(f"implausible:{parent.id}")  # the SSC cut keeps (nearly) nothing
     box_id = parent.id if plane is None and band is None else f"{parent.id}{PART}box"
     if bright is not None:
         box = (Bound(axis, max=decision.value), Bound(marker_axis, min=floor.value))
