@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from gating.cuts import place_threshold
+from gating.errors import GatingError
 from gating.method import ESTIMATE_LIMIT, FLUOR, PART, Builder, Parent, Placement
 from gating.model import (
     FCS_SPILL,
@@ -30,7 +31,10 @@ def stable_flow(parent: Parent, options: StableFlowOptions) -> Placement:
     """Time bins whose event rate or mean scatter stray from the rest are left out."""
     out = Builder()
     time = Dimension(parent.channels.time)
-    t = parent.raw(parent.channels.time)
+    try:
+        t = parent.raw(parent.channels.time)
+    except GatingError:  # a file without a time channel
+        return _skip_stable_flow(parent)
     ssc = parent.raw(parent.channels.ssc_area)
     fsc = parent.raw(parent.channels.fsc_area)
     finite = np.isfinite(t) & np.isfinite(ssc) & np.isfinite(fsc)
@@ -87,6 +91,19 @@ def stable_flow(parent: Parent, options: StableFlowOptions) -> Placement:
         refs = tuple(GateRef(g.id) for g in gates)
         gates.append(BooleanGate(parent.id, parent.population, "or", refs))
     out.add(*gates)
+    return out.done()
+
+
+def _skip_stable_flow(parent: Parent) -> Placement:
+    """No time channel: the check is skipped (flagged) and every event with a finite
+    FSC-A passes, so that the populations below are gated."""
+    out = Builder()
+    fsc = parent.raw(parent.channels.fsc_area)
+    reason = "no time channel: stable-flow check skipped"
+    out.record(parent.id, ThresholdDecision(0.0, "skipped", False, reason, int(fsc.size)))
+    out.flags.append(f"stable_flow_skipped:{parent.id}")
+    fsc_axis = Dimension(parent.channels.fsc_area)
+    out.add(RangeGate(parent.id, parent.population, Bound(fsc_axis, min=_before(fsc))))
     return out.done()
 
 

@@ -24,6 +24,7 @@ from gating.model import FCS_SPILL, Dimension
 from gating.placement import ThresholdDecision
 from gating.placer import ESTIMATE_LIMIT
 from gating.template import Template
+from pipeline.config import LabConfig
 from pipeline.errors import CartflowError
 from pipeline.gate import (
     GateStageError,
@@ -71,12 +72,13 @@ def pool_cuts(
     template: Template | None = None,
     tube: str | None = None,
     per_file: int = ESTIMATE_LIMIT,
+    config: LabConfig | None = None,
 ) -> dict[str, ThresholdDecision]:
     """One decision per cut name from the pooled events of ``paths`` (all gated with the same
     template); raises a CartflowError naming the file that does not fit."""
     if not paths:
         raise CartflowError("pool", "no files to pool over")
-    gated = [gate_file(Path(p), template=template, tube=tube) for p in paths]
+    gated = [gate_file(Path(p), template=template, tube=tube, config=config) for p in paths]
     first = gated[0].template
     for name in names:
         first.cut(name)  # an unknown cut name fails before anything is pooled
@@ -134,6 +136,7 @@ def pool_gates(
     template: Template | None = None,
     tube: str | None = None,
     per_file: int = ESTIMATE_LIMIT,
+    config: LabConfig | None = None,
 ) -> dict[str, Placement]:
     """One placement per gate (``cells``, ``lymphocytes``, a ``cluster`` gate …) from the
     pooled parent events of ``paths``, each sample's detectors compensated with its own
@@ -142,7 +145,7 @@ def pool_gates(
     pooled too, listed before it."""
     if not paths:
         raise CartflowError("pool", "no files to pool over")
-    gated = [gate_file(Path(p), template=template, tube=tube) for p in paths]
+    gated = [gate_file(Path(p), template=template, tube=tube, config=config) for p in paths]
     first = gated[0]
     names = list(first.fcs.channel_names)
     for sample in gated[1:]:
