@@ -111,3 +111,42 @@ def test_scatter_cells_start_from_the_data_when_the_anchors_do_not_fit():
     assert evidence["anchored_on_data"]["share"] == evidence["kept_share"] >= 0.2
     assert result.count("cells") >= 0.5 * result.count("singlets")
     assert "implausible:cells" not in placed.flags
+
+
+def test_the_cli_gates_the_activation_set_with_a_lab_configuration(tmp_path):
+    """From the command line, with a lab configuration folder (the shipped one plus the
+    experiment's panel and the Activation template): the same counts as from Python."""
+    import csv
+    import json
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    require_shared(DATA)
+    runner = CliRunner()
+    lab = tmp_path / "lab"
+    assert runner.invoke(app, ["config", "init", str(lab)]).exit_code == 0
+    with (DATA / "Activation-Experiment-Markers.csv").open(encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["Marker"] not in ("", "NA")]
+    lines = [f"  - {{channel: {r['Channel']}, marker: {r['Marker']}}}" for r in rows]
+    (lab / "activation.yaml").write_text(
+        "id: activation\nversion: 1\ntube: activation\ntube_names: [activation]\n"
+        "beads: false\nmarker_labels: optional\ncytometer: LSRII\n"
+        "scatter: [FSC-A, FSC-H, SSC-A]\ntime: Time\nchannels:\n" + "\n".join(lines) + "\n",
+        encoding="utf-8",
+    )
+    template = Path(__file__).parents[1] / "panels" / "templates" / "activation.yaml"
+    shutil.copy(template, lab / "templates" / "activation.yaml")
+    checked = runner.invoke(app, ["config", "check", str(lab)])
+    assert checked.exit_code == 0, checked.output
+    fcs = DATA / "Activation_1.fcs"
+    done = runner.invoke(app, ["gate", str(fcs), "--config", str(lab), "--tube", "activation",
+                               "--json"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    counts = json.loads(done.output)["counts"]
+    expected = gate_file(1, DATA)
+    for population, (gated, _) in expected.counts.items():
+        assert counts[population] == gated, population
