@@ -7,14 +7,17 @@ evaluates them at once, so the next cut can look at the population just made. Th
 the placed :class:`GateSet` (which :func:`gating.engine.evaluate` re-applies exactly, and which
 exports to Gating-ML), the masks and counts, and every decision with its evidence.
 
-Shape gates: stable flow (time bins), singlets (FSC-H/FSC-A), beads (bright in every
-detector) in :mod:`gating.qc_gates`; cells (ellipses of scatter clusters fitted from template
-anchors, so debris and dead cells stay out) and lymphocytes (low SSC, bright CD45, on the
-lymphocyte side of the dead cells) in :mod:`gating.scatter_gates`. Estimation always works on
-subsamples (``ESTIMATE_LIMIT``); gates are then evaluated on every event. Bad input gives
+Gates other than phenotypes and booleans are registered placement methods (``METHODS``,
+:mod:`gating.method`): stable flow (time bins), singlets (height against area, or width),
+beads (bright in every detector) in :mod:`gating.qc_gates`; cells (ellipses of scatter
+clusters fitted from template anchors, started again from the data when they do not fit)
+and lymphocytes (low SSC, bright CD45, on the lymphocyte side of the dead cells) in
+:mod:`gating.scatter_gates`; drawn polygons, rectangles, ellipses, quadrants and data-placed
+clusters in :mod:`gating.gates_2d`; a phenotype's robust core is ``CORE``. Estimation always
+works on subsamples (``ESTIMATE_LIMIT``); gates are then evaluated on every event. Bad input gives
 flags, not exceptions: channels without signal (``degenerate_channel:``), non-finite events,
-cuts that fell back to the template default (``threshold_fallback:``) and populations that
-could not be gated (``not_gated:``).
+cuts that fell back to the template default (``threshold_fallback:``), implausible cuts and
+gates (``implausible:``) and populations that could not be gated (``not_gated:``).
 """
 
 from __future__ import annotations
