@@ -283,8 +283,10 @@ def _cross_checks(directory, panels, templates, names) -> list[str]:
                     f"{directory / TEMPLATE_FOLDER / (panel.tube + '.yaml')}"
                 )
         elif template is not None:
+            scatter = {*panel.scatter, panel.time}  # channels a template may cut directly
             absent = [m for m in template.markers
-                      if m not in panel.markers and m not in panel.omitted]  # fmt: skip
+                      if m not in panel.markers and m not in panel.omitted
+                      and m not in scatter and not m.startswith(("FSC", "SSC"))]  # fmt: skip
             if absent:
                 problems.append(
                     f"{panel.source}: panel {panel.id} lacks marker(s) {', '.join(absent)} "

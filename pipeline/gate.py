@@ -14,7 +14,7 @@ from gating.auto import PlacedGating, place
 from gating.engine import Evaluator, GatingResult
 from gating.model import FCS_SPILL, Dimension, GateSet
 from gating.placement import ThresholdDecision
-from gating.placer import FLUOR, ChannelMap, transforms_for
+from gating.placer import FLUOR, ChannelMap, scales_for, transforms_for
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
@@ -56,8 +56,14 @@ class SampleGating:
         return Evaluator(transforms_for(self.template), {}, fcs.events, fcs.channel_names, matrix)
 
     def marker_values(self, marker: str) -> np.ndarray:
-        """A marker's compensated values on the template's scale, for every event."""
-        axis = Dimension(self.panel_markers()[marker], FCS_SPILL, FLUOR)
+        """A marker's compensated values (or a channel's, ``FSC-A``) on the template's scale
+        for it, for every event."""
+        scales = scales_for(self.template)
+        channel = self.panel_markers().get(marker)
+        if channel is None:
+            axis = Dimension(marker, None, scales.get(marker))
+        else:
+            axis = Dimension(channel, FCS_SPILL, scales.get(marker, FLUOR))
         return self._evaluator.values(axis, None)
 
     def counts(self) -> dict[str, int]:
@@ -108,7 +114,10 @@ def gate_fcs(
     template of ``config`` (default: the shipped configuration) is used."""
     if template is None:
         template = config.template(panel.tube) if config else template_for(panel.tube)
-    missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
+    missing = [
+        m for m in template.markers
+        if m not in panel.markers and m not in panel.omitted and m not in fcs.channel_names
+    ]  # fmt: skip
     if missing:
         raise GateStageError(
             fcs.path,
