@@ -19,7 +19,7 @@ from pipeline.gate import gate_file, gate_records, template_for
 from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
-from pipeline.report import overview_path, write_report
+from pipeline.report import plots_dir, write_report
 from pipeline.store import GateRecord, PopulationRecord, Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
@@ -37,6 +37,8 @@ class GateWork:
     gates: tuple[GateRecord, ...] = ()
     flags: tuple[str, ...] = ()
     error: str | None = None
+    plots_drawn: bool = False
+    """Whether the sample's report plots were drawn (not found already drawn)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class PendingFile:
     sha256: str
     sample_id: int
     tube: str
-    overview: Path | None = None
+    plots: Path | None = None
+    """Folder of the report's sample plots, drawn while the file is in memory (None: none)."""
 
 
 def gate_one(item: PendingFile) -> GateWork:
@@ -63,12 +66,17 @@ def gate_one(item: PendingFile) -> GateWork:
     except Exception as exc:  # a bad file must never stop the batch
         return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
     populations, gates = gate_records(gated)
-    if item.overview is not None:
-        from pipeline.plots import sample_overview
+    drawn = False
+    if item.plots is not None:
+        from pipeline.plots import render_sample_plots
 
-        sample_overview(gated, item.overview)
+        drawn = render_sample_plots(gated, item.sha256, item.plots)
     return GateWork(
-        **base, populations=tuple(populations), gates=tuple(gates), flags=gated.placed.flags
+        **base,
+        populations=tuple(populations),
+        gates=tuple(gates),
+        flags=gated.placed.flags,
+        plots_drawn=drawn,
     )
 
 
@@ -76,7 +84,7 @@ def pending_gating(
     store: Store, files: Sequence[tuple[Path, str]], report_dir: Path | None = None
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
-    template (with the path of their overview plot when a report is wanted)."""
+    template (with the folder of their plots when a report is wanted)."""
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
@@ -88,8 +96,8 @@ def pending_gating(
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
-            overview = overview_path(report_dir, sha) if report_dir else None
-            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"], overview))
+            plots = plots_dir(report_dir) if report_dir else None
+            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"], plots))
     return pending
 
 
@@ -256,10 +264,17 @@ class RunSummary:
     quarantine_report: Path | None
     outcomes: object | None = None
     outcome_error: str | None = None
+    figures_drawn: int = 0
+    """Patients' kinetics figures the report drew (the others were unchanged)."""
 
     @property
     def failed(self) -> list[GateWork]:
         return [w for w in self.gated if w.error]
+
+    @property
+    def plots_drawn(self) -> int:
+        """Samples whose report plots this run drew (the others' were drawn before)."""
+        return sum(w.plots_drawn for w in self.gated)
 
     @property
     def flagged(self) -> list[GateWork]:
@@ -337,10 +352,10 @@ def run_batch(
                 outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
             except CartflowError as exc:
                 outcome_error = str(exc)
-        index = None
+        written = None
         if settings.html_report:
             progress("report", 1)
-            index = write_report(
+            written = write_report(
                 store,
                 report_dir,
                 follow.timepoints,
@@ -353,10 +368,11 @@ def run_batch(
         tuple(gated),
         len(files) - len(gated),  # before this run, or by another run meanwhile
         follow,
-        index,
+        written.index if written else None,
         quarantine_report,
         outcomes,
         outcome_error,
+        written.figures_drawn if written else 0,
     )
 
 

@@ -1,14 +1,21 @@
-"""QC plots of a gated sample: one PNG per population, its parent's events as density, the gate
-drawn, the placed cuts with their evidence, the counts in the title."""
+"""QC plots of a gated sample: per population, its parent's events as density, the gate drawn,
+the placed cuts with their evidence, the counts in the title.
+
+The report's plots (:func:`render_sample_plots`) are binned densities (``pipeline.density``),
+drawn once per file content and gating; ``gate --plots`` draws print-quality PNGs with
+matplotlib (:func:`gate_plots`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from gating.compensation import compensate
+from gating.engine import Evaluator
 from gating.model import (
     BooleanGate,
     Dimension,
@@ -18,9 +25,13 @@ from gating.model import (
     RectangleGate,
 )
 from gating.placer import PART
+from pipeline.density import AxisBins, Overlay, PanelSet, write_atomic
 from pipeline.gate import SampleGating
 
 PLOT_EVENTS = 20_000
+
+PLOTS_VERSION = 1
+"""Raised when the report's sample plots change, so that cached ones are drawn again."""
 
 
 def _matplotlib():
@@ -58,6 +69,11 @@ def _cuts(gate) -> list[tuple[Dimension, float | None, float | None]]:
     if isinstance(gate, RangeGate | RectangleGate):
         return [(b.axis, b.min, b.max) for b in gate.bounds]
     return []
+
+
+def _spill(gated: SampleGating):
+    spill = gated.spillover
+    return (list(spill.channels), spill.matrix) if spill else None
 
 
 def _compensated(gated: SampleGating) -> np.ndarray:
@@ -187,8 +203,107 @@ def gate_plots(gated: SampleGating, out_dir: Path) -> list[Path]:
     return written
 
 
+def _overlay(gates, axes: list[Dimension]) -> Overlay:
+    """The gates' cuts on the plot's axes and their polygons and ellipses as outlines."""
+    x_cuts: list[float] = []
+    y_cuts: list[float] = []
+    outlines = []
+    for gate in gates:
+        if isinstance(gate, PolygonGate) and list(gate.axes) == axes:
+            outlines.append(tuple((float(x), float(y)) for x, y in gate.vertices))
+        if isinstance(gate, EllipsoidGate) and (outline := _ellipse(gate, axes)) is not None:
+            outlines.append(tuple((float(x), float(y)) for x, y in outline[::4]))
+        for axis, low, high in _cuts(gate):
+            if axis in axes:
+                kept = x_cuts if axis == axes[0] else y_cuts
+                kept.extend(float(v) for v in (low, high) if v is not None and np.isfinite(v))
+    return Overlay(tuple(x_cuts), tuple(y_cuts), tuple(outlines))
+
+
+def sample_panels(gated: SampleGating) -> PanelSet:
+    """One plot per population: its parent's events as a binned density on the population's
+    gate axes (a histogram on one axis), the gate drawn over it."""
+    gate_set = gated.placed.gate_set
+    evaluator = Evaluator(gate_set.transforms, gate_set.compensations, gated.fcs.events,
+                          gated.fcs.channel_names, _spill(gated))  # fmt: skip
+    binned: dict[Dimension, tuple[str, AxisBins]] = {}
+
+    def axis_bins(axis: Dimension) -> tuple[str, AxisBins]:
+        if axis not in binned:
+            scale = gate_set.transforms[axis.transform] if axis.transform else None
+            binned[axis] = (_label(gated, axis), AxisBins.of(evaluator.raw_values(axis), scale))
+        return binned[axis]
+
+    panels = PanelSet()
+    everything = np.arange(gated.result.event_count)
+    for population in gated.placed.populations:
+        parent = gated.placed.parents[population]
+        events = everything if parent is None else np.flatnonzero(gated.result.mask(parent))
+        gates = _population_gates(gated, population)
+        axes = _plot_axes(gates)
+        count = gated.result.count(population)
+        share = 100 * count / events.size if events.size else 0.0
+        title = f"{population}: {count:,} of {events.size:,} {parent or 'events'} ({share:.1f} %)"
+        if not axes:
+            continue
+        panels.add(
+            population,
+            title,
+            axis_bins(axes[0]),
+            axis_bins(axes[1]) if len(axes) == 2 else None,
+            events,
+            _overlay(gates, axes),
+            _cut_notes(gated, population, axes),
+        )
+    return panels
+
+
+def plots_key(gated: SampleGating, sha256: str) -> str:
+    """What a sample's plots depend on: the file's content, the gates and cuts placed on it,
+    the counts and the way plots are drawn (a hex digest)."""
+    placed = gated.placed
+    decisions = sorted(
+        (name, d.method, d.value, d.fallback, d.reason) for name, d in placed.decisions.items()
+    )
+    text = repr(
+        (PLOTS_VERSION, sha256, placed.template_sha256, placed.gate_set.gates, decisions,
+         sorted(gated.counts().items()))
+    )  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
+    """Draw a sample's plots into ``folder`` unless those of the same file and gating are
+    there already: ``<sha>.json`` (the panels) and ``<sha>-<key>.png`` (their images).
+    Returns whether anything was drawn."""
+    key = plots_key(gated, sha256)
+    index = folder / f"{sha256[:16]}.json"
+    image = f"{sha256[:16]}-{key[:12]}.png"
+    try:
+        known = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if known.get("key") == key and (folder / image).is_file():
+        return False
+    panels = sample_panels(gated)
+    write_atomic(folder / image, panels.png())
+    heading = f"{gated.fcs.path.name} — {gated.panel.id}, {gated.template.id}"
+    record = {
+        "key": key,
+        "image": image,
+        "rows": len(panels.images),
+        "heading": heading,
+        "panels": [p.as_dict() for p in panels.panels],
+    }
+    write_atomic(index, json.dumps(record).encode())
+    old = known.get("image")
+    if old and old != image:
+        (folder / old).unlink(missing_ok=True)
+    return True
+
+
 def sample_overview(gated: SampleGating, path: Path, columns: int = 5) -> Path:
-    """All of a sample's gates in one PNG (for the report)."""
+    """All of a sample's gates in one PNG (matplotlib, print quality)."""
     plt = _matplotlib()
     populations = gated.placed.populations
     rows = max(1, -(-len(populations) // columns))
