@@ -7,8 +7,6 @@ cohort.html (figures and tables of the outcome stage when there is one).
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import math
 import os
@@ -20,8 +18,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.density import panel_from_dict, panel_svg
-from pipeline.plots import PLOTS_VERSION, kinetics_figure
+from pipeline.density import panel_from_dict, panel_svg, write_atomic
+from pipeline.plots import kinetics_svg
 from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
@@ -205,15 +203,16 @@ def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame
 
 
 def _kinetics_image(rows: pd.DataFrame, patient: str, folder: Path) -> tuple[Path, bool]:
-    """A patient's kinetics figure, drawn only when its numbers changed (named by their hash);
-    returns its path and whether it was drawn now."""
-    key = hashlib.sha256(f"{PLOTS_VERSION}\n{rows.to_csv(index=False)}".encode()).hexdigest()
-    path = folder / f"{patient}-{key[:12]}.png"
-    if path.is_file():
-        return path, False
-    for old in folder.glob(f"{glob.escape(patient)}-*.png"):
-        old.unlink(missing_ok=True)
-    kinetics_figure(rows, patient, path)
+    """A patient's kinetics figure (SVG), written only when it changed; returns its path and
+    whether it was written now."""
+    path = folder / f"{patient}.svg"
+    drawn = kinetics_svg(rows)
+    try:
+        if path.read_text(encoding="utf-8") == drawn:
+            return path, False
+    except OSError:
+        pass
+    write_atomic(path, drawn.encode())
     return path, True
 
 
