@@ -17,7 +17,6 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -177,13 +176,15 @@ def histogram(x: np.ndarray, bins: int = BINS) -> tuple[float, ...]:
     return tuple(round(float(c) / top, 4) for c in counts) if top else (0.0,) * bins
 
 
-@cache
-def _palette() -> list[int]:
-    from matplotlib import colormaps
+VIRIDIS = ("#440154", "#481b6d", "#46327e", "#3f4788", "#365c8d", "#2e6e8e", "#277f8e",
+           "#21918c", "#1fa187", "#2db27d", "#4ac16d", "#73d056", "#a0da39", "#d0e11c",
+           "#fde725")  # fmt: skip
+"""matplotlib's viridis at LEVELS - 1 even steps (kept here: no matplotlib import to draw)."""
 
-    colours = colormaps["viridis"](np.linspace(0.0, 1.0, LEVELS - 1))[:, :3]
-    rgb = [(255, 255, 255), *[tuple(int(255 * c + 0.5) for c in row) for row in colours]]
-    return [channel for colour in rgb for channel in colour]
+
+def _palette() -> list[int]:
+    colours = ("#ffffff", *VIRIDIS)
+    return [int(c[i : i + 2], 16) for c in colours for i in (1, 3, 5)]
 
 
 def stacked_png(images: Sequence[np.ndarray]) -> bytes:

@@ -66,3 +66,13 @@ def test_plots_are_drawn_once_per_gating(tmp_path):
     assert any(c == pytest.approx(moved, rel=1e-4) for c in drawn), drawn
     svg = panel_svg(panel_from_dict(car), again["image"], again["rows"])
     assert svg.count("<path") >= 1 and svg.startswith("<svg")
+
+
+def test_the_palette_is_viridis():
+    from matplotlib import colormaps
+
+    from pipeline.density import LEVELS, VIRIDIS
+
+    expected = colormaps["viridis"](np.linspace(0.0, 1.0, LEVELS - 1))[:, :3]
+    drawn = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in VIRIDIS]) / 255
+    assert np.abs(drawn - expected).max() <= 0.5 / 255 + 1e-9
