@@ -553,13 +553,16 @@ class _Evaluation:
             local = local.astype(bool)
         if idx is None:
             full = local
+            self._positions.pop(population, None)
         else:
+            # the population's events, found on its parent's (not by a pass over all events)
+            found = idx[local]
             full = np.zeros(self.n, dtype=bool)
-            full[idx] = local  # idx holds each event once: the same as full[idx[local]] = True
+            full[found] = True
+            self._keep(self._positions, population, found, RECENT_POSITIONS)
         full.setflags(write=False)
         count = int(np.count_nonzero(local))
         self.packed[population] = np.packbits(full)
-        self._positions.pop(population, None)
         self._keep(self._recent, population, full, RECENT_MASKS)
         self.counts[population] = count
         self.parents[population] = gate.parent
