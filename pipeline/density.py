@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,17 +71,34 @@ class Panel:
 
     def as_dict(self) -> dict:
         """A JSON-ready form, numbers to 5 significant digits (:func:`panel_from_dict`)."""
-        return _rounded(asdict(self))
+        overlay = self.overlay
+        return {
+            "name": self.name,
+            "title": self.title,
+            "x_label": self.x_label,
+            "x_range": _rounded(self.x_range),
+            "y_label": self.y_label,
+            "y_range": _rounded(self.y_range) if self.y_range else None,
+            "row": self.row,
+            "histogram": list(self.histogram),
+            "overlay": {
+                "x_cuts": _rounded(overlay.x_cuts),
+                "y_cuts": _rounded(overlay.y_cuts),
+                "outlines": [_rounded(np.ravel(o)).reshape(-1, 2).tolist()
+                             for o in overlay.outlines],
+            },
+            "notes": list(self.notes),
+        }  # fmt: skip
 
 
-def _rounded(value):
-    if isinstance(value, float):
-        return float(f"{value:.5g}")
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rounded(v) for v in value]
-    return value
+def _rounded(values) -> np.ndarray | list[float]:
+    """Numbers to 5 significant digits (a list; an array when given an array)."""
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        digits = 4 - np.floor(np.log10(np.abs(np.where(array == 0, 1.0, array))))
+    scale = 10.0 ** np.nan_to_num(digits)
+    rounded = np.round(array * scale) / scale
+    return rounded if isinstance(values, np.ndarray) else rounded.tolist()
 
 
 def panel_from_dict(data: dict) -> Panel:
