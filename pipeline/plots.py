@@ -303,26 +303,6 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     return True
 
 
-def sample_overview(gated: SampleGating, path: Path, columns: int = 5) -> Path:
-    """All of a sample's gates in one PNG (matplotlib, print quality)."""
-    plt = _matplotlib()
-    populations = gated.placed.populations
-    rows = max(1, -(-len(populations) // columns))
-    fig, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), dpi=60)
-    compensated = _compensated(gated)
-    flat = np.atleast_1d(grid).ravel()
-    for ax, population in zip(flat, populations, strict=False):
-        draw_population(ax, gated, compensated, population)
-    for ax in flat[len(populations) :]:
-        ax.axis("off")
-    fig.suptitle(f"{gated.fcs.path.name} — {gated.panel.id}, {gated.template.id}", fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.05, top=0.93, wspace=0.3, hspace=0.45)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 KINETICS_SERIES = ((("memory", "CAR"), "#d62728", "CAR-T cells/µL"),
                    (("bcell", "B"), "#1f77b4", "B cells/µL"))  # fmt: skip
 KINETICS_TICKS = (5, 7, 11, 14, 21, 28, 90, 180, 365)
