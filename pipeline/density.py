@@ -84,7 +84,7 @@ class Panel:
             "overlay": {
                 "x_cuts": _rounded(overlay.x_cuts),
                 "y_cuts": _rounded(overlay.y_cuts),
-                "outlines": [_rounded(np.ravel(o)).reshape(-1, 2).tolist()
+                "outlines": [_rounded(np.asarray(o, dtype=np.float64)).tolist()
                              for o in overlay.outlines],
             },
             "notes": list(self.notes),
@@ -93,12 +93,12 @@ class Panel:
 
 def _rounded(values) -> np.ndarray | list[float]:
     """Numbers to 5 significant digits (a list; an array when given an array)."""
-    array = np.asarray(values, dtype=np.float64)
+    if not isinstance(values, np.ndarray):
+        return [float(f"{v:.5g}") for v in values]
     with np.errstate(divide="ignore", invalid="ignore"):
-        digits = 4 - np.floor(np.log10(np.abs(np.where(array == 0, 1.0, array))))
+        digits = 4 - np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
     scale = 10.0 ** np.nan_to_num(digits)
-    rounded = np.round(array * scale) / scale
-    return rounded if isinstance(values, np.ndarray) else rounded.tolist()
+    return np.round(values * scale) / scale
 
 
 def panel_from_dict(data: dict) -> Panel:
@@ -143,7 +143,7 @@ class AxisBins:
         if raw.dtype == np.float32:  # x >= the smallest float32 >= edge: exactly x >= edge
             raw_edges = _ceil32(raw_edges)
         # one comparison pass per edge: faster than a binary search for 65 edges
-        codes = np.full(raw.shape, -1, dtype=np.int16)
+        codes = np.full(raw.shape, -1, dtype=np.int8)  # bins < 127
         with np.errstate(invalid="ignore"):
             for edge in raw_edges:
                 codes += raw >= edge
@@ -190,7 +190,7 @@ def histogram(x: np.ndarray, bins: int = BINS) -> tuple[float, ...]:
     """Bar heights of the events' bins (the tallest 1)."""
     counts = np.bincount(x[x >= 0], minlength=bins)[:bins]
     top = counts.max() if counts.size else 0
-    return tuple(round(float(c) / top, 4) for c in counts) if top else (0.0,) * bins
+    return tuple(np.round(counts / top, 4).tolist()) if top else (0.0,) * bins
 
 
 VIRIDIS = ("#440154", "#481b6d", "#46327e", "#3f4788", "#365c8d", "#2e6e8e", "#277f8e",
