@@ -67,11 +67,8 @@ SHAPE_CHUNK = 1 << 14
 RECENT_MASKS = 8
 """Unpacked masks kept for the populations used last (boolean gates and children use them)."""
 
-RECENT_POSITIONS = 8
-"""Event indices kept for the populations used last."""
-
-SMALL_POPULATION = 64
-"""A population under 1/SMALL_POPULATION of the events is packed from its event indices."""
+RECENT_POSITIONS = 4
+"""Event indices kept for the parents used last."""
 
 SUBSAMPLES = 4
 """Estimation subsamples kept (the ones asked for last)."""
@@ -491,18 +488,6 @@ def points_in_ellipsoid(
 # ------------------------------------------------------------------------------ engine
 
 
-def pack_positions(positions: np.ndarray, n: int) -> np.ndarray:
-    """``np.packbits`` of the mask of n events that holds ``positions`` (sorted, each once),
-    in time proportional to their number plus n/8."""
-    packed = np.zeros((n + 7) // 8, dtype=np.uint8)
-    if positions.size:
-        byte = positions >> 3
-        bits = (np.uint8(128) >> (positions & 7).astype(np.uint8)).astype(np.uint8)
-        starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
-        packed[byte[starts]] = np.add.reduceat(bits, starts, dtype=np.uint8)  # distinct bits
-    return packed
-
-
 def _check_events(events: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
     events = np.asarray(events)
     if events.ndim != 2 or events.shape[1] != len(channel_names):
@@ -560,46 +545,22 @@ class _Evaluation:
         self._keep(self._positions, population, found, RECENT_POSITIONS)
         return found
 
-    def members(self, population: str, idx: np.ndarray | None) -> np.ndarray:
-        """Which of the events ``idx`` (None: all) are in a population."""
-        if idx is None:
-            return self.mask(population)
-        found = self._positions.get(population)
-        if found is None or population in self._recent:
-            return self.mask(population)[idx]
-        # both sorted: look the population's events up among idx (no full-size mask)
-        local = np.zeros(idx.size, dtype=bool)
-        at = np.searchsorted(idx, found)
-        inside = at < idx.size
-        at, hit = at[inside], found[inside]
-        local[at[idx[at] == hit]] = True
-        return local
-
     def record(
         self, population: str, gate: Gate, idx: np.ndarray | None, local: np.ndarray, **evidence
     ) -> None:
         """Scatter a mask over the parent's events back to all events and keep its evidence."""
         if local.dtype != bool:
             local = local.astype(bool)
-        count = int(np.count_nonzero(local))
         if idx is None:
             full = local
-            self._positions.pop(population, None)
         else:
-            # the population's events, found on its parent's (not by a pass over all events)
-            found = idx[local]
-            self._keep(self._positions, population, found, RECENT_POSITIONS)
-            full = None
-            if count * SMALL_POPULATION >= self.n:
-                full = np.zeros(self.n, dtype=bool)
-                full[found] = True
-        if full is None:  # a small population: packed from its indices, no full-size pass
-            self.packed[population] = pack_positions(found, self.n)
-            self._recent.pop(population, None)
-        else:
-            full.setflags(write=False)
-            self.packed[population] = np.packbits(full)
-            self._keep(self._recent, population, full, RECENT_MASKS)
+            full = np.zeros(self.n, dtype=bool)
+            full[idx] = local  # idx holds each event once: the same as full[idx[local]] = True
+        full.setflags(write=False)
+        count = int(np.count_nonzero(local))
+        self.packed[population] = np.packbits(full)
+        self._positions.pop(population, None)
+        self._keep(self._recent, population, full, RECENT_MASKS)
         self.counts[population] = count
         self.parents[population] = gate.parent
         self.diagnostics[population] = GateDiagnostics(
@@ -646,7 +607,10 @@ class _Evaluation:
         elif isinstance(gate, QuadrantGate):
             self._quadrants(gate, idx, size)
         elif isinstance(gate, BooleanGate):
-            parts = [self.members(ref.gate, idx) for ref in gate.refs]
+            parts = [
+                self.mask(ref.gate) if idx is None else self.mask(ref.gate)[idx]
+                for ref in gate.refs
+            ]
             parts = [~p if ref.complement else p for p, ref in zip(parts, gate.refs, strict=True)]
             if gate.op == "not":
                 mask = ~parts[0]

@@ -650,17 +650,6 @@ def test_values_the_c_iteration_gives_up_on_are_solved(transform):
     assert np.all(np.diff(y[np.argsort(x, kind="stable")]) >= 0)  # monotone
 
 
-def test_small_populations_are_packed_from_their_event_indices():
-    from gating.engine import pack_positions
-
-    rng = np.random.default_rng(3)
-    for n in (1, 7, 8, 9, 1000, 4099):
-        for share in (0.0, 0.01, 0.5, 1.0):
-            mask = rng.random(n) < share
-            positions = np.flatnonzero(mask).astype(np.int32)
-            assert np.array_equal(pack_positions(positions, n), np.packbits(mask)), (n, share)
-
-
 def test_placed_memory_tube_counts_equal_the_exact_transformed_evaluation():
     """A committed file gated end to end (incremental placement, cuts mapped to raw values,
     small populations kept as event indices) gives every population the events that
