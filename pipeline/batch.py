@@ -27,7 +27,7 @@ from pipeline.gate import (
 from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
-from pipeline.report import overview_path, write_report
+from pipeline.report import plots_dir, write_report
 from pipeline.review import review_exports, write_batch_workspace
 from pipeline.store import GateRecord, PopulationRecord, Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
@@ -48,6 +48,8 @@ class GateWork:
     error: str | None = None
     flowjo: bytes | None = None
     """The sample's one-sample FlowJo workspace, for the batch workspace (when asked for)."""
+    plots_drawn: bool = False
+    """Whether the sample's report plots were drawn (not found already drawn)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class PendingFile:
     sha256: str
     sample_id: int
     tube: str
-    overview: Path | None = None
+    plots: Path | None = None
+    """Folder of the report's sample plots, drawn while the file is in memory (None: none)."""
     config: LabConfig | None = None
     """The lab configuration to gate with (None: the shipped one)."""
     review: Path | None = None
@@ -86,10 +89,11 @@ def gate_one(item: PendingFile) -> GateWork:
     except Exception as exc:  # a bad file must never stop the batch
         return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
     populations, gates = gate_records(gated)
-    if item.overview is not None:
-        from pipeline.plots import sample_overview
+    drawn = False
+    if item.plots is not None:
+        from pipeline.plots import render_sample_plots
 
-        sample_overview(gated, item.overview)
+        drawn = render_sample_plots(gated, item.sha256, item.plots)
     flowjo, flags = None, gated.placed.flags
     if item.review is not None:
         try:
@@ -97,7 +101,12 @@ def gate_one(item: PendingFile) -> GateWork:
         except CartflowError as exc:  # the counts stand; the review copy is said to be missing
             flags = (*flags, f"review_export_failed: {exc.problem}")
     return GateWork(
-        **base, populations=tuple(populations), gates=tuple(gates), flags=flags, flowjo=flowjo
+        **base,
+        populations=tuple(populations),
+        gates=tuple(gates),
+        flags=flags,
+        flowjo=flowjo,
+        plots_drawn=drawn,
     )
 
 
@@ -124,8 +133,8 @@ def pending_gating(
     lab_gates: Mapping[str, LabGating] | None = None,
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
-    template (with the path of their overview plot when a report is wanted, and the review
-    folder when review exports are); a tube in ``lab_gates`` is gated by the lab's gates."""
+    template (with the folder of their plots when a report is wanted, and the review folder
+    when review exports are); a tube in ``lab_gates`` is gated by the lab's gates."""
     lab_gates = lab_gates or {}
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
@@ -140,11 +149,11 @@ def pending_gating(
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
-            overview = overview_path(report_dir, sha) if report_dir and not lab else None
+            plots = plots_dir(report_dir) if report_dir and not lab else None
             review = review_dir if not lab else None
             pending.append(
                 PendingFile(
-                    path, sha, sample["sample_id"], sample["tube"], overview, config, review, lab
+                    path, sha, sample["sample_id"], sample["tube"], plots, config, review, lab
                 )
             )
     return pending
@@ -320,10 +329,17 @@ class RunSummary:
     outcomes: object | None = None
     outcome_error: str | None = None
     review: Path | None = None
+    figures_drawn: int = 0
+    """Patients' kinetics figures the report drew (the others were unchanged)."""
 
     @property
     def failed(self) -> list[GateWork]:
         return [w for w in self.gated if w.error]
+
+    @property
+    def plots_drawn(self) -> int:
+        """Samples whose report plots this run drew (the others' were drawn before)."""
+        return sum(w.plots_drawn for w in self.gated)
 
     @property
     def flagged(self) -> list[GateWork]:
@@ -418,10 +434,10 @@ def run_batch(
                 )
             except CartflowError as exc:
                 outcome_error = str(exc)
-        index = None
+        written = None
         if settings.html_report:
             progress("report", 1)
-            index = write_report(
+            written = write_report(
                 store,
                 report_dir,
                 follow.timepoints,
@@ -434,11 +450,12 @@ def run_batch(
         tuple(gated),
         len(files) - len(gated),  # before this run, or by another run meanwhile
         follow,
-        index,
+        written.index if written else None,
         quarantine_report,
         outcomes,
         outcome_error,
         review,
+        written.figures_drawn if written else 0,
     )
 
 

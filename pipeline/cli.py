@@ -721,7 +721,10 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
         where = summary.follow.files["kinetics"].parent / "outcomes"
         console.print(f"outcomes: {len(summary.outcomes.figures)} figures and tables in {where}")
     if summary.report:
-        console.print(f"report: {summary.report.resolve()}")
+        console.print(
+            f"report: {summary.report.resolve()} ({summary.plots_drawn} samples' plots and "
+            f"{summary.figures_drawn} patient figures drawn, the rest unchanged)"
+        )
     if summary.review:
         console.print(f"review workspace: {summary.review}")
     return summary
