@@ -196,7 +196,9 @@ def test_a_fifo_is_one_line_error_without_blocking(tmp_path, where):
 
     os.mkfifo(fifo := tmp_path / ("pipe.fcs" if where == "inspect" else "pipe.xml"))
     fcs = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
-    args = ["inspect", str(fifo)] if where == "inspect" else ["gate", str(fcs), "--gates", str(fifo)]
+    args = ["inspect", str(fifo)]
+    if where == "gates":
+        args = ["gate", str(fcs), "--gates", str(fifo)]
     done = subprocess.run(  # a blocked read would hit the timeout and fail the test
         [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=120
     )
