@@ -292,8 +292,8 @@ def test_a_run_whose_process_was_killed_is_marked_failed_on_the_next_start(tmp_p
 
     path = tmp_path / "store.sqlite"
     script = (
-        "import time; from pipeline.store import Store; s = Store(%r); "
-        "s.start_run('run', {}); print('started', flush=True); time.sleep(600)" % str(path)
+        f"import time; from pipeline.store import Store; s = Store({str(path)!r}); "
+        "s.start_run('run', {}); print('started', flush=True); time.sleep(600)"
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "started"
