@@ -4,11 +4,13 @@ tables into the output folder. Each stage is a module of its own; this one only 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import as_completed as as_completed_futures
 from dataclasses import dataclass, field
 from datetime import date
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +39,7 @@ class GateWork:
     gates: tuple[GateRecord, ...] = ()
     flags: tuple[str, ...] = ()
     error: str | None = None
+    worker_died: bool = False  # the process gating it was killed (out of memory, …)
 
 
 @dataclass(frozen=True)
@@ -108,16 +111,95 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
 
 
 def _one_thread_each() -> None:
-    """Worker initialiser: one BLAS/OpenMP thread per process (the pool is the parallelism)."""
+    """Worker set-up: one BLAS/OpenMP thread per process (the processes are the parallelism)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
 
 
+PR_SET_PDEATHSIG = 1
+WORKER_ATTEMPTS = 2
+"""A file whose worker process is killed is tried once more, then given up (quarantined)."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this worker when the process that started it dies, even by
+    kill -9 (Linux); elsewhere, and if the parent is already gone, stop now."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's clean-up still stops workers
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _gate_in_worker(item: PendingFile, sender, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    _one_thread_each()
+    sender.send(gate_one(item))
+    sender.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        how = " (as the out-of-memory killer does)" if name == "SIGKILL" else ""
+        return f"killed by {name}{how}"
+    return f"ended with exit code {exitcode} before reporting"
+
+
+def gate_in_processes(pending: Sequence[PendingFile], workers: int) -> Iterator[GateWork]:
+    """Gate each file in a forked process of its own, ``workers`` at a time. A process that
+    dies (kill -9, out of memory) costs only its file: tried once more, then reported as a
+    failed work with ``worker_died``; workers die with this process."""
+    context = multiprocessing.get_context("fork")
+    queue = deque((item, 1) for item in pending)
+    running: dict = {}  # receiving end -> (process, item, attempt)
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                item, attempt = queue.popleft()
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_gate_in_worker, args=(item, sender, os.getpid()), daemon=True
+                )
+                process.start()
+                sender.close()
+                running[receiver] = (process, item, attempt)
+            for receiver in wait_for(list(running)):
+                process, item, attempt = running.pop(receiver)
+                try:
+                    work = receiver.recv()
+                except (EOFError, OSError, ValueError, TypeError, AttributeError):
+                    work = None  # died before or while reporting
+                receiver.close()
+                process.join()
+                if work is not None:
+                    yield work
+                elif attempt < WORKER_ATTEMPTS:
+                    queue.append((item, attempt + 1))
+                else:
+                    yield GateWork(
+                        item.path, item.sha256, item.sample_id, "", "", worker_died=True,
+                        error=f"worker process {_death(process.exitcode)}, "
+                        f"{WORKER_ATTEMPTS} times",
+                    )  # fmt: skip
+    finally:  # interrupted: stop the workers still gating, without waiting on them long
+        for process, _, _ in running.values():
+            process.terminate()
+        for process, _, _ in running.values():
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
 def gate_parallel(
     pending: Sequence[PendingFile], workers: int = 1, scheduler: str | None = None
 ) -> Iterator[GateWork]:
-    """Gate files as they finish: in this process, a local process pool, or on a Dask
+    """Gate files as they finish: in this process, in local worker processes, or on a Dask
     distributed cluster (``scheduler`` = ``tcp://host:port``)."""
     if not pending:
         return
@@ -129,17 +211,10 @@ def gate_parallel(
             for future in as_completed(futures):
                 yield future.result()
         return
-    if workers <= 1 or len(pending) == 1:
+    if workers <= 1:
         yield from map(gate_one, pending)
         return
-    context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each)
-    try:
-        futures = [pool.submit(gate_one, item) for item in pending]
-        for future in as_completed_futures(futures):
-            yield future.result()
-    finally:  # interrupted: the files not started are dropped, not gated on the way out
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from gate_in_processes(pending, workers)
 
 
 def gate_batch(
@@ -151,10 +226,12 @@ def gate_batch(
     scheduler: str | None = None,
 ) -> list[GateWork]:
     """Gate pending files (in parallel when asked) and store each as it finishes; returns
-    those this run stored (not those another run stored first meanwhile)."""
+    those this run stored (not those another run stored first meanwhile) and those whose
+    worker died."""
     done = []
     for work in gate_parallel(pending, workers, scheduler):
-        if write_gating(store, run_id, work):
+        # a file whose worker died is not stored as gated: a later run tries it again
+        if work.worker_died or write_gating(store, run_id, work):
             done.append(work)
         if on_file:
             on_file(work)
@@ -315,6 +392,8 @@ def run_batch(
             workers=settings.workers,
             scheduler=settings.scheduler,
         )
+        if _quarantine_lost_workers(store, run_id, ingest, gated):
+            quarantine_report = write_quarantine_report(ingest, settings.out)
         outcomes, outcome_error = None, None
         clinical = settings.clinical
         try:
@@ -358,6 +437,22 @@ def run_batch(
         outcomes,
         outcome_error,
     )
+
+
+def _quarantine_lost_workers(
+    store: Store, run_id: int, ingest: IngestReport, gated: Sequence[GateWork]
+) -> bool:
+    """Quarantine the files whose worker process died (the run goes on, exit 2); True when
+    there were any."""
+    from pipeline.ingest import FileOutcome
+
+    lost = [work for work in gated if work.worker_died]
+    for work in lost:
+        reason = f"gating not done: {work.error}"
+        store.quarantine(run_id, f"{work.sha256}:worker", str(work.path), work.sha256,
+                         "worker", reason)  # fmt: skip
+        ingest.outcomes.append(FileOutcome(work.path, "quarantined", work.sha256, reason, "worker"))
+    return bool(lost)
 
 
 @dataclass
