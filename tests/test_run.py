@@ -362,7 +362,7 @@ def test_a_killed_worker_is_tried_again_then_quarantined(tmp_path, kills):
         text=True,
     )
     killed = _kill_workers(process, kills, time.monotonic() + 120)
-    output, errors = process.communicate(timeout=300)
+    _, errors = process.communicate(timeout=300)
     assert len(killed) == kills
     statuses = dict(_rows(path, "select command, status from runs"))
     assert statuses["run"] == "finished"
@@ -396,5 +396,5 @@ def test_killing_the_run_kills_its_workers(tmp_path):
     assert workers, "the run started no worker"
     process.kill()
     process.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive
