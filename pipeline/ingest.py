@@ -245,8 +245,17 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         store.quarantine(run_id, in_context, str(path), sha, "internal", reason)
         return FileOutcome(path, "quarantined", sha, reason, "internal")
     record = describe(checked.fcs, sha, path)
+    sample = sample_record(checked.identity, checked.panel)
+    earlier = store.replaceable(str(path), sample)
+    if earlier is not None:  # the file changed since it was stored: its sample is replaced
+        store.replace_sample(run_id, earlier, record, sample)
+        return FileOutcome(
+            path, "accepted", sha,
+            f"{sample.patient} {sample.timepoint} {sample.tube}: replaces the sample stored "
+            "from this path before it changed (kept in the replacements table)",
+        )  # fmt: skip
     try:
-        stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+        stored = store.record_sample(run_id, record, sample)
     except (DataError, OverflowError) as exc:  # a value of this file the store cannot hold
         reason = f"the store cannot hold a value of this file: {first_line(exc)}"
         store.quarantine(run_id, in_context, str(path), sha, "store", reason)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     inspect,
@@ -213,6 +214,23 @@ class KineticsRow(Base):
     unit: Mapped[str] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ReplacementRow(Base):
+    """A stored file replaced by new content at the same path (a copy that was finished
+    or rewritten after it was stored): what the old one was and what it counted."""
+
+    __tablename__ = "replacements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    old_sha256: Mapped[str] = mapped_column(String(64))
+    new_sha256: Mapped[str] = mapped_column(String(64))
+    patient: Mapped[str] = mapped_column(String(128))
+    timepoint: Mapped[str] = mapped_column(String(16))
+    tube: Mapped[str] = mapped_column(String(64))
+    old_counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
 class QuarantineRow(Base):
@@ -506,6 +524,74 @@ class Store:
                 return row.id
         except IntegrityError:
             return None
+
+    def replaceable(self, path: str, sample: SampleRecord) -> int | None:
+        """The stored file known only under ``path`` whose sample has the same patient,
+        timepoint and tube: the earlier content of a file that changed since."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(FcsFileRow.id, SampleRow)
+                .join(FileName, FileName.file_id == FcsFileRow.id)
+                .join(SampleRow, SampleRow.file_id == FcsFileRow.id)
+                .where(FileName.path == path)
+            ).all()
+            for file_id, old in rows:
+                names = session.scalar(
+                    select(func.count()).select_from(FileName).where(FileName.file_id == file_id)
+                )
+                same = (old.patient, old.timepoint, old.tube) == (
+                    sample.patient, sample.timepoint, sample.tube
+                )  # fmt: skip
+                if names == 1 and same:
+                    return file_id
+        return None
+
+    def replace_sample(
+        self, run_id: int, old_file_id: int, file: FileRecord, sample: SampleRecord
+    ) -> int:
+        """In one transaction: keep what the old file was and counted in ``replacements``,
+        remove it and its results, and record the new file and sample in its place."""
+        with self.transaction() as session:
+            old_file = session.get(FcsFileRow, old_file_id)
+            old = session.scalar(select(SampleRow).where(SampleRow.file_id == old_file_id))
+            gatings = session.scalars(select(GatingRow.id).where(GatingRow.sample_id == old.id))
+            gating_ids = list(gatings)
+            counts = {
+                p.population: p.count
+                for p in session.scalars(
+                    select(PopulationRow).where(PopulationRow.gating_id.in_(gating_ids))
+                )
+            }
+            session.add(
+                ReplacementRow(
+                    path=file.path, old_sha256=old_file.sha256, new_sha256=file.sha256,
+                    patient=old.patient, timepoint=old.timepoint, tube=old.tube,
+                    old_counts=counts, run_id=run_id,
+                )
+            )  # fmt: skip
+            for table in (FlagRow, GateRow, PopulationRow):
+                session.execute(delete(table).where(table.gating_id.in_(gating_ids)))
+            session.execute(delete(GatingRow).where(GatingRow.sample_id == old.id))
+            session.execute(delete(SampleRow).where(SampleRow.id == old.id))
+            session.execute(delete(FileName).where(FileName.file_id == old_file_id))
+            session.execute(delete(FcsFileRow).where(FcsFileRow.id == old_file_id))
+            described = {k: v for k, v in vars(file).items() if k != "path"}
+            row = FcsFileRow(**described, name=Path(file.path).name, run_id=run_id)
+            session.add(row)
+            session.flush()
+            session.add(FileName(file_id=row.id, path=file.path, run_id=run_id))
+            session.add(SampleRow(**vars(sample), file_id=row.id, run_id=run_id))
+            return row.id
+
+    def replacements(self) -> list[dict[str, Any]]:
+        with self._sessions() as session:
+            rows = session.scalars(select(ReplacementRow).order_by(ReplacementRow.id)).all()
+        return [
+            {"path": r.path, "old_sha256": r.old_sha256, "new_sha256": r.new_sha256,
+             "patient": r.patient, "timepoint": r.timepoint, "tube": r.tube,
+             "old_counts": r.old_counts, "run_id": r.run_id}
+            for r in rows
+        ]  # fmt: skip
 
     def sample_id(self, sha256: str) -> int | None:
         """The sample recorded for a file's content, if any."""

@@ -302,3 +302,22 @@ def test_fifos_and_folders_named_like_fcs_files_are_reported(cohort, store, tmp_
         "folder.fcs": "is a directory, not a regular file",
     }
     assert len(report.with_status("accepted")) == len(good)
+
+
+def test_a_file_that_changes_after_it_was_stored_replaces_its_sample(cohort, store, tmp_path):
+    """The same path with new content and the same identity replaces the stored sample (the
+    old one is kept in the replacements table), never adds a second one."""
+    import hashlib
+
+    batch = tmp_path / "batch"
+    (copy,) = _small_batch(cohort, batch, count=1)
+    old_sha = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert ingest_batch(batch, store).outcomes[0].status == "accepted"
+    rewrite(cohort / copy.name, copy, COM="exported again")
+    [outcome] = ingest_batch(batch, store).outcomes
+    assert outcome.status == "accepted" and "replaces the sample" in outcome.detail
+    [sample] = store.samples()
+    assert sample["sha256"] == outcome.sha256 != old_sha
+    [replaced] = store.replacements()
+    assert (replaced["old_sha256"], replaced["new_sha256"]) == (old_sha, outcome.sha256)
+    assert replaced["patient"] == sample["patient"]

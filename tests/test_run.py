@@ -323,11 +323,13 @@ def test_a_copy_that_stalled_is_taken_again_once_it_is_finished(tmp_path):
     whole = source.read_bytes()
     target.write_bytes(whole[: len(whole) // 2])
     watch = ArrivalWatch(folder, settle=2)
-    looks = [watch.complete() for _ in range(4)]
-    assert looks == [[], [], [target], []]  # stalled long enough: handed over once
+    looks = [watch.complete() for _ in range(5)]
+    # seen, hashed, same hash (unreadable: wait), still so: handed over once
+    assert looks == [[], [], [], [target], []]
     target.write_bytes(whole)  # the copy finishes
-    assert watch.complete() == []  # it changed: wait for it to settle
-    assert watch.complete() == [target]
+    assert watch.complete() == []  # it changed: wait for it to hold still
+    assert watch.complete() == []  # hashed
+    assert watch.complete() == [target]  # same content, readable
     assert watch.complete() == []
 
 
@@ -398,3 +400,35 @@ def test_killing_the_run_kills_its_workers(tmp_path):
     process.wait()
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive
+
+
+def test_watch_ends_with_one_complete_sample_when_a_copy_fills_data_late(tmp_path):
+    """A copier that sets the full size first and fills the bytes in later, with pauses:
+    no partial content is stored as a sample; the finished file is, once."""
+    folder, db = tmp_path / "exports", tmp_path / "watch.sqlite"
+    folder.mkdir()
+    source = sorted(FIXTURE_COHORT.glob("CART-001 D11_CAR-T memory_*.fcs"))[0]
+    raw = source.read_bytes()
+    watcher = subprocess.Popen(
+        _cli("watch", str(folder), "--db", f"sqlite:///{db}", "--out", str(tmp_path / "out"),
+             "--no-report", "--interval", "0.3", "--cycles", "40"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    target = folder / source.name
+    with target.open("wb") as fh:
+        fh.truncate(len(raw))  # full size at once, all zeros
+        fh.flush()
+        step = len(raw) // 4
+        for start in range(0, len(raw), step):
+            time.sleep(2.0)  # longer than the watch waits before quarantining
+            fh.seek(start)
+            fh.write(raw[start : start + step])
+            fh.flush()
+    _, err = watcher.communicate(timeout=300)
+    assert watcher.returncode in (0, 2), err.decode()
+    import hashlib
+
+    [(sha,)] = _rows(db, "select sha256 from files")
+    assert sha == hashlib.sha256(raw).hexdigest()
+    assert _count(db, "samples") == 1 and _count(db, "gatings") == 1
