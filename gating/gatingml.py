@@ -10,6 +10,7 @@ import).
 from __future__ import annotations
 
 import io
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,11 @@ if TYPE_CHECKING:
 
 MAX_DOCUMENT_BYTES = 10 * 2**20
 """Gating-ML documents larger than this (10 MiB) are refused unread."""
+MAX_GATES = 500
+"""Gates of one Gating-ML document or one workspace sample: FlowKit's parser takes time
+growing with the square of their number (about 2 s for 500, 40 s for 2,000)."""
+MAX_WORKSPACE_GATES = 20 * MAX_GATES
+"""Gates of a whole FlowJo workspace (all its samples and groups)."""
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 UNCOMPENSATED = "uncompensated"
@@ -81,7 +87,10 @@ def load_gatingml(path: str | Path) -> GateSet:
 def read_bounded(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
     """The bytes of a document of at most ``limit`` bytes (else a :class:`GatingError`)."""
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):
+            raise GatingError(path, "is not a regular file (a FIFO or device would block)")
+        size = status.st_size
         if size > limit:
             raise GatingError(path, _too_large(size, limit))
         with path.open("rb") as fh:
@@ -109,11 +118,23 @@ class DoctypeFoundError(Exception):
     pass
 
 
+class TooManyGatesError(Exception):
+    pass
+
+
+_STRATEGY_ELEMENTS = frozenset({"Sample", "GroupNode"})
+"""Workspace elements that each hold one gating strategy."""
+
+
 class DoctypeGuard:
-    """Parser target that stops at a DOCTYPE, before any of its declarations are used, and
-    notes the root element."""
+    """Parser target that stops at a DOCTYPE, before any of its declarations are used, or
+    at more gates than FlowKit parses in bounded time, and notes the root element."""
 
     root: str | None = None
+
+    def __init__(self) -> None:
+        self.gates = 0  # in the whole document
+        self.in_strategy = 0  # in the current workspace sample or group (or the document)
 
     def doctype(self, name: str, public_id: str | None, system_url: str | None) -> None:
         raise DoctypeFoundError(system_url or public_id or name)
@@ -121,6 +142,22 @@ class DoctypeGuard:
     def start(self, tag: str, attrib: dict) -> None:
         if self.root is None:
             self.root = tag
+        local = tag.rsplit("}", 1)[-1]
+        if local in _STRATEGY_ELEMENTS:
+            self.in_strategy = 0
+        elif local.endswith("Gate") and tag.startswith(f"{{{GATING_NS}}}"):
+            self.gates += 1
+            self.in_strategy += 1
+            if self.in_strategy > MAX_GATES:
+                raise TooManyGatesError(
+                    f"holds more than {MAX_GATES} gates in one gating strategy; documents with "
+                    "more are refused (reading them would take minutes)"
+                )
+            if self.gates > MAX_WORKSPACE_GATES:
+                raise TooManyGatesError(
+                    f"holds more than {MAX_WORKSPACE_GATES} gates; documents with more are "
+                    "refused (reading them would take minutes)"
+                )
 
     def end(self, tag: str) -> None:
         pass
@@ -161,6 +198,8 @@ def _parse_safely(data: bytes, path: Path) -> etree._ElementTree:
         root = etree.fromstring(data, safe_parser())
     except DoctypeFoundError as exc:
         raise GatingError(path, _DOCTYPE_REFUSED) from exc
+    except TooManyGatesError as exc:
+        raise GatingError(path, str(exc)) from exc
     except etree.XMLSyntaxError as exc:
         raise GatingError(path, f"is not well-formed XML: {exc}") from exc
     tree = root.getroottree()

@@ -324,6 +324,7 @@ def _parse_document(path: Path) -> tuple[str, etree._Element | None]:
     from gating.gatingml import (
         DoctypeFoundError,
         DoctypeGuard,
+        TooManyGatesError,
         read_bounded,
         safe_parser,
     )
@@ -337,6 +338,8 @@ def _parse_document(path: Path) -> tuple[str, etree._Element | None]:
             raise GatingError(
                 path, "has a DOCTYPE declaration; such documents are refused"
             ) from exc
+    except TooManyGatesError as exc:
+        raise GatingError(path, str(exc)) from exc
     except etree.XMLSyntaxError as exc:
         raise GatingError(path, f"is not well-formed XML: {exc}") from exc
     root = guard.root or ""

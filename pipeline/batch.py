@@ -4,11 +4,13 @@ tables into the output folder. Each stage is a module of its own; this one only 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import as_completed as as_completed_futures
 from dataclasses import dataclass, field
 from datetime import date
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +52,7 @@ class GateWork:
     """The sample's one-sample FlowJo workspace, for the batch workspace (when asked for)."""
     plots_drawn: bool = False
     """Whether the sample's report plots were drawn (not found already drawn)."""
+    worker_died: bool = False  # the process gating it was killed (out of memory, …)
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,95 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
 
 
 def _one_thread_each() -> None:
-    """Worker initialiser: one BLAS/OpenMP thread per process (the pool is the parallelism)."""
+    """Worker set-up: one BLAS/OpenMP thread per process (the processes are the parallelism)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
 
 
+PR_SET_PDEATHSIG = 1
+WORKER_ATTEMPTS = 2
+"""A file whose worker process is killed is tried once more, then given up (quarantined)."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this worker when the process that started it dies, even by
+    kill -9 (Linux); elsewhere, and if the parent is already gone, stop now."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's clean-up still stops workers
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _gate_in_worker(item: PendingFile, sender, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    _one_thread_each()
+    sender.send(gate_one(item))
+    sender.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        how = " (as the out-of-memory killer does)" if name == "SIGKILL" else ""
+        return f"killed by {name}{how}"
+    return f"ended with exit code {exitcode} before reporting"
+
+
+def gate_in_processes(pending: Sequence[PendingFile], workers: int) -> Iterator[GateWork]:
+    """Gate each file in a forked process of its own, ``workers`` at a time. A process that
+    dies (kill -9, out of memory) costs only its file: tried once more, then reported as a
+    failed work with ``worker_died``; workers die with this process."""
+    context = multiprocessing.get_context("fork")
+    queue = deque((item, 1) for item in pending)
+    running: dict = {}  # receiving end -> (process, item, attempt)
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                item, attempt = queue.popleft()
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_gate_in_worker, args=(item, sender, os.getpid()), daemon=True
+                )
+                process.start()
+                sender.close()
+                running[receiver] = (process, item, attempt)
+            for receiver in wait_for(list(running)):
+                process, item, attempt = running.pop(receiver)
+                try:
+                    work = receiver.recv()
+                except (EOFError, OSError, ValueError, TypeError, AttributeError):
+                    work = None  # died before or while reporting
+                receiver.close()
+                process.join()
+                if work is not None:
+                    yield work
+                elif attempt < WORKER_ATTEMPTS:
+                    queue.append((item, attempt + 1))
+                else:
+                    yield GateWork(
+                        item.path, item.sha256, item.sample_id, "", "", worker_died=True,
+                        error=f"worker process {_death(process.exitcode)}, "
+                        f"{WORKER_ATTEMPTS} times",
+                    )  # fmt: skip
+    finally:  # interrupted: stop the workers still gating, without waiting on them long
+        for process, _, _ in running.values():
+            process.terminate()
+        for process, _, _ in running.values():
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
 def gate_parallel(
     pending: Sequence[PendingFile], workers: int = 1, scheduler: str | None = None
 ) -> Iterator[GateWork]:
-    """Gate files as they finish: in this process, a local process pool, or on a Dask
+    """Gate files as they finish: in this process, in local worker processes, or on a Dask
     distributed cluster (``scheduler`` = ``tcp://host:port``)."""
     if not pending:
         return
@@ -195,17 +277,10 @@ def gate_parallel(
             for future in as_completed(futures):
                 yield future.result()
         return
-    if workers <= 1 or len(pending) == 1:
+    if workers <= 1:
         yield from map(gate_one, pending)
         return
-    context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each)
-    try:
-        futures = [pool.submit(gate_one, item) for item in pending]
-        for future in as_completed_futures(futures):
-            yield future.result()
-    finally:  # interrupted: the files not started are dropped, not gated on the way out
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from gate_in_processes(pending, workers)
 
 
 def gate_batch(
@@ -217,10 +292,12 @@ def gate_batch(
     scheduler: str | None = None,
 ) -> list[GateWork]:
     """Gate pending files (in parallel when asked) and store each as it finishes; returns
-    those this run stored (not those another run stored first meanwhile)."""
+    those this run stored (not those another run stored first meanwhile) and those whose
+    worker died."""
     done = []
     for work in gate_parallel(pending, workers, scheduler):
-        if write_gating(store, run_id, work):
+        # a file whose worker died is not stored as gated: a later run tries it again
+        if work.worker_died or write_gating(store, run_id, work):
             done.append(work)
         if on_file:
             on_file(work)
@@ -409,6 +486,8 @@ def run_batch(
         review = None
         if review_dir is not None:
             review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name, store)
+        if _quarantine_lost_workers(store, run_id, ingest, gated):
+            quarantine_report = write_quarantine_report(ingest, settings.out)
         outcomes, outcome_error = None, None
         clinical = settings.clinical
         try:
@@ -459,32 +538,60 @@ def run_batch(
     )
 
 
+def _quarantine_lost_workers(
+    store: Store, run_id: int, ingest: IngestReport, gated: Sequence[GateWork]
+) -> bool:
+    """Quarantine the files whose worker process died (the run goes on, exit 2); True when
+    there were any."""
+    from pipeline.ingest import FileOutcome
+
+    lost = [work for work in gated if work.worker_died]
+    for work in lost:
+        reason = f"gating not done: {work.error}"
+        store.quarantine(run_id, f"{work.sha256}:worker", str(work.path), work.sha256,
+                         "worker", reason)  # fmt: skip
+        ingest.outcomes.append(FileOutcome(work.path, "quarantined", work.sha256, reason, "worker"))
+    return bool(lost)
+
+
 @dataclass
 class ArrivalWatch:
-    """Which files of a folder are complete: same size on two looks and readable (or, when
-    unreadable, unchanged for ``settle`` looks, so that ingest can quarantine them). A file
-    handed over is looked at again when it changes (a copy that stalled, then finished)."""
+    """Which files of a folder are complete: the same size, modification time and content
+    (SHA-256) on two looks, and readable with plausible DATA (no run of zero events where
+    $TOT says there are events); an unreadable file is handed over once unchanged for
+    ``settle`` looks, so that ingest can quarantine it. A file handed over is looked at
+    again when it changes (a copy that stalled, then finished)."""
 
     folder: Path
     settle: int = 3
-    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    looks: dict[Path, tuple[tuple[int, int, str], int]] = field(default_factory=dict)
     handed_over: dict[Path, tuple[int, int]] = field(default_factory=dict)  # size, mtime
 
     def complete(self) -> list[Path]:
         from pipeline.fcs import read_fcs
+        from pipeline.ingest import sha256_of
 
         ready = []
         for path in scan_batch(self.folder):
             try:
                 stat = path.stat()
+                if not path.is_file():  # a FIFO or folder: ingest reports it, once
+                    if path not in self.handed_over:
+                        ready.append(path)
+                        self.handed_over[path] = (-1, -1)
+                    continue
+                if self.handed_over.get(path) == (stat.st_size, stat.st_mtime_ns):
+                    continue
+                seen = (stat.st_size, stat.st_mtime_ns)
+                previous, stable = self.looks.get(path, ((-1, -1, ""), 0))
+                if previous[:2] != seen:  # still changing: hash it only once it holds still
+                    self.looks[path] = ((*seen, ""), 0)
+                    continue
+                state = (*seen, sha256_of(path))
             except OSError:
                 continue
-            size = stat.st_size
-            if self.handed_over.get(path) == (size, stat.st_mtime_ns):
-                continue
-            previous, stable = self.sizes.get(path, (-1, 0))
-            stable = stable + 1 if size == previous else 0
-            self.sizes[path] = (size, stable)
+            stable = stable + 1 if state == previous else 0
+            self.looks[path] = (state, stable)
             if stable == 0:
                 continue
             try:
@@ -493,7 +600,7 @@ class ArrivalWatch:
                 if stable < self.settle:
                     continue
             ready.append(path)
-            self.handed_over[path] = (size, stat.st_mtime_ns)
+            self.handed_over[path] = seen
         return ready
 
 

@@ -135,6 +135,12 @@ def gate_fcs(
                 + ", ".join(absent),
             )
     matrix = spillover or fcs.spillover
+    if matrix is None and fcs.spillover_problem:
+        raise GateStageError(
+            fcs.path,
+            f"its spillover matrix is present but unreadable ({fcs.spillover_problem}); "
+            "give the lab's matrix with --spillover",
+        )
     spill = (list(matrix.channels), matrix.matrix) if matrix else None
     events = fcs.events
     placed, result = place(

@@ -20,8 +20,8 @@ from sqlalchemy.exc import DataError
 
 from panels import MarkerNames, Panel, load_panels, match_panel
 from pipeline.config import LabConfig
-from pipeline.errors import CartflowError, IdentityError, first_line
-from pipeline.fcs import FcsFile, acquisition_date, read_fcs
+from pipeline.errors import CartflowError, FcsError, IdentityError, first_line
+from pipeline.fcs import FcsFile, acquisition_date, read_fcs, require_regular_file
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
 from pipeline.store import FileRecord, SampleRecord, Store
 
@@ -66,14 +66,15 @@ def sha256_of(path: Path) -> str:
 
 
 def scan_batch(batch_dir: Path) -> list[Path]:
-    """FCS files below a folder, in a stable order, skipping hidden and quarantine folders.
-    A link named like an FCS file is listed even when broken, so that ingest reports it."""
+    """Everything named like an FCS file below a folder, in a stable order, skipping hidden
+    and quarantine folders. Links (even broken), FIFOs and folders named like an FCS file
+    are listed too, so that ingest reports them instead of skipping them silently."""
     found = []
     for path in batch_dir.rglob("*"):
         parts = path.relative_to(batch_dir).parts
         if any(p.startswith(".") or p == "quarantine" for p in parts):
             continue
-        if path.suffix.lower() in FCS_SUFFIXES and (path.is_file() or path.is_symlink()):
+        if path.suffix.lower() in FCS_SUFFIXES:
             found.append(path)
     return sorted(found)
 
@@ -134,6 +135,12 @@ def check_file(
 ) -> Checked:
     """Read, identify and panel-match one file; raises CartflowError on any problem."""
     fcs = read_fcs(path, events=False)
+    if fcs.spillover is None and fcs.spillover_problem:
+        raise FcsError(
+            path,
+            f"its spillover matrix is present but unreadable ({fcs.spillover_problem}): "
+            "it cannot be compensated as acquired",
+        )
     identity = identify(path, fcs.text, manifest, rules)
     pairs = [(c.name, c.marker) for c in fcs.channels]
     match = match_panel(path, pairs, panels, identity.tube, names)
@@ -213,9 +220,13 @@ class _Batch:
 
 def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
     try:
+        require_regular_file(path)  # a FIFO would block the read below
         sha = sha256_of(path)
-    except OSError as exc:
-        reason = f"cannot be read: {exc.strerror or exc}"
+    except (OSError, FcsError) as exc:
+        if isinstance(exc, FcsError):
+            reason = exc.problem
+        else:
+            reason = f"cannot be read: {exc.strerror or exc}"
         key = f"path:{path.absolute()}"  # not resolve(): a link may loop
         new = store.quarantine(run_id, key, str(path), None, "io", reason)
         return FileOutcome(path, "quarantined", None, reason, "io", new)
@@ -246,8 +257,17 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         store.quarantine(run_id, in_context, str(path), sha, "internal", reason)
         return FileOutcome(path, "quarantined", sha, reason, "internal")
     record = describe(checked.fcs, sha, path)
+    sample = sample_record(checked.identity, checked.panel)
+    earlier = store.replaceable(str(path), sample)
+    if earlier is not None:  # the file changed since it was stored: its sample is replaced
+        store.replace_sample(run_id, earlier, record, sample)
+        return FileOutcome(
+            path, "accepted", sha,
+            f"{sample.patient} {sample.timepoint} {sample.tube}: replaces the sample stored "
+            "from this path before it changed (kept in the replacements table)",
+        )  # fmt: skip
     try:
-        stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+        stored = store.record_sample(run_id, record, sample)
     except (DataError, OverflowError) as exc:  # a value of this file the store cannot hold
         reason = f"the store cannot hold a value of this file: {first_line(exc)}"
         store.quarantine(run_id, in_context, str(path), sha, "store", reason)

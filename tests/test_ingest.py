@@ -247,3 +247,80 @@ def test_same_named_files_in_subfolders_are_not_given_one_manifest_row(cohort, s
     shutil.move(batch / "b" / "tube.fcs", tmp_path / "elsewhere.fcs")  # the clash resolved
     (again,) = ingest_batch(batch, store, load_manifest(manifest)).outcomes
     assert again.status == "accepted"
+
+
+def _spill_lie(source: Path, target: Path) -> Path:
+    return rewrite(source, target, SPILLOVER="3,FITC-A,PE-A,APC-A,1,0.1")
+
+
+def _shifted(source: Path, target: Path) -> Path:
+    from tests.fcs_mutate import misalign_data
+
+    return misalign_data(source, target)
+
+
+def _understated(source: Path, target: Path) -> Path:
+    from pipeline.fcs import read_fcs
+
+    return rewrite(source, target, TOT=str(read_fcs(source, events=False).event_count - 100))
+
+
+KEYWORD_LIES = {
+    "datatype": (lambda s, t: rewrite(s, t, DATATYPE="I"), "$DATATYPE is I, but"),
+    "log-decades": (lambda s, t: rewrite(s, t, **{f"P{n}E": "4,1" for n in range(1, 15)}),
+                    "the keyword is wrong"),
+    "gain": (lambda s, t: rewrite(s, t, **{f"P{n}G": "1e-30" for n in range(1, 14)}),
+             "those keywords are wrong"),
+    "spillover": (_spill_lie, "spillover matrix is present but unreadable"),
+    "tot": (_understated, "$TOT or the DATA offsets are wrong"),
+    "offset": (_shifted, "runs backwards"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("lie", KEYWORD_LIES)
+def test_keyword_lies_are_quarantined_with_the_reason(cohort, store, tmp_path, lie):
+    """A file whose TEXT contradicts its DATA is refused at ingest, never gated as ok."""
+    mutate, fragment = KEYWORD_LIES[lie]
+    source = next(p for p in sorted(cohort.glob("*memory*.fcs")))
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    mutate(source, batch / source.name)
+    [outcome] = ingest_batch(batch, store).outcomes
+    assert (outcome.status, outcome.kind) == ("quarantined", "fcs-format"), outcome
+    assert fragment in outcome.detail
+    assert store.row_counts()["samples"] == 0
+
+
+def test_fifos_and_folders_named_like_fcs_files_are_reported(cohort, store, tmp_path):
+    import os
+
+    batch = tmp_path / "batch"
+    good = _small_batch(cohort, batch, count=1)
+    os.mkfifo(batch / "pipe.fcs")
+    (batch / "folder.fcs").mkdir()
+    report = ingest_batch(batch, store)  # returns: nothing waits on the FIFO
+    reasons = {o.path.name: o.detail for o in report.with_status("quarantined")}
+    assert reasons == {
+        "pipe.fcs": "is a FIFO (named pipe), not a regular file",
+        "folder.fcs": "is a directory, not a regular file",
+    }
+    assert len(report.with_status("accepted")) == len(good)
+
+
+def test_a_file_that_changes_after_it_was_stored_replaces_its_sample(cohort, store, tmp_path):
+    """The same path with new content and the same identity replaces the stored sample (the
+    old one is kept in the replacements table), never adds a second one."""
+    import hashlib
+
+    batch = tmp_path / "batch"
+    (copy,) = _small_batch(cohort, batch, count=1)
+    old_sha = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert ingest_batch(batch, store).outcomes[0].status == "accepted"
+    rewrite(cohort / copy.name, copy, COM="exported again")
+    [outcome] = ingest_batch(batch, store).outcomes
+    assert outcome.status == "accepted" and "replaces the sample" in outcome.detail
+    [sample] = store.samples()
+    assert sample["sha256"] == outcome.sha256 != old_sha
+    [replaced] = store.replacements()
+    assert (replaced["old_sha256"], replaced["new_sha256"]) == (old_sha, outcome.sha256)
+    assert replaced["patient"] == sample["patient"]
