@@ -201,7 +201,13 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+"""Held back while a worker is forked: a stop arriving mid-fork would land in the fork's
+own hooks, where Python ignores the exception it raises, and the run would go on."""
+
+
 def _gate_in_worker(item: PendingFile, sender, parent_pid: int) -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent_pid)
     _one_thread_each()
     sender.send(gate_one(item))
@@ -231,7 +237,11 @@ def gate_in_processes(pending: Sequence[PendingFile], workers: int) -> Iterator[
                 process = context.Process(
                     target=_gate_in_worker, args=(item, sender, os.getpid()), daemon=True
                 )
-                process.start()
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                try:
+                    process.start()
+                finally:  # a stop that came meanwhile is delivered here
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 sender.close()
                 running[receiver] = (process, item, attempt)
             for receiver in wait_for(list(running)):
