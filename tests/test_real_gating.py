@@ -44,9 +44,7 @@ def test_no_unflagged_file_below_the_floor_on_the_large_populations(results):
     assert low.empty, low.to_string(index=False)
 
 
-@pytest.mark.xfail(
-    reason="dendritic cells of files 6, 7, 8 and 16 reach F1 0.82-0.84, unflagged", strict=True
-)
+@pytest.mark.xfail(strict=True, reason="dendritic cells of files 6, 7, 8 and 16: F1 0.82-0.84")
 def test_no_unflagged_file_below_the_floor_on_dendritic_cells(results):
     frame = _stained(results)
     low = frame[~frame["review"] & (frame["Dendritic Cells"] < FILE_FLOOR)]
