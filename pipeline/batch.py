@@ -207,6 +207,8 @@ own hooks, where Python ignores the exception it raises, and the run would go on
 
 
 def _gate_in_worker(item: PendingFile, sender, parent_pid: int) -> None:
+    for stop in _STOP_SIGNALS:  # a stopped worker ends quietly, not with a traceback
+        signal.signal(stop, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent_pid)
     _one_thread_each()
