@@ -20,7 +20,7 @@ import yaml
 from gating.errors import GatingError
 from gating.options import GATE_OPTIONS, REQUIRED, CoreOptions, inputs_of, read_options
 from gating.placement import Bounds
-from pipeline.errors import yaml_problem
+from pipeline.errors import YamlPlaces, yaml_node_lines, yaml_problem
 
 Level = Literal["+", "-", "++", "dim"]
 SHAPE_GATES: tuple[str, ...] = tuple(GATE_OPTIONS)
@@ -165,20 +165,6 @@ def parse_phenotype(text: str, where: str = "phenotype") -> tuple[Condition, ...
     return tuple(conditions)
 
 
-def _lines(node: yaml.Node, path: str = "") -> dict[str, int]:
-    """1-based line of every mapping key and sequence item, by a dotted path."""
-    found = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            name = f"{path}.{key.value}" if path else str(key.value)
-            found[name] = key.start_mark.line + 1
-            found.update({k: v for k, v in _lines(value, name).items() if k != name})
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            found.update(_lines(item, f"{path}[{i}]"))
-    return found
-
-
 def _duplicate_key(node: yaml.Node) -> tuple[str, int] | None:
     """The first mapping key that appears twice in its mapping (YAML would keep the last)."""
     if isinstance(node, yaml.MappingNode):
@@ -209,17 +195,9 @@ CUT_FIELDS = frozenset(
 POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate", "exclude", "boolean"})
 
 
-class _Reader:
-    def __init__(self, source: Path, lines: dict[str, int]) -> None:
-        self.source = source
-        self.lines = lines
-
+class _Reader(YamlPlaces):
     def error(self, key: str, problem: str) -> GatingError:
-        line = self.lines.get(key)
-        while line is None and key:
-            key = key.rsplit(".", 1)[0] if "." in key else ""
-            line = self.lines.get(key)
-        return GatingError(f"{self.source} line {line or 1}", problem)
+        return GatingError(self.where(key), problem)
 
     def number(self, raw: dict, name: str, key: str, default: float) -> float:
         value = raw.get(name, default)
@@ -651,7 +629,7 @@ def load_template(path: Path) -> Template:
     """Load and validate a gating template; problems raise GatingError with file and line."""
     path = Path(path)
     text, node, raw = _read_yaml(path)
-    reader = _Reader(path, _lines(node))
+    reader = _Reader(path, yaml_node_lines(node))
     raw.setdefault("thresholds", {})
     for key in ("id", "tube", "populations"):
         if key not in raw:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import PanelError, PanelMismatchError, yaml_problem
+from pipeline.errors import PanelError, PanelMismatchError, YamlPlaces, yaml_problem
 
 PANEL_DIR = Path(__file__).resolve().parent
 NON_PANEL_YAML = frozenset(
@@ -147,44 +147,14 @@ def _squash(text: str) -> str:
     return re.sub(r"[\s\-_.]+", "", text).upper()
 
 
-def yaml_lines(path: Path, text: str) -> dict[str, int]:
-    """1-based line of every mapping key and sequence item of a YAML file, by a dotted path
-    (``channels[2].marker``); empty when the text does not compose."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
-    found: dict[str, int] = {}
-
-    def walk(node: yaml.Node, path: str) -> None:
-        found.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                name = f"{path}.{key.value}" if path else str(key.value)
-                found[name] = key.start_mark.line + 1
-                walk(value, name)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, f"{path}[{i}]")
-
-    if node is not None:
-        walk(node, "")
-    return found
-
-
-class _Located:
+class _Located(YamlPlaces):
     """Errors of one YAML file, each naming the line of the key it is about."""
 
     def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.lines = yaml_lines(path, text)
+        super().__init__(path, YamlPlaces.of_text(path, text).lines)
 
     def error(self, key: str, problem: str, error=PanelError) -> PanelError:
-        line = self.lines.get(key)
-        while line is None and key:
-            key = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", key)
-            line = self.lines.get(key) if key else None
-        return error(f"{self.path} line {line or 1}", problem)
+        return error(self.where(key), problem)
 
 
 def _read_yaml(path: Path) -> tuple[object, str]:
@@ -196,10 +166,6 @@ def _read_yaml(path: Path) -> tuple[object, str]:
     except (OSError, UnicodeDecodeError) as exc:
         problem = getattr(exc, "strerror", None) or exc
         raise PanelError(path, f"cannot be read: {problem}") from exc
-
-
-def _load_yaml(path: Path):
-    return _read_yaml(path)[0]
 
 
 def read_marker_names(directory: Path = PANEL_DIR) -> MarkerNames:
@@ -217,8 +183,10 @@ def read_marker_names(directory: Path = PANEL_DIR) -> MarkerNames:
             if not isinstance(spellings, dict):
                 raise where.error("read_as", "read_as must be a mapping of antigen: marker")
             for antigen, target in spellings.items():
-                line = where.lines.get(f"read_as.{antigen}", 1)
-                read_as.append(ReadAs(str(antigen), str(target), f"{path} line {line}"))
+                if not isinstance(target, str) or not MARKER_NAME.match(target):
+                    raise where.error(f"read_as.{antigen}", f"read_as {antigen}: {target!r} "
+                                      "is not a marker name")  # fmt: skip
+                read_as.append(ReadAs(str(antigen), target, where.where(f"read_as.{antigen}")))
             continue
         if not MARKER_NAME.match(str(marker)):
             raise where.error(str(marker), f"marker {marker!r} has a space or '+' in its name")
@@ -243,9 +211,13 @@ def read_marker_names(directory: Path = PANEL_DIR) -> MarkerNames:
             )
         aliases[key] = entry.marker
     fluor_path = directory / "fluorochromes.yaml"
-    fluors = _load_yaml(fluor_path) if fluor_path.is_file() else []
+    fluors, fluor_text = _read_yaml(fluor_path) if fluor_path.is_file() else ([], "")
+    fluor_places = _Located(fluor_path, fluor_text)
     if not isinstance(fluors, list):
-        raise PanelError(fluor_path, "must be a list of fluorochrome names")
+        raise fluor_places.error("", "must be a list of fluorochrome names")
+    for i, name in enumerate(fluors):
+        if not isinstance(name, str) or not name.strip():
+            raise fluor_places.error(f"[{i}]", f"{name!r} is not a fluorochrome name")
     names = {_squash(str(n)) for n in fluors}
     return MarkerNames(aliases, tuple(sorted(names, key=len, reverse=True)), tuple(read_as))
 

@@ -522,11 +522,19 @@ AnchorOption = Annotated[bool, typer.Option(help=KINETICS_HELP)]
 LogDownOption = Annotated[bool, typer.Option(help="Linear-up/log-down AUCs.")]
 
 
-def _kinetics_options(anchor_day0: bool, log_down: bool):
+def _kinetics_options(anchor_day0: bool, log_down: bool, analysis: Path | None = None):
+    """Kinetics options; the expansion threshold comes from the analysis settings given."""
     from pipeline.kinetics import KineticsOptions
+    from pipeline.outcomes import load_outcome_config
 
+    try:
+        settings = load_outcome_config(analysis)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
     return KineticsOptions(
-        anchor_day0=anchor_day0, method="linear-up/log-down" if log_down else "linear"
+        anchor_day0=anchor_day0,
+        method="linear-up/log-down" if log_down else "linear",
+        expansion_threshold_per_ul=settings.expansion_threshold_per_ul,
     )
 
 
@@ -618,7 +626,7 @@ def run(
     settings = RunSettings(
         out=out,
         clinical=clinical,
-        kinetics=_kinetics_options(anchor_day0, log_down),
+        kinetics=_kinetics_options(anchor_day0, log_down, analysis or lab.analysis),
         counts=_count_settings(lod_events, lloq_events, below_lod_interval),
         workers=workers,
         scheduler=scheduler,
@@ -754,10 +762,10 @@ def watch(
 
     from pipeline.batch import ArrivalWatch, RunSettings
 
+    lab = _lab_config(config)
     if not folder.is_dir():
         raise _fail(f"{folder}: not a folder")
     _writable(out, folder=True)
-    lab = _lab_config(config)
     settings = RunSettings(
         out=out,
         clinical=clinical,
@@ -793,17 +801,21 @@ def kinetics(
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     below_lod_interval: BelowLodOption = "zero",
+    config: ConfigOption = None,
 ) -> None:
     """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
-    timepoints.csv/.parquet)."""
+    timepoints.csv/.parquet); the configuration's analysis settings give the expansion
+    threshold."""
     from pipeline.batch import follow_up
     from pipeline.store import Store
 
+    lab = _lab_config(config)
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
-    options = _kinetics_options(anchor_day0, log_down)
+    options = _kinetics_options(anchor_day0, log_down, lab.analysis)
     _writable(out, folder=True)
     store = Store(db, existing=True)
-    parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__}
+    parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__,
+                  "kinetics": options.__dict__, **lab.provenance()}  # fmt: skip
     try:
         with store.recording("kinetics", parameters) as run_id:
             follow = follow_up(
@@ -856,13 +868,13 @@ def outcomes(
     from pipeline.store import Store
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
-    options = _kinetics_options(anchor_day0, log_down)
     hematotox = None
     if config is not None and config.is_dir():
         lab = _lab_config(config)
         analysis, hematotox = analysis or lab.analysis, lab.hematotox
     elif config is not None:  # an analysis.yaml, as before configuration folders
         analysis = analysis or config
+    options = _kinetics_options(anchor_day0, log_down, analysis)
     _writable(out, folder=True)
     store = Store(db, existing=True)
     parameters = {"clinical": str(clinical), "config": str(config), "analysis": str(analysis),
@@ -918,13 +930,17 @@ def export(
             "they give the stored counts).",
         ),
     ] = False,
+    config: ConfigOption = None,
 ) -> None:
-    """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
+    """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary; the
+    configuration gives the analysis settings (expansion threshold) and, with --review, the
+    templates and panels the gates are placed again with."""
     from pipeline.export import export as export_tables
     from pipeline.store import Store
 
+    lab = _lab_config(config)
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
-    kinetics = _kinetics_options(anchor_day0, log_down)
+    kinetics = _kinetics_options(anchor_day0, log_down, lab.analysis)
     key = None
     if pseudonymise:
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
@@ -940,7 +956,7 @@ def export(
         if review:
             from pipeline.review import export_review
 
-            workspaces, notes = export_review(store, out / "review")
+            workspaces, notes = export_review(store, out / "review", lab)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -1007,11 +1023,15 @@ def simulate(
         str, typer.Option(help="FACSLyric (10 colours) or 'FACSCanto II' (8 colours).")
     ] = "FACSLyric",
     leukapheresis: Annotated[bool, typer.Option(help="Add a leukapheresis sample.")] = False,
+    config: ConfigOption = None,
 ) -> None:
-    """Write a synthetic CAR-T monitoring cohort with per-event ground truth."""
+    """Write a synthetic CAR-T monitoring cohort with per-event ground truth (its files
+    follow the shipped CAR-T panels; with --config, says which tubes no panel of the
+    configuration fits)."""
     from pipeline.simulate import SimulationConfig, simulate_cohort
 
-    config = SimulationConfig(
+    lab = _lab_config(config)
+    simulation = SimulationConfig(
         patients=patients,
         seed=seed,
         events=events,
@@ -1022,14 +1042,38 @@ def simulate(
     if any(out_dir.iterdir()):
         raise _fail(f"{out_dir}: is not empty; simulate writes only into a new or empty folder")
     try:
-        summary = simulate_cohort(out_dir, config)
+        summary = simulate_cohort(out_dir, simulation)
     except (CartflowError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    for problem in _unfitted_tubes(summary.files, lab):
+        console.print(f"  [yellow]warning:[/yellow] {problem}", soft_wrap=True)
     console.print(
         f"simulate: {len(summary.files)} FCS files in {summary.out_dir}; manifest "
         f"{summary.manifest.name}, clinical table {summary.clinical.name}, truth in "
         f"{summary.truth_dir.name}/"
     )
+
+
+def _unfitted_tubes(files, lab) -> list[str]:
+    """Files of a lab configuration's cohort that no panel of it fits, one line per
+    distinct channel set (nothing for the shipped configuration, which they follow)."""
+    from panels import match_panel
+    from pipeline.fcs import read_fcs
+
+    if lab.is_default:
+        return []
+    problems: dict[tuple, str] = {}
+    seen: set[tuple] = set()
+    for path in files:
+        pairs = tuple((c.name, c.marker) for c in read_fcs(path, events=False).channels)
+        if pairs in seen:
+            continue
+        seen.add(pairs)
+        try:
+            match_panel(path, pairs, lab.panels, None, lab.names)
+        except CartflowError as exc:
+            problems[pairs] = f"{exc} ({lab.directory} has no panel for it)"
+    return list(problems.values())
 
 
 @app.command()
@@ -1043,8 +1087,11 @@ def demo(
     events: Annotated[
         int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file of the generated cohort.")
     ] = 20_000,
+    config: ConfigOption = None,
 ) -> None:
-    """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
+    """Run the whole chain on a freshly generated demo cohort (or the bundled one), gated
+    and analysed with the configuration (default: the shipped CAR-T one)."""
+    lab = _lab_config(config)
     _writable(out, folder=True)
     if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
         batch = FIXTURE_COHORT
@@ -1058,7 +1105,15 @@ def demo(
     from pipeline.batch import RunSettings
 
     db_path = out / "cartflow.sqlite"
-    settings = RunSettings(out=out, clinical=batch / "clinical.csv", workers=os.cpu_count() or 1)
+    settings = RunSettings(
+        out=out,
+        clinical=batch / "clinical.csv",
+        workers=os.cpu_count() or 1,
+        kinetics=_kinetics_options(False, False, lab.analysis),
+        analysis=lab.analysis,
+        config=lab,
+        lab_gates=_lab_gates([], lab),
+    )
     summary = _run_once(batch, str(db_path), batch / "manifest.csv", None, settings)
     console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
     raise typer.Exit(summary.exit_code)
@@ -1072,12 +1127,14 @@ def spillover(
     out: Annotated[Path, typer.Option(help="Spillover matrix CSV to write.")] = Path(
         "spillover.csv"
     ),
+    config: ConfigOption = None,
 ) -> None:
     """Compute a spillover matrix from single-stain controls (positive vs negative medians per
     detector, as FlowJo and FACSDiva do); use it with `gate --spillover` or a panel's
-    `spillover:`."""
+    `spillover:` (with --config, the panels whose detectors it covers are named)."""
     from pipeline.spillover import spillover_from_folder
 
+    lab = _lab_config(config)
     if not controls.is_dir():
         raise _fail(f"{controls}: not a folder")
     _writable(out, folder=False)
@@ -1095,6 +1152,10 @@ def spillover(
             soft_wrap=True,
         )
     console.print(f"matrix: {out}")
+    covered = [p.id for p in lab.panels if {c.channel for c in p.channels} <= set(result.detectors)]
+    if covered:
+        console.print(f"  covers the detectors of panel(s) {', '.join(covered)} "
+                      f"(name it there as `spillover: {out.name}`)", soft_wrap=True)  # fmt: skip
 
 
 config_app = typer.Typer(
@@ -1110,12 +1171,21 @@ app.add_typer(panel_app, name="panel")
 @config_app.command("init")
 def config_init(
     directory: Annotated[Path, typer.Argument(help="New folder for the configuration.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CARTFLOW_CONFIG",
+            help="Configuration to copy (default: the shipped CAR-T configuration).",
+        ),
+    ] = None,
 ) -> None:
-    """Write a copy of the shipped CAR-T configuration to edit."""
+    """Write a copy of the shipped CAR-T configuration (or of --config) to edit."""
     from pipeline.config import init_config
 
+    source = _lab_config(config).directory
     try:
-        written = init_config(directory)
+        written = init_config(directory, source)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
@@ -1126,12 +1196,16 @@ def config_init(
 
 @config_app.command("check")
 def config_check(
-    directory: Annotated[Path, typer.Argument(help="A configuration folder.")],
+    directory: Annotated[
+        Path | None, typer.Argument(help="A configuration folder (default: --config).")
+    ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Validate every file of a configuration folder (each problem with file and line) and
     print what it holds."""
-    from pipeline.config import check_config
+    from pipeline.config import DEFAULT_CONFIG_DIR, check_config
 
+    directory = directory or config or DEFAULT_CONFIG_DIR
     report = check_config(directory)
     for problem in report.problems:
         errors.print(f"[red]problem:[/red] {problem}", markup=True, soft_wrap=True)

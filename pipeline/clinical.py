@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.errors import CartflowError, first_line, yaml_problem
+from pipeline.errors import CartflowError, YamlPlaces, first_line, yaml_problem
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "patient",
@@ -646,49 +646,80 @@ def _hematotox_error(origin: str, problem: str) -> ClinicalTableError:
     return ClinicalTableError(origin, f"hematotox table: {problem}")
 
 
-def _parse_rule(origin: str, item: str, rule: object) -> ScoreRule:
+def _parse_rule(places: YamlPlaces, key: str, item: str, rule: object) -> ScoreRule:
     if not (isinstance(rule, list | tuple) and len(rule) == 2):
-        raise _hematotox_error(origin, f"item {item}: rule {rule!r} is not [condition, points]")
+        raise _hematotox_error(places.where(key), f"item {item}: rule {rule!r} is not "
+                               "[condition, points]")  # fmt: skip
     match = _RULE.match(str(rule[0]))
     if not match or not isinstance(rule[1], int):
-        raise _hematotox_error(origin, f"item {item}: rule {rule!r} is not ['< 1.5', points]")
+        raise _hematotox_error(places.where(key), f"item {item}: rule {rule!r} is not "
+                               "['< 1.5', points]")  # fmt: skip
     return ScoreRule(match[1], float(match[2]), int(rule[1]))
 
 
-def _parse_item(origin: str, raw: object) -> ScoreItem:
+def _parse_item(places: YamlPlaces, key: str, raw: object) -> ScoreItem:
     if not isinstance(raw, dict) or not {"name", "column", "rules"} <= raw.keys():
-        raise _hematotox_error(origin, f"item {raw!r} needs name, column and rules")
-    rules = tuple(_parse_rule(origin, raw["name"], r) for r in raw["rules"])
-    unit, otherwise = str(raw.get("unit", "")), int(raw.get("otherwise", 0))
-    return ScoreItem(str(raw["name"]), str(raw["column"]), unit, rules, otherwise)
+        raise _hematotox_error(places.where(key), f"item {raw!r} needs name, column and rules")
+    if not isinstance(raw["rules"], list):
+        raise _hematotox_error(places.where(f"{key}.rules"),
+                               f"item {raw['name']}: rules must be a list")  # fmt: skip
+    rules = tuple(
+        _parse_rule(places, f"{key}.rules[{i}]", raw["name"], r) for i, r in enumerate(raw["rules"])
+    )
+    otherwise = raw.get("otherwise", 0)
+    if not isinstance(otherwise, int) or isinstance(otherwise, bool):
+        raise _hematotox_error(places.where(f"{key}.otherwise"),
+                               f"item {raw['name']}: otherwise must be whole points")  # fmt: skip
+    return ScoreItem(str(raw["name"]), str(raw["column"]), str(raw.get("unit", "")), rules,
+                     otherwise)  # fmt: skip
 
 
-def _parse_bands(origin: str, name: str, raw: object) -> tuple[RiskBand, ...]:
+def _parse_bands(places: YamlPlaces, name: str, raw: object) -> tuple[RiskBand, ...]:
+    key = f"risk_groups.{name}"
     if not isinstance(raw, list) or not raw or not all(isinstance(b, dict) for b in raw):
-        raise _hematotox_error(origin, f"risk group {name}: needs a list of {{max, label}}")
+        raise _hematotox_error(places.where(key), f"risk group {name}: needs a list of "
+                               "{max, label}")  # fmt: skip
+    for i, band in enumerate(raw):
+        if "label" not in band:
+            raise _hematotox_error(places.where(f"{key}[{i}]"),
+                                   f"risk group {name}: band {i + 1} has no label")  # fmt: skip
+        limit = band.get("max")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)):
+            raise _hematotox_error(places.where(f"{key}[{i}].max"),
+                                   f"risk group {name}: max {limit!r} is not a number")  # fmt: skip
     bands = tuple(RiskBand(str(b["label"]), b.get("max")) for b in raw)
     if any(b.max is None for b in bands[:-1]) or bands[-1].max is not None:
-        raise _hematotox_error(origin, f"risk group {name}: only the last band may lack 'max'")
+        raise _hematotox_error(places.where(key),
+                               f"risk group {name}: only the last band may lack 'max'")  # fmt: skip
     return bands
 
 
 def parse_hematotox(text: str, origin: str = "built-in") -> HematotoxTable:
-    """Parse a point table from YAML text (schema as in DEFAULT_HEMATOTOX_YAML)."""
+    """Parse a point table from YAML text (schema as in DEFAULT_HEMATOTOX_YAML); each problem
+    names the origin and line."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise _hematotox_error(*yaml_problem(origin, exc)) from exc
+    places = YamlPlaces.of_text(origin, text)
     if not isinstance(raw, dict) or "items" not in raw or "source" not in raw:
-        raise _hematotox_error(origin, "needs 'source' and 'items'")
+        raise _hematotox_error(places.where(), "needs 'source' and 'items'")
+    if not isinstance(raw["items"], list):
+        raise _hematotox_error(places.where("items"), "items must be a list")
     groups = raw.get("risk_groups") or {}
+    if not isinstance(groups, dict):
+        raise _hematotox_error(places.where("risk_groups"),
+                               "risk_groups must be a mapping of name: bands")  # fmt: skip
     return HematotoxTable(
         id=str(raw.get("id", "hematotox")),
         name=str(raw.get("name", raw.get("id", "Hematotox"))),
         source=str(raw["source"]).strip(),
         caveat=str(raw.get("caveat", "")).strip(),
         verified=bool(raw.get("verified", False)),
-        items=tuple(_parse_item(origin, i) for i in raw["items"]),
-        risk_groups={str(k): _parse_bands(origin, k, v) for k, v in groups.items()},
+        items=tuple(
+            _parse_item(places, f"items[{i}]", item) for i, item in enumerate(raw["items"])
+        ),
+        risk_groups={str(k): _parse_bands(places, str(k), v) for k, v in groups.items()},
         origin=origin,
     )
 

@@ -157,6 +157,14 @@ def load_config(directory: Path | None = None) -> LabConfig:
         )  # fmt: skip
     identity_file = _optional(directory, "identity.yaml")
     identity = IdentityRules.from_yaml(identity_file) if identity_file else IdentityRules()
+    hematotox, analysis = (
+        _optional(directory, "hematotox.yaml"),
+        _optional(directory, "analysis.yaml"),
+    )
+    if hematotox:  # read now, so that a bad one stops a command before any work
+        _read_hematotox(hematotox)
+    if analysis:
+        _read_analysis(analysis)
     return LabConfig(
         directory=directory,
         sha256=content_hash(directory),
@@ -164,8 +172,8 @@ def load_config(directory: Path | None = None) -> LabConfig:
         names=names,
         identity=identity,
         identity_file=identity_file,
-        hematotox=_optional(directory, "hematotox.yaml"),
-        analysis=_optional(directory, "analysis.yaml"),
+        hematotox=hematotox,
+        analysis=analysis,
     )
 
 
@@ -174,13 +182,14 @@ def _optional(directory: Path, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def init_config(target: Path) -> list[Path]:
-    """Write a copy of the shipped configuration to ``target`` (which must not hold one)."""
+def init_config(target: Path, source: Path = DEFAULT_CONFIG_DIR) -> list[Path]:
+    """Write a copy of a configuration (the shipped one by default) to ``target`` (which
+    must not hold one)."""
     if target.exists() and any(target.iterdir()):
         raise ConfigError(target, "is not empty: give a new folder")
     written = []
-    for path in config_files(DEFAULT_CONFIG_DIR):
-        destination = target / path.relative_to(DEFAULT_CONFIG_DIR)
+    for path in config_files(source):
+        destination = target / path.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, destination)
         written.append(destination)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -79,3 +80,59 @@ def yaml_problem(source: str | Path, exc: Exception) -> tuple[str, str]:
     where = f"{source} line {mark.line + 1}" if mark else str(source)
     problem = getattr(exc, "problem", None) or first_line(exc)
     return where, f"invalid YAML: {problem}"
+
+
+def yaml_node_lines(node) -> dict[str, int]:
+    """1-based line of every mapping key and sequence item of a composed YAML node tree, by
+    a dotted path (``populations[2].gate``, ``''`` for the whole document)."""
+    import yaml
+
+    found: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        found.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{path}.{key.value}" if path else str(key.value)
+                found[name] = key.start_mark.line + 1
+                walk(value, name)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{path}[{i}]")
+
+    if node is not None:
+        walk(node, "")
+    return found
+
+
+_LAST_STEP = re.compile(r"(\.[^.\[\]]+|\[\d+\])$")
+
+
+class YamlPlaces:
+    """Where each key of a YAML file lies, so that an error about a key names the file and
+    its line (a key not found falls back to the nearest enclosing one, then line 1)."""
+
+    def __init__(self, source: str | Path, lines: dict[str, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    @classmethod
+    def of_text(cls, source: str | Path, text: str) -> YamlPlaces:
+        """The places of a YAML text (none when it does not compose)."""
+        import yaml
+
+        try:
+            return cls(source, yaml_node_lines(yaml.compose(text)))
+        except yaml.YAMLError:
+            return cls(source, {})
+
+    def line(self, key: str) -> int:
+        line = self.lines.get(key)
+        while line is None and key:
+            key = _LAST_STEP.sub("", key) if _LAST_STEP.search(key) else ""
+            line = self.lines.get(key)
+        return line or 1
+
+    def where(self, key: str = "") -> str:
+        """``'<file> line <n>'`` of a key."""
+        return f"{self.source} line {self.line(key)}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import IdentityError, ManifestError, yaml_problem
+from pipeline.errors import IdentityError, ManifestError, YamlPlaces, yaml_problem
 
 DAYS_PER_MONTH = 30
 MONTH_DAYS = {3: 90, 6: 180, 12: 365}
@@ -91,28 +91,34 @@ class IdentityRules:
 
     @classmethod
     def from_yaml(cls, path: Path) -> IdentityRules:
+        """Rules from a YAML file; each problem names the file and line."""
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+            raw = yaml.safe_load(text) or {}
         except (OSError, UnicodeDecodeError) as exc:
             problem = getattr(exc, "strerror", None) or exc
             raise IdentityError(path, f"identity rules cannot be read: {problem}") from exc
         except yaml.YAMLError as exc:
             raise IdentityError(*yaml_problem(path, exc)) from exc
+        places = YamlPlaces.of_text(path, text)
         if not isinstance(raw, dict):
-            raise IdentityError(path, "identity rules must be a mapping of rule: [values]")
-        unknown = sorted(map(str, set(raw) - set(cls.__dataclass_fields__)))
-        if unknown:
-            raise IdentityError(path, f"unknown identity rule(s): {', '.join(unknown)}")
+            problem = "identity rules must be a mapping of rule: [values]"
+            raise IdentityError(places.where(), problem)
+        known = ", ".join(cls.__dataclass_fields__)
         for name, values in raw.items():
+            where = places.where(str(name))
+            if name not in cls.__dataclass_fields__:
+                raise IdentityError(where, f"unknown identity rule(s): {name} (known: {known})")
             texts = isinstance(values, list) and all(isinstance(v, str) and v for v in values)
             if not texts:
-                raise IdentityError(path, f"{name}: expected a list of texts, not {values!r}")
+                raise IdentityError(where, f"{name}: expected a list of texts, not {values!r}")
         fields = {k: tuple(v) for k, v in raw.items()}
-        for pattern in fields.get("filename_patterns", ()):
+        for i, pattern in enumerate(fields.get("filename_patterns", ())):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise IdentityError(path, f"filename pattern {pattern!r}: {exc}") from exc
+                where = places.where(f"filename_patterns[{i}]")
+                raise IdentityError(where, f"filename pattern {pattern!r}: {exc}") from exc
         return cls(**fields)
 
 

@@ -44,6 +44,9 @@ class KineticsOptions:
     min_points: int = 3
     use_actual_days: bool = True
     drift_days: float = DEFAULT_DRIFT_DAYS
+    expansion_threshold_per_ul: float = 5.0
+    """A patient whose CAR-T peak exceeds this has expanded (the analysis settings'
+    ``expansion_threshold_per_ul``)."""
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,9 @@ def patient_kinetics(
                     }
                 )
             if followed.name == "car_t":
-                record["expanded"] = summary.cmax is not None and summary.cmax > 5
+                record["expanded"] = (
+                    summary.cmax is not None and summary.cmax > options.expansion_threshold_per_ul
+                )
                 peak_day = _peak_nominal_day(selected, summary.cmax)
                 for column, (tube, population) in PERCENT_AT_PEAK.items():
                     at_peak = rows[

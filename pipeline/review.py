@@ -65,12 +65,13 @@ def write_batch_workspace(
     return out
 
 
-def export_review(store: Store, out: Path) -> tuple[list[Path], list[str]]:
+def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], list[str]]:
     """One FlowJo 10 workspace per patient (``out/<patient>.wsp``) and Gating-ML per sample,
     from the store: each sample's newest gating is placed again on its file with its
     template, and written only if it gives the stored counts. Returns the workspaces written
     and a note for each sample left out (its file gone or changed, gated by a lab's gates,
-    or its template changed since)."""
+    or its template changed since). ``config`` is the lab configuration the samples were
+    gated with (None: the shipped one)."""
     from gating.flowjo import batch_workspace
     from pipeline.gate import gate_file, template_for
 
@@ -86,11 +87,12 @@ def export_review(store: Store, out: Path) -> tuple[list[Path], list[str]]:
         try:
             if gating is None or gating["template_id"].startswith("lab:"):
                 raise CartflowError(name, "gated by a lab's fixed gates, not placed")
-            template = template_for(trail["tube"])
+            tube = trail["tube"]
+            template = config.template(tube) if config is not None else template_for(tube)
             if template.sha256 != gating["template_sha256"]:
                 raise CartflowError(name, f"template {template.id} changed since it was gated")
             path = _existing(trail["file"]["names"], trail["file"]["sha256"])
-            gated = gate_file(path, template=template, tube=trail["tube"])
+            gated = gate_file(path, template=template, tube=tube, config=config)
             if gated.counts() != counts:
                 raise CartflowError(path, "placed again, its gates do not give the stored counts")
             flowjo = review_exports(gated, out)

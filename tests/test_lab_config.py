@@ -258,7 +258,7 @@ def test_config_check_names_each_problem_with_file_and_line(tmp_path):
     assert result.exit_code == 1
     assert f"memory-lyric.yaml line {line}: marker 'CD 27'" in result.output
     assert "tube 'bcell' has no gating template" in result.output
-    assert "identity.yaml: unknown identity rule(s): patient_keyword" in result.output
+    assert "identity.yaml line 1: unknown identity rule(s): patient_keyword" in result.output
     assert "4 problem(s)" in result.output  # both bcell layouts lack the template
     # any command given the folder refuses it in one line naming file and line
     gated = runner.invoke(app, ["gate", "x.fcs", "--config", str(config)])
@@ -361,3 +361,56 @@ def test_inspect_and_ingest_read_a_nul_padded_file(tmp_path):
     # read: refused for its unknown panel and identity, not for its bytes
     assert ingested.exit_code == 2 and "not text" not in ingested.output
     assert "quarantined: test_comp_example.fcs" in ingested.output
+
+
+def _leaf_commands(command, path=()):
+    """Every command of the CLI, walked from the command group typer builds (no hand list)."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands:
+        for name, sub in subcommands.items():
+            yield from _leaf_commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_every_command_accepts_config():
+    import typer
+
+    commands = dict(_leaf_commands(typer.main.get_command(app)))
+    assert {("run",), ("kinetics",), ("export",), ("demo",), ("config", "check")} <= set(commands)
+    lacking = [" ".join(path) for path, command in commands.items()
+               if not any("--config" in p.opts for p in command.params)]  # fmt: skip
+    assert lacking == []
+    for path in commands:  # and each says so in its help
+        assert "--config" in _ok([*path, "--help"]).output
+
+
+def test_every_command_refuses_a_bad_configuration_naming_its_file_and_line(
+    tmp_path, monkeypatch
+):
+    """A bad analysis.yaml stops every command before any work, naming file and line (each
+    argument and required option is given an empty folder)."""
+    import typer
+
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    (config / "analysis.yaml").write_text("bootstrap: 100\nhorizon_days: soon\n", encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    for path, command in _leaf_commands(typer.main.get_command(app)):
+        if path == ("panel", "draft"):
+            continue  # reads only the marker names: the folder may hold unfinished drafts
+        given = []
+        for param in command.params:
+            if param.param_type_name == "argument":  # config check's is the folder itself
+                given.append(str(config if path == ("config", "check") else empty))
+            elif param.required:
+                given += [param.opts[0], str(empty)]
+        result = runner.invoke(app, [*path, *given, "--config", str(config)])
+        assert result.exit_code == 1, (path, result.output)
+        assert "analysis.yaml line 2: horizon_days: 'soon' is not a number" in result.output, (
+            path,
+            result.output,
+        )
+    assert not any(empty.iterdir())  # nothing was written

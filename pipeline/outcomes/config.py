@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import yaml_problem
+from pipeline.errors import YamlPlaces, yaml_problem
 from pipeline.outcomes.common import OutcomeInputError, _jsonable
 
 DEFAULT_VARIABLES: tuple[str, ...] = (
@@ -114,13 +114,20 @@ def _config_value(name: str, value: Any, source: str) -> Any:
         raise OutcomeInputError(source, f"{name}: {value!r} is not a number") from None
 
 
-def outcome_config(overrides: Mapping[str, Any], source: str = "<config>") -> OutcomeConfig:
-    """An OutcomeConfig from a mapping of overrides; unknown keys are errors naming the key."""
+def outcome_config(
+    overrides: Mapping[str, Any], source: str = "<config>", places: YamlPlaces | None = None
+) -> OutcomeConfig:
+    """An OutcomeConfig from a mapping of overrides; unknown keys are errors naming the key
+    (and, with the ``places`` of its file, the line)."""
+
+    def where(key: str) -> str:
+        return places.where(key) if places is not None else source
+
     known = {f.name for f in fields(OutcomeConfig)}
-    unknown = sorted(set(overrides) - known)
+    unknown = [str(k) for k in overrides if k not in known]
     if unknown:
-        raise OutcomeInputError(source, f"unknown setting(s): {', '.join(unknown)}")
-    values = {k: _config_value(k, v, source) for k, v in overrides.items()}
+        raise OutcomeInputError(where(unknown[0]), f"unknown setting(s): {', '.join(unknown)}")
+    values = {k: _config_value(k, v, where(k)) for k, v in overrides.items()}
     return replace(OutcomeConfig(), **values)
 
 
@@ -129,11 +136,14 @@ def load_outcome_config(path: Path | None) -> OutcomeConfig:
     if path is None:
         return OutcomeConfig()
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise OutcomeInputError(path, f"cannot be read: {exc.strerror or exc}") from exc
+        text = Path(path).read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "strerror", None) or exc
+        raise OutcomeInputError(path, f"cannot be read: {problem}") from exc
     except yaml.YAMLError as exc:
         raise OutcomeInputError(*yaml_problem(path, exc)) from exc
+    places = YamlPlaces.of_text(path, text)
     if not isinstance(raw, dict):
-        raise OutcomeInputError(path, "an analysis configuration must be a mapping")
-    return outcome_config(raw, str(path))
+        raise OutcomeInputError(places.where(), "an analysis configuration must be a mapping")
+    return outcome_config(raw, str(path), places)
