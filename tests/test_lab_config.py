@@ -414,3 +414,40 @@ def test_every_command_refuses_a_bad_configuration_naming_its_file_and_line(
             result.output,
         )
     assert not any(empty.iterdir())  # nothing was written
+
+
+BAD_ENTRIES = {  # file: (text replaced, bad text, what the error says)
+    "markers.yaml": ("CD95: [CD95, FAS]", "CD95: FAS", "CD95: expected a list of spellings"),
+    "fluorochromes.yaml": ("- V450\n", "- 450\n", "450 is not a fluorochrome name"),
+    "memory-lyric.yaml": ("marker: CD27,", "marker: CD 27,", "marker 'CD 27'"),
+    "templates/memory.yaml": ("parent: CARneg_CD8, phenotype: CD45RA+",
+                              "parent: nowhere, phenotype: CD45RA+", "nowhere"),
+    "identity.yaml": ("", "tube_keywords: [TUBE NAME]\npatient_keywords: PATIENT\n",
+                      "patient_keywords: expected a list of texts"),
+    "hematotox.yaml": ('rules: [["< 75", 2]', 'rules: [["about 75", 2]',
+                       "item platelets: rule ['about 75', 2] is not ['< 1.5', points]"),
+    "analysis.yaml": ("", "bootstrap: 100\nconfidence: [0.9]\n",
+                      "confidence: [0.9] is not a number"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENTRIES))
+def test_a_bad_entry_in_each_configuration_file_is_named_by_file_and_line(name, tmp_path):
+    old, new, problem = BAD_ENTRIES[name]
+    config = tmp_path / "lab"
+    _ok(["config", "init", str(config)])
+    path = config / name
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    assert old in text
+    text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    bad = new.strip().splitlines()[-1]
+    line = 1 + next(i for i, t in enumerate(text.splitlines()) if bad in t)
+    checked = runner.invoke(app, ["config", "check", str(config)])
+    assert checked.exit_code == 1
+    assert f"{path} line {line}: " in checked.output and problem in checked.output, checked.output
+    if name.startswith("templates/"):
+        return  # a template is read when its tube is gated: `config check` names it
+    refused = runner.invoke(app, ["kinetics", "--config", str(config)])
+    assert refused.exit_code == 1
+    assert f"{path} line {line}: " in refused.output and problem in refused.output, refused.output
