@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import LabConfig
+from pipeline.config import DEFAULT_CONFIG_DIR, LabConfig, load_config
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.gate import (
@@ -44,6 +44,8 @@ class GateWork:
     sample_id: int
     template_id: str
     template_sha256: str
+    panel_sha256: str = ""
+    """The tube's panels and marker names as gated (:meth:`LabConfig.panel_sha256`)."""
     populations: tuple[PopulationRecord, ...] = ()
     gates: tuple[GateRecord, ...] = ()
     flags: tuple[str, ...] = ()
@@ -69,6 +71,8 @@ class PendingFile:
     """Folder of the review exports (Gating-ML per sample), when asked for."""
     lab: LabGating | None = None
     """A lab's fixed gates that gate this file's tube instead of its template."""
+    panel_sha256: str = ""
+    """The tube's panels and marker names it is gated with ('' with a lab's fixed gates)."""
 
 
 def _template(tube: str, config: LabConfig | None):
@@ -77,7 +81,8 @@ def _template(tube: str, config: LabConfig | None):
 
 def gate_one(item: PendingFile) -> GateWork:
     """Gate one file; any problem becomes the work's error, never an exception."""
-    base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id}
+    base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id,
+            "panel_sha256": item.panel_sha256}  # fmt: skip
     if item.lab is not None:
         return _gate_with_lab_gates(item, base)
     try:
@@ -136,19 +141,30 @@ def pending_gating(
     lab_gates: Mapping[str, LabGating] | None = None,
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
-    template (with the folder of their plots when a report is wanted, and the review folder
-    when review exports are); a tube in ``lab_gates`` is gated by the lab's gates."""
+    template and panel (with the folder of their plots when a report is wanted, and the
+    review folder when review exports are); a tube in ``lab_gates`` is gated by the lab's
+    gates. A changed panel of a tube, or a changed marker name resolving it, re-gates that
+    tube's samples and no other."""
     lab_gates = lab_gates or {}
+    resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
+    panel_shas: dict[str, str] = {}
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
         sample = by_sha.get(sha)
         if sample is None:
             continue
-        lab = lab_gates.get(sample["tube"])
+        tube = sample["tube"]
+        lab = lab_gates.get(tube)
+        if lab is not None:
+            panel_sha = ""
+        elif tube not in panel_shas:
+            panel_sha = panel_shas[tube] = resolving.panel_sha256(tube)
+        else:
+            panel_sha = panel_shas[tube]
         try:
-            gating_sha = lab.sha256 if lab else _template(sample["tube"], config).sha256
-            done = store.has_gating(sample["sample_id"], gating_sha)
+            gating_sha = lab.sha256 if lab else _template(tube, config).sha256
+            done = store.has_gating(sample["sample_id"], gating_sha, panel_sha)
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
@@ -156,7 +172,7 @@ def pending_gating(
             review = review_dir if not lab else None
             pending.append(
                 PendingFile(
-                    path, sha, sample["sample_id"], sample["tube"], plots, config, review, lab
+                    path, sha, sample["sample_id"], tube, plots, config, review, lab, panel_sha
                 )
             )
     return pending
@@ -173,6 +189,7 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
         list(work.gates),
         (*work.flags, *((f"gating_failed: {work.error}",) if work.error else ())),
         error=work.error,
+        panel_sha256=work.panel_sha256,
     )
 
 

@@ -22,6 +22,7 @@ hash is recorded with every run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -101,6 +102,30 @@ class LabConfig:
     def spillover_path(self, panel: Panel) -> Path | None:
         """The spillover matrix a panel names (relative to this folder), if any."""
         return self.directory / panel.spillover if panel.spillover else None
+
+    def panel_sha256(self, tube: str) -> str:
+        """SHA-256 of what resolves a tube's detectors to markers: its panels (every layout,
+        as written and as resolved, with their spillover matrices), the spellings and
+        ``read_as`` entries of their markers, and the fluorochrome names stripped from
+        labels. It keys a sample's gating with the template's hash, so that a change to
+        any of these re-gates that tube's samples and no other."""
+        panels = sorted((p for p in self.panels if p.tube == tube), key=lambda p: p.id)
+        markers = {m for p in panels for m in (*p.markers, *p.omitted)}
+        spillovers = {p.spillover: self.spillover_path(p) for p in panels if p.spillover}
+        resolved = {
+            "panels": [
+                [p.id, p.sha256, [[c.channel, c.marker] for c in p.channels], sorted(p.omitted)]
+                for p in panels
+            ],
+            "spillover": {
+                name: hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+                for name, path in sorted(spillovers.items())
+            },
+            # spellings, read_as entries among them, of the tube's markers
+            "spellings": sorted([s, m] for s, m in self.names.aliases.items() if m in markers),
+            "fluorochromes": list(self.names.fluorochromes),
+        }
+        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode("utf-8")).hexdigest()
 
     def provenance(self) -> dict[str, str]:
         return {"config": str(self.directory), "config_sha256": self.sha256}

@@ -149,15 +149,19 @@ class SampleRow(Base):
 
 
 class GatingRow(Base):
-    """One sample gated with one template: at most once, however many runs try at once."""
+    """One sample gated with one template and panel: at most once, however many runs try at
+    once."""
 
     __tablename__ = "gatings"
-    __table_args__ = (UniqueConstraint("sample_id", "template_sha256"),)
+    __table_args__ = (UniqueConstraint("sample_id", "template_sha256", "panel_sha256"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
     template_id: Mapped[str] = mapped_column(String(64))
     template_sha256: Mapped[str] = mapped_column(String(64))
+    panel_sha256: Mapped[str] = mapped_column(String(64), default="")
+    """SHA-256 of the tube's panels and the marker names resolving them, as gated ('' for a
+    lab's fixed gates, which use no panel)."""
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
@@ -612,10 +616,11 @@ class Store:
         gates: list[GateRecord],
         flags: tuple[str, ...] = (),
         error: str | None = None,
+        panel_sha256: str = "",
     ) -> bool:
         """Write one sample's gating (counts, decisions, flags) in one transaction.
 
-        False when this sample was already gated with this template (by any run)."""
+        False when this sample was already gated with this template and panel (by any run)."""
         try:
             with self.transaction() as session:
                 gating = GatingRow(
@@ -623,6 +628,7 @@ class Store:
                     sample_id=sample_id,
                     template_id=template_id,
                     template_sha256=template_sha256,
+                    panel_sha256=panel_sha256,
                     status="failed" if error else "ok",
                     error=error,
                 )
@@ -637,13 +643,14 @@ class Store:
         except IntegrityError:
             return False
 
-    def has_gating(self, sample_id: int, template_sha256: str) -> bool:
-        """Whether a sample was already gated (or tried) with this exact template."""
+    def has_gating(self, sample_id: int, template_sha256: str, panel_sha256: str = "") -> bool:
+        """Whether a sample was already gated (or tried) with this exact template and panel."""
         with self._sessions() as session:
             found = session.scalar(
                 select(GatingRow.id).where(
                     GatingRow.sample_id == sample_id,
                     GatingRow.template_sha256 == template_sha256,
+                    GatingRow.panel_sha256 == panel_sha256,
                 )
             )
             return found is not None
@@ -796,6 +803,7 @@ class Store:
                         "gating_id": gating.id,
                         "template_id": gating.template_id,
                         "template_sha256": gating.template_sha256,
+                        "panel_sha256": gating.panel_sha256,
                         "status": gating.status,
                         "error": gating.error,
                         "run": run_info(session, gating.run_id),

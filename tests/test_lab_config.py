@@ -385,9 +385,7 @@ def test_every_command_accepts_config():
         assert "--config" in _ok([*path, "--help"]).output
 
 
-def test_every_command_refuses_a_bad_configuration_naming_its_file_and_line(
-    tmp_path, monkeypatch
-):
+def test_every_command_refuses_a_bad_configuration_naming_its_file_and_line(tmp_path, monkeypatch):
     """A bad analysis.yaml stops every command before any work, naming file and line (each
     argument and required option is given an empty folder)."""
     import typer
@@ -451,3 +449,61 @@ def test_a_bad_entry_in_each_configuration_file_is_named_by_file_and_line(name, 
     refused = runner.invoke(app, ["kinetics", "--config", str(config)])
     assert refused.exit_code == 1
     assert f"{path} line {line}: " in refused.output and problem in refused.output, refused.output
+
+
+def test_a_changed_panel_or_marker_name_regates_exactly_its_tube(tmp_path):
+    """On a real SQLite store: a changed panel re-gates the samples of its tube, a changed
+    spelling of a marker re-gates the tubes whose panels carry it, and nothing else."""
+    from tests.conftest import FIXTURE_COHORT
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for source in sorted(FIXTURE_COHORT.glob("CART-001 D1[14]_*.fcs")):
+        if "memory" in source.name or "BCELL" in source.name:
+            shutil.copy(source, batch / source.name)
+    config, db = tmp_path / "lab", tmp_path / "store.sqlite"
+    _ok(["config", "init", str(config)])
+
+    def run() -> dict[str, list[tuple]]:
+        _ok(["run", str(batch), "--db", str(db), "--out", str(tmp_path / "out"), "--no-report",
+             "--workers", "1", "--config", str(config)])  # fmt: skip
+        with sqlite3.connect(db) as connection:
+            rows = connection.execute(
+                "select s.tube, g.id, g.recorded_at, g.status, g.panel_sha256, count(p.id) "
+                "from gatings g join samples s on s.id = g.sample_id "
+                "left join populations p on p.gating_id = g.id group by g.id order by g.id"
+            ).fetchall()
+        found: dict[str, list[tuple]] = {}
+        for tube, *rest in rows:
+            found.setdefault(tube, []).append(tuple(rest))
+        return found
+
+    def edit(name: str, old: str, new: str) -> None:
+        path = config / name
+        text = path.read_text(encoding="utf-8")
+        assert old in text
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    first = run()
+    assert sorted(first) == ["bcell", "memory"] and all(len(g) == 2 for g in first.values())
+    assert all(
+        status == "ok" and populations for g in first.values() for *_, status, _, populations in g
+    )
+    assert run() == first  # nothing changed: nothing gated again
+
+    edit("bcell-lyric.yaml", "description: B-cell", "description: Our B-cell")
+    second = run()
+    assert second["memory"] == first["memory"]  # the other tube's rows, timestamps included
+    assert second["bcell"][:2] == first["bcell"] and len(second["bcell"]) == 4
+    new = second["bcell"][2:]
+    assert min(g[1] for g in new) > max(g[1] for g in first["memory"] + first["bcell"])
+    assert {g[3] for g in new} != {g[3] for g in first["bcell"]}  # keyed by the new panel
+    assert [g[4] for g in new] == [g[4] for g in first["bcell"]]  # same counts rows
+
+    edit("markers.yaml", "CD27: [CD27]", "CD27: [CD27, TNFRSF7]")  # CD27: memory tube only
+    third = run()
+    assert third["bcell"] == second["bcell"]
+    assert third["memory"][:2] == second["memory"] and len(third["memory"]) == 4
+
+    edit("markers.yaml", "Ki67: [KI67, KI-67]", "Ki67: [KI67, KI-67, MKI67]")  # no tube here
+    assert run() == third
