@@ -234,6 +234,10 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
             f"{run['software_version']}, {run['started_at']}): template {gating['template_id']} "
             f"sha256 {gating['template_sha256']}, {gating['status']}"
         )
+        if gating["panel_sha256"]:
+            console.print(
+                f"    panels and marker names of the tube: sha256 {gating['panel_sha256']}"
+            )
         for name, cut in gating["cuts"].items():
             if cut["value"] is not None:
                 note = " (fallback)" if cut["fallback"] else ""

@@ -50,7 +50,7 @@ def _kinetic_columns() -> dict[str, str]:
         for metric, text in metrics.items()
     }
     return columns | {
-        "expanded": "peak above 5 CAR-T/µL",
+        "expanded": "peak above the expansion threshold (analysis settings; 5 CAR-T/µL)",
         "car_pct_of_cd3_at_peak": "CAR-T as % of CD3+ at the CAR-T peak",
         "cd8_pct_of_car_at_peak": "CD8 as % of CAR-T at the CAR-T peak",
         "scm_pct_of_cd8_car_at_peak": "stem-cell memory as % of CD8 CAR-T at the CAR-T peak",

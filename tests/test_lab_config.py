@@ -507,3 +507,33 @@ def test_a_changed_panel_or_marker_name_regates_exactly_its_tube(tmp_path):
 
     edit("markers.yaml", "Ki67: [KI67, KI-67]", "Ki67: [KI67, KI-67, MKI67]")  # no tube here
     assert run() == third
+
+
+def test_kinetics_and_export_take_the_expansion_threshold_of_the_configuration(tmp_path):
+    from tests.conftest import FIXTURE_COHORT
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for source in sorted(FIXTURE_COHORT.glob("CART-001 D*_CAR-T memory*.fcs")):
+        shutil.copy(source, batch / source.name)
+    db, config = tmp_path / "store.sqlite", tmp_path / "lab"
+    _ok(["run", str(batch), "--db", str(db), "--out", str(tmp_path / "run"), "--no-report",
+         "--workers", "1", "--manifest", str(FIXTURE_COHORT / "manifest.csv")])  # fmt: skip
+    _ok(["config", "init", str(config)])
+    shipped = _ok(["kinetics", "--db", str(db), "--out", str(tmp_path / "shipped")])
+    assert "kinetics: 1 patient(s)" in shipped.output
+    peak = pd.read_csv(tmp_path / "shipped" / "kinetics.csv")["car_t_cmax"].iloc[0]
+    assert peak > 5 and pd.read_csv(tmp_path / "shipped" / "kinetics.csv")["expanded"].all()
+    (config / "analysis.yaml").write_text(f"expansion_threshold_per_ul: {peak * 2}\n",
+                                          encoding="utf-8")  # fmt: skip
+    _ok(["kinetics", "--db", str(db), "--out", str(tmp_path / "lab-out"), "--config", str(config)])
+    assert not pd.read_csv(tmp_path / "lab-out" / "kinetics.csv")["expanded"].any()
+    _ok(["export", "--db", str(db), "--out", str(tmp_path / "export"), "--config", str(config)])
+    assert not pd.read_csv(tmp_path / "export" / "kinetics.csv")["expanded"].any()
+    with sqlite3.connect(db) as connection:  # the configuration is in the run's provenance
+        parameters = connection.execute(
+            "select parameters from runs where command = 'kinetics' order by id desc limit 1"
+        ).fetchone()[0]
+    from pipeline.config import load_config
+
+    assert json.loads(parameters)["config_sha256"] == load_config(config).sha256
