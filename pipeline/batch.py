@@ -281,6 +281,10 @@ def run_batch(
     files ``only`` names)."""
     candidates = scan_batch(batch_dir) if only is None else sorted(only)
     advance = progress("ingest", len(candidates))
+    try:
+        infusion, _ = infusion_dates(settings.clinical)
+    except CartflowError:  # reported with the outcomes; samples are not dated against it
+        infusion = {}
     ingest = ingest_batch(
         batch_dir,
         store,
@@ -288,6 +292,7 @@ def run_batch(
         settings.rules,
         on_file=lambda _o: advance(),
         files=candidates,
+        infusion=infusion,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
     first_path: dict[str, Path] = {}  # a copy under another name is gated once, if at all

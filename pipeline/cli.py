@@ -265,6 +265,8 @@ def _print_ingest(report, store_url: str, quarantine_report: Path | None) -> Non
         console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
     for outcome in report.with_status("quarantined"):
         console.print(f"  quarantined: {outcome.path.name}: {outcome.detail}")
+    for outcome in report.for_review:
+        console.print(f"  stored for review: {outcome.path.name}: {outcome.review}")
     if quarantine_report:
         console.print(f"quarantine report: {quarantine_report}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -21,7 +21,7 @@ from sqlalchemy.exc import DataError
 from panels import Panel, load_panels, match_panel
 from pipeline.errors import CartflowError, IdentityError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
-from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
+from pipeline.identity import IdentityRules, Manifest, SampleIdentity, cross_check, identify
 from pipeline.store import FileRecord, SampleRecord, Store
 
 FCS_SUFFIXES = {".fcs", ".lmd"}
@@ -40,6 +40,7 @@ class FileOutcome:
     detail: str
     kind: str = ""
     new: bool = True
+    review: str = ""  # accepted, but its identity is to be reviewed (and why)
 
 
 @dataclass
@@ -51,9 +52,14 @@ class IngestReport:
         return [o for o in self.outcomes if o.status == status]
 
     @property
+    def for_review(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.review]
+
+    @property
     def exit_code(self) -> int:
-        """0 when every file was accepted (now or before), 2 when any was quarantined."""
-        return 2 if self.with_status("quarantined") else 0
+        """0 when every file was accepted (now or before), 2 when any was quarantined or
+        stored for review."""
+        return 2 if self.with_status("quarantined") or self.for_review else 0
 
 
 def sha256_of(path: Path) -> str:
@@ -98,7 +104,7 @@ def describe(fcs: FcsFile, sha256: str, path: Path) -> FileRecord:
     )
 
 
-def sample_record(identity: SampleIdentity, panel: Panel) -> SampleRecord:
+def sample_record(identity: SampleIdentity, panel: Panel, review: str = "") -> SampleRecord:
     return SampleRecord(
         patient=identity.patient,
         timepoint=identity.timepoint.label,
@@ -107,7 +113,7 @@ def sample_record(identity: SampleIdentity, panel: Panel) -> SampleRecord:
         panel_id=panel.id,
         panel_version=panel.version,
         panel_sha256=panel.sha256,
-        identity_source=identity.source,
+        identity_source=f"{identity.source}; review: {review}" if review else identity.source,
         blood_volume_ul=identity.blood_volume_ul,
         beads_per_tube=identity.beads_per_tube,
         bead_lot=identity.bead_lot,
@@ -122,6 +128,11 @@ class Checked:
     fcs: FcsFile
     identity: SampleIdentity
     panel: Panel
+    review: str = ""  # sources of identity that disagree, when stored for review
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.identity.patient, self.identity.timepoint.label, self.panel.tube)
 
 
 def check_file(
@@ -145,8 +156,14 @@ def ingest_batch(
     panels: tuple[Panel, ...] | None = None,
     on_file: Callable[[FileOutcome], None] | None = None,
     files: list[Path] | None = None,
+    infusion: Mapping[str, date] | None = None,
 ) -> IngestReport:
-    """Ingest every FCS file of a batch folder (or just ``files``) into the store."""
+    """Ingest every FCS file of a batch folder (or just ``files``) into the store. With
+    ``infusion`` dates per patient, each sample's date is checked against its timepoint.
+
+    Every file is checked first, then stored: two files naming one patient, timepoint and
+    tube (or one naming those of a stored sample) are all refused or all stored for review,
+    whatever their order."""
     panels = panels if panels is not None else load_panels()
     files = scan_batch(batch_dir) if files is None else sorted(files)
     parameters = {
@@ -156,15 +173,30 @@ def ingest_batch(
         "panels": {p.id: p.sha256 for p in panels},
     }
     names = Counter(path.name for path in files)
-    batch = _Batch(panels, manifest, rules, frozenset(n for n, c in names.items() if c > 1))
+    shared = frozenset(n for n, c in names.items() if c > 1)
+    infusion_items = tuple(sorted((infusion or {}).items()))
+    batch = _Batch(panels, manifest, rules, shared, infusion_items)
     with store.recording("ingest", parameters) as run_id:
         report = IngestReport(run_id)
         seen: dict[str, Path] = {}
+        outcomes: list[FileOutcome | None] = []
+        ready: list[tuple[int, Path, str, Checked]] = []
         for path in files:
-            outcome = _ingest_one(path, store, run_id, batch, seen)
-            report.outcomes.append(outcome)
+            result = _check_one(path, store, run_id, batch, seen)
+            if isinstance(result, FileOutcome):
+                outcomes.append(result)
+                if on_file:
+                    on_file(result)
+            else:
+                outcomes.append(None)
+                ready.append((len(outcomes) - 1, path, *result))
+        repeats = _repeats([(path, sha, checked) for _, path, sha, checked in ready], store)
+        for index, path, sha, checked in ready:
+            outcome = _store_one(path, sha, checked, store, run_id, batch, repeats.get(path))
+            outcomes[index] = outcome
             if on_file:
                 on_file(outcome)
+        report.outcomes = [o for o in outcomes if o is not None]
     return report
 
 
@@ -182,12 +214,13 @@ class _Batch:
     manifest: Manifest | None
     rules: IdentityRules
     shared_names: frozenset[str]  # names that several files of the batch carry
+    infusion: tuple[tuple[str, date], ...] = ()
 
     @cached_property
     def digest(self) -> str:
         context = repr((sorted(self.manifest.rows.items()) if self.manifest else None,
                         self.rules, sorted(p.sha256 for p in self.panels),
-                        sorted(self.shared_names)))  # fmt: skip
+                        sorted(self.shared_names), self.infusion))  # fmt: skip
         return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
 
     def check(self, path: Path) -> Checked:
@@ -196,10 +229,26 @@ class _Batch:
                 path, f"several files of the batch are named {path.name!r}, and the manifest "
                 "names files by name: rename them apart"
             )  # fmt: skip
-        return check_file(path, self.panels, self.manifest, self.rules)
+        checked = check_file(path, self.panels, self.manifest, self.rules)
+        iso = acquisition_date(checked.fcs)
+        disagreements = cross_check(
+            path,
+            checked.fcs.text,
+            checked.identity,
+            self.rules,
+            date.fromisoformat(iso) if iso else None,
+            dict(self.infusion).get(checked.identity.patient),
+        )
+        if not disagreements:
+            return checked
+        problem = "identity sources disagree: " + "; ".join(map(str, disagreements))
+        if self.rules.on_disagreement == "review":
+            return Checked(checked.fcs, checked.identity, checked.panel, problem)
+        raise IdentityError(path, problem)
 
 
-def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
+def _check_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome | tuple[str, Checked]:
+    """A file's final outcome, or its SHA-256 and checks when it is to be stored."""
     try:
         sha = sha256_of(path)
     except OSError as exc:
@@ -224,7 +273,7 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         kind, reason = before
         return FileOutcome(path, "quarantined", sha, f"{reason} (quarantined before)", kind, False)
     try:
-        checked = batch.check(path)
+        return sha, batch.check(path)
     except CartflowError as exc:
         key = sha if exc.kind in CONTENT_KINDS else in_context
         store.quarantine(run_id, key, str(path), sha, exc.kind, exc.problem)
@@ -233,9 +282,55 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         reason = f"unexpected {type(exc).__name__}: {exc}"
         store.quarantine(run_id, in_context, str(path), sha, "internal", reason)
         return FileOutcome(path, "quarantined", sha, reason, "internal")
+
+
+@dataclass(frozen=True)
+class _Repeat:
+    """Other files naming the same patient, timepoint and tube as one to be stored."""
+
+    names: tuple[str, ...]
+    digest: str  # of the other files' contents: the conflict, as a quarantine key
+
+    def __str__(self) -> str:
+        return "repeats another file's patient, timepoint and tube: " + ", ".join(self.names)
+
+
+def _repeats(ready: list[tuple[Path, str, Checked]], store: Store) -> dict[Path, _Repeat]:
+    """Files to be stored that share patient, timepoint and tube with another of them or
+    with a stored sample."""
+    holders: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for sample in store.samples():
+        key = (sample["patient"], sample["timepoint"], sample["tube"])
+        holders.setdefault(key, []).append((sample["sha256"], f"{sample['file']} (stored)"))
+    for path, sha, checked in ready:
+        holders.setdefault(checked.key, []).append((sha, str(path)))
+    found = {}
+    for path, sha, checked in ready:
+        others = [(s, name) for s, name in holders[checked.key] if s != sha]
+        if others:
+            digest = hashlib.sha256("".join(sorted(s for s, _ in others)).encode()).hexdigest()
+            label = f"{' '.join(checked.key)}"
+            found[path] = _Repeat(tuple(f"{label} is also {name}" for _, name in others),
+                                  digest[:16])  # fmt: skip
+    return found
+
+
+def _store_one(
+    path, sha, checked: Checked, store, run_id, batch: _Batch, repeat: _Repeat | None
+) -> FileOutcome:
+    review = checked.review
+    if repeat is not None:
+        if batch.rules.on_disagreement == "quarantine":
+            key = f"{sha}:{batch.digest}:{repeat.digest}"
+            reason = f"{repeat}: review which is right"
+            new = store.quarantine(run_id, key, str(path), sha, "identity", reason)
+            return FileOutcome(path, "quarantined", sha, reason, "identity", new)
+        review = "; ".join(filter(None, (review, str(repeat))))
+    in_context = f"{sha}:{batch.digest}"
     record = describe(checked.fcs, sha, path)
+    sample = sample_record(checked.identity, checked.panel, review)
     try:
-        stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+        stored = store.record_sample(run_id, record, sample)
     except (DataError, OverflowError) as exc:  # a value of this file the store cannot hold
         reason = f"the store cannot hold a value of this file: {first_line(exc)}"
         store.quarantine(run_id, in_context, str(path), sha, "store", reason)
@@ -248,6 +343,7 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         "accepted",
         sha,
         f"{ident.patient} {ident.timepoint.label} {checked.panel.tube} ({checked.panel.id})",
+        review=review,
     )
 
 
