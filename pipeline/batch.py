@@ -19,6 +19,7 @@ from pipeline.gate import gate_file, gate_records, template_for
 from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
+from pipeline.outputs import remove_folder, write_csv, write_parquet
 from pipeline.report import overview_path, write_report
 from pipeline.store import GateRecord, PopulationRecord, Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
@@ -213,8 +214,8 @@ def follow_up(
     files = {}
     for name, table in (("timepoints", timepoints), ("kinetics", kinetics)):
         csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
-        table.to_csv(csv_path, index=False)
-        table.to_parquet(parquet_path, index=False)
+        write_csv(table, csv_path)
+        write_parquet(table, parquet_path)
         files[name] = csv_path
         files[f"{name}_parquet"] = parquet_path
     return FollowUp(timepoints, kinetics, files)
@@ -243,6 +244,7 @@ class RunSettings:
     html_report: bool = True
     analysis: Path | None = None
     haematology: Path | None = None
+    file_names: bool = False  # show file names in the HTML report (they may carry PHI)
 
 
 @dataclass(frozen=True)
@@ -336,12 +338,14 @@ def run_batch(
             count_settings=settings.counts,
         )
         outcome_dir = settings.out / "outcomes"
+        remove_folder(outcome_dir)  # an earlier run's outcomes never mix with this run's
         if clinical is not None and len(follow.kinetics):
             progress("outcomes", 1)
             try:
                 outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
             except CartflowError as exc:
                 outcome_error = str(exc)
+                remove_folder(outcome_dir)
         index = None
         if settings.html_report:
             progress("report", 1)
@@ -351,6 +355,7 @@ def run_batch(
                 follow.timepoints,
                 follow.kinetics,
                 outcome_dir if outcomes is not None else None,
+                file_names=settings.file_names,
             )
     return RunSummary(
         run_id,

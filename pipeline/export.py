@@ -20,6 +20,7 @@ from pipeline.batch import infusion_dates
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.kinetics import DEFAULT_POPULATIONS, KineticsOptions, patient_kinetics
+from pipeline.outputs import write_csv, write_parquet
 from pipeline.store import Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
@@ -189,9 +190,9 @@ def export(
             frame = _pseudonymise(frame, alias)
         path = out_dir / f"{name}.{fmt}"
         if fmt == "csv":
-            frame.to_csv(path, index=False)
+            write_csv(frame, path)
         else:
-            frame.to_parquet(path, index=False)
+            write_parquet(frame, path)
         written[name] = path
     rows = [
         {"table": table, "column": column, "description": text}
@@ -200,6 +201,6 @@ def export(
         if not (alias and column == "file")
     ]
     dictionary = out_dir / "data_dictionary.csv"
-    pd.DataFrame(rows).to_csv(dictionary, index=False)
+    write_csv(pd.DataFrame(rows), dictionary)
     written["data_dictionary"] = dictionary
     return written

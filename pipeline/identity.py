@@ -157,9 +157,7 @@ def _optional_float(value: str, path: Path, where: str, column: str) -> float | 
     try:
         number = float(value)
     except ValueError:
-        raise ManifestError(
-            path, f"{where}, column {column}: {value!r} is not a number"
-        ) from None
+        raise ManifestError(path, f"{where}, column {column}: {value!r} is not a number") from None
     if not math.isfinite(number):
         raise ManifestError(path, f"{where}, column {column}: {value!r} is not finite")
     if number <= 0:

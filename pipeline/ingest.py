@@ -6,7 +6,6 @@ SHA-256: content seen before is not processed again, whatever its name.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -16,12 +15,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 from sqlalchemy.exc import DataError
 
 from panels import Panel, load_panels, match_panel
 from pipeline.errors import CartflowError, IdentityError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, cross_check, identify
+from pipeline.outputs import restore, write_csv
 from pipeline.store import FileRecord, SampleRecord, Store
 
 FCS_SUFFIXES = {".fcs", ".lmd"}
@@ -347,17 +348,31 @@ def _store_one(
     )
 
 
+QUARANTINE_COLUMNS = ["file", "sha256", "kind", "reason"]
+
+
 def write_quarantine_report(report: IngestReport, out_dir: Path) -> Path | None:
-    """``quarantine/quarantine.csv`` with one line per refused file of this run."""
-    refused = report.with_status("quarantined")
-    if not refused:
+    """``quarantine/quarantine.csv``: the files refused now. This run's refusals, and those of
+    earlier runs into this folder for files this run did not look at and that still exist;
+    a file accepted since (fixed) leaves it. Removed when nothing is refused."""
+    target = out_dir / "quarantine" / "quarantine.csv"
+    looked_at = {str(o.path) for o in report.outcomes}
+    earlier = []
+    if target.is_file():
+        try:
+            previous = pd.read_csv(target, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            previous = pd.DataFrame(columns=QUARANTINE_COLUMNS)
+        if list(previous.columns) == QUARANTINE_COLUMNS:
+            previous = previous.map(restore)
+            earlier = [
+                tuple(row) for row in previous.itertuples(index=False)
+                if row.file not in looked_at and Path(row.file).exists()
+            ]  # fmt: skip
+    now = [(str(o.path), o.sha256 or "", o.kind, o.detail)
+           for o in report.with_status("quarantined")]  # fmt: skip
+    rows = earlier + now
+    if not rows:
+        target.unlink(missing_ok=True)
         return None
-    folder = out_dir / "quarantine"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "quarantine.csv"
-    with target.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "sha256", "kind", "reason"])
-        for outcome in refused:
-            writer.writerow([outcome.path, outcome.sha256 or "", outcome.kind, outcome.detail])
-    return target
+    return write_csv(pd.DataFrame(rows, columns=QUARANTINE_COLUMNS), target)

@@ -199,7 +199,7 @@ def sample_overview(gated: SampleGating, path: Path, columns: int = 5) -> Path:
         draw_population(ax, gated, compensated, population)
     for ax in flat[len(populations) :]:
         ax.axis("off")
-    fig.suptitle(f"{gated.fcs.path.name} — {gated.panel.id}, {gated.template.id}", fontsize=10)
+    fig.suptitle(f"{gated.panel.id}, {gated.template.id}", fontsize=10)  # no file name: PHI
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.05, top=0.93, wspace=0.3, hspace=0.45)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -24,6 +24,7 @@ from gating.placer import ESTIMATE_LIMIT
 from gating.template import Template
 from pipeline.errors import CartflowError
 from pipeline.gate import GateStageError, SampleGating, compact_evidence, gate_file
+from pipeline.outputs import write_text
 
 
 def _thin(values: np.ndarray, limit: int) -> np.ndarray:
@@ -101,7 +102,7 @@ def write_cuts(cuts: dict[str, ThresholdDecision], path: Path) -> None:
     payload = {
         name: {**asdict(d), "evidence": compact_evidence(d.evidence)} for name, d in cuts.items()
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def read_cuts(path: Path) -> dict[str, ThresholdDecision]:
