@@ -94,6 +94,8 @@ class IdentityRules:
         r"(?P<timepoint>(?:LA|D\+?-?\d+|M\d+|Day ?\d+|Month ?\d+))"
         r"[ _-]+(?P<tube>.+?)(?:_\d{3})?$",
     )
+    stored_keywords: tuple[str, ...] = ()
+    """Keywords the store keeps besides the standard ones and those above (no PHI)."""
     on_disagreement: Literal["quarantine", "review"] = "quarantine"
     """What happens to a file whose sources of identity disagree (or that repeats another
     file's patient, timepoint and tube): refused, or stored and listed for review."""

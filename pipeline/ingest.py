@@ -23,7 +23,7 @@ from pipeline.errors import CartflowError, IdentityError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, cross_check, identify
 from pipeline.outputs import restore, write_csv
-from pipeline.store import FileRecord, SampleRecord, Store
+from pipeline.store import FileRecord, SampleRecord, Store, stored_keywords
 
 FCS_SUFFIXES = {".fcs", ".lmd"}
 HASH_CHUNK = 1 << 20
@@ -88,8 +88,13 @@ def _json_safe(text: dict[str, str]) -> dict[str, str]:
     return {k: v.encode("utf-8", "replace").decode("utf-8") for k, v in text.items()}
 
 
-def describe(fcs: FcsFile, sha256: str, path: Path) -> FileRecord:
+def describe(
+    fcs: FcsFile, sha256: str, path: Path, rules: IdentityRules = IdentityRules()
+) -> FileRecord:
+    """A file's row; of its TEXT only the keywords the store keeps (no PHI)."""
     iso = acquisition_date(fcs)
+    keep = (*rules.patient_keywords, *rules.timepoint_keywords, *rules.tube_keywords,
+            *rules.stored_keywords)  # fmt: skip
     return FileRecord(
         sha256=sha256,
         path=str(path),
@@ -100,7 +105,7 @@ def describe(fcs: FcsFile, sha256: str, path: Path) -> FileRecord:
         channel_count=len(fcs.channels),
         has_spillover=fcs.spillover is not None,
         acquisition_date=date.fromisoformat(iso) if iso else None,
-        keywords=_json_safe(fcs.text),
+        keywords=_json_safe(stored_keywords(fcs.text, keep)),
         reader_warnings=list(fcs.warnings),
     )
 
@@ -328,7 +333,7 @@ def _store_one(
             return FileOutcome(path, "quarantined", sha, reason, "identity", new)
         review = "; ".join(filter(None, (review, str(repeat))))
     in_context = f"{sha}:{batch.digest}"
-    record = describe(checked.fcs, sha, path)
+    record = describe(checked.fcs, sha, path, batch.rules)
     sample = sample_record(checked.identity, checked.panel, review)
     try:
         stored = store.record_sample(run_id, record, sample)
