@@ -359,7 +359,7 @@ def ingest(
         _claim_out(out, force)
     report = run_ingest(batch_dir, db, manifest, rules, out)
     if not existed and out.is_dir():  # made now, for the quarantine report
-        _claim_out(out, force)
+        (out / OUT_MARK).write_text("cartflow output folder\n", encoding="utf-8")
     raise typer.Exit(report.exit_code)
 
 
