@@ -955,9 +955,10 @@ def demo(
     events: Annotated[
         int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file of the generated cohort.")
     ] = 20_000,
+    force: ForceOption = False,
 ) -> None:
     """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
-    _claim_out(out, force=False)
+    _claim_out(out, force)
     if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
         batch = FIXTURE_COHORT
     else:

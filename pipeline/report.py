@@ -16,7 +16,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.outputs import write_text
+from pipeline.outputs import restore, write_text
 from pipeline.plots import kinetics_figure
 from pipeline.store import Store
 
@@ -184,7 +184,7 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
         try:
-            frame = pd.read_csv(csv, dtype={"patient": str})  # '001' stays '001'
+            frame = pd.read_csv(csv, dtype={"patient": str}).map(restore)  # '001' stays '001'
         except pd.errors.EmptyDataError:  # an analysis with nothing to report
             frame = pd.DataFrame()
         tables.append(
