@@ -18,7 +18,8 @@ from typing import Literal
 import pandas as pd
 from sqlalchemy.exc import DataError
 
-from panels import Panel, load_panels, match_panel
+from panels import MarkerNames, Panel, load_panels, match_panel
+from pipeline.config import LabConfig
 from pipeline.errors import CartflowError, IdentityError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, cross_check, identify
@@ -146,11 +147,13 @@ def check_file(
     panels: Iterable[Panel],
     manifest: Manifest | None = None,
     rules: IdentityRules = IdentityRules(),
+    names: MarkerNames | None = None,
 ) -> Checked:
     """Read, identify and panel-match one file; raises CartflowError on any problem."""
     fcs = read_fcs(path, events=False)
     identity = identify(path, fcs.text, manifest, rules)
-    match = match_panel(path, [(c.name, c.marker) for c in fcs.channels], panels, identity.tube)
+    pairs = [(c.name, c.marker) for c in fcs.channels]
+    match = match_panel(path, pairs, panels, identity.tube, names)
     return Checked(fcs, identity, match.panel)
 
 
@@ -163,25 +166,30 @@ def ingest_batch(
     on_file: Callable[[FileOutcome], None] | None = None,
     files: list[Path] | None = None,
     infusion: Mapping[str, date] | None = None,
+    config: LabConfig | None = None,
 ) -> IngestReport:
-    """Ingest every FCS file of a batch folder (or just ``files``) into the store. With
+    """Ingest every FCS file of a batch folder (or just ``files``) into the store, with the
+    panels and marker names of ``config`` (default: the shipped configuration). With
     ``infusion`` dates per patient, each sample's date is checked against its timepoint.
 
     Every file is checked first, then stored: two files naming one patient, timepoint and
     tube (or one naming those of a stored sample) are all refused or all stored for review,
     whatever their order."""
-    panels = panels if panels is not None else load_panels()
+    if panels is None:
+        panels = config.panels if config else load_panels()
     files = scan_batch(batch_dir) if files is None else sorted(files)
     parameters = {
         "batch": str(batch_dir),
         "manifest": str(manifest.path) if manifest else None,
         "rules": rules.__dict__,
         "panels": {p.id: p.sha256 for p in panels},
+        **(config.provenance() if config else {}),
     }
     names = Counter(path.name for path in files)
     shared = frozenset(n for n, c in names.items() if c > 1)
     infusion_items = tuple(sorted((infusion or {}).items()))
-    batch = _Batch(panels, manifest, rules, shared, infusion_items)
+    batch = _Batch(panels, manifest, rules, shared, config.names if config else None,
+                   config.sha256 if config else "", infusion_items)  # fmt: skip
     with store.recording("ingest", parameters) as run_id:
         report = IngestReport(run_id)
         seen: dict[str, Path] = {}
@@ -220,6 +228,8 @@ class _Batch:
     manifest: Manifest | None
     rules: IdentityRules
     shared_names: frozenset[str]  # names that several files of the batch carry
+    names: MarkerNames | None = None
+    config_sha256: str = ""
     infusion: tuple[tuple[str, date], ...] = ()
 
     @cached_property
@@ -227,6 +237,8 @@ class _Batch:
         context = repr((sorted(self.manifest.rows.items()) if self.manifest else None,
                         self.rules, sorted(p.sha256 for p in self.panels),
                         sorted(self.shared_names), self.infusion))  # fmt: skip
+        if self.config_sha256:  # marker names and read_as decide a match too
+            context += self.config_sha256
         return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
 
     def check(self, path: Path) -> Checked:
@@ -235,7 +247,7 @@ class _Batch:
                 path, f"several files of the batch are named {path.name!r}, and the manifest "
                 "names files by name: rename them apart"
             )  # fmt: skip
-        checked = check_file(path, self.panels, self.manifest, self.rules)
+        checked = check_file(path, self.panels, self.manifest, self.rules, self.names)
         iso = acquisition_date(checked.fcs)
         disagreements = cross_check(
             path,

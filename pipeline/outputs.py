@@ -81,10 +81,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """``frame`` as a spreadsheet-safe CSV, written atomically."""
+def write_csv(frame: pd.DataFrame, path: Path, **options) -> Path:
+    """``frame`` as a spreadsheet-safe CSV, written atomically (``options`` as pandas'
+    ``to_csv`` takes them)."""
     with atomic_path(path) as temporary:
-        neutralise_frame(frame).to_csv(temporary, index=False)
+        neutralise_frame(frame).to_csv(temporary, index=False, **options)
     return path
 
 
