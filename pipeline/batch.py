@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gating.placement import ThresholdDecision
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.gate import gate_file, gate_records, template_for
@@ -37,6 +38,23 @@ class GateWork:
     gates: tuple[GateRecord, ...] = ()
     flags: tuple[str, ...] = ()
     error: str | None = None
+    corrections_key: str = ""
+
+
+@dataclass(frozen=True)
+class Override:
+    """A hand-set cut of a sample: its name, value and audit entry."""
+
+    cut: str
+    value: float
+    correction_id: int
+    by: str
+    reason: str
+
+    def decision(self) -> ThresholdDecision:
+        evidence = {"source": "override", "correction": self.correction_id, "by": self.by,
+                    "reason": self.reason}  # fmt: skip
+        return ThresholdDecision(self.value, "fixed", False, None, 0, evidence)
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,19 @@ class PendingFile:
     sample_id: int
     tube: str
     overview: Path | None = None
+    corrections_key: str = ""
+    overrides: tuple[Override, ...] = ()
+
+
+def sample_overrides(store: Store, sample_id: int) -> tuple[str, tuple[Override, ...]]:
+    """A sample's corrections key and its active cut overrides (the newest of each cut)."""
+    newest: dict[str, Override] = {}
+    for c in store.corrections(sample_id):
+        if c["active"] and c["action"] == "cut":
+            newest[c["target"]] = Override(
+                c["target"], float(c["new"]), c["id"], c["by"], c["reason"]
+            )
+    return store.corrections_key(sample_id), tuple(newest.values())
 
 
 def gate_one(item: PendingFile) -> GateWork:
@@ -56,20 +87,25 @@ def gate_one(item: PendingFile) -> GateWork:
     except CartflowError as exc:
         return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
     base |= {"template_id": template.id, "template_sha256": template.sha256}
+    base |= {"corrections_key": item.corrections_key}
+    given = {o.cut: o.decision() for o in item.overrides}
     try:
-        gated = gate_file(item.path, template=template, tube=item.tube)
+        gated = gate_file(item.path, template=template, tube=item.tube, fixed_cuts=given or None)
     except CartflowError as exc:
         return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
     except Exception as exc:  # a bad file must never stop the batch
         return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
     populations, gates = gate_records(gated)
+    decisions = gated.placed.decisions
+    flags = [*gated.placed.flags]
+    for o in item.overrides:  # a cut the template no longer places is not silently dropped
+        used = decisions.get(o.cut) is given[o.cut]
+        flags.append(f"{'override' if used else 'override_unfit'}:{o.cut}={o.value:.4g}")
     if item.overview is not None:
         from pipeline.plots import sample_overview
 
         sample_overview(gated, item.overview)
-    return GateWork(
-        **base, populations=tuple(populations), gates=tuple(gates), flags=gated.placed.flags
-    )
+    return GateWork(**base, populations=tuple(populations), gates=tuple(gates), flags=tuple(flags))
 
 
 def pending_gating(
@@ -83,13 +119,19 @@ def pending_gating(
         sample = by_sha.get(sha)
         if sample is None:
             continue
+        key, overrides = sample_overrides(store, sample["sample_id"])
         try:
-            done = store.has_gating(sample["sample_id"], template_for(sample["tube"]).sha256)
+            template = template_for(sample["tube"]).sha256
+            done = store.has_gating(sample["sample_id"], template, key)
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
             overview = overview_path(report_dir, sha) if report_dir else None
-            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"], overview))
+            pending.append(
+                PendingFile(
+                    path, sha, sample["sample_id"], sample["tube"], overview, key, overrides
+                )
+            )
     return pending
 
 
@@ -104,6 +146,7 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
         list(work.gates),
         (*work.flags, *((f"gating_failed: {work.error}",) if work.error else ())),
         error=work.error,
+        corrections_key=work.corrections_key,
     )
 
 
@@ -159,6 +202,49 @@ def gate_batch(
         if on_file:
             on_file(work)
     return done
+
+
+def regate_sample(store: Store, run_id: int, sample_id: int, report_dir: Path | None = None):
+    """Gate one stored sample again now, with its current corrections (a file found under
+    one of its known paths); None when no path holds it any more (the next run that sees
+    the file gates it)."""
+    from pipeline.ingest import sha256_of
+
+    sample = next((s for s in store.samples() if s["sample_id"] == sample_id), None)
+    if sample is None:
+        return None
+    for name in store.sample_paths(sample_id):
+        path = Path(name)
+        try:
+            if path.is_file() and sha256_of(path) == sample["sha256"]:
+                break
+        except OSError:
+            continue
+    else:
+        return None
+    [pending] = pending_gating(store, [(path, sample["sha256"])], report_dir) or [None]
+    if pending is None:
+        return None
+    work = gate_one(pending)
+    write_gating(store, run_id, work)
+    return work
+
+
+def review_state(
+    store: Store,
+    timepoints: pd.DataFrame,
+    options: KineticsOptions = KineticsOptions(),
+    counts: CountSettings = CountSettings(),
+    patient: str | None = None,
+):
+    """The review queue of the store's current state (see :mod:`pipeline.review`)."""
+    from pipeline.kinetics import peak_days
+    from pipeline.review import review_queue
+
+    peaks = peak_days(timepoints, options)
+    return review_queue(
+        store, timepoints, peaks, counts.lod_events, counts.lloq_events, patient=patient
+    )
 
 
 @dataclass(frozen=True)
@@ -256,6 +342,8 @@ class RunSummary:
     quarantine_report: Path | None
     outcomes: object | None = None
     outcome_error: str | None = None
+    review: tuple = ()
+    """The review queue of the store after this run (every sample, not only this run's)."""
 
     @property
     def failed(self) -> list[GateWork]:
@@ -337,6 +425,7 @@ def run_batch(
                 outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
             except CartflowError as exc:
                 outcome_error = str(exc)
+        review = review_state(store, follow.timepoints, settings.kinetics, settings.counts)
         index = None
         if settings.html_report:
             progress("report", 1)
@@ -346,6 +435,8 @@ def run_batch(
                 follow.timepoints,
                 follow.kinetics,
                 outcome_dir if outcomes is not None else None,
+                review=review,
+                clinical=clinical,
             )
     return RunSummary(
         run_id,
@@ -357,6 +448,7 @@ def run_batch(
         quarantine_report,
         outcomes,
         outcome_error,
+        tuple(review),
     )
 
 

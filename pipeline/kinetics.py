@@ -380,3 +380,19 @@ def _peak_nominal_day(rows, cmax: float | None) -> int | None:
         return None
     hit = rows[rows.cells_per_ul == cmax]
     return int(hit.nominal_day.min()) if len(hit) else None
+
+
+def peak_days(timepoints, options: KineticsOptions = KineticsOptions()) -> dict[str, int]:
+    """Each patient's CAR-T peak (nominal day of Cmax), where the percentages at the peak
+    are read; patients without a quantified count have none."""
+    peaks: dict[str, int] = {}
+    if timepoints is None or len(timepoints) == 0:
+        return peaks
+    car_t = DEFAULT_POPULATIONS[0]
+    for patient, all_rows in timepoints.groupby("patient", sort=True):
+        rows, _ = _after_infusion(all_rows)
+        selected = rows[(rows.tube == car_t.tube) & (rows.population == car_t.population)]
+        day = _peak_nominal_day(selected, summarise(_observations(selected), options).cmax)
+        if day is not None:
+            peaks[patient] = day
+    return peaks

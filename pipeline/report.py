@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -47,8 +49,12 @@ def write_report(
     timepoints: pd.DataFrame | None = None,
     kinetics: pd.DataFrame | None = None,
     outcomes_dir: Path | None = None,
+    review: Sequence = (),
+    clinical: Path | None = None,
 ) -> Path:
-    """Write the report into ``report_dir``; returns the path of index.html."""
+    """Write the report into ``report_dir``; returns the path of index.html. ``review`` is
+    the review queue (first on index.html and on review.html); ``clinical`` marks infusion,
+    relapse, HSCT and last follow-up on the patients' curves."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     common = {
@@ -83,6 +89,14 @@ def write_report(
             ),
             encoding="utf-8",
         )
+    pages = {s["sample_id"]: s["page"] for s in samples}
+    review_rows = [asdict(item) | {"page": pages.get(item.sample_id)} for item in review]
+    (report_dir / "review.html").write_text(
+        env.get_template("review.html").render(
+            title="Review", root="", review=review_rows, **common
+        ),
+        encoding="utf-8",
+    )
     quarantine = [
         {"file": Path(q["path"]).name, "kind": q["kind"], "reason": q["reason"]}
         for q in store.quarantined()
@@ -111,6 +125,7 @@ def write_report(
         env.get_template("index.html").render(
             title="Batch report",
             root="",
+            review=review_rows,
             summary=summary,
             quarantine=quarantine,
             flagged=[s for s in samples if s["flags"]],
