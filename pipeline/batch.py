@@ -58,6 +58,15 @@ class Override:
 
 
 @dataclass(frozen=True)
+class FixedGates:
+    """A lab's gate file (Gating-ML .xml or FlowJo .wsp) set on a sample by hand."""
+
+    name: str
+    content: str
+    correction_id: int
+
+
+@dataclass(frozen=True)
 class PendingFile:
     path: Path
     sha256: str
@@ -66,17 +75,61 @@ class PendingFile:
     overview: Path | None = None
     corrections_key: str = ""
     overrides: tuple[Override, ...] = ()
+    fixed_gates: FixedGates | None = None
 
 
-def sample_overrides(store: Store, sample_id: int) -> tuple[str, tuple[Override, ...]]:
-    """A sample's corrections key and its active cut overrides (the newest of each cut)."""
+@dataclass(frozen=True)
+class SampleCorrections:
+    """What of a sample's active corrections its gating applies."""
+
+    key: str = ""
+    cuts: tuple[Override, ...] = ()
+    gates: FixedGates | None = None
+
+
+def sample_corrections(store: Store, sample_id: int) -> SampleCorrections:
+    """A sample's corrections key, its active cut overrides (the newest of each cut) and its
+    newest active fixed gates."""
     newest: dict[str, Override] = {}
+    gates = None
     for c in store.corrections(sample_id):
         if c["active"] and c["action"] == "cut":
             newest[c["target"]] = Override(
                 c["target"], float(c["new"]), c["id"], c["by"], c["reason"]
             )
-    return store.corrections_key(sample_id), tuple(newest.values())
+        if c["active"] and c["action"] == "gates":
+            gates = FixedGates(c["new"]["file"], c["new"]["content"], c["id"])
+    return SampleCorrections(store.corrections_key(sample_id), tuple(newest.values()), gates)
+
+
+def _gate_fixed_work(item: PendingFile, base: dict) -> GateWork:
+    """Gate a file with a lab's gates set by hand (no placement); gates that no longer fit
+    the file give a failed gating flagged ``override_unfit:gates``."""
+    import tempfile
+
+    from pipeline.gate import gate_fixed, load_fixed_gates
+
+    fixed = item.fixed_gates
+    unfit = f"override_unfit:gates={fixed.name}"
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(fixed.name).name
+            path.write_text(fixed.content, encoding="utf-8")
+            gate_set = load_fixed_gates(path, item.path.name)
+        _, result = gate_fixed(item.path, gate_set)
+    except CartflowError as exc:
+        return GateWork(**base, flags=(unfit,), error=f"{exc.kind}: {exc.problem}")
+    except Exception as exc:  # a bad file must never stop the batch
+        return GateWork(**base, flags=(unfit,), error=f"unexpected {type(exc).__name__}: {exc}")
+    populations = []
+    for population in result.populations:
+        parent = result.parents[population]
+        total = result.event_count if parent is None else result.count(parent)
+        populations.append(PopulationRecord(population, parent, result.count(population), total))
+    evidence = {"source": fixed.name, "correction": fixed.correction_id}
+    gates = (GateRecord("lab_gates", "fixed gates", None, False, evidence),)
+    flags = (f"override:gates={fixed.name}",)
+    return GateWork(**base, populations=tuple(populations), gates=gates, flags=flags)
 
 
 def gate_one(item: PendingFile) -> GateWork:
@@ -88,6 +141,8 @@ def gate_one(item: PendingFile) -> GateWork:
         return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
     base |= {"template_id": template.id, "template_sha256": template.sha256}
     base |= {"corrections_key": item.corrections_key}
+    if item.fixed_gates is not None:
+        return _gate_fixed_work(item, base)
     given = {o.cut: o.decision() for o in item.overrides}
     try:
         gated = gate_file(item.path, template=template, tube=item.tube, fixed_cuts=given or None)
@@ -119,17 +174,24 @@ def pending_gating(
         sample = by_sha.get(sha)
         if sample is None:
             continue
-        key, overrides = sample_overrides(store, sample["sample_id"])
+        corrections = sample_corrections(store, sample["sample_id"])
         try:
             template = template_for(sample["tube"]).sha256
-            done = store.has_gating(sample["sample_id"], template, key)
+            done = store.has_gating(sample["sample_id"], template, corrections.key)
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
             overview = overview_path(report_dir, sha) if report_dir else None
             pending.append(
                 PendingFile(
-                    path, sha, sample["sample_id"], sample["tube"], overview, key, overrides
+                    path,
+                    sha,
+                    sample["sample_id"],
+                    sample["tube"],
+                    overview,
+                    corrections.key,
+                    corrections.cuts,
+                    corrections.gates,
                 )
             )
     return pending

@@ -734,6 +734,10 @@ def override(
         list[str] | None,
         typer.Option("--cut", help="MARKER[.bright]=VALUE, in the template's units; repeatable."),
     ] = None,
+    gates: Annotated[
+        Path | None,
+        typer.Option(help="Gate the sample with a lab's gates (Gating-ML .xml, FlowJo .wsp)."),
+    ] = None,
     exclude: Annotated[
         bool, typer.Option("--exclude", help="Leave the sample out of counts and kinetics.")
     ] = False,
@@ -764,9 +768,11 @@ def override(
             raise _fail("give a SAMPLE id (or --list)")
         if not reason:
             raise _fail("a correction needs --reason TEXT (kept in the audit trail)")
-        chosen = [bool(cut), exclude, revoke is not None]
+        chosen = [bool(cut), gates is not None, exclude, revoke is not None]
         if sum(chosen) != 1:
-            raise _fail("give one of --cut, --exclude or --revoke")
+            raise _fail("give one of --cut, --gates, --exclude or --revoke")
+        if gates is not None:
+            _set_gates(store, sample, gates, reason, _by(by))
         _correct(store, sample, cut or [], exclude, revoke, reason, _by(by))
     finally:
         store.close()
@@ -824,6 +830,36 @@ def _correct(store, sample_id, cuts, exclude, revoke, reason, by) -> None:
         console.print(f"sample {sample_id} gated again; `cartflow run` updates kinetics and report")
 
 
+def _set_gates(store, sample_id: int, gates: Path, reason: str, by: str) -> None:
+    """Record a lab's gate file on a sample (checked to load first; its text is kept in the
+    audit trail, so re-gating does not depend on the file staying where it is)."""
+    import hashlib
+
+    from pipeline.gate import load_fixed_gates
+
+    names = [s["file"] for s in store.samples() if s["sample_id"] == sample_id]
+    if not names:
+        raise _fail(f"no sample {sample_id} in {store.display_url}")
+    try:
+        load_fixed_gates(gates, names[0])
+        content = gates.read_text(encoding="utf-8")
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"{gates}: cannot be read: {exc}") from None
+    sha = hashlib.sha256(content.encode("utf-8")).hexdigest()
+    new = {"file": gates.name, "sha256": sha, "content": content}
+    store.add_correction(sample_id, "gates", reason, by, target=gates.name, new=new)
+    console.print(f"gates {gates.name} (sha256 {sha[:16]}) set on sample {sample_id} by {by}")
+
+
+def _shown(value) -> str:
+    """An audit value as one short text (a gate file by its name and hash)."""
+    if isinstance(value, dict) and "content" in value:
+        return f"{value['file']} sha256 {value['sha256'][:16]}"
+    return json.dumps(value, default=str)
+
+
 def _list_corrections(store, sample: int | None) -> None:
     """The audit trail, one entry a line (nothing is cut short on a narrow terminal)."""
     trail = store.corrections(sample)
@@ -835,7 +871,7 @@ def _list_corrections(store, sample: int | None) -> None:
             state = "revoked"
         if c["revokes"]:
             state = f"revokes #{c['revokes']}"
-        change = f"{json.dumps(c['old'], default=str)} -> {json.dumps(c['new'], default=str)}"
+        change = f"{_shown(c['old'])} -> {_shown(c['new'])}"
         console.print(
             f"#{c['id']} sample {c['sample_id']} {c['action']} {c['target'] or ''} {change} "
             f"by {c['by']} at {c['at']:%Y-%m-%d %H:%M:%S} [{state}]: {c['reason']}",

@@ -59,8 +59,9 @@ def _file(folder: Path, timepoint: str) -> Path:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """One patient, memory and B-cell tubes; forced: D14 memory with its CD27 signal
-    compressed so that no bright band is left (its bright cut falls back), D21 memory without beads per tube in the manifest, D11 memory
-    (the peak) thinned to every 16th event (CD8 CAR-T under the LLOQ there)."""
+    compressed so that no bright band is left (its bright cut falls back), D21 memory
+    without beads per tube in the manifest, D11 memory (the peak) thinned to every 16th
+    event (CD8 CAR-T under the LLOQ there)."""
     folder = tmp_path_factory.mktemp("cohort")
     simulate_cohort(folder, SimulationConfig(patients=1, seed=11, events=20_000))
     for path in folder.glob("*function*.fcs"):
@@ -276,3 +277,70 @@ def test_a_corrected_manifest_row_is_applied_audited_and_changes_kinetics(cohort
     assert after["car_t_auc14"] != pytest.approx(before["car_t_auc14"])
     again = _run(cohort, db, out, corrected)
     assert "identity corrected" not in again
+
+
+def test_lab_gates_set_on_one_sample_are_used_for_it_and_audited(cohort, tmp_path):
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    out = tmp_path / "out"
+    _run(cohort, db, out)
+    lab = tmp_path / "lab.xml"  # the gates placed on another timepoint, as a lab would give them
+    exported = runner.invoke(app, ["gate", str(_file(cohort, "D28")), "--gatingml", str(lab)])
+    assert exported.exit_code == 0, exported.output
+    store = Store(db)
+    try:
+        sample = _sample(store, "D7")
+        before = store.newest_gatings()
+        automatic = {
+            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
+        }
+        result = runner.invoke(
+            app,
+            ["override", str(sample), "--gates", str(lab), "--reason", "lab gates", "--db", db],
+        )
+        assert result.exit_code == 0, result.output
+        after = store.newest_gatings()
+        assert {s for s in after if after[s] != before[s]} == {sample}
+        counts = {
+            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
+        }
+        assert set(counts) >= {"CAR", "CAR_CD8_SCM", "beads"} and counts != automatic
+        gating = store.provenance(sample)["gatings"][-1]
+        assert gating["flags"] == ["override:gates=lab.xml"]
+        [entry] = store.corrections(sample)
+        assert entry["new"]["content"] == lab.read_text(encoding="utf-8")
+    finally:
+        store.close()
+
+
+def test_overrides_are_applied_again_after_a_template_change(cohort, tmp_path, monkeypatch):
+    import pipeline.batch
+    from gating.template import load_template
+    from pipeline.gate import template_for
+
+    db = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    _run(cohort, db, tmp_path / "out")
+    store = Store(db)
+    sample = _sample(store, "D7")
+    store.close()
+    result = runner.invoke(
+        app, ["override", str(sample), "--cut", "CAR=0.5", "--reason", "by eye", "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    source = template_for("memory").source
+    changed = tmp_path / "memory.yaml"
+    changed.write_text(Path(source).read_text(encoding="utf-8") + "\n# revised\n", "utf-8")
+    revised = load_template(changed)
+    assert revised.sha256 != template_for("memory").sha256
+    original = pipeline.batch.template_for
+    monkeypatch.setattr(
+        pipeline.batch, "template_for", lambda tube: revised if tube == "memory" else original(tube)
+    )
+    output = _run(cohort, db, tmp_path / "out")
+    assert re.search(r"gate: 8 gated, 8 already gated", output), output
+    store = Store(db)
+    try:
+        gating = store.provenance(sample)["gatings"][-1]
+        assert gating["template_sha256"] == revised.sha256
+        assert gating["cuts"]["CAR"]["value"] == 0.5 and "override:CAR=0.5" in gating["flags"]
+    finally:
+        store.close()
