@@ -261,6 +261,9 @@ def _print_ingest(report, store_url: str, quarantine_report: Path | None) -> Non
         f"{counts['duplicate']} duplicate, {counts['quarantined']} quarantined "
         f"(store {store_url})"
     )
+    for outcome in report.outcomes:
+        if outcome.detail.startswith("identity corrected"):
+            console.print(f"  {outcome.path.name}: {outcome.detail}", markup=False)
     for outcome in report.with_status("duplicate"):
         console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
     for outcome in report.with_status("quarantined"):

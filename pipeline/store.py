@@ -220,6 +220,23 @@ class CorrectionRow(Base):
     gating_id: Mapped[int | None] = mapped_column(ForeignKey("gatings.id"), nullable=True)
 
 
+IDENTITY_FIELDS = (
+    "patient",
+    "timepoint",
+    "nominal_day",
+    "tube",
+    "blood_volume_ul",
+    "beads_per_tube",
+    "bead_lot",
+    "sample_date",
+)
+"""A sample's identity as a manifest gives it (what a corrected manifest row may change)."""
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) else value
+
+
 OVERRIDES = ("cut", "gates", "exclude")
 """Correction actions that change a sample's numbers until revoked."""
 REGATING = ("cut", "gates")
@@ -529,9 +546,16 @@ class Store:
         """Append one entry to the audit trail; returns its id."""
         with self.transaction() as session:
             row = CorrectionRow(
-                sample_id=sample_id, action=action, target=target, old=old, new=new,
-                reason=reason, by=by, revokes=revokes, gating_id=gating_id,
-            )  # fmt: skip
+                sample_id=sample_id,
+                action=action,
+                target=target,
+                old=old,
+                new=new,
+                reason=reason,
+                by=by,
+                revokes=revokes,
+                gating_id=gating_id,
+            )
             session.add(row)
             session.flush()
             return row.id
@@ -551,13 +575,21 @@ class Store:
             )
         return [
             {
-                "id": c.id, "sample_id": c.sample_id, "action": c.action, "target": c.target,
-                "old": c.old, "new": c.new, "reason": c.reason, "by": c.by, "at": c.at,
-                "revokes": c.revokes, "gating_id": c.gating_id,
+                "id": c.id,
+                "sample_id": c.sample_id,
+                "action": c.action,
+                "target": c.target,
+                "old": c.old,
+                "new": c.new,
+                "reason": c.reason,
+                "by": c.by,
+                "at": c.at,
+                "revokes": c.revokes,
+                "gating_id": c.gating_id,
                 "active": c.action in OVERRIDES and c.id not in revoked,
             }
             for c in rows
-        ]  # fmt: skip
+        ]
 
     def corrections_key(self, sample_id: int) -> str:
         """What of a sample's corrections its gating depends on: the ids of every cut or
@@ -602,8 +634,25 @@ class Store:
                 )
             )
 
+    def sample_identity(self, sha256: str) -> dict[str, Any] | None:
+        """The stored identity of a file's sample (id, patient, timepoint, …)."""
+        with self._sessions() as session:
+            sample = session.scalar(
+                select(SampleRow)
+                .join(FcsFileRow, SampleRow.file_id == FcsFileRow.id)
+                .where(FcsFileRow.sha256 == sha256)
+            )
+            if sample is None:
+                return None
+            return {name: getattr(sample, name) for name in (*IDENTITY_FIELDS, "id")}
+
     def update_identity(
-        self, sample_id: int, changes: dict[str, tuple[Any, Any]], reason: str, by: str
+        self,
+        sample_id: int,
+        changes: dict[str, tuple[Any, Any]],
+        reason: str,
+        by: str,
+        source: str | None = None,
     ) -> int:
         """Apply a changed identity (field → (old, new)) to a sample and audit it, in one
         transaction; returns the audit entry's id."""
@@ -611,12 +660,14 @@ class Store:
             sample = session.get(SampleRow, sample_id)
             for name, (_old, new) in changes.items():
                 setattr(sample, name, new)
+            if source is not None:
+                sample.identity_source = source
             row = CorrectionRow(
                 sample_id=sample_id,
                 action="manifest",
                 target=", ".join(changes),
-                old={k: v[0] for k, v in changes.items()},
-                new={k: v[1] for k, v in changes.items()},
+                old={k: _json_value(v[0]) for k, v in changes.items()},
+                new={k: _json_value(v[1]) for k, v in changes.items()},
                 reason=reason,
                 by=by,
             )
