@@ -157,9 +157,10 @@ def gate_one(item: PendingFile) -> GateWork:
         used = decisions.get(o.cut) is given[o.cut]
         flags.append(f"{'override' if used else 'override_unfit'}:{o.cut}={o.value:.4g}")
     if item.overview is not None:
-        from pipeline.plots import sample_overview
+        from pipeline.plots import phenotype_figures, sample_overview
 
         sample_overview(gated, item.overview)
+        phenotype_figures(gated, item.overview.with_suffix(""))
     return GateWork(**base, populations=tuple(populations), gates=tuple(gates), flags=tuple(flags))
 
 

@@ -172,6 +172,7 @@ def inspect(
 
 
 def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
+    from pipeline.review import severity
     from pipeline.store import Store
 
     store = Store(db, existing=True)
@@ -208,12 +209,46 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
             f"{run['software_version']}, {run['started_at']}): template {gating['template_id']} "
             f"sha256 {gating['template_sha256']}, {gating['status']}"
         )
+        if gating["corrections_key"]:
+            console.print(f"    with corrections #{gating['corrections_key']}")
         for name, cut in gating["cuts"].items():
             if cut["value"] is not None:
-                note = " (fallback)" if cut["fallback"] else ""
-                console.print(f"    cut {name} = {cut['value']:.4g} by {cut['method']}{note}")
+                console.print(f"    cut {_cut_line(name, cut)}", markup=False)
+        for row in gating["populations"]:
+            parent = row["parent_count"]
+            share = f"{100 * row['count'] / parent:.2f} % of {parent:,} {row['parent'] or 'events'}"
+            console.print(
+                f"    population {row['population']}: {row['count']:,} events"
+                + (f" ({share})" if parent else "")
+            )
         for flag in gating["flags"]:
-            console.print(f"    flag {flag}")
+            console.print(f"    flag {flag} [{severity(flag)}]", markup=False)
+    for c in trail["corrections"]:
+        console.print(
+            f"  correction #{c['id']} {c['action']} {c['target'] or ''} {_shown(c['old'])} -> "
+            f"{_shown(c['new'])} by {c['by']} at {c['at']}: {c['reason']}"
+            + (" (active)" if c["active"] else ""),
+            markup=False,
+        )
+
+
+def _cut_line(name: str, cut: dict) -> str:
+    """A cut with its evidence: value, method, bounds, what it was placed on, fallback."""
+    evidence = cut.get("evidence") or {}
+    parts = [f"{name} = {cut['value']:.4g} by {cut['method']}"]
+    if evidence.get("bounds"):
+        low, high = evidence["bounds"]
+        parts.append(f"bounds {low:.3g}-{high:.3g} (default {evidence.get('default', 0):.3g})")
+    if evidence.get("estimated_on"):
+        parts.append(f"placed on {evidence['estimated_on']} ({evidence.get('events', 0):,} events)")
+    if evidence.get("source"):
+        parts.append(f"given by {evidence['source']}")
+    for key in ("valley", "depth_ratio"):
+        if isinstance(evidence.get(key), int | float):
+            parts.append(f"{key} {evidence[key]:.3g}")
+    if cut["fallback"]:
+        parts.append(f"FALLBACK: {evidence.get('reason')}")
+    return ", ".join(parts)
 
 
 def _print_inspection(info: dict) -> None:

@@ -3,6 +3,7 @@ drawn, the placed cuts with their evidence, the counts in the title."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -207,8 +208,17 @@ def sample_overview(gated: SampleGating, path: Path, columns: int = 5) -> Path:
     return path
 
 
-def kinetics_figure(rows, patient: str, path: Path) -> Path:
-    """CAR-T (and B cells) per µL over days with 95 % intervals and LOD/LLOQ shading."""
+def kinetics_figure(
+    rows,
+    patient: str,
+    path: Path,
+    events: Mapping[str, float] | None = None,
+    pages: Mapping[int, str] | None = None,
+) -> Path:
+    """CAR-T (and B cells) per µL over days with 95 % intervals and LOD/LLOQ shading;
+    clinical ``events`` (label → day: infusion, relapse, HSCT, last follow-up) as vertical
+    lines, and, in an SVG (``path`` ending .svg), each point a link to its sample's page
+    (``pages``: sample id → href)."""
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=80)
     for (tube, population), colour in ((("memory", "CAR"), "C3"), (("bcell", "B"), "C0")):
@@ -224,6 +234,9 @@ def kinetics_figure(rows, patient: str, path: Path) -> Path:
         high = (part.cells_ci_high - value).clip(lower=0)
         label = "CAR-T cells/µL" if population == "CAR" else "B cells/µL"
         ax.errorbar(day, value, yerr=[low, high], fmt="o-", color=colour, label=label, ms=4)
+        if pages:
+            linked = ax.scatter(day, value, s=60, color=colour, alpha=0.01, zorder=4)
+            linked.set_urls([pages.get(int(i)) for i in part.sample_id])
         below = part.below_lod.astype("boolean").fillna(False).astype(bool)
         ax.scatter(day[below], value[below], facecolors="white", edgecolors=colour, zorder=3)
         if population == "CAR":
@@ -233,6 +246,21 @@ def kinetics_figure(rows, patient: str, path: Path) -> Path:
             ax.fill_between(
                 day, 1e-2, part.lod_cells_per_ul, color="0.7", step="mid", label="below LOD"
             )
+    for (label, day), style in zip(
+        (events or {}).items(), ("-", "--", "-.", ":", "-"), strict=False
+    ):
+        ax.axvline(day, color="0.25", lw=0.9, ls=style)
+        ax.text(
+            day,
+            0.99,
+            f" {label}",
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            va="top",
+            ha="left",
+            fontsize=7,
+            color="0.25",
+        )
     ax.set_yscale("log")
     ax.set_xscale("symlog", linthresh=30)
     ticks = [5, 7, 11, 14, 21, 28, 90, 180, 365]
@@ -262,3 +290,114 @@ def _label(gated: SampleGating, axis: Dimension) -> str:
     marker = next((m for m, c in gated.panel_markers().items() if c == axis.channel), None)
     scale = f" [{axis.transform}]" if axis.transform else ""
     return f"{marker} ({axis.channel}){scale}" if marker else f"{axis.channel}{scale}"
+
+
+PHENOTYPE_DIR = "gates"
+"""Folder (beside a sample's overview) of its gates drawn one population at a time."""
+
+
+def _condition_mask(values: np.ndarray, level: str, positive: float, bright: float | None):
+    """Events meeting one phenotype condition (``+``, ``-``, ``++``, ``dim``)."""
+    if level == "+":
+        return values >= positive
+    if level == "-":
+        return values < positive
+    if level == "++":
+        return values >= bright
+    return (values >= positive) & (values < bright)  # dim
+
+
+def _condition_cuts(gated: SampleGating, marker: str, level: str) -> list[tuple[str, float]]:
+    decisions = gated.placed.decisions
+    names = [marker, f"{marker}.bright"] if level in ("++", "dim") else [marker]
+    return [(name, decisions[name].value) for name in names if name in decisions]
+
+
+def phenotype_steps(gated: SampleGating, population: str):
+    """How a cytometrist draws a phenotype gate: its conditions two markers at a time, each
+    pair on the events of the parent that passed the pairs before. Yields, per step, the
+    conditions, their cuts (name, value) and the indices of the events shown."""
+    spec = gated.template.population(population)
+    markers = gated.panel_markers()
+    conditions = [c for c in spec.phenotype if c.marker in markers]
+    parent = gated.placed.parents[population]
+    inside = (
+        np.ones(gated.result.event_count, bool) if parent is None else gated.result.mask(parent)
+    )
+    for start in range(0, len(conditions), 2):
+        pair = conditions[start : start + 2]
+        cuts = [_condition_cuts(gated, c.marker, c.level) for c in pair]
+        shown = np.flatnonzero(inside)
+        yield pair, cuts, shown
+        for condition, marker_cuts in zip(pair, cuts, strict=True):
+            values = gated.marker_values(condition.marker)
+            named = dict(marker_cuts)
+            positive = named.get(condition.marker)
+            if positive is None:
+                continue
+            bright = named.get(f"{condition.marker}.bright")
+            inside = inside & _condition_mask(values, condition.level, positive, bright)
+
+
+def _draw_step(ax, gated: SampleGating, pair, cuts, shown: np.ndarray) -> None:
+    """One step of a phenotype gate: density on its markers, each cut drawn and named."""
+    idx = shown[:: int(np.ceil(shown.size / PLOT_EVENTS))] if shown.size > PLOT_EVENTS else shown
+    values = [gated.marker_values(c.marker)[idx] for c in pair]
+    styles = {False: "-", True: "--"}
+    if len(pair) == 2 and idx.size:
+        (x0, x1), (y0, y1) = _limits(values[0]), _limits(values[1])
+        density, _, _ = np.histogram2d(*values, bins=80, range=((x0, x1), (y0, y1)))
+        shown_density = np.ma.masked_equal(np.log1p(density.T), 0)
+        ax.imshow(
+            shown_density, origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="viridis"
+        )
+        ax.set_ylabel(f"{pair[1].marker} ({pair[1].level})", fontsize=7)
+    elif idx.size:
+        ax.hist(values[0], bins=100, color="0.45", range=_limits(values[0]))
+    ax.set_xlabel(f"{pair[0].marker} ({pair[0].level})", fontsize=7)
+    for axis, marker_cuts in enumerate(cuts):
+        draw = ax.axvline if axis == 0 else ax.axhline
+        for name, value in marker_cuts:
+            bright = name.endswith(".bright")
+            draw(value, color="red", lw=1.1, ls=styles[bright])
+            label = f"{name.split('.')[0]}{'++' if bright else '+'} {value:.3g}"
+            along = {"transform": ax.get_xaxis_transform(), "rotation": 90, "va": "top"}
+            across = {"transform": ax.get_yaxis_transform(), "va": "bottom"}
+            where = {"x": value, "y": 0.98, **along} if axis == 0 else {"y": value, **across}
+            where.setdefault("x", 0.99)
+            ax.text(s=label, color="red", fontsize=6, ha="right", **where)
+    ax.set_title(f"{' '.join(str(c) for c in pair)}  on {shown.size:,} events", fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def phenotype_figure(gated: SampleGating, population: str, path: Path) -> Path:
+    """A phenotype population drawn as a cytometrist would: one panel per pair of its
+    markers, each on the events that passed the pairs before, its cuts drawn and named
+    (the density each cut was placed on is on the sample page, from the stored evidence)."""
+    plt = _matplotlib()
+    steps = list(phenotype_steps(gated, population))
+    fig, grid = plt.subplots(
+        1, max(len(steps), 1), figsize=(2.9 * max(len(steps), 1), 2.7), dpi=60, squeeze=False
+    )
+    for ax, (pair, cuts, shown) in zip(grid[0], steps, strict=False):
+        _draw_step(ax, gated, pair, cuts, shown)
+    count, parent = gated.result.count(population), gated.placed.parents[population]
+    parent_count = gated.result.count(parent) if parent else gated.result.event_count
+    share = 100 * count / parent_count if parent_count else 0.0
+    fig.suptitle(
+        f"{population}: {count:,} of {parent_count:,} {parent} ({share:.1f} %)", fontsize=8
+    )
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.17, top=0.8, wspace=0.35)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def phenotype_figures(gated: SampleGating, folder: Path) -> list[Path]:
+    """One :func:`phenotype_figure` per phenotype population of the sample, in ``folder``."""
+    written = []
+    for population in gated.placed.populations:
+        if gated.template.population(population).phenotype:
+            written.append(phenotype_figure(gated, population, folder / f"{population}.png"))
+    return written

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from pipeline import __version__
 from pipeline.plots import kinetics_figure
@@ -85,6 +86,7 @@ def write_report(
                 sample=sample,
                 image=image.name if image.is_file() else "",
                 rows=[_population_row(r) for r in rows.itertuples(index=False)],
+                **_sample_evidence(store, sample, rows, image),
                 **common,
             ),
             encoding="utf-8",
@@ -101,7 +103,7 @@ def write_report(
         {"file": Path(q["path"]).name, "kind": q["kind"], "reason": q["reason"]}
         for q in store.quarantined()
     ]
-    patients = _patients(report_dir, timepoints, kinetics)
+    patients = _patients(report_dir, timepoints, kinetics, _clinical_days(clinical), pages)
     (report_dir / "patients.html").write_text(
         env.get_template("patients.html").render(
             title="Patients", root="", patients=patients, **common
@@ -137,6 +139,33 @@ def write_report(
     return index
 
 
+def _sample_evidence(store: Store, sample: dict, rows: pd.DataFrame, image: Path) -> dict:
+    """A sample page's evidence: each population with its gate image and defining cuts, the
+    flags with their severity, the corrections of its audit trail."""
+    from pipeline.errors import CartflowError
+    from pipeline.gate import template_for
+    from pipeline.review import reported_gates
+    from pipeline.sample_page import flag_rows, population_sections
+
+    trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
+    done = [g for g in trail["gatings"] if g["status"] == "ok"]
+    try:
+        template = template_for(sample["tube"])
+    except CartflowError:
+        template = None
+    counted = [
+        {"population": r.population, **_population_row(r)} for r in rows.itertuples(index=False)
+    ]
+    sections = population_sections(
+        template, counted, done[-1]["cuts"] if done else {}, image.with_suffix(""), image.stem
+    )
+    return {
+        "sections": sections,
+        "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"])),
+        "corrections": trail["corrections"],
+    }
+
+
 def _population_row(row) -> dict:
     ci = ""
     if row.cells_ci_low is not None and not pd.isna(row.cells_ci_low):
@@ -156,13 +185,57 @@ def _population_row(row) -> dict:
     }
 
 
-def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame | None):
+CLINICAL_EVENTS = {
+    "relapse": "relapse_date",
+    "HSCT": "hsct_date",
+    "last follow-up": "last_followup_date",
+}
+"""Clinical dates marked on a patient's curves (as days from infusion)."""
+
+
+def _clinical_days(clinical: Path | None) -> dict[str, dict[str, float]]:
+    """Per patient: infusion (day 0) and the days of relapse, HSCT and last follow-up."""
+    if clinical is None:
+        return {}
+    from pipeline.clinical import load_clinical
+    from pipeline.errors import CartflowError
+
+    try:
+        data = load_clinical(clinical).data
+    except CartflowError:  # the run reports the table's problems; the report goes without
+        return {}
+    days: dict[str, dict[str, float]] = {}
+    for row in data[data["infusion_date"].notna()].itertuples(index=False):
+        marks = {"infusion": 0.0}
+        for label, column in CLINICAL_EVENTS.items():
+            when = getattr(row, column, None)
+            if when is not None and not pd.isna(when):
+                marks[label] = float((when - row.infusion_date).days)
+        days[str(row.patient)] = marks
+    return days
+
+
+def _patients(
+    report_dir: Path,
+    timepoints: pd.DataFrame,
+    kinetics: pd.DataFrame | None,
+    clinical_days: dict[str, dict[str, float]] | None = None,
+    pages: dict[int, str | None] | None = None,
+):
     if timepoints is None or timepoints.empty:
         return []
     kinetics = kinetics if kinetics is not None else pd.DataFrame()
+    links = {i: page for i, page in (pages or {}).items() if page}
     patients = []
     for patient, rows in timepoints.groupby("patient", sort=True):
-        image = kinetics_figure(rows, patient, report_dir / "patients" / f"{patient}.png")
+        svg = kinetics_figure(
+            rows,
+            patient,
+            report_dir / "patients" / f"{patient}.svg",
+            (clinical_days or {}).get(patient),
+            links,
+        )
+        image = svg
         summary = []
         if len(kinetics):
             record = kinetics[kinetics.patient == patient]
@@ -172,7 +245,27 @@ def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame
                     for column, value in record.iloc[0].items()
                     if column != "patient" and _summary_column(column)
                 ]
-        patients.append({"patient": patient, "image": f"patients/{image.name}", "summary": summary})
+        inline = svg.read_text(encoding="utf-8")
+        inline = Markup(inline[inline.index("<svg") :])  # drawn here, from the store's numbers
+        points = [
+            {
+                "day": r.nominal_day,
+                "timepoint": r.timepoint,
+                "population": r.population,
+                "cells": _fmt(r.cells_per_ul),
+                "page": links.get(r.sample_id),
+            }
+            for r in rows[rows.population.isin(["CAR", "B"])].itertuples(index=False)
+        ]
+        patients.append(
+            {
+                "patient": patient,
+                "image": f"patients/{image.name}",
+                "svg": inline,
+                "summary": summary,
+                "points": points,
+            }
+        )
     return patients
 
 

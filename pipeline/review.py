@@ -237,7 +237,8 @@ class ReviewItem:
     sha256: str | None = None
 
 
-def _reported_gates(tube: str) -> frozenset[str] | None:
+def reported_gates(tube: str) -> frozenset[str] | None:
+    """The cuts and gates defining a tube's reported populations (None: no template)."""
     from pipeline.errors import CartflowError
     from pipeline.gate import template_for
 
@@ -253,7 +254,7 @@ def _gating_items(samples: Mapping[int, dict], flags: Mapping[int, list[str]]):
         sample = samples.get(sample_id)
         if sample is None:
             continue
-        reported = _reported_gates(sample["tube"])
+        reported = reported_gates(sample["tube"])
         for flag in raised:
             level = severity(flag, reported)
             kind = flag_kind(flag)

@@ -836,6 +836,19 @@ class Store:
                             )
                         },
                         "corrections_key": gating.corrections_key,
+                        "populations": [
+                            {
+                                "population": p.population,
+                                "parent": p.parent,
+                                "count": p.count,
+                                "parent_count": p.parent_count,
+                            }
+                            for p in session.scalars(
+                                select(PopulationRow)
+                                .where(PopulationRow.gating_id == gating.id)
+                                .order_by(PopulationRow.id)
+                            )
+                        ],
                         "cuts": {
                             g.gate: {
                                 "value": g.value,
