@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +347,96 @@ def test_overrides_are_applied_again_after_a_template_change(cohort, tmp_path, m
         assert gating["cuts"]["CAR"]["value"] == 0.5 and "override:CAR=0.5" in gating["flags"]
     finally:
         store.close()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCM_LINE = ("T", "CAR", "CAR_CD8", "CAR_CD8_SCM")
+"""The phenotype gates that define SCM, from the T cells down."""
+
+
+def _dom(page: Path, profile: Path) -> str:
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            *CHROME_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (package chromium)")
+def test_sample_page_in_chromium_draws_every_gate_defining_scm_with_its_evidence(cohort, tmp_path):
+    one = tmp_path / "batch"
+    one.mkdir()
+    shutil.copy(_file(cohort, "D7"), one)
+    db, out = f"sqlite:///{tmp_path / 'store.sqlite'}", tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(one),
+            "--manifest",
+            str(cohort / "manifest.csv"),
+            "--clinical",
+            str(cohort / "clinical.csv"),
+            "--db",
+            db,
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    [page] = (out / "report" / "samples").glob("*.html")
+    dom = _dom(page, tmp_path / "profile")
+    store = Store(db)
+    [sample] = store.samples()
+    cuts = store.provenance(sample["sample_id"])["gatings"][-1]["cuts"]
+    store.close()
+    for population in SCM_LINE:
+        [src] = re.findall(rf'<img class="gate" src="([^"]+)" alt="{population} gate on', dom)
+        assert (page.parent / src).stat().st_size > 2_000, src
+        section = dom.split(f'id="{population}"')[1].split("</section>")[0]
+        assert '<svg class="density"' in section  # the density each cut was placed on
+    scm = dom.split('id="CAR_CD8_SCM"')[1].split("</section>")[0]
+    for name in ("CD45RA", "CD62L", "CD27", "CD27.bright", "CD95"):
+        row = scm.split(f"<code>{name}</code>")[1].split("</tr>")[0]
+        assert f"{cuts[name]['value']:.4g}" in row and cuts[name]["method"] in row, name
+        low, high = cuts[name]["evidence"]["bounds"]
+        assert f"{low:.3g} – {high:.3g}" in row
+        assert f"{cuts[name]['evidence']['estimated_on']} (" in row  # the events it was placed on
+    patients = _dom(out / "report" / "patients.html", tmp_path / "profile-patients")
+    assert "infusion" in patients and f'href="samples/{page.name}"' in patients
+    keep = os.environ.get("CARTFLOW_SCREENSHOT_DIR")
+    if keep:
+        subprocess.run(
+            [
+                CHROMIUM,
+                *CHROME_FLAGS,
+                f"--user-data-dir={tmp_path / 'shot'}",
+                "--window-size=1300,2600",
+                f"--screenshot={Path(keep) / 'sample-page.png'}",
+                f"{page.as_uri()}#CAR_CD8",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
