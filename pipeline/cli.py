@@ -213,7 +213,7 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
             console.print(f"    with corrections #{gating['corrections_key']}")
         for name, cut in gating["cuts"].items():
             if cut["value"] is not None:
-                console.print(f"    cut {_cut_line(name, cut)}", markup=False)
+                console.print(f"    cut {_cut_line(name, cut)}", markup=False, soft_wrap=True)
         for row in gating["populations"]:
             parent = row["parent_count"]
             share = f"{100 * row['count'] / parent:.2f} % of {parent:,} {row['parent'] or 'events'}"
@@ -224,11 +224,17 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
         for flag in gating["flags"]:
             console.print(f"    flag {flag} [{severity(flag)}]", markup=False)
     for c in trail["corrections"]:
+        change = (
+            ""
+            if c["old"] is None and c["new"] is None
+            else (f" {_shown(c['old'])} -> {_shown(c['new'])}")
+        )
         console.print(
-            f"  correction #{c['id']} {c['action']} {c['target'] or ''} {_shown(c['old'])} -> "
-            f"{_shown(c['new'])} by {c['by']} at {c['at']}: {c['reason']}"
+            f"  correction #{c['id']} {c['action']}{' ' + c['target'] if c['target'] else ''}"
+            f"{change} by {c['by']} at {c['at']}: {c['reason']}"
             + (" (active)" if c["active"] else ""),
             markup=False,
+            soft_wrap=True,
         )
 
 

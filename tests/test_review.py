@@ -246,6 +246,10 @@ def test_accepting_a_sample_clears_it_from_the_queue_until_it_is_gated_again(coh
     )
     assert result.exit_code == 0, result.output
     assert {i["timepoint"] for i in _review(db)} == {"D11", "D21"}
+    shown = runner.invoke(app, ["inspect", "--sample", str(sample), "--db", db])
+    line = next(x for x in shown.output.splitlines() if "cut CD27.bright =" in x)
+    assert "bounds 0.55-0.8" in line and "placed on " in line and "FALLBACK: " in line
+    assert "correction #1 accept" in shown.output and "CD27 judged by eye" in shown.output
 
 
 def test_a_corrected_manifest_row_is_applied_audited_and_changes_kinetics(cohort, tmp_path):
