@@ -738,23 +738,14 @@ def review(
     if not queue:
         console.print(f"nothing needs review in {store.display_url}")
         return
-    table = Table(
-        "severity",
-        "sample",
-        "patient",
-        "timepoint",
-        "tube",
-        "flag",
-        "why",
-        box=None,
-        pad_edge=False,
-    )
-    for item in queue:
-        where = str(item.sample_id) if item.sample_id else item.file
-        table.add_row(
-            item.severity, where, item.patient, item.timepoint, item.tube, item.flag, item.reason
+    for item in queue:  # one item a line: nothing is cut short on a narrow terminal
+        where = f"sample {item.sample_id}" if item.sample_id else "file"
+        console.print(
+            f"[{item.severity}] {where} {item.patient} {item.timepoint} {item.tube} "
+            f"{item.file}: {item.flag}: {item.reason}",
+            markup=False,
+            soft_wrap=True,
         )
-    console.print(table)
     console.print(
         f"{len(queue)} item(s); `cartflow inspect --sample ID` shows a sample's decisions, "
         "`cartflow override` corrects one, `cartflow review --accept ID` accepts one"

@@ -249,7 +249,11 @@ def reported_gates(tube: str) -> frozenset[str] | None:
     return defining_gates(template, REPORTED_POPULATIONS.get(tube, ()))
 
 
-def _gating_items(samples: Mapping[int, dict], flags: Mapping[int, list[str]]):
+def _gating_items(
+    samples: Mapping[int, dict],
+    flags: Mapping[int, list[str]],
+    fallbacks: Mapping[tuple[int, str], str],
+):
     for sample_id, raised in flags.items():
         sample = samples.get(sample_id)
         if sample is None:
@@ -261,6 +265,9 @@ def _gating_items(samples: Mapping[int, dict], flags: Mapping[int, list[str]]):
             why = kind.meaning
             if kind.unreported and level == kind.severity:
                 why += " (it defines a reported population)"
+            subject = flag.split(":", 1)[-1].strip()
+            if (sample_id, subject) in fallbacks:
+                why += f"; {fallbacks[sample_id, subject]}"
             yield _item(sample, level, kind.kind, flag, why)
 
 
@@ -339,7 +346,7 @@ def review_items(
     samples = {s["sample_id"]: s for s in store.samples()}
     excluded = store.excluded_samples()
     samples = {i: s for i, s in samples.items() if i not in excluded}
-    items = [*_gating_items(samples, store.sample_flags())]
+    items = [*_gating_items(samples, store.sample_flags(), store.fallback_reasons())]
     items += _count_items(samples, timepoints if timepoints is not None else pd.DataFrame())
     items += peak_items(samples, timepoints, peaks or {}, lod_events, lloq_events)
     for q in store.quarantined():

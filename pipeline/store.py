@@ -743,6 +743,22 @@ class Store:
             flags.setdefault(sample_id, []).append(flag)
         return flags
 
+    def fallback_reasons(self) -> dict[tuple[int, str], str]:
+        """(sample, cut) → why the cut fell back, in each sample's newest gating."""
+        newest = (
+            select(func.max(GatingRow.id).label("gating_id"))
+            .group_by(GatingRow.sample_id)
+            .subquery()
+        )
+        with self._sessions() as session:
+            rows = session.execute(
+                select(GatingRow.sample_id, GateRow.gate, GateRow.evidence)
+                .join(GateRow, GateRow.gating_id == GatingRow.id)
+                .join(newest, GatingRow.id == newest.c.gating_id)
+                .where(GateRow.fallback.is_(True))
+            ).all()
+        return {(i, gate): str((evidence or {}).get("reason")) for i, gate, evidence in rows}
+
     def record_kinetics(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Store one run's kinetic summaries (patient, population, metric, value, …) at once."""
         with self.transaction() as session:
