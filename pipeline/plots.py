@@ -377,7 +377,7 @@ def phenotype_figure(gated: SampleGating, population: str, path: Path) -> Path:
     plt = _matplotlib()
     steps = list(phenotype_steps(gated, population))
     fig, grid = plt.subplots(
-        1, max(len(steps), 1), figsize=(2.9 * max(len(steps), 1), 2.7), dpi=60, squeeze=False
+        1, max(len(steps), 1), figsize=(2.9 * max(len(steps), 1), 2.7), dpi=85, squeeze=False
     )
     for ax, (pair, cuts, shown) in zip(grid[0], steps, strict=False):
         _draw_step(ax, gated, pair, cuts, shown)
