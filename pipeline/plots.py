@@ -252,11 +252,11 @@ def kinetics_figure(
         ax.axvline(day, color="0.25", lw=0.9, ls=style)
         ax.text(
             day,
-            0.99,
+            0.02,
             f" {label}",
             transform=ax.get_xaxis_transform(),
             rotation=90,
-            va="top",
+            va="bottom",
             ha="left",
             fontsize=7,
             color="0.25",
