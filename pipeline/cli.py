@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from pipeline import __version__
 from pipeline.errors import CartflowError
@@ -25,8 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+console = Console(highlight=False, markup=False)  # text from data is printed as it is
+errors = Console(stderr=True, highlight=False, markup=False)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_COHORT = REPO_ROOT / "fixtures" / "cohort"
@@ -47,15 +48,37 @@ HaematologyOption = Annotated[
     Path | None,
     typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option("--force", help="Write into an --out folder holding others' files."),
+]
+OUT_MARK = ".cartflow-out"
+"""Marks a folder cartflow writes its outputs into (so that it may write there again)."""
 RulesOption = Annotated[
     Path | None,
     typer.Option("--rules", help="YAML identity rules (keywords and file-name patterns)."),
 ]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="CARTFLOW_CONFIG",
+        help="Lab configuration folder: panels, templates, marker names, identity rules "
+        "(default: the shipped CAR-T configuration; `cartflow config init DIR` writes a copy).",
+    ),
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
     return typer.Exit(code)
+
+
+def _fallback(decision) -> Text:
+    """``fallback (reason)`` in yellow for a cut placed at its template default, else empty."""
+    if not decision.fallback:
+        return Text("")
+    return Text.assemble(("fallback", "yellow"), f" ({decision.reason})")
 
 
 def _writable(path: Path | None, *, folder: bool, create: bool = True) -> None:
@@ -82,6 +105,26 @@ def _writable(path: Path | None, *, folder: bool, create: bool = True) -> None:
         raise _fail(f"{path}: cannot be written: {exc.strerror or exc}") from None
 
 
+def _claim_out(out: Path, force: bool) -> None:
+    """Make ``out`` cartflow's output folder; one holding files of unknown origin (no mark
+    of an earlier cartflow output) is refused unless ``force``."""
+    _writable(out, folder=True)
+    mark = out / OUT_MARK
+    if mark.is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir())
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise _fail(
+            f"{out}: holds files cartflow did not write ({shown}); choose another --out, or "
+            "give --force to write there (its tables are then replaced)"
+        )
+    try:
+        mark.write_text("cartflow output folder\n", encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"{mark}: cannot be written: {exc.strerror or exc}") from None
+
+
 def _version_callback(value: bool) -> None:
     if value:
         console.print(f"cartflow {__version__}")
@@ -97,11 +140,26 @@ def _root(
     """cartflow command line."""
 
 
-def _load_context(manifest: Path | None, rules: Path | None):
+def _lab_config(config: Path | None):
+    """The lab configuration folder read (the shipped one without ``--config``); a bad one
+    fails in one line naming the file and line."""
+    from pipeline.config import load_config
+
+    try:
+        return load_config(config)
+    except CartflowError as exc:
+        raise _fail(f"{exc} (`cartflow config check DIR` lists every problem)") from None
+
+
+def _load_context(manifest: Path | None, rules: Path | None, lab=None):
+    """Manifest and identity rules: ``--rules``, else the configuration's, else the default."""
     from pipeline.identity import IdentityRules, load_manifest
 
     loaded_manifest = load_manifest(manifest) if manifest else None
-    loaded_rules = IdentityRules.from_yaml(rules) if rules else IdentityRules()
+    if rules:
+        loaded_rules = IdentityRules.from_yaml(rules)
+    else:
+        loaded_rules = lab.identity if lab is not None else IdentityRules()
     return loaded_manifest, loaded_rules
 
 
@@ -118,10 +176,11 @@ def inspect(
         ),
     ] = None,
     db: DbOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Show an FCS file (version, cytometer, events, channels, spillover, panel, identity),
     or with --sample the trail behind a stored sample's numbers."""
-    from panels import load_panels, match_panel
+    from panels import match_panel
     from pipeline.fcs import read_fcs
     from pipeline.identity import identify
 
@@ -131,8 +190,9 @@ def inspect(
     if file is None:
         raise _fail("give an FCS file or --sample ID")
 
+    lab = _lab_config(config)
     try:
-        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        loaded_manifest, loaded_rules = _load_context(manifest, rules, lab)
         fcs = read_fcs(file, events=False)
     except CartflowError as exc:
         if as_json:
@@ -162,7 +222,7 @@ def inspect(
         info["identity"] = {"error": exc.problem}
     try:
         pairs = [(c.name, c.marker) for c in fcs.channels]
-        info["panel"] = match_panel(file, pairs, load_panels(), tube).panel.id
+        info["panel"] = match_panel(file, pairs, lab.panels, tube, lab.names).panel.id
     except CartflowError as exc:
         info["panel"] = {"error": exc.problem}
     if as_json:
@@ -172,8 +232,8 @@ def inspect(
 
 
 def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
-    from pipeline.review import severity
     from pipeline.store import Store
+    from pipeline.triage import severity
 
     store = Store(db, existing=True)
     try:
@@ -187,8 +247,11 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
         return
     file = trail["file"]
     console.print(
-        f"[bold]sample {trail['sample_id']}[/bold]: {trail['patient']} {trail['timepoint']} "
-        f"(day {trail['nominal_day']}), tube {trail['tube']} [{trail['identity_source']}]"
+        Text.assemble(
+            (f"sample {trail['sample_id']}", "bold"),
+            f": {trail['patient']} {trail['timepoint']} (day {trail['nominal_day']}), "
+            f"tube {trail['tube']} [{trail['identity_source']}]",
+        )
     )
     console.print(
         f"  file sha256 {file['sha256']} ({file['fcs_version']}, {file['events']:,} events)"
@@ -258,7 +321,7 @@ def _cut_line(name: str, cut: dict) -> str:
 
 
 def _print_inspection(info: dict) -> None:
-    console.print(f"[bold]{info['file']}[/bold]")
+    console.print(Text(info["file"], style="bold"))
     console.print(
         f"  {info['fcs_version']}  cytometer {info['cytometer'] or '?'}  "
         f"{info['events']:,} events  {len(info['channels'])} channels  "
@@ -279,12 +342,12 @@ def _print_inspection(info: dict) -> None:
             f"{ident['nominal_day']}), tube {ident['tube'] or '?'} [{ident['source']}]"
         )
     for warning in info["warnings"]:
-        console.print(f"  [yellow]warning:[/yellow] {warning}")
+        console.print(Text.assemble("  ", ("warning:", "yellow"), f" {warning}"))
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -309,12 +372,19 @@ def _print_ingest(report, store_url: str, quarantine_report: Path | None) -> Non
         console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
     for outcome in report.with_status("quarantined"):
         console.print(f"  quarantined: {outcome.path.name}: {outcome.detail}")
+    for outcome in report.for_review:
+        console.print(f"  stored for review: {outcome.path.name}: {outcome.review}")
     if quarantine_report:
         console.print(f"quarantine report: {quarantine_report}")
 
 
 def run_ingest(
-    batch_dir: Path, db: str | None, manifest: Path | None, rules: Path | None, out: Path
+    batch_dir: Path,
+    db: str | None,
+    manifest: Path | None,
+    rules: Path | None,
+    out: Path,
+    config: Path | None = None,
 ):
     """Ingest with a progress bar and a summary; returns the report."""
     from pipeline.ingest import ingest_batch, scan_batch, write_quarantine_report
@@ -323,8 +393,9 @@ def run_ingest(
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
     _writable(out, folder=True, create=False)  # only quarantine goes there
+    lab = _lab_config(config)
     try:
-        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        loaded_manifest, loaded_rules = _load_context(manifest, rules, lab)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     store = Store(db)
@@ -338,6 +409,7 @@ def run_ingest(
                 loaded_manifest,
                 loaded_rules,
                 on_file=lambda _outcome: progress.advance(task),
+                config=lab,
             )
     finally:
         store.close()
@@ -356,9 +428,16 @@ def ingest(
     out: Annotated[
         Path, typer.Option("--out", help="Where the quarantine/ report is written.")
     ] = Path("cartflow-out"),
+    force: ForceOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Scan, identify, validate and record a batch; bad files go to quarantine (exit 2)."""
-    report = run_ingest(batch_dir, db, manifest, rules, out)
+    existed = out.is_dir()
+    if existed:
+        _claim_out(out, force)
+    report = run_ingest(batch_dir, db, manifest, rules, out, config)
+    if not existed and out.is_dir():  # made now, for the quarantine report
+        (out / OUT_MARK).write_text("cartflow output folder\n", encoding="utf-8")
     raise typer.Exit(report.exit_code)
 
 
@@ -396,6 +475,7 @@ def gate(
         Path | None,
         typer.Option(help="Spillover matrix CSV to compensate with instead of the file's own."),
     ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Gate one file automatically: counts per population, cuts and their evidence (or apply
     fixed gates with --gates)."""
@@ -425,11 +505,14 @@ def gate(
         _gate_fixed(file, gates, membership, as_json)
         return
 
+    lab = _lab_config(config)
     try:
         loaded = load_template(template) if template else None
         given = read_cuts(cuts) if cuts else None
         matrix = read_spillover(spillover) if spillover else None
-        gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix)
+        gated = gate_file(
+            file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix, config=lab
+        )
         decisions = gated.placed.decisions
         unused = sorted(name for name in given or {} if decisions.get(name) is not given[name])
         if unused:  # a misspelt name, or a gate that places its cut itself (singlets, cells)
@@ -466,12 +549,18 @@ def gate(
             share = f"{100 * count / parent:.2f}" if parent else "–"
             table.add_row(population, f"{count:,}", share)
         console.print(
-            f"[bold]{file.name}[/bold]  panel {gated.panel.id}, template {gated.template.id}"
+            Text.assemble(
+                (file.name, "bold"), f"  panel {gated.panel.id}, template {gated.template.id}"
+            )
         )
         console.print(table)
         for name, decision in decisions.items():
-            state = f"[yellow]fallback[/yellow] ({decision.reason})" if decision.fallback else ""
-            console.print(f"  cut {name}: {decision.value:.4g} by {decision.method} {state}")
+            console.print(
+                Text.assemble(
+                    f"  cut {name}: {decision.value:.4g} by {decision.method} ",
+                    _fallback(decision),
+                )
+            )
         for flag in gated.placed.flags:
             console.print(f"  flag: {flag}")
         for population, note in gated.placed.approximations.items():
@@ -499,6 +588,7 @@ def pool(
         Path | None, typer.Option(help="Gating template YAML (default: the tube's template).")
     ] = None,
     tube: Annotated[str | None, typer.Option(help="Tube, when the files do not say.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Place cuts once on the pooled events of several files (openCyto's groupBy), e.g. all
     timepoints of a patient, and write them for `cartflow gate --cuts`."""
@@ -508,16 +598,18 @@ def pool(
     _writable(out, folder=False)
     try:
         loaded = load_template(template) if template else None
-        pooled = pool_cuts(files, cut, template=loaded, tube=tube)
+        pooled = pool_cuts(files, cut, template=loaded, tube=tube, config=_lab_config(config))
         write_cuts(pooled, out)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     for name, decision in pooled.items():
-        state = f"[yellow]fallback[/yellow] ({decision.reason})" if decision.fallback else ""
         own = ", ".join(f"{v:.4g}" for v in decision.evidence["per_sample_cuts"])
         console.print(
-            f"cut {name}: {decision.value:.4g} by {decision.method} over {len(files)} files "
-            f"(each on its own: {own}) {state}"
+            Text.assemble(
+                f"cut {name}: {decision.value:.4g} by {decision.method} over {len(files)} files "
+                f"(each on its own: {own}) ",
+                _fallback(decision),
+            )
         )
     console.print(f"cuts: {out}")
 
@@ -595,11 +687,36 @@ def run(
         Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
     ] = None,
     haematology: HaematologyOption = None,
+    force: ForceOption = False,
+    file_names: Annotated[
+        bool, typer.Option("--show-file-names", help="Name files in the HTML report (PHI).")
+    ] = False,
+    config: ConfigOption = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Write OUT/review: a FlowJo 10 workspace of the batch (FCS paths relative "
+            "to it) and Gating-ML per sample, for a cytometrist's review.",
+        ),
+    ] = False,
+    lab_gates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gates",
+            metavar="TUBE=FILE",
+            help="Gate a tube with a lab's fixed gates (Gating-ML, FlowJo 10 workspace or "
+            "FACSDiva export) instead of its template, e.g. --gates memory=lab.wsp "
+            "(repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
     from pipeline.batch import RunSettings
 
+    _claim_out(out, force)
+    lab = _lab_config(config)
     settings = RunSettings(
         out=out,
         clinical=clinical,
@@ -608,11 +725,42 @@ def run(
         workers=workers,
         scheduler=scheduler,
         html_report=html_report,
-        analysis=analysis,
+        analysis=analysis or lab.analysis,
         haematology=haematology,
+        file_names=file_names,
+        config=lab,
+        review=review,
+        lab_gates=_lab_gates(lab_gates or [], lab),
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
+
+
+def _lab_gates(entries: list[str], config=None) -> dict:
+    """The configuration's fixed gates per tube (``gates/<tube>.xml|.wsp``), then the
+    ``TUBE=FILE`` options, as tube → the lab's gates, each read now (fail before any work)."""
+    from pipeline.gate import lab_gating
+
+    gatings = {}
+    given: set[str] = set()
+    for entry in entries:
+        tube, sep, file = entry.partition("=")
+        if not sep or not tube.strip() or not file.strip():
+            raise _fail(f"--gates {entry!r}: give TUBE=FILE, e.g. --gates memory=lab.wsp")
+        if tube.strip() in given:
+            raise _fail(f"--gates: tube {tube.strip()!r} is given twice")
+        given.add(tube.strip())
+        try:
+            gatings[tube.strip()] = lab_gating(Path(file.strip()))
+        except CartflowError as exc:
+            raise _fail(str(exc)) from None
+    for tube, path in (config.lab_gate_files() if config else {}).items():
+        if tube not in given:
+            try:
+                gatings[tube] = lab_gating(path)
+            except CartflowError as exc:
+                raise _fail(str(exc)) from None
+    return dict(sorted(gatings.items()))
 
 
 def _check_scheduler(address: str) -> None:
@@ -639,8 +787,10 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
     _writable(settings.out, folder=True)
+    if settings.config is None:
+        settings = replace(settings, config=_lab_config(None))
     try:
-        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        loaded_manifest, loaded_rules = _load_context(manifest, rules, settings.config)
         if settings.haematology is not None:  # checked now, read again by the counts
             load_haematology(settings.haematology)
     except CartflowError as exc:
@@ -667,15 +817,22 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
     )
     for work in failed:
         console.print(f"  gating failed: {work.path.name}: {work.error}")
-    _print_review_summary(summary.review)
+    _print_review_summary(summary.review_queue)
     _print_follow_up(summary.follow)
     if summary.outcome_error:
-        console.print(f"[red]outcomes not computed:[/red] {summary.outcome_error}")
+        console.print(
+            Text.assemble(("outcomes not computed:", "red"), f" {summary.outcome_error}")
+        )
     elif summary.outcomes is not None:
         where = summary.follow.files["kinetics"].parent / "outcomes"
         console.print(f"outcomes: {len(summary.outcomes.figures)} figures and tables in {where}")
     if summary.report:
-        console.print(f"report: {summary.report.resolve()}")
+        console.print(
+            f"report: {summary.report.resolve()} ({summary.plots_drawn} samples' plots and "
+            f"{summary.figures_drawn} patient figures drawn, the rest unchanged)"
+        )
+    if summary.review:
+        console.print(f"review workspace: {summary.review}")
     return summary
 
 
@@ -707,6 +864,7 @@ def review(
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """What needs a human: fallbacks on cuts that define reported populations, subsets not
     evaluable at the peak, bead problems, quarantined files…, each with its sample and why
@@ -729,7 +887,9 @@ def review(
         timepoints = timepoint_table(
             store.latest_counts(), settings=TimepointSettings(counts=settings)
         )
-        queue = review_state(store, timepoints, counts=settings, patient=patient)
+        queue = review_state(
+            store, timepoints, counts=settings, patient=patient, config=_lab_config(config)
+        )
     finally:
         store.close()
     if as_json:
@@ -785,6 +945,7 @@ def override(
         bool, typer.Option("--list", help="List the audit trail (of SAMPLE, or all).")
     ] = False,
     db: DbOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Correct one sample by hand: set cuts (--cut CD27.bright=0.66), exclude it, or revoke a
     correction; stored with who, when and why, and the sample is gated again at once (the
@@ -808,12 +969,12 @@ def override(
             raise _fail("give one of --cut, --gates, --exclude or --revoke")
         if gates is not None:
             _set_gates(store, sample, gates, reason, _by(by))
-        _correct(store, sample, cut or [], exclude, revoke, reason, _by(by))
+        _correct(store, sample, cut or [], exclude, revoke, reason, _by(by), _lab_config(config))
     finally:
         store.close()
 
 
-def _correct(store, sample_id, cuts, exclude, revoke, reason, by) -> None:
+def _correct(store, sample_id, cuts, exclude, revoke, reason, by, config=None) -> None:
     from pipeline.batch import regate_sample
     from pipeline.gate import template_for
 
@@ -843,7 +1004,9 @@ def _correct(store, sample_id, cuts, exclude, revoke, reason, by) -> None:
         name, _, value = text.partition("=")
         try:
             number = float(value)
-            template_for(info["tube"]).cut(name.strip())
+            (config.template(info["tube"]) if config else template_for(info["tube"])).cut(
+                name.strip()
+            )
         except ValueError:
             raise _fail(f"--cut {text!r}: give MARKER[.bright]=NUMBER") from None
         except CartflowError as exc:
@@ -856,11 +1019,11 @@ def _correct(store, sample_id, cuts, exclude, revoke, reason, by) -> None:
     if exclude:
         return
     with store.recording("override", {"sample": sample_id}) as run_id:
-        work = regate_sample(store, run_id, sample_id)
+        work = regate_sample(store, run_id, sample_id, config=config)
     if work is None:
         console.print("file not found under its known paths: the next `run` that sees it gates it")
     elif work.error:
-        console.print(f"[red]gating failed:[/red] {work.error}")
+        console.print(Text.assemble(("gating failed: ", "red"), work.error))
     else:
         console.print(f"sample {sample_id} gated again; `cartflow run` updates kinetics and report")
 
@@ -876,7 +1039,7 @@ def _set_gates(store, sample_id: int, gates: Path, reason: str, by: str) -> None
     if not names:
         raise _fail(f"no sample {sample_id} in {store.display_url}")
     try:
-        load_fixed_gates(gates, names[0])
+        load_fixed_gates(gates)
         content = gates.read_text(encoding="utf-8")
     except CartflowError as exc:
         raise _fail(str(exc)) from None
@@ -931,6 +1094,8 @@ def watch(
     html_report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write the HTML report and its plots.")
     ] = True,
+    force: ForceOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Process files as they arrive, each once it is complete; bad files are quarantined and
     watching goes on."""
@@ -940,8 +1105,17 @@ def watch(
 
     if not folder.is_dir():
         raise _fail(f"{folder}: not a folder")
-    _writable(out, folder=True)
-    settings = RunSettings(out=out, clinical=clinical, workers=workers, html_report=html_report)
+    _claim_out(out, force)
+    lab = _lab_config(config)
+    settings = RunSettings(
+        out=out,
+        clinical=clinical,
+        workers=workers,
+        html_report=html_report,
+        analysis=lab.analysis,
+        config=lab,
+        lab_gates=_lab_gates([], lab),
+    )
     arrivals = ArrivalWatch(folder)
     look = 0
     console.print(f"watch: {folder} every {interval:g} s")
@@ -968,6 +1142,7 @@ def kinetics(
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     below_lod_interval: BelowLodOption = "zero",
+    force: ForceOption = False,
 ) -> None:
     """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
     timepoints.csv/.parquet)."""
@@ -976,7 +1151,7 @@ def kinetics(
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
-    _writable(out, folder=True)
+    _claim_out(out, force)
     store = Store(db, existing=True)
     parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__}
     try:
@@ -1005,7 +1180,16 @@ def outcomes(
         "cartflow-out/outcomes"
     ),
     config: Annotated[
-        Path | None, typer.Option("--config", help="analysis.yaml overriding the defaults.")
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CARTFLOW_CONFIG",
+            help="Lab configuration folder (its analysis.yaml and hematotox.yaml), or an "
+            "analysis.yaml file overriding the defaults.",
+        ),
+    ] = None,
+    analysis: Annotated[
+        Path | None, typer.Option(help="analysis.yaml (default: the configuration's).")
     ] = None,
     anchor_day0: AnchorOption = False,
     log_down: LogDownOption = False,
@@ -1023,10 +1207,17 @@ def outcomes(
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
+    hematotox = None
+    if config is not None and config.is_dir():
+        lab = _lab_config(config)
+        analysis, hematotox = analysis or lab.analysis, lab.hematotox
+    elif config is not None:  # an analysis.yaml, as before configuration folders
+        analysis = analysis or config
     _writable(out, folder=True)
     store = Store(db, existing=True)
-    parameters = {"clinical": str(clinical), "config": str(config), "anchor_day0": anchor_day0,
-                  "log_down": log_down, "counts": counts.__dict__}  # fmt: skip
+    parameters = {"clinical": str(clinical), "config": str(config), "analysis": str(analysis),
+                  "anchor_day0": anchor_day0, "log_down": log_down,
+                  "counts": counts.__dict__}  # fmt: skip
     try:
         with store.recording("outcomes", parameters) as run_id:
             follow = follow_up(
@@ -1039,7 +1230,7 @@ def outcomes(
                 count_settings=counts,
             )
             known = {s["patient"] for s in store.samples()}
-            report = outcomes_stage(follow, clinical, out, config, known)
+            report = outcomes_stage(follow, clinical, out, analysis, known, hematotox)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -1068,6 +1259,16 @@ def export(
     below_lod_interval: BelowLodOption = "zero",
     anchor_day0: AnchorOption = False,
     log_down: LogDownOption = False,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Also write OUT/review: one FlowJo 10 workspace per patient and Gating-ML "
+            "per sample (each sample's gates placed again from its file, written only if "
+            "they give the stored counts).",
+        ),
+    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
     from pipeline.export import export as export_tables
@@ -1080,15 +1281,26 @@ def export(
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
         if not key:
             raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
-    _writable(out, folder=True)
+    if review and pseudonymise:
+        raise _fail("--review with --pseudonymise: workspaces carry the files' own keywords")
+    _claim_out(out, force)
     store = Store(db, existing=True)
     try:
         written = export_tables(store, out, fmt, key, clinical, counts, kinetics)
+        workspaces, notes = [], []
+        if review:
+            from pipeline.review import export_review
+
+            workspaces, notes = export_review(store, out / "review")
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
         store.close()
     console.print(f"export: {len(written)} files in {out}")
+    if review:
+        console.print(f"review: {len(workspaces)} FlowJo workspace(s) in {out / 'review'}")
+        for note in notes:
+            console.print(f"  left out: {note}")
 
 
 def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool) -> None:
@@ -1097,23 +1309,35 @@ def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool)
     from pipeline.gate import gate_fixed, load_fixed_gates
 
     try:
-        gate_set = load_fixed_gates(gates, file.name)
+        lab_gates = load_fixed_gates(gates)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     try:
-        _, result = gate_fixed(file, gate_set)
+        fcs, _, result = gate_fixed(file, lab_gates)
+        source = lab_gates.match(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
     except CartflowError as exc:  # the gates do not fit this file: name both
         raise _fail(f"{gates} on {file}: {exc}") from None
     counts = {p: result.count(p) for p in result.populations}
+    stored = source.stored_counts()  # the lab software's own counts, where it kept them
     if as_json:
-        console.print_json(json.dumps({"file": str(file), "gates": str(gates), "counts": counts}))
-    else:
-        table = Table("population", "events", "% of parent", box=None, pad_edge=False)
-        for population, count in counts.items():
-            table.add_row(
-                population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"
+        console.print_json(
+            json.dumps(
+                {"file": str(file), "gates": str(gates), "sample": source.name,
+                 "counts": counts, "lab_counts": stored}
             )
-        console.print(f"[bold]{file.name}[/bold]  fixed gates from {gates.name}")
+        )  # fmt: skip
+    else:
+        columns = ["population", "events", "% of parent"] + (["lab's count"] if stored else [])
+        table = Table(*columns, box=None, pad_edge=False)
+        for population, count in counts.items():
+            row = [population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"]
+            if stored:
+                lab = stored.get(population)
+                row.append("" if lab is None else f"{lab:,}")
+            table.add_row(*row)
+        console.print(
+            Text.assemble((file.name, "bold"), f"  fixed gates from {gates.name} ({source.name})")
+        )
         console.print(table)
     if membership:
         pd.DataFrame({p: result.mask(p) for p in result.populations}).to_parquet(membership)
@@ -1172,9 +1396,10 @@ def demo(
     events: Annotated[
         int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file of the generated cohort.")
     ] = 20_000,
+    force: ForceOption = False,
 ) -> None:
     """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
-    _writable(out, folder=True)
+    _claim_out(out, force)
     if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
         batch = FIXTURE_COHORT
     else:
@@ -1191,6 +1416,204 @@ def demo(
     summary = _run_once(batch, str(db_path), batch / "manifest.csv", None, settings)
     console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
     raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def spillover(
+    controls: Annotated[
+        Path, typer.Argument(help="Folder of single-stain controls and one unstained control.")
+    ],
+    out: Annotated[Path, typer.Option(help="Spillover matrix CSV to write.")] = Path(
+        "spillover.csv"
+    ),
+) -> None:
+    """Compute a spillover matrix from single-stain controls (positive vs negative medians per
+    detector, as FlowJo and FACSDiva do); use it with `gate --spillover` or a panel's
+    `spillover:`."""
+    from pipeline.spillover import spillover_from_folder
+
+    if not controls.is_dir():
+        raise _fail(f"{controls}: not a folder")
+    _writable(out, folder=False)
+    try:
+        result = spillover_from_folder(controls)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    result.write_csv(out)
+    console.print(f"spillover: {len(result.detectors)} detectors, negative: {result.unstained}")
+    for c in result.controls:
+        console.print(
+            f"  {c.file}: {c.detector}, {c.positive_events:,} positive events (above "
+            f"{c.threshold:.4g}, median {c.positive_median:.4g}) vs {c.negative_events:,} "
+            f"unstained (median {c.negative_median:.4g})",
+            soft_wrap=True,
+        )
+    console.print(f"matrix: {out}")
+
+
+config_app = typer.Typer(
+    help="A lab's configuration folder: panels, templates, marker names, identity rules.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+panel_app = typer.Typer(help="Draft a panel from FCS files, or check a file against panels.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(panel_app, name="panel")
+
+
+@config_app.command("init")
+def config_init(
+    directory: Annotated[Path, typer.Argument(help="New folder for the configuration.")],
+) -> None:
+    """Write a copy of the shipped CAR-T configuration to edit."""
+    from pipeline.config import init_config
+
+    try:
+        written = init_config(directory)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{directory}: cannot be written: {exc.strerror or exc}") from None
+    console.print(f"config: {len(written)} files written to {directory}")
+    console.print(f"  next: `cartflow panel draft FILE --tube NAME --config {directory}`")
+
+
+@config_app.command("check")
+def config_check(
+    directory: Annotated[Path, typer.Argument(help="A configuration folder.")],
+) -> None:
+    """Validate every file of a configuration folder (each problem with file and line) and
+    print what it holds."""
+    from pipeline.config import check_config
+
+    report = check_config(directory)
+    for problem in report.problems:
+        errors.print(Text.assemble(("problem:", "red"), f" {problem}"), soft_wrap=True)
+    if not report.ok:
+        raise _fail(f"{directory}: {len(report.problems)} problem(s)")
+    _print_config(report)
+
+
+def _print_config(report) -> None:
+    config = report.config
+    console.print(
+        Text.assemble((str(config.directory), "bold"), f"  sha256 {config.sha256}"),
+        soft_wrap=True,
+    )
+    for panel in config.panels:
+        time = panel.time or "none (stable-flow check skipped)"
+        console.print(
+            f"  panel {panel.id} (tube {panel.tube}, {panel.cytometer}): "
+            f"scatter {', '.join(panel.scatter)}; time {time}"
+            + (f"; spillover {panel.spillover}" if panel.spillover else ""),
+            soft_wrap=True,
+        )
+        console.print(
+            "    " + ", ".join(f"{c.marker} on {c.channel}" for c in panel.channels),
+            soft_wrap=True,
+        )
+        for marker, reason in panel.omitted.items():
+            console.print(f"    omitted {marker}: {reason}")
+    for entry in config.names.read_as:
+        console.print(
+            f"  read as: {entry.antigen} is read as {entry.marker} ({entry.where})",
+            soft_wrap=True,
+        )
+    for tube, template in report.templates.items():
+        console.print(
+            f"  template {tube}: {template.id} v{template.version}, "
+            f"{len(template.populations)} populations, cuts on {', '.join(template.markers)}",
+            soft_wrap=True,
+        )
+    identity = config.identity_file or "default rules"
+    console.print(f"  identity: {identity}")
+    console.print(f"  hematotox: {config.hematotox or 'built-in table'}")
+    console.print(f"  analysis: {config.analysis or 'defaults'}")
+
+
+@panel_app.command("draft")
+def panel_draft(
+    files: Annotated[list[Path], typer.Argument(help="FCS files of one tube.")],
+    tube: Annotated[str, typer.Option(help="The tube's name (also the template's name).")],
+    config: ConfigOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Panel YAML to write (default: TUBE.yaml in --config, else here)."),
+    ] = None,
+) -> None:
+    """Write a panel YAML from the files' $PnN/$PnS: scatter, time, fluorescence detectors
+    and their markers, with a plain list of what could not be resolved."""
+    from panels import read_marker_names
+    from pipeline.config import config_directory
+    from pipeline.outputs import write_text
+    from pipeline.panel_tools import draft_panel
+
+    try:  # only the marker names: the folder may hold other drafts not yet filled in
+        names = read_marker_names(config_directory(config))
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    target = out or ((config or Path(".")) / f"{tube}.yaml")
+    if target.exists():
+        raise _fail(f"{target}: exists already; give another --out or remove it")
+    _writable(target, folder=False)
+    try:
+        draft = draft_panel(files, tube, names)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    write_text(target, draft.yaml())
+    console.print(f"panel draft: {target} ({len(draft.layouts)} layout(s))")
+    for disagreement in draft.disagreements:
+        console.print(
+            Text.assemble("  ", ("files disagree:", "yellow"), f" {disagreement}"),
+            soft_wrap=True,
+        )
+    unresolved = draft.unresolved
+    for item in unresolved:
+        console.print(f"  unresolved: {item}", soft_wrap=True)
+    if unresolved:
+        console.print(f"  fill these in {target}, then `cartflow config check DIR`")
+
+
+@panel_app.command("check")
+def panel_check(
+    file: Annotated[Path, typer.Argument(help="An FCS file.")],
+    config: ConfigOption = None,
+    tube: Annotated[str | None, typer.Option(help="Only panels of this tube.")] = None,
+) -> None:
+    """Say which panel a file matches, or the closest panel and exactly what differs."""
+    from pipeline.panel_tools import check_file_panel
+
+    lab = _lab_config(config)
+    try:
+        check = check_file_panel(file, lab.panels, lab.names, tube)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    if check.panel is not None:
+        console.print(f"{file.name}: panel {check.panel.id} (tube {check.panel.tube}, "
+                      f"{check.panel.cytometer})")  # fmt: skip
+        for marker, channel in check.marker_channels.items():
+            console.print(f"  {marker} on {channel}")
+        for entry in check.read_as:
+            console.print(
+                Text.assemble(
+                    "  ",
+                    ("read as:", "yellow"),
+                    f" {entry.antigen} is read as {entry.marker} (declared in {entry.where})",
+                ),
+                soft_wrap=True,
+            )
+        return
+    console.print(f"{file.name}: no panel fits: {check.problem}", soft_wrap=True)
+    if check.closest is not None:
+        console.print(
+            f"  closest: panel {check.closest.id} ({check.closest.source})", soft_wrap=True
+        )
+        for difference in check.differences:
+            console.print(f"    {difference}", soft_wrap=True)
+    console.print(
+        f"  `cartflow panel draft {file} --tube NAME --config DIR` drafts a panel", soft_wrap=True
+    )
+    raise typer.Exit(1)
 
 
 def _store_failure(exc: BaseException) -> str | None:

@@ -7,10 +7,11 @@ cohort.html (figures and tables of the outcome stage when there is one).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from pipeline import __version__
-from pipeline.plots import kinetics_figure
+from pipeline.density import panel_from_dict, panel_svg
+from pipeline.outputs import restore, write_bytes, write_text
+from pipeline.plots import kinetics_svg
 from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
@@ -27,9 +30,44 @@ SAMPLE_IMAGE_DIR = "samples"
 READABLE_FLAGS = {"below_lod": "below LOD", "below_lloq": "below LLOQ"}
 
 
-def overview_path(report_dir: Path, sha256: str) -> Path:
-    """Where the gating overview PNG of a sample goes (written while gating)."""
-    return report_dir / SAMPLE_IMAGE_DIR / f"{sha256[:16]}.png"
+@dataclass(frozen=True)
+class WrittenReport:
+    index: Path
+    """index.html"""
+    figures_drawn: int
+    """Patients' kinetics figures drawn (the others were kept: same numbers)."""
+
+
+def plots_dir(report_dir: Path) -> Path:
+    """Where the samples' plots are drawn (while gating) and their pages written."""
+    return report_dir / SAMPLE_IMAGE_DIR
+
+
+def sample_plots(report_dir: Path, sha256: str) -> tuple[str, list[dict]]:
+    """A sample's drawn plots, ready for its page: (heading, [{svg, title, …}]); nothing
+    when none were drawn for it."""
+    try:
+        record = json.loads(
+            (plots_dir(report_dir) / f"{sha256[:16]}.json").read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError):
+        return "", []
+    if not (plots_dir(report_dir) / record["image"]).is_file():
+        return "", []
+    plots = []
+    for data in record["panels"]:
+        panel = panel_from_dict(data)
+        plots.append(
+            {
+                "name": panel.name,
+                "svg": panel_svg(panel, record["image"], record["rows"]),
+                "title": panel.title,
+                "x_label": panel.x_label,
+                "y_label": panel.y_label,
+                "notes": panel.notes,
+            }
+        )
+    return record["heading"], plots
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -44,18 +82,33 @@ def _environment() -> Environment:
     return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
 
 
+def _content_label(sha256: str | None) -> str:
+    return f"SHA-256 {sha256[:12]}…" if sha256 else "(unreadable file)"
+
+
+def _item_label(item) -> str:
+    """A review item's file named without its file name (which may carry PHI)."""
+    return f"sample {item.sample_id}" if item.sample_id is not None else _content_label(item.sha256)
+
+
 def write_report(
     store: Store,
     report_dir: Path,
     timepoints: pd.DataFrame | None = None,
     kinetics: pd.DataFrame | None = None,
     outcomes_dir: Path | None = None,
+    file_names: bool = False,
     review: Sequence = (),
     clinical: Path | None = None,
-) -> Path:
-    """Write the report into ``report_dir``; returns the path of index.html. ``review`` is
-    the review queue (first on index.html and on review.html); ``clinical`` marks infusion,
-    relapse, HSCT and last follow-up on the patients' curves."""
+    config=None,
+) -> WrittenReport:
+    """Write the report into ``report_dir``: its pages, and the patients' figures whose
+    numbers changed (the samples' plots are drawn while gating). File names (which may
+    carry patient names) are shown only with ``file_names``; otherwise a file is named by
+    the start of its SHA-256. ``review`` is the review queue (first on index.html and on
+    review.html); ``clinical`` marks infusion, relapse, HSCT and last follow-up on the
+    patients' curves; ``config`` is the lab configuration whose templates define the
+    populations shown."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     common = {
@@ -68,54 +121,65 @@ def write_report(
     timepoints = timepoints if timepoints is not None else pd.DataFrame()
     for sample in samples:
         sample["flags"] = flags.get(sample["sample_id"], [])
-        image = overview_path(report_dir, sample["sha256"])
+        heading, plots = sample_plots(report_dir, sample["sha256"])
         rows = (
             timepoints[timepoints.sample_id == sample["sample_id"]]
             if len(timepoints)
             else pd.DataFrame()
         )
-        if not image.is_file() and rows.empty:
+        if not plots and rows.empty:
             sample["page"] = None
             continue
         page = f"{SAMPLE_IMAGE_DIR}/{sample['sha256'][:16]}.html"
         sample["page"] = page
-        (report_dir / page).write_text(
+        write_text(
+            report_dir / page,
             env.get_template("sample.html").render(
                 title=f"{sample['patient']} {sample['timepoint']} {sample['tube']}",
                 root="../",
                 sample=sample,
-                image=image.name if image.is_file() else "",
+                heading=heading,
                 rows=[_population_row(r) for r in rows.itertuples(index=False)],
-                **_sample_evidence(store, sample, rows, image),
+                **_sample_evidence(store, sample, rows, plots, config),
                 **common,
             ),
-            encoding="utf-8",
         )
+    quarantine = [
+        {
+            "file": Path(q["path"]).name if file_names else _content_label(q["sha256"]),
+            "kind": q["kind"],
+            "reason": q["reason"],
+        }
+        for q in store.quarantined()
+    ]
     pages = {s["sample_id"]: s["page"] for s in samples}
-    review_rows = [asdict(item) | {"page": pages.get(item.sample_id)} for item in review]
-    (report_dir / "review.html").write_text(
+    review_rows = [
+        asdict(item)
+        | {"page": pages.get(item.sample_id)}
+        | ({} if file_names or not item.file else {"file": _item_label(item)})
+        for item in review
+    ]
+    write_text(
+        report_dir / "review.html",
         env.get_template("review.html").render(
             title="Review", root="", review=review_rows, **common
         ),
-        encoding="utf-8",
     )
-    quarantine = [
-        {"file": Path(q["path"]).name, "kind": q["kind"], "reason": q["reason"]}
-        for q in store.quarantined()
-    ]
-    patients = _patients(report_dir, timepoints, kinetics, _clinical_days(clinical), pages)
-    (report_dir / "patients.html").write_text(
+    patients, figures_drawn = _patients(
+        report_dir, timepoints, kinetics, _clinical_days(clinical), pages
+    )
+    write_text(
+        report_dir / "patients.html",
         env.get_template("patients.html").render(
             title="Patients", root="", patients=patients, **common
         ),
-        encoding="utf-8",
     )
     figures, tables = _outcomes(report_dir, outcomes_dir)
-    (report_dir / "cohort.html").write_text(
+    write_text(
+        report_dir / "cohort.html",
         env.get_template("cohort.html").render(
             title="Cohort", root="", figures=figures, tables=tables, **common
         ),
-        encoding="utf-8",
     )
     summary = {
         "files": len(samples),
@@ -123,47 +187,20 @@ def write_report(
         "patients": len({s["patient"] for s in samples}),
     }
     index = report_dir / "index.html"
-    index.write_text(
+    write_text(
+        index,
         env.get_template("index.html").render(
             title="Batch report",
             root="",
-            review=review_rows,
             summary=summary,
+            review=review_rows,
             quarantine=quarantine,
             flagged=[s for s in samples if s["flags"]],
             samples=sorted(samples, key=lambda s: (s["patient"], s["nominal_day"], s["tube"])),
             **common,
         ),
-        encoding="utf-8",
     )
-    return index
-
-
-def _sample_evidence(store: Store, sample: dict, rows: pd.DataFrame, image: Path) -> dict:
-    """A sample page's evidence: each population with its gate image and defining cuts, the
-    flags with their severity, the corrections of its audit trail."""
-    from pipeline.errors import CartflowError
-    from pipeline.gate import template_for
-    from pipeline.review import reported_gates
-    from pipeline.sample_page import flag_rows, population_sections
-
-    trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
-    done = [g for g in trail["gatings"] if g["status"] == "ok"]
-    try:
-        template = template_for(sample["tube"])
-    except CartflowError:
-        template = None
-    counted = [
-        {"population": r.population, **_population_row(r)} for r in rows.itertuples(index=False)
-    ]
-    sections = population_sections(
-        template, counted, done[-1]["cuts"] if done else {}, image.with_suffix(""), image.stem
-    )
-    return {
-        "sections": sections,
-        "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"])),
-        "corrections": trail["corrections"],
-    }
+    return WrittenReport(index, figures_drawn)
 
 
 def _population_row(row) -> dict:
@@ -182,6 +219,35 @@ def _population_row(row) -> dict:
         "cells": _fmt(row.cells_per_ul),
         "ci": ci,
         "flags": ", ".join(flags),
+    }
+
+
+def _sample_evidence(
+    store: Store, sample: dict, rows: pd.DataFrame, plots: list[dict], config=None
+) -> dict:
+    """A sample page's evidence: each population with its gate plots and defining cuts, the
+    flags with their severity, the corrections of its audit trail."""
+    from pipeline.errors import CartflowError
+    from pipeline.gate import template_for
+    from pipeline.sample_page import flag_rows, population_sections
+    from pipeline.triage import reported_gates
+
+    trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
+    done = [g for g in trail["gatings"] if g["status"] == "ok"]
+    try:
+        template = config.template(sample["tube"]) if config else template_for(sample["tube"])
+    except CartflowError:
+        template = None
+    counted = [
+        {"population": r.population, **_population_row(r)} for r in rows.itertuples(index=False)
+    ]
+    sections = population_sections(
+        template, counted, done[-1]["cuts"] if done else {}, plots
+    )
+    return {
+        "sections": sections,
+        "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"], config)),
+        "corrections": trail["corrections"],
     }
 
 
@@ -222,20 +288,17 @@ def _patients(
     clinical_days: dict[str, dict[str, float]] | None = None,
     pages: dict[int, str | None] | None = None,
 ):
-    if timepoints is None or timepoints.empty:
-        return []
-    kinetics = kinetics if kinetics is not None else pd.DataFrame()
     links = {i: page for i, page in (pages or {}).items() if page}
+    if timepoints is None or timepoints.empty:
+        return [], 0
+    kinetics = kinetics if kinetics is not None else pd.DataFrame()
     patients = []
+    drawn = 0
     for patient, rows in timepoints.groupby("patient", sort=True):
-        svg = kinetics_figure(
-            rows,
-            patient,
-            report_dir / "patients" / f"{patient}.svg",
-            (clinical_days or {}).get(patient),
-            links,
+        image, new = _kinetics_image(
+            rows, patient, report_dir / "patients", (clinical_days or {}).get(patient), links
         )
-        image = svg
+        drawn += new
         summary = []
         if len(kinetics):
             record = kinetics[kinetics.patient == patient]
@@ -245,8 +308,7 @@ def _patients(
                     for column, value in record.iloc[0].items()
                     if column != "patient" and _summary_column(column)
                 ]
-        inline = svg.read_text(encoding="utf-8")
-        inline = Markup(inline[inline.index("<svg") :])  # drawn here, from the store's numbers
+        inline = image.read_text(encoding="utf-8")  # drawn here, from the store's numbers
         points = [
             {
                 "day": r.nominal_day,
@@ -261,12 +323,32 @@ def _patients(
             {
                 "patient": patient,
                 "image": f"patients/{image.name}",
-                "svg": inline,
+                "svg": Markup(inline),
                 "summary": summary,
                 "points": points,
             }
         )
-    return patients
+    return patients, drawn
+
+
+def _kinetics_image(
+    rows: pd.DataFrame,
+    patient: str,
+    folder: Path,
+    events: dict[str, float] | None = None,
+    pages: dict[int, str] | None = None,
+) -> tuple[Path, bool]:
+    """A patient's kinetics figure (SVG), written only when it changed; returns its path and
+    whether it was written now."""
+    path = folder / f"{patient}.svg"
+    drawn = kinetics_svg(rows, events, pages)
+    try:
+        if path.read_text(encoding="utf-8") == drawn:
+            return path, False
+    except OSError:
+        pass
+    write_bytes(path, drawn.encode())
+    return path, True
 
 
 def _summary_column(column: str) -> bool:
@@ -280,7 +362,7 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
         try:
-            frame = pd.read_csv(csv, dtype={"patient": str})  # '001' stays '001'
+            frame = pd.read_csv(csv, dtype={"patient": str}).map(restore)  # '001' stays '001'
         except pd.errors.EmptyDataError:  # an analysis with nothing to report
             frame = pd.DataFrame()
         tables.append(

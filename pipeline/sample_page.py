@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
 
 from gating.template import Template
-from pipeline.review import flag_kind, severity
+from pipeline.triage import flag_kind, severity
 
 
 @dataclass(frozen=True)
@@ -33,12 +32,12 @@ class CutEvidence:
 
 @dataclass(frozen=True)
 class PopulationSection:
-    """A population with its counts row, its gate image (if drawn) and its cuts."""
+    """A population with its counts row, its gate plots (if drawn) and its cuts."""
 
     population: str
     row: Mapping[str, Any]
     definition: str
-    image: str | None
+    plots: tuple[Mapping[str, Any], ...] = ()
     cuts: tuple[CutEvidence, ...] = field(default_factory=tuple)
 
 
@@ -114,10 +113,10 @@ def population_sections(
     template: Template | None,
     rows: Sequence[Mapping[str, Any]],
     cuts: Mapping[str, Mapping[str, Any]],
-    figure_dir: Path,
-    figure_href: str,
+    plots: Sequence[Mapping[str, Any]] = (),
 ) -> list[PopulationSection]:
-    """Each counted population of a sample with its gate image and the cuts defining it."""
+    """Each counted population of a sample with its gate plots (``plots``: the sample's
+    drawn panels, by population ``name``) and the cuts defining it."""
     sections = []
     for row in rows:
         population = row["population"]
@@ -132,13 +131,12 @@ def population_sections(
                 names = cut_names(template, population)
                 if not spec.phenotype:  # a shape gate: the decisions named after it
                     names = [n for n in cuts if n == population or n.startswith(population + ".")]
-        image = figure_dir / f"{population}.png"
         sections.append(
             PopulationSection(
                 population,
                 row,
                 definition,
-                f"{figure_href}/{population}.png" if image.is_file() else None,
+                tuple(p for p in plots if p.get("name") == population),
                 tuple(cut_evidence(n, cuts[n]) for n in names if n in cuts),
             )
         )

@@ -16,6 +16,7 @@ from tests.conftest import FCSPARSER_DATA, QUIRKS, corpus_files, require_shared
 REJECTED = {
     "corrupted.fcs": "truncated",  # 10 bytes of junk
     "sample_header.fcs": "needs",  # HEADER and TEXT of a file whose DATA was cut off
+    "fcs1_cleaned.lmd": "every event is the same",  # a made-up file: 528 in every value
 }
 # fcsparser trusts HEADER offsets that do not fit $TOT here; FlowIO (reading TEXT) is right.
 FLOWIO_REFERENCE = {"data_start_offset_discrepancy_example.fcs"}
@@ -134,3 +135,24 @@ def test_directory_is_a_clear_error(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FcsError, match="cannot be read"):
         read_fcs(tmp_path / "absent.fcs")
+
+
+def test_text_padded_with_nul_bytes_is_read_as_flowio_reads_it():
+    """A FACSDiva 6 export pads its TEXT segment with NUL bytes: read, with a warning."""
+    path = require_shared(QUIRKS.parent / "real-data" / "flowkit" / "test_comp_example.fcs")
+    fcs = read_fcs(path, scale=False)
+    assert fcs.event_count == 10_703
+    assert any("NUL" in w for w in fcs.warnings)
+    reference = _flowio_events(path)
+    assert fcs.events.shape == reference.shape
+    np.testing.assert_allclose(fcs.events, reference, rtol=1e-6, atol=0)
+
+
+def test_a_nul_byte_inside_text_is_still_refused(tmp_path):
+    path = require_shared(QUIRKS.parent / "real-data" / "flowkit" / "test_comp_example.fcs")
+    data = bytearray(path.read_bytes())
+    data[100] = 0  # inside TEXT, not padding at its end
+    bad = tmp_path / "bad.fcs"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FcsError, match="control byte 0x00"):
+        read_fcs(bad)

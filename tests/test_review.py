@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from gating.template import load_template
 from pipeline.cli import app
-from pipeline.review import FLAG_KINDS, NEEDS_REVIEW, flag_kind, flag_table_markdown, severity
 from pipeline.simulate import SimulationConfig, simulate_cohort
 from pipeline.store import Store
+from pipeline.triage import FLAG_KINDS, NEEDS_REVIEW, flag_kind, flag_table_markdown, severity
 from tests.fcs_mutate import build_fcs, split_fcs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _run(cohort: Path, db: str, out: Path, manifest: Path | None = None):
+def _run(cohort: Path, db: str, out: Path, manifest: Path | None = None, config=None):
     result = runner.invoke(
         app,
         [
@@ -109,6 +110,7 @@ def _run(cohort: Path, db: str, out: Path, manifest: Path | None = None):
             "--workers",
             "1",
             "--no-report",
+            *(["--config", str(config)] if config else []),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -319,30 +321,24 @@ def test_lab_gates_set_on_one_sample_are_used_for_it_and_audited(cohort, tmp_pat
         store.close()
 
 
-def test_overrides_are_applied_again_after_a_template_change(cohort, tmp_path, monkeypatch):
-    import pipeline.batch
-    from gating.template import load_template
-    from pipeline.gate import template_for
-
+def test_overrides_are_applied_again_after_a_template_change(cohort, tmp_path):
+    config = tmp_path / "lab"
+    assert runner.invoke(app, ["config", "init", str(config)]).exit_code == 0
     db = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    _run(cohort, db, tmp_path / "out")
+    _run(cohort, db, tmp_path / "out", config=config)
     store = Store(db)
     sample = _sample(store, "D7")
     store.close()
     result = runner.invoke(
-        app, ["override", str(sample), "--cut", "CAR=0.5", "--reason", "by eye", "--db", db]
-    )
+        app,
+        ["override", str(sample), "--cut", "CAR=0.5", "--reason", "by eye", "--db", db,
+         "--config", str(config)],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    source = template_for("memory").source
-    changed = tmp_path / "memory.yaml"
-    changed.write_text(Path(source).read_text(encoding="utf-8") + "\n# revised\n", "utf-8")
-    revised = load_template(changed)
-    assert revised.sha256 != template_for("memory").sha256
-    original = pipeline.batch.template_for
-    monkeypatch.setattr(
-        pipeline.batch, "template_for", lambda tube: revised if tube == "memory" else original(tube)
-    )
-    output = _run(cohort, db, tmp_path / "out")
+    template = config / "templates" / "memory.yaml"
+    template.write_text(template.read_text(encoding="utf-8") + "\n# revised\n", "utf-8")
+    revised = load_template(template)
+    output = _run(cohort, db, tmp_path / "out", config=config)
     assert re.search(r"gate: 8 gated, 8 already gated", output), output
     store = Store(db)
     try:
@@ -416,11 +412,16 @@ def test_sample_page_in_chromium_draws_every_gate_defining_scm_with_its_evidence
     cuts = store.provenance(sample["sample_id"])["gatings"][-1]["cuts"]
     store.close()
     for population in SCM_LINE:
-        [src] = re.findall(rf'<img class="gate" src="([^"]+)" alt="{population} gate on', dom)
-        assert (page.parent / src).stat().st_size > 2_000, src
         section = dom.split(f'id="{population}"')[1].split("</section>")[0]
+        assert '<svg class="plot"' in section, population  # its gate drawn on its markers
+        images = re.findall(r'<image href="([^"]+)"', section)  # 2-D plots: binned densities
+        assert all((page.parent / i).stat().st_size > 2_000 for i in images), images
         assert '<svg class="density"' in section  # the density each cut was placed on
     scm = dom.split('id="CAR_CD8_SCM"')[1].split("</section>")[0]
+    steps = scm.split("<figure>")[1:]  # CD45RA × CD62L, then CD27 × CD95 on what passed
+    assert len(steps) == 2 and "CD45RA" in steps[0] and "CD62L" in steps[0], scm
+    assert all("<image href=" in step for step in steps)
+    assert "CD27" in steps[1] and "CD95" in steps[1] and "1 of 2" in steps[0], steps[1]
     for name in ("CD45RA", "CD62L", "CD27", "CD27.bright", "CD95"):
         row = scm.split(f"<code>{name}</code>")[1].split("</tr>")[0]
         assert f"{cuts[name]['value']:.4g}" in row and cuts[name]["method"] in row, name
