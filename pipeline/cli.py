@@ -279,11 +279,12 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
                 console.print(f"    cut {_cut_line(name, cut)}", markup=False, soft_wrap=True)
         for row in gating["populations"]:
             parent = row["parent_count"]
-            share = f"{100 * row['count'] / parent:.2f} % of {parent:,} {row['parent'] or 'events'}"
-            console.print(
-                f"    population {row['population']}: {row['count']:,} events"
-                + (f" ({share})" if parent else "")
+            share = (
+                f" ({100 * row['count'] / parent:.2f} % of {parent:,} {row['parent'] or 'events'})"
+                if parent
+                else ""
             )
+            console.print(f"    population {row['population']}: {row['count']:,} events{share}")
         for flag in gating["flags"]:
             console.print(f"    flag {flag} [{severity(flag)}]", markup=False)
     for c in trail["corrections"]:
