@@ -534,7 +534,8 @@ class _Evaluation:
             return None
         found = self._positions.get(population)
         if found is None:
-            found = np.flatnonzero(np.unpackbits(self.packed[population], count=self.n))
+            bits = np.unpackbits(self.packed[population], count=self.n).view(bool)
+            found = np.flatnonzero(bits)  # on bool: many times faster than on uint8
             if self.n < 2**31:
                 found = found.astype(np.int32)
         self._keep(self._positions, population, found, RECENT_POSITIONS)
@@ -747,9 +748,16 @@ class Evaluator:
         idx = self._evaluation.positions(population)
         return np.arange(self._columns.n) if idx is None else idx
 
-    def raw_values(self, axis: Axis) -> np.ndarray:
-        """Compensated, untransformed values of an axis for every event (computed once)."""
-        return self._columns.raw(axis, None)
+    def raw_values(self, axis: Axis, population: str | None = None) -> np.ndarray:
+        """Compensated, untransformed values of an axis, as stored (float32 or float64), on
+        a population's events (None: every event; that column is computed once and kept,
+        so it is returned read-only)."""
+        idx = self._evaluation.positions(population)
+        if idx is not None:
+            return self._columns.raw(axis, idx)
+        column = self._columns.raw(axis, None).view()
+        column.setflags(write=False)
+        return column
 
     def values(self, axis: Axis, population: str | None, limit: int | None = None) -> np.ndarray:
         """Transformed values of an axis on a population's events (an even subsample of at
