@@ -430,6 +430,34 @@ def _bounds_mask(
 # ------------------------------------------------------------------------------ shapes
 
 
+Extent = tuple[tuple[float, ...], tuple[float, ...]]
+"""A shape's bounding box: its lowest and highest value on each axis."""
+
+EXTENT_MARGIN = 1e-5
+"""How much a shape's extent is widened (relative) before events outside it are skipped."""
+
+
+def polygon_extent(vertices: Sequence[tuple[float, float]]) -> Extent:
+    """The bounding box of a polygon's vertices (no point outside it is inside)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    return tuple(v.min(axis=0).tolist()), tuple(v.max(axis=0).tolist())
+
+
+def ellipsoid_extent(
+    mean: Sequence[float], covariance: Sequence[Sequence[float]], distance_square: float
+) -> Extent | None:
+    """mean +- sqrt(distance_square * covariance_ii) per axis: the bounding box of an
+    ellipsoid with a symmetric, positive definite covariance (None for any other)."""
+    matrix = np.asarray(covariance, dtype=np.float64)
+    if not (distance_square >= 0 and np.array_equal(matrix, matrix.T)):
+        return None
+    if not np.all(np.linalg.eigvalsh(matrix) > 0):
+        return None
+    half = np.sqrt(distance_square * np.diag(matrix))
+    centre = np.asarray(mean, dtype=np.float64)
+    return tuple((centre - half).tolist()), tuple((centre + half).tolist())
+
+
 def points_in_polygon(
     x: np.ndarray, y: np.ndarray, vertices: Sequence[tuple[float, float]]
 ) -> np.ndarray:
@@ -582,7 +610,10 @@ class _Evaluation:
             self.record(gate.id, gate, mask, cuts=cuts, notes=self._notes(gate.axes))
         elif isinstance(gate, PolygonGate):
             mask, transformed = self._shape(
-                gate.axes, gate.parent, lambda v: points_in_polygon(v[0], v[1], gate.vertices)
+                gate.axes,
+                gate.parent,
+                polygon_extent(gate.vertices),
+                lambda v: points_in_polygon(v[0], v[1], gate.vertices),
             )
             self.record(
                 gate.id, gate, mask, transformed_axes=transformed, notes=self._notes(gate.axes)
@@ -591,6 +622,7 @@ class _Evaluation:
             mask, transformed = self._shape(
                 gate.axes,
                 gate.parent,
+                ellipsoid_extent(gate.mean, gate.covariance, gate.distance_square),
                 lambda v: points_in_ellipsoid(v, gate.mean, gate.covariance, gate.distance_square),
             )
             notes = self._notes(gate.axes)
@@ -622,12 +654,21 @@ class _Evaluation:
         self,
         axes: Sequence[Axis],
         parent: str | None,
+        extent: Extent | None,
         test: Callable[[list[np.ndarray]], np.ndarray],
     ) -> tuple[np.ndarray, tuple[str, ...]]:
-        """A shape test on the transformed values of ``axes`` for the parent's events, chunk
-        by chunk (the same values, without full-size float64 copies of every axis at once);
-        packed over all events."""
-        idx = self.positions(parent)
+        """A shape test on the transformed values of ``axes``, packed over all events.
+
+        Only the parent's events within the shape's extent (its bounding box, mapped to raw
+        values) are transformed and tested, chunk by chunk (no full-size float64 copy of
+        every axis at once); the others lie outside the shape."""
+        if extent is None:
+            idx = self.positions(parent)
+        else:
+            candidates = self.bits(parent).copy()
+            for axis, low, high in zip(axes, *extent, strict=True):
+                np.bitwise_and(candidates, self._within(axis, low, high), out=candidates)
+            idx = np.flatnonzero(np.unpackbits(candidates, count=self.n).view(bool))
         size = self.n if idx is None else idx.size
         mask = np.empty(size, dtype=bool)
         for start in range(0, size, SHAPE_CHUNK):
@@ -637,6 +678,24 @@ class _Evaluation:
             mask[start:stop] = test(values)
         transformed = tuple(axis.label for axis in axes if axis.transform is not None)
         return self._scatter(idx, mask), transformed
+
+    def _within(self, axis: Axis, low: float, high: float) -> np.ndarray:
+        """Packed: the events whose transformed value may lie in [low, high]; every other
+        event's provably does not (the range is widened a little before it is mapped to raw
+        values, so rounding in the transform and its inverse cannot matter)."""
+        margin = EXTENT_MARGIN * (high - low + abs(low) + abs(high)) + EXTENT_MARGIN**2
+        low, high = low - margin, high + margin
+        transform = self.columns.transform(axis)
+        if transform is not None:
+            low, high = (float(v) for v in transform.inverse(np.array([low, high])))
+        x = self.columns.raw(axis, None)
+        keep = np.ones(self.n, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            if not math.isnan(low):  # NaN bounds (an undefined inverse) exclude nothing
+                keep &= x >= _floor(low, x.dtype)
+            if not math.isnan(high):
+                keep &= x <= _ceil(high, x.dtype)
+        return np.packbits(keep)
 
     def _side(self, axis: Axis, cut: float, upper: bool) -> _Side:
         """One side of a cut over all events, computed once while it is among those used
