@@ -30,6 +30,7 @@ from pipeline.gate import (
 from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
+from pipeline.outputs import remove_folder, write_csv, write_parquet
 from pipeline.report import plots_dir, write_report
 from pipeline.review import review_exports, write_batch_workspace
 from pipeline.store import GateRecord, PopulationRecord, Store
@@ -369,8 +370,8 @@ def follow_up(
     files = {}
     for name, table in (("timepoints", timepoints), ("kinetics", kinetics)):
         csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
-        table.to_csv(csv_path, index=False)
-        table.to_parquet(parquet_path, index=False)
+        write_csv(table, csv_path)
+        write_parquet(table, parquet_path)
         files[name] = csv_path
         files[f"{name}_parquet"] = parquet_path
     return FollowUp(timepoints, kinetics, files)
@@ -399,6 +400,7 @@ class RunSettings:
     html_report: bool = True
     analysis: Path | None = None
     haematology: Path | None = None
+    file_names: bool = False  # show file names in the HTML report (they may carry PHI)
     config: LabConfig | None = None
     """The lab configuration (None: the shipped one)."""
     review: bool = False
@@ -451,6 +453,10 @@ def run_batch(
     files ``only`` names)."""
     candidates = scan_batch(batch_dir) if only is None else sorted(only)
     advance = progress("ingest", len(candidates))
+    try:
+        infusion, _ = infusion_dates(settings.clinical)
+    except CartflowError:  # reported with the outcomes; samples are not dated against it
+        infusion = {}
     ingest = ingest_batch(
         batch_dir,
         store,
@@ -458,6 +464,7 @@ def run_batch(
         settings.rules,
         on_file=lambda _o: advance(),
         files=candidates,
+        infusion=infusion,
         config=settings.config,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
@@ -518,6 +525,7 @@ def run_batch(
             count_settings=settings.counts,
         )
         outcome_dir = settings.out / "outcomes"
+        remove_folder(outcome_dir)  # an earlier run's outcomes never mix with this run's
         if clinical is not None and len(follow.kinetics):
             progress("outcomes", 1)
             try:
@@ -527,6 +535,7 @@ def run_batch(
                 )
             except CartflowError as exc:
                 outcome_error = str(exc)
+                remove_folder(outcome_dir)
         written = None
         if settings.html_report:
             progress("report", 1)
@@ -536,6 +545,7 @@ def run_batch(
                 follow.timepoints,
                 follow.kinetics,
                 outcome_dir if outcomes is not None else None,
+                file_names=settings.file_names,
             )
     return RunSummary(
         run_id,

@@ -26,8 +26,9 @@ from gating.model import (
     RectangleGate,
 )
 from gating.placer import PART
-from pipeline.density import AxisBins, Overlay, PanelSet, write_atomic
+from pipeline.density import AxisBins, Overlay, PanelSet
 from pipeline.gate import SampleGating
+from pipeline.outputs import write_bytes
 
 PLOT_EVENTS = 20_000
 
@@ -287,8 +288,8 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     if known.get("key") == key and (folder / image).is_file():
         return False
     panels = sample_panels(gated)
-    write_atomic(folder / image, panels.png())
-    heading = f"{gated.fcs.path.name} — {gated.panel.id}, {gated.template.id}"
+    write_bytes(folder / image, panels.png())
+    heading = f"{gated.panel.id}, {gated.template.id}"  # no file name: it may carry PHI
     record = {
         "key": key,
         "image": image,
@@ -296,7 +297,7 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
         "heading": heading,
         "panels": [p.as_dict() for p in panels.panels],
     }
-    write_atomic(index, json.dumps(record).encode())
+    write_bytes(index, json.dumps(record).encode())
     old = known.get("image")
     if old and old != image:
         (folder / old).unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from pipeline.gate import (
     compact_evidence,
     gate_file,
 )
+from pipeline.outputs import write_text
 
 
 def _thin(values: np.ndarray, limit: int) -> np.ndarray:
@@ -191,7 +192,7 @@ def write_cuts(cuts: dict[str, ThresholdDecision], path: Path) -> None:
     payload = {
         name: {**asdict(d), "evidence": compact_evidence(d.evidence)} for name, d in cuts.items()
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def read_cuts(path: Path) -> dict[str, ThresholdDecision]:

@@ -18,7 +18,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.density import panel_from_dict, panel_svg, write_atomic
+from pipeline.density import panel_from_dict, panel_svg
+from pipeline.outputs import restore, write_bytes, write_text
 from pipeline.plots import kinetics_svg
 from pipeline.store import Store
 
@@ -78,15 +79,22 @@ def _environment() -> Environment:
     return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
 
 
+def _content_label(sha256: str | None) -> str:
+    return f"SHA-256 {sha256[:12]}…" if sha256 else "(unreadable file)"
+
+
 def write_report(
     store: Store,
     report_dir: Path,
     timepoints: pd.DataFrame | None = None,
     kinetics: pd.DataFrame | None = None,
     outcomes_dir: Path | None = None,
+    file_names: bool = False,
 ) -> WrittenReport:
     """Write the report into ``report_dir``: its pages, and the patients' figures whose
-    numbers changed (the samples' plots are drawn while gating)."""
+    numbers changed (the samples' plots are drawn while gating). File names (which may
+    carry patient names) are shown only with ``file_names``; otherwise a file is named by
+    the start of its SHA-256."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     common = {
@@ -110,7 +118,8 @@ def write_report(
             continue
         page = f"{SAMPLE_IMAGE_DIR}/{sample['sha256'][:16]}.html"
         sample["page"] = page
-        (report_dir / page).write_text(
+        write_text(
+            report_dir / page,
             env.get_template("sample.html").render(
                 title=f"{sample['patient']} {sample['timepoint']} {sample['tube']}",
                 root="../",
@@ -120,25 +129,28 @@ def write_report(
                 rows=[_population_row(r) for r in rows.itertuples(index=False)],
                 **common,
             ),
-            encoding="utf-8",
         )
     quarantine = [
-        {"file": Path(q["path"]).name, "kind": q["kind"], "reason": q["reason"]}
+        {
+            "file": Path(q["path"]).name if file_names else _content_label(q["sha256"]),
+            "kind": q["kind"],
+            "reason": q["reason"],
+        }
         for q in store.quarantined()
     ]
     patients, figures_drawn = _patients(report_dir, timepoints, kinetics)
-    (report_dir / "patients.html").write_text(
+    write_text(
+        report_dir / "patients.html",
         env.get_template("patients.html").render(
             title="Patients", root="", patients=patients, **common
         ),
-        encoding="utf-8",
     )
     figures, tables = _outcomes(report_dir, outcomes_dir)
-    (report_dir / "cohort.html").write_text(
+    write_text(
+        report_dir / "cohort.html",
         env.get_template("cohort.html").render(
             title="Cohort", root="", figures=figures, tables=tables, **common
         ),
-        encoding="utf-8",
     )
     summary = {
         "files": len(samples),
@@ -146,7 +158,8 @@ def write_report(
         "patients": len({s["patient"] for s in samples}),
     }
     index = report_dir / "index.html"
-    index.write_text(
+    write_text(
+        index,
         env.get_template("index.html").render(
             title="Batch report",
             root="",
@@ -156,7 +169,6 @@ def write_report(
             samples=sorted(samples, key=lambda s: (s["patient"], s["nominal_day"], s["tube"])),
             **common,
         ),
-        encoding="utf-8",
     )
     return WrittenReport(index, figures_drawn)
 
@@ -212,7 +224,7 @@ def _kinetics_image(rows: pd.DataFrame, patient: str, folder: Path) -> tuple[Pat
             return path, False
     except OSError:
         pass
-    write_atomic(path, drawn.encode())
+    write_bytes(path, drawn.encode())
     return path, True
 
 
@@ -227,7 +239,7 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
         try:
-            frame = pd.read_csv(csv, dtype={"patient": str})  # '001' stays '001'
+            frame = pd.read_csv(csv, dtype={"patient": str}).map(restore)  # '001' stays '001'
         except pd.errors.EmptyDataError:  # an analysis with nothing to report
             frame = pd.DataFrame()
         tables.append(

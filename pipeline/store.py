@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -259,6 +260,22 @@ TABLES = (
     "kinetics",
     "quarantine",
 )
+
+
+STORED_KEYWORDS = re.compile(
+    r"^(?:\$(?:P\d+[A-Z]+|BEGIN\w*|END\w*|NEXTDATA|BYTEORD|DATATYPE|MODE|PAR|TOT|CYT|CYTSN|"
+    r"DATE|BTIM|ETIM|TIMESTEP|SPILLOVER|SPILL|VOL|ABRT|LOST|SYS|TR|FLOWRATE|ORIGINALITY|"
+    r"LAST_MODIFIED|UNICODE|CSMODE|CSVBITS|CSV\d+FLAG)|SPILL)$"
+)
+"""TEXT keywords a file's row keeps: what describes the acquisition and the instrument.
+Others ($SRC, $COM, $FIL, $OP, names, birth dates, sample ids) may identify a person."""
+
+
+def stored_keywords(text: dict[str, str], also: Iterable[str] = ()) -> dict[str, str]:
+    """The keywords of ``text`` the store keeps: :data:`STORED_KEYWORDS` and ``also``
+    (the identity keywords and a lab's allow-list); every other keyword is dropped."""
+    extra = {name.upper() for name in also}
+    return {k: v for k, v in text.items() if k.upper() in extra or STORED_KEYWORDS.match(k)}
 
 
 @dataclass(frozen=True)

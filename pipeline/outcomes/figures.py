@@ -16,6 +16,7 @@ from pipeline.outcomes.common import ENDPOINTS, EXPLORATORY, as_groups
 from pipeline.outcomes.groups import GroupComparison
 from pipeline.outcomes.stage import OutcomeReport
 from pipeline.outcomes.survival import KmSummary, fit_km
+from pipeline.outputs import write_csv
 
 TIMEPOINT_COLUMNS = ("patient", "nominal_day", "car_t_per_ul")
 
@@ -219,7 +220,7 @@ def _expansion(report, groupings, timepoints, tables, notes) -> list[Path]:
         paths += expansion_figure(summary, grouping, stem, report.config.figure_formats)
     if frames:
         tables["expansion_summary"] = report.out_dir / "expansion_summary.csv"
-        pd.concat(frames).to_csv(tables["expansion_summary"], index=False)
+        write_csv(pd.concat(frames), tables["expansion_summary"])
     return paths
 
 

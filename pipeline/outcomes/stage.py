@@ -26,6 +26,7 @@ from pipeline.outcomes.groups import CountTest, GroupComparison, compare_counts,
 from pipeline.outcomes.roc import CutPoint, cutpoint, horizon_outcome
 from pipeline.outcomes.survival import FollowUp, KmSummary, km_summary, median_followup
 from pipeline.outcomes.tables import write_json, write_tables
+from pipeline.outputs import restore
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ def read_patient_table(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"patient": str})
+        return pd.read_csv(path, dtype={"patient": str}).map(restore)  # as cartflow wrote it
     except (OSError, ValueError) as exc:
         raise OutcomeInputError(path, f"cannot be read: {first_line(exc)}") from exc
 

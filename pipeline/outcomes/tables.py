@@ -15,6 +15,7 @@ from pipeline.outcomes.cox import CoxResult
 from pipeline.outcomes.groups import CountTest, GroupComparison
 from pipeline.outcomes.roc import CutPoint
 from pipeline.outcomes.survival import KmSummary
+from pipeline.outputs import write_csv, write_text
 
 if TYPE_CHECKING:
     from pipeline.outcomes.stage import OutcomeReport
@@ -115,7 +116,7 @@ def write_tables(report: OutcomeReport) -> dict[str, Path]:
     paths = {}
     for name, frame in frames.items():
         paths[name] = report.out_dir / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+        write_csv(frame, paths[name])
     return paths
 
 
@@ -163,5 +164,5 @@ def write_json(report: OutcomeReport, hematotox: Mapping, clinical_source: str) 
     """Write outcomes.json (strict JSON: no NaN)."""
     payload = report_dict(report, hematotox, clinical_source)
     text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False)
-    report.json_path.write_text(text + "\n", encoding="utf-8")
+    write_text(report.json_path, text + "\n")
     return report.json_path
