@@ -75,13 +75,16 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
         for name, (a, b) in anchors.items()
     }
     points = np.column_stack([parent.values(fsc), parent.values(ssc)])
-    fit, kept = _scatter_fit(points, named, options.spread, keep)
-    share = _kept_share(points, fit, kept, options)
     anchored, shift = None, 0.0
-    if share < options.min_share:
-        # the anchors do not fit this instrument's scatter: start them from the data, moved
-        # so that one kept cluster's anchor sits on the densest scatter (lymphocytes in
-        # PBMC, granulocytes in lysed blood): the move whose fit explains the data best
+    if options.start == "data":
+        fit, kept, share = ClusterFit({}, True, "no start on the data fits", 0), [], 0.0
+    else:
+        fit, kept = _scatter_fit(points, named, options.spread, keep)
+        share = _kept_share(points, fit, kept, options)
+    if share < options.min_share or options.start == "data":
+        # started from the data, or the anchors do not fit this instrument's scatter: the
+        # anchors moved so that one kept cluster's sits on the densest scatter (lymphocytes
+        # in PBMC, granulocytes in lysed blood): the move whose fit explains the data best
         best = _best_data_start(points, named, [n for n in keep if n in named], options)
         if best is not None:
             refit, rekept, reshare, anchored = best
