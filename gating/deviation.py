@@ -6,6 +6,8 @@ same cut on the *other* samples: their median, and their spread as a robust stan
 deviation (1.4826 × the median absolute deviation), never below a floor so that a batch of
 near-identical cuts does not call a small move an outlier. A value more than ``limit`` spreads
 from the others' median is returned with that evidence. Too few other samples: no verdict.
+Where the cut's own density is known, :func:`harmless` tells a far move that changes no
+count beyond its Poisson noise (a cut anywhere in a wide empty gap) from one that does.
 """
 
 from __future__ import annotations
@@ -84,3 +86,21 @@ def cut_deviations(
             if abs(value - median) > settings.limit * spread:
                 found.append(CutDeviation(sample, cut, value, median, spread, others.size))
     return found
+
+
+def harmless(
+    grid: np.ndarray, density: np.ndarray, events: int, value: float, median: float
+) -> bool:
+    """Whether moving a cut from ``value`` to ``median`` changes its smaller side by fewer
+    events than that side's Poisson noise (its square root, at least one event), judged
+    on the density the cut was placed on (``grid``, ``density``) over ``events`` events."""
+    grid, density = np.asarray(grid, dtype=float), np.asarray(density, dtype=float)
+    total = density.sum()
+    if grid.size != density.size or not total > 0 or events <= 0:
+        return False
+    share = density / total
+    low, high = min(value, median), max(value, median)
+    between = share[(grid >= low) & (grid <= high)].sum() * events
+    below = share[grid < value].sum() * events
+    smaller = min(below, events - below)
+    return bool(between <= max(1.0, np.sqrt(smaller)))

@@ -7,18 +7,19 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gating.cuts import CUT_METHODS
-from gating.deviation import DeviationSettings, cut_deviations
+from gating.deviation import DeviationSettings, cut_deviations, harmless
 from tests.conftest import SHARED, require_shared
 
 ACTIVATION = SHARED / "real-data" / "activation"
 
 
 @pytest.fixture(scope="module")
-def activation_cuts() -> dict[int, dict[str, float]]:
-    """Each Activation file's placed cuts, every file gated on its own (one batch)."""
+def activation() -> dict[int, dict]:
+    """Each Activation file's placed cut decisions, every file gated on its own (one batch)."""
     from bench.real_gating import FILES, write_lab_config
     from pipeline.config import load_config
     from pipeline.gate import gate_file
@@ -30,18 +31,23 @@ def activation_cuts() -> dict[int, dict[str, float]]:
         for n in FILES:
             gated = gate_file(ACTIVATION / f"Activation_{n}.fcs", tube="activation", config=config)
             cuts[n] = {
-                name: d.value
+                name: d
                 for name, d in gated.placed.decisions.items()
                 if d.method in CUT_METHODS and d.method != "fixed" and not d.fallback
             }
     return cuts
 
 
+@pytest.fixture(scope="module")
+def activation_cuts(activation) -> dict[int, dict[str, float]]:
+    return {n: {name: d.value for name, d in cuts.items()} for n, cuts in activation.items()}
+
+
 def test_the_activation_files_as_one_batch_raise_no_outlier(activation_cuts):
     assert cut_deviations(activation_cuts) == []
 
 
-def test_a_cut_forced_far_from_the_batch_is_flagged_with_its_evidence(activation_cuts):
+def test_a_cut_forced_far_from_the_batch_is_flagged_with_its_evidence(activation, activation_cuts):
     forced = {n: dict(cuts) for n, cuts in activation_cuts.items()}
     forced[5]["Va2"] = 0.74  # within the template's bounds, far above every other file's
     others = [cuts["Va2"] for n, cuts in forced.items() if n != 5 and "Va2" in cuts]
@@ -52,6 +58,10 @@ def test_a_cut_forced_far_from_the_batch_is_flagged_with_its_evidence(activation
     assert found.spread >= DeviationSettings().min_spread
     assert found.distance > DeviationSettings().limit
     assert found.flag.startswith(f"batch_outlier:Va2 (0.74; median of {len(others)} others")
+    own = activation[5]["Va2"]  # the T cells lie between 0.74 and the batch's cut
+    grid, density = own.evidence["grid"], own.evidence["density"]
+    assert not harmless(grid, density, own.events, 0.74, found.median)
+    assert harmless(grid, density, own.events, own.value, own.value + 0.002)
 
 
 def test_too_few_samples_or_a_tiny_move_give_no_verdict():
@@ -60,6 +70,17 @@ def test_too_few_samples_or_a_tiny_move_give_no_verdict():
     assert [d.sample for d in cut_deviations(few | {6: {"CD3": 0.40}})] == [5]
     identical = {s: {"CD3": 0.40} for s in range(10)} | {10: {"CD3": 0.45}}
     assert cut_deviations(identical) == []  # within five floors (0.02) of the others
+
+
+def test_a_far_move_across_an_empty_gap_is_harmless_one_into_a_mode_is_not():
+    """Two populations (9,800 and 200 events) with an empty gap between: a cut anywhere in
+    the gap gives the same counts; one moved into the small population changes it."""
+    grid = np.linspace(0, 1, 201)
+    density = 0.98 * np.exp(-0.5 * ((grid - 0.2) / 0.04) ** 2)
+    density += 0.02 * np.exp(-0.5 * ((grid - 0.85) / 0.03) ** 2)
+    assert harmless(grid, density, 10_000, 0.45, 0.60)
+    assert not harmless(grid, density, 10_000, 0.45, 0.85)
+    assert not harmless(grid, density, 10_000, 0.60, 0.25)
 
 
 def test_a_simulated_batch_stores_the_flag_of_a_cut_forced_far(tmp_path):
