@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from gating.placement import ThresholdDecision
+from pipeline.batch_outliers import flag_batch_outliers
 from pipeline.config import LabConfig
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
@@ -674,6 +675,7 @@ def run_batch(
             workers=settings.workers,
             scheduler=settings.scheduler,
         )
+        gated = flag_batch_outliers(store, gated)
         review = None
         if review_dir is not None:
             review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name, store)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -700,6 +700,24 @@ class Store:
             return True
         except IntegrityError:
             return False
+
+    def add_flags(self, sample_id: int, template_sha256: str, flags: Sequence[str]) -> None:
+        """Add review flags raised after the fact (e.g. against the rest of the batch) to a
+        sample's newest successful gating with this template."""
+        with self.transaction() as session:
+            gating_id = session.scalar(
+                select(func.max(GatingRow.id)).where(
+                    GatingRow.sample_id == sample_id,
+                    GatingRow.template_sha256 == template_sha256,
+                    GatingRow.status == "ok",
+                )
+            )
+            if gating_id is None:
+                return
+            known = set(session.scalars(select(FlagRow.flag).where(FlagRow.gating_id == gating_id)))
+            session.add_all(
+                FlagRow(gating_id=gating_id, flag=f) for f in dict.fromkeys(flags) if f not in known
+            )
 
     def has_gating(self, sample_id: int, template_sha256: str, corrections_key: str = "") -> bool:
         """Whether a sample was already gated (or tried) with this exact template and state of

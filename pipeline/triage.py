@@ -71,6 +71,12 @@ FLAG_KINDS: tuple[FlagKind, ...] = (
         "a channel carries no signal; cuts on it fall back to the template default",
     ),
     FlagKind(
+        "batch_outlier",
+        "cut",
+        NEEDS_REVIEW,
+        "a cut far from the same cut of the batch's other samples (value, median, spread)",
+    ),
+    FlagKind(
         "threshold_fallback",
         "cut",
         NEEDS_REVIEW,
