@@ -49,9 +49,10 @@ class PatientVariable:
 
     @property
     def known_by_day(self) -> float | None:
-        """Day after infusion by which the value is known (None for the peak: see config)."""
+        """Nominal day after infusion by which the value is known (None for the peak: the
+        analysis configuration says when the peak is known)."""
         if self.when == "day":
-            return float(self.day) + self.window
+            return float(self.day)
         if self.when == "auc":
             return float(self.span[1])
         return None
