@@ -236,10 +236,11 @@ def table2(report: OutcomeReport, patients: pd.DataFrame) -> pd.DataFrame:
                         grouping=config.table_grouping)  # fmt: skip
         overall = km_summary(with_aplasia["duration_days"], with_aplasia["recovered"].astype(bool))
         for column, group in [(OVERALL, overall.groups[0]), *((g.level, g) for g in km.groups)]:
-            text = " ".join(
+            median, low, high = (
                 f"{v:.4g}" if math.isfinite(v) else "not reached"
                 for v in (group.median, group.median_ci_low, group.median_ci_high)
-            ).replace(" ", " (", 1).replace(" ", "–", 1) + ")"
+            )
+            text = f"{median} ({low}–{high})"
             rows.append({"section": "duration (Kaplan-Meier, days)", "grouping":
                          config.table_grouping, "variable": "aplasia_duration_days",
                          "kind": "time to event", "level": "median (95% CI)", "column": column,

@@ -1,0 +1,255 @@
+"""The study's analyses out of the box: Tables 1-3 from `run --clinical` on a simulated
+24-patient cohort, each value recomputed here from timepoints.csv and clinical.csv; non-expanders
+kept; landmark analyses; q-values; the exact r×c test against a published value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pipeline.outcomes import OutcomeConfig, OutcomeInputError, outcome_config
+from pipeline.outcomes.exact import fisher_freeman_halton
+from pipeline.outcomes.stage import landmark_day
+from pipeline.simulate import SimulationConfig, simulate_cohort
+
+PATIENTS = 24
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Path:
+    """`cartflow run --clinical` on a simulated 24-patient cohort (few events per file)."""
+    root = tmp_path_factory.mktemp("study")
+    config = SimulationConfig(
+        patients=PATIENTS, seed=22, events=1500, timepoints=("D7", "D14", "D28", "M3")
+    )
+    cohort = simulate_cohort(root / "cohort", config)
+    out = root / "out"
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(cohort.out_dir), "--manifest",
+               str(cohort.manifest), "--clinical", str(cohort.clinical), "--db",
+               str(root / "store.sqlite"), "--out", str(out), "--workers", "2"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def _clinical(study: Path) -> pd.DataFrame:
+    return pd.read_csv(study.parent / "cohort" / "clinical.csv", dtype={"patient": str})
+
+
+def _points(study: Path) -> pd.DataFrame:
+    return pd.read_csv(study / "timepoints.csv", dtype={"patient": str})
+
+
+def _median_iqr(values: np.ndarray) -> tuple[float, float, float]:
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return median, q1, q3
+
+
+def test_tables_exist_and_are_in_the_report(study):
+    outcomes = study / "outcomes"
+    for name in ("table1", "table2_aplasia", "table3_expansion"):
+        assert (outcomes / f"{name}.csv").is_file()
+    cohort = (study / "report" / "cohort.html").read_text(encoding="utf-8")
+    for title in ("Table 1.", "Table 2.", "Table 3.", "unverified", "Analysis notes"):
+        assert title in cohort
+
+
+def test_table1_against_the_clinical_table(study):
+    table = pd.read_csv(study / "outcomes" / "table1.csv")
+    clinical = _clinical(study)
+    for column in ("tumour_burden_before_pct", "platelets_per_nl", "crp_mg_l"):
+        rows = table[table.variable == column].set_index("column")
+        for level, part in [("overall", clinical), *clinical.groupby("bridging")]:
+            values = part[column].dropna().to_numpy(float)
+            median, q1, q3 = _median_iqr(values)
+            row = rows.loc[level]
+            assert (row.n, row.median, row.q1, row.q3) == (len(values), median, q1, q3)
+            assert (row["min"], row["max"]) == (values.min(), values.max())
+        groups = [g[column].dropna() for _, g in clinical.groupby("bridging")]
+        assert rows["p"].iloc[0] == pytest.approx(stats.mannwhitneyu(*groups).pvalue)
+        assert set(rows["test"]) == {"Mann-Whitney U"}
+    high = clinical["tumour_burden_after_pct"] > 5
+    rows = table[(table.variable == "burden_after_class") & (table.level == "high")]
+    rows = rows.set_index("column")
+    for level, part in clinical.groupby("bridging"):
+        count = int((part["tumour_burden_after_pct"] > 5).sum())
+        assert rows.loc[level, "count"] == count
+        assert rows.loc[level, "percent"] == pytest.approx(100 * count / len(part))
+    cross = pd.crosstab(clinical["bridging"], high)
+    assert rows["p"].iloc[0] == pytest.approx(stats.fisher_exact(cross.to_numpy()).pvalue)
+
+
+def _peak_percent(points: pd.DataFrame, tube: str, population: str) -> dict[str, float]:
+    """% of parent on the day of each patient's highest CAR-T count at or above the LOD."""
+    car = points[(points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)]
+    car = car[~car.below_lod.fillna(False).astype(bool) & car.cells_per_ul.notna()]
+    peak = car.sort_values("nominal_day").groupby("patient")["cells_per_ul"].idxmax()
+    days = car.loc[peak].set_index("patient")["nominal_day"]
+    rows = points[(points.tube == tube) & (points.population == population)]
+    out = {}
+    for patient, day in days.items():
+        hit = rows[(rows.patient == patient) & (rows.nominal_day == day)]
+        if len(hit) and bool(hit.percent_evaluable.iloc[0]) and pd.notna(hit.percent_of_parent.iloc[0]):
+            out[patient] = float(hit.percent_of_parent.iloc[0])
+    return out
+
+
+def test_table3_against_the_timepoints(study):
+    table = pd.read_csv(study / "outcomes" / "table3_expansion.csv")
+    points, clinical = _points(study), _clinical(study)
+    bridging = clinical.set_index("patient")["bridging"]
+    low = set(clinical.loc[clinical["tumour_burden_after_pct"] <= 5, "patient"])
+    for variable, (tube, population) in {
+        "pd1_pct_of_cd8_car_at_peak": ("function", "CAR_CD8_PD1"),
+        "ki67_pct_of_cd4_car_at_peak": ("function", "CAR_CD4_Ki67"),
+        "scm_pct_of_cd8_car_at_peak": ("memory", "CAR_CD8_SCM"),
+    }.items():
+        expected = pd.Series(_peak_percent(points, tube, population), dtype=float)
+        for section, keep in (("all", expected.index), ("burden_after_class == low", low)):
+            part = expected[expected.index.isin(keep)]
+            rows = table[(table.variable == variable) & (table.section == section)]
+            rows = rows.set_index("column")
+            assert rows.loc["overall", "n"] == len(part)
+            if len(part):
+                assert rows.loc["overall", "median"] == pytest.approx(np.median(part))
+            for level in rows.index.drop("overall"):
+                group = part[part.index.map(bridging) == level]
+                assert rows.loc[level, "n"] == len(group)
+    # the peak itself: the highest count at or above the LOD, 0 for a non-expander
+    car = points[(points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)]
+    counted = car.cells_per_ul.where(~car.below_lod.astype(bool), 0.0)
+    peak = counted.groupby(car.patient).max()
+    rows = table[(table.variable == "car_t_cmax") & (table.section == "all")].set_index("column")
+    assert rows.loc["overall", "n"] == PATIENTS
+    assert rows.loc["overall", "median"] == pytest.approx(np.median(peak))
+
+
+def test_table2_against_clinical_events_and_counts(study):
+    table = pd.read_csv(study / "outcomes" / "table2_aplasia.csv")
+    patients = pd.read_csv(study / "outcomes" / "aplasia_patients.csv", dtype={"patient": str})
+    clinical = _clinical(study).set_index("patient")
+    infusion = pd.to_datetime(clinical["infusion_date"])
+    points = _points(study)
+    b = points[(points.tube == "bcell") & (points.population == "B") & (points.nominal_day >= 0)]
+    for row in patients.itertuples():
+        mine = b[b.patient == row.patient].sort_values("nominal_day")
+        aplastic = mine.below_lod.astype(bool) | (mine.cells_per_ul <= 1)
+        days = mine.nominal_day[aplastic]
+        assert row.onset_day == (days.iloc[0] if len(days) else None) or (
+            pd.isna(row.onset_day) and days.empty
+        )
+        relapse = (pd.to_datetime(clinical.at[row.patient, "relapse_date"]) - infusion[row.patient]).days
+        if pd.isna(row.onset_day):
+            continue
+        recovered = pd.notna(row.loss_day) and (pd.isna(relapse) or row.loss_day <= relapse)
+        if "relapse during aplasia" in row.category:
+            assert not recovered and relapse == row.relapse_day
+            negative = str(clinical.at[row.patient, "cd19_negative_relapse"]).lower() == "true"
+            assert row.category.startswith("CD19-negative" if negative else "CD19-positive")
+            assert row.censored_at == "relapse" and row.duration_days == relapse - row.onset_day
+        if "recovery in remission" in row.category:
+            assert row.duration_days == row.loss_day - row.onset_day
+    counts = patients["category"].value_counts()
+    overall = table[(table.section == "categories") & (table.column == "overall")]
+    for r in overall.itertuples():
+        assert r.count == counts.get(r.level, 0)
+        assert r.percent == pytest.approx(100 * r.count / len(patients))
+
+
+def test_non_expanders_stay_in_the_peak_analyses(study):
+    kinetics = pd.read_csv(study / "kinetics.csv", dtype={"patient": str})
+    assert (kinetics["car_t_cmax"] == 0).any(), "the cohort should hold a non-expander"
+    tests = pd.read_csv(study / "outcomes" / "group_tests.csv")
+    peak = tests[(tests.variable == "car_t_cmax") & (tests.grouping == "bridging")]
+    assert peak["n"].iloc[0] == PATIENTS and pd.isna(peak["left_out"].iloc[0])
+    summary = pd.read_csv(study / "outcomes" / "group_summary.csv")
+    rows = summary[(summary.variable == "car_t_cmax") & (summary.grouping == "bridging")]
+    assert rows["n"].sum() == PATIENTS
+
+
+def test_landmark_logrank_for_persistence_at_day_90(study):
+    logrank = pd.read_csv(study / "outcomes" / "logrank.csv")
+    row = logrank[(logrank.grouping == "car_t_detected_d90") & (logrank.endpoint == "efs")]
+    assert row["landmark_day"].iloc[0] == 90
+    patients = pd.read_csv(study / "outcomes" / "patients.csv", dtype={"patient": str})
+    at_risk = patients[(patients.efs_days > 90) & patients.car_t_detected_d90.notna()]
+    assert row["n"].iloc[0] == len(at_risk)
+    from lifelines.statistics import logrank_test
+
+    detected = at_risk.car_t_detected_d90.astype(str) == "True"
+    a, b = at_risk[detected], at_risk[~detected]
+    expected = logrank_test(a.efs_days - 90, b.efs_days - 90, a.efs_event, b.efs_event)
+    assert row["p"].iloc[0] == pytest.approx(expected.p_value)
+
+
+def test_no_default_analysis_uses_a_post_infusion_variable_as_baseline():
+    config = OutcomeConfig()
+    post_infusion = [*config.variables, "expanded", "car_t_detected_d90"]
+    for name in post_infusion:
+        day = landmark_day(name, config)
+        assert day is None or day >= 14, name  # a landmark, never time zero
+    assert landmark_day("car_t_detected_d90", config) == 90
+    for name in ("car_t_persistence_day", "b_cell_aplasia_duration_days"):
+        assert landmark_day(name, config) is None
+    assert landmark_day(config.cox_covariates, config) == 28
+    for name in ("bridging", "burden_after_class", "hematotox_risk"):
+        assert landmark_day(name, config) == 0
+
+
+def test_cox_rows_of_post_infusion_variables_are_landmarked(study):
+    cox = pd.read_csv(study / "outcomes" / "cox.csv")
+    for covariate in ("car_t_cmax", "scm_pct_of_cd8_car_at_peak", "car_t_auc14"):
+        assert (cox[cox.covariate == covariate]["landmark_day"] >= 28).all()
+    assert not cox["covariate"].isin(["car_t_persistence_day", "b_cell_aplasia_duration_days"]).any()
+
+
+def test_q_values_are_statsmodels_bh(study):
+    from statsmodels.stats.multitest import multipletests
+
+    for name in ("group_tests", "count_tests", "logrank"):
+        table = pd.read_csv(study / "outcomes" / f"{name}.csv")
+        tested = table[table["p"].notna()]
+        assert len(tested) > 1
+        expected = multipletests(tested["p"], method="fdr_bh")[1]
+        assert np.allclose(tested["q"], expected)
+    counts = pd.read_csv(study / "outcomes" / "multiplicity.csv").set_index("family")
+    assert counts.loc["group_tests", "tests"] == len(
+        pd.read_csv(study / "outcomes" / "group_tests.csv").dropna(subset=["p"])
+    )
+
+
+def test_exact_rxc_matches_the_published_job_satisfaction_value():
+    # R's fisher.test documentation (Agresti 2002, job satisfaction by income): p = 0.7827
+    job = np.array([[1, 2, 1, 0], [3, 3, 6, 1], [10, 10, 14, 9], [6, 7, 12, 11]]).T
+    result = fisher_freeman_halton(job, max_tables=10**7)
+    assert result.method == "exact"
+    assert result.p == pytest.approx(0.7827, abs=5e-5)
+    two_by_two = fisher_freeman_halton([[8, 2], [1, 5]])
+    assert two_by_two.p == pytest.approx(stats.fisher_exact([[8, 2], [1, 5]]).pvalue)
+
+
+def test_unknown_and_renamed_names_are_errors():
+    with pytest.raises(OutcomeInputError, match="car_t_cmax"):
+        outcome_config({"variables": ["cmax_car_t_per_ul"]})
+    with pytest.raises(OutcomeInputError, match="population must be"):
+        outcome_config({"patient_variables": {"x": {"population": "CAR", "day": 28}}})
+    declared = outcome_config(
+        {"patient_variables": {"cd8_car_per_ul_d14": {"population": "memory/CAR_CD8", "day": 14}}}
+    )
+    assert declared.patient_variables[-1].known_by_day == 14
+
+
+def test_unknown_variable_in_a_run_is_an_error(study, tmp_path):
+    from pipeline.outcomes import run_outcomes
+
+    kinetics = pd.read_csv(study / "kinetics.csv", dtype={"patient": str})
+    config = OutcomeConfig(variables=("no_such_variable",), figures=False, bootstrap=10)
+    with pytest.raises(OutcomeInputError, match="no_such_variable"):
+        run_outcomes(study.parent / "cohort" / "clinical.csv", kinetics, tmp_path, config)
