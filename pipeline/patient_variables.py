@@ -57,6 +57,18 @@ class PatientVariable:
             return float(self.span[1])
         return None
 
+    def to_yaml(self) -> dict[str, Any]:
+        """The spec as analysis.yaml declares it."""
+        spec: dict[str, Any] = {"population": f"{self.tube}/{self.population}",
+                                "measure": self.measure}  # fmt: skip
+        if self.when == "day":
+            spec |= {"day": self.day, "window": self.window}
+        elif self.when == "peak":
+            spec["at"] = "peak"
+        else:
+            spec["auc"] = list(self.span)
+        return spec | ({"text": self.description} if self.description else {})
+
     def describe(self) -> str:
         if self.description:
             return self.description

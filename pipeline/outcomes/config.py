@@ -139,7 +139,10 @@ class OutcomeConfig:
     rmst_horizon_days: float = 365.0  # restricted mean EFS/OS up to this day
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        """Every setting as plain values, in the form analysis.yaml takes them."""
+        values = _jsonable(self)
+        values["patient_variables"] = {v.name: v.to_yaml() for v in self.patient_variables}
+        return values
 
 
 _TUPLE_FIELDS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,7 +88,9 @@ def _rmst(kmf, horizon: float) -> tuple[float, float]:
 
     if not math.isfinite(horizon):
         return math.nan, math.nan
-    mean, variance = restricted_mean_survival_time(kmf, t=horizon, return_variance=True)
+    with warnings.catch_warnings():  # scipy's quad on a step function: accuracy warnings only
+        warnings.simplefilter("ignore")
+        mean, variance = restricted_mean_survival_time(kmf, t=horizon, return_variance=True)
     return float(mean), float(math.sqrt(variance)) if variance >= 0 else math.nan
 
 
