@@ -1,6 +1,7 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+REF_VENV := .venv-fcsparser
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
@@ -18,10 +19,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# fcsparser, the reference reader of the tests, needs numpy < 2: it gets an environment of its
+# own so that its cap never binds cartflow's runtime (tests/fcsparser_reference.py runs it)
+$(REF_VENV)/.installed:
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install --quiet "fcsparser==0.2.8" "numpy<2" "six>=1.16"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/cartflow demo --out $(DEMO_OUT)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(REF_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -29,10 +37,10 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev $(REF_VENV)/.installed
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/gating_speed.py
 	$(BIN)/python bench/batch_speed.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(REF_VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

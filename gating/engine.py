@@ -333,7 +333,7 @@ def _ceil(value: float, dtype: np.dtype) -> float | np.floating:
         return value
     with np.errstate(over="ignore"):
         rounded = np.array(value, dtype=dtype)[()]
-    if rounded < value:
+    if float(rounded) < value:  # compared in float64 (a float32 compare rounds value too)
         rounded = np.nextafter(rounded, np.array(np.inf, dtype=dtype))
     return rounded
 
@@ -344,7 +344,7 @@ def _floor(value: float, dtype: np.dtype) -> float | np.floating:
         return value
     with np.errstate(over="ignore"):
         rounded = np.array(value, dtype=dtype)[()]
-    if rounded > value:
+    if float(rounded) > value:
         rounded = np.nextafter(rounded, np.array(-np.inf, dtype=dtype))
     return rounded
 

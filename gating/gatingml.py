@@ -86,7 +86,7 @@ def load_flowjo(path: str | Path, sample: str | None = None) -> GateSet:
     if guard.root != "Workspace":
         raise GatingError(path, f"is not a FlowJo workspace: its root element is <{guard.root}>")
     try:
-        workspace = flowkit.Workspace(str(path), ignore_missing_files=True)
+        workspace = flowkit.Workspace(str(path), load_missing_file_data=True)
         ids = workspace.get_sample_ids(loaded_only=False)  # the FCS files need not be at hand
     except Exception as exc:  # FlowKit's own parse errors, whatever their class
         raise GatingError(path, f"is not a FlowJo 10 workspace FlowKit can read: {exc}") from exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gating.errors import GatingError
 from gating.model import (
     FCS_SPILL,
     BooleanGate,
@@ -26,7 +27,11 @@ BEAD_LIMIT = 4_000
 
 def stable_flow(placer: Placer, spec: PopulationSpec) -> None:
     time = Dimension(placer.channels.time)
-    t = placer.raw(placer.channels.time, spec.parent)
+    try:
+        t = placer.raw(placer.channels.time, spec.parent)
+    except GatingError:  # a file without a time channel
+        _skip_stable_flow(placer, spec)
+        return
     ssc = placer.raw(placer.channels.ssc_area, spec.parent)
     fsc = placer.raw(placer.channels.fsc_area, spec.parent)
     finite = np.isfinite(t) & np.isfinite(ssc) & np.isfinite(fsc)
@@ -84,6 +89,17 @@ def stable_flow(placer: Placer, spec: PopulationSpec) -> None:
         refs = tuple(GateRef(g.id) for g in gates)
         gates.append(BooleanGate(spec.id, spec.parent, "or", refs))
     placer.add(*gates)
+
+
+def _skip_stable_flow(placer: Placer, spec: PopulationSpec) -> None:
+    """No time channel: the check is skipped (flagged) and every event with a finite
+    FSC-A passes, so that the populations below are gated."""
+    fsc = placer.raw(placer.channels.fsc_area, spec.parent)
+    reason = "no time channel: stable-flow check skipped"
+    placer.decisions[spec.id] = ThresholdDecision(0.0, "skipped", False, reason, int(fsc.size))
+    placer.flags.append(f"stable_flow_skipped:{spec.id}")
+    fsc_axis = Dimension(placer.channels.fsc_area)
+    placer.add(RangeGate(spec.id, spec.parent, Bound(fsc_axis, min=_before(fsc))))
 
 
 def singlets(placer: Placer, spec: PopulationSpec) -> None:

@@ -27,7 +27,8 @@ SHAPE_GATES: tuple[str, ...] = ("stable_flow", "singlets", "beads", "cells", "ly
 METHODS = ("valley", "mixture", "tail", "balance", "fixed")
 PART_SEPARATOR = "::"
 """Reserved in population ids: helper gates are named ``<population>::<part>``."""
-_CONDITION = re.compile(r"^(?P<marker>[A-Za-z0-9γδαβ]+?)(?P<level>\+\+|\+|-|dim)$")
+_CONDITION = re.compile(r"^(?P<marker>[^\s+]+?)(?P<level>\+\+|\+|-|dim)$")
+"""A marker as labs name it (``NK1.1``, ``TCR-gd``, ``Live/Dead``), then its level."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class Template:
 
     def cut(self, name: str) -> CutSpec:
         """A cut by name: a marker's positive cut (``CAR``) or its bright cut (``CD27.bright``)."""
-        marker, _, level = name.partition(".")
+        bright = name.endswith(".bright")  # a marker name may hold dots itself (NK1.1)
+        marker, level = (name.removesuffix(".bright"), "bright") if bright else (name, "")
         spec = self.thresholds.get(marker)
         cut = None if spec is None else (spec.bright if level == "bright" else spec.positive)
         if cut is None or level not in ("", "bright"):

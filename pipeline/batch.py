@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.config import LabConfig
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.gate import gate_file, gate_records, template_for
@@ -46,18 +47,24 @@ class PendingFile:
     sample_id: int
     tube: str
     overview: Path | None = None
+    config: LabConfig | None = None
+    """The lab configuration to gate with (None: the shipped one)."""
+
+
+def _template(tube: str, config: LabConfig | None):
+    return config.template(tube) if config else template_for(tube)
 
 
 def gate_one(item: PendingFile) -> GateWork:
     """Gate one file; any problem becomes the work's error, never an exception."""
     base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id}
     try:
-        template = template_for(item.tube)
+        template = _template(item.tube, item.config)
     except CartflowError as exc:
         return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
     base |= {"template_id": template.id, "template_sha256": template.sha256}
     try:
-        gated = gate_file(item.path, template=template, tube=item.tube)
+        gated = gate_file(item.path, template=template, tube=item.tube, config=item.config)
     except CartflowError as exc:
         return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
     except Exception as exc:  # a bad file must never stop the batch
@@ -73,7 +80,10 @@ def gate_one(item: PendingFile) -> GateWork:
 
 
 def pending_gating(
-    store: Store, files: Sequence[tuple[Path, str]], report_dir: Path | None = None
+    store: Store,
+    files: Sequence[tuple[Path, str]],
+    report_dir: Path | None = None,
+    config: LabConfig | None = None,
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
     template (with the path of their overview plot when a report is wanted)."""
@@ -84,12 +94,14 @@ def pending_gating(
         if sample is None:
             continue
         try:
-            done = store.has_gating(sample["sample_id"], template_for(sample["tube"]).sha256)
+            done = store.has_gating(sample["sample_id"], _template(sample["tube"], config).sha256)
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
             overview = overview_path(report_dir, sha) if report_dir else None
-            pending.append(PendingFile(path, sha, sample["sample_id"], sample["tube"], overview))
+            pending.append(
+                PendingFile(path, sha, sample["sample_id"], sample["tube"], overview, config)
+            )
     return pending
 
 
@@ -243,6 +255,8 @@ class RunSettings:
     html_report: bool = True
     analysis: Path | None = None
     haematology: Path | None = None
+    config: LabConfig | None = None
+    """The lab configuration (None: the shipped one)."""
 
 
 @dataclass(frozen=True)
@@ -288,6 +302,7 @@ def run_batch(
         settings.rules,
         on_file=lambda _o: advance(),
         files=candidates,
+        config=settings.config,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
     first_path: dict[str, Path] = {}  # a copy under another name is gated once, if at all
@@ -302,10 +317,13 @@ def run_batch(
         "counts": settings.counts.__dict__,
         "workers": settings.workers,
         "scheduler": settings.scheduler,
+        **(settings.config.provenance() if settings.config else {}),
     }
     with store.recording("run", parameters) as run_id:
         report_dir = settings.out / "report"
-        pending = pending_gating(store, files, report_dir if settings.html_report else None)
+        pending = pending_gating(
+            store, files, report_dir if settings.html_report else None, settings.config
+        )
         advance = progress("gate", len(pending))
         gated = gate_batch(
             store,
@@ -334,7 +352,10 @@ def run_batch(
         if clinical is not None and len(follow.kinetics):
             progress("outcomes", 1)
             try:
-                outcomes = outcomes_stage(follow, clinical, outcome_dir, settings.analysis)
+                lab_table = settings.config.hematotox if settings.config else None
+                outcomes = outcomes_stage(
+                    follow, clinical, outcome_dir, settings.analysis, None, lab_table
+                )
             except CartflowError as exc:
                 outcome_error = str(exc)
         index = None
@@ -410,18 +431,25 @@ def outcomes_stage(
     out_dir: Path,
     config_path: Path | None,
     known_patients: set[str] | None = None,
+    hematotox: Path | None = None,
 ):
     """The outcome-correlation stage on this store's patients. With ``known_patients`` a
     clinical row naming anyone else is an error (a batch run passes None: its store may not
-    hold every patient of the clinical table yet)."""
+    hold every patient of the clinical table yet). ``hematotox`` is the lab configuration's
+    point table, used unless the analysis settings name one."""
+    from dataclasses import replace
+
     from pipeline.outcomes import load_outcome_config, run_outcomes
 
     patients, points = outcome_inputs(follow)
+    settings = load_outcome_config(config_path)
+    if settings.hematotox_table is None and hematotox is not None:
+        settings = replace(settings, hematotox_table=hematotox)
     return run_outcomes(
         clinical,
         patients,
         out_dir,
-        load_outcome_config(config_path),
+        settings,
         points if len(points) else None,
         known_patients=known_patients,
     )

@@ -51,6 +51,15 @@ RulesOption = Annotated[
     Path | None,
     typer.Option("--rules", help="YAML identity rules (keywords and file-name patterns)."),
 ]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="CARTFLOW_CONFIG",
+        help="Lab configuration folder: panels, templates, marker names, identity rules "
+        "(default: the shipped CAR-T configuration; `cartflow config init DIR` writes a copy).",
+    ),
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -97,11 +106,26 @@ def _root(
     """cartflow command line."""
 
 
-def _load_context(manifest: Path | None, rules: Path | None):
+def _lab_config(config: Path | None):
+    """The lab configuration folder read (the shipped one without ``--config``); a bad one
+    fails in one line naming the file and line."""
+    from pipeline.config import load_config
+
+    try:
+        return load_config(config)
+    except CartflowError as exc:
+        raise _fail(f"{exc} (`cartflow config check DIR` lists every problem)") from None
+
+
+def _load_context(manifest: Path | None, rules: Path | None, lab=None):
+    """Manifest and identity rules: ``--rules``, else the configuration's, else the default."""
     from pipeline.identity import IdentityRules, load_manifest
 
     loaded_manifest = load_manifest(manifest) if manifest else None
-    loaded_rules = IdentityRules.from_yaml(rules) if rules else IdentityRules()
+    if rules:
+        loaded_rules = IdentityRules.from_yaml(rules)
+    else:
+        loaded_rules = lab.identity if lab is not None else IdentityRules()
     return loaded_manifest, loaded_rules
 
 
@@ -118,10 +142,11 @@ def inspect(
         ),
     ] = None,
     db: DbOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Show an FCS file (version, cytometer, events, channels, spillover, panel, identity),
     or with --sample the trail behind a stored sample's numbers."""
-    from panels import load_panels, match_panel
+    from panels import match_panel
     from pipeline.fcs import read_fcs
     from pipeline.identity import identify
 
@@ -131,8 +156,9 @@ def inspect(
     if file is None:
         raise _fail("give an FCS file or --sample ID")
 
+    lab = _lab_config(config)
     try:
-        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        loaded_manifest, loaded_rules = _load_context(manifest, rules, lab)
         fcs = read_fcs(file, events=False)
     except CartflowError as exc:
         if as_json:
@@ -162,7 +188,7 @@ def inspect(
         info["identity"] = {"error": exc.problem}
     try:
         pairs = [(c.name, c.marker) for c in fcs.channels]
-        info["panel"] = match_panel(file, pairs, load_panels(), tube).panel.id
+        info["panel"] = match_panel(file, pairs, lab.panels, tube, lab.names).panel.id
     except CartflowError as exc:
         info["panel"] = {"error": exc.problem}
     if as_json:
@@ -270,7 +296,12 @@ def _print_ingest(report, store_url: str, quarantine_report: Path | None) -> Non
 
 
 def run_ingest(
-    batch_dir: Path, db: str | None, manifest: Path | None, rules: Path | None, out: Path
+    batch_dir: Path,
+    db: str | None,
+    manifest: Path | None,
+    rules: Path | None,
+    out: Path,
+    config: Path | None = None,
 ):
     """Ingest with a progress bar and a summary; returns the report."""
     from pipeline.ingest import ingest_batch, scan_batch, write_quarantine_report
@@ -279,8 +310,9 @@ def run_ingest(
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
     _writable(out, folder=True, create=False)  # only quarantine goes there
+    lab = _lab_config(config)
     try:
-        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        loaded_manifest, loaded_rules = _load_context(manifest, rules, lab)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     store = Store(db)
@@ -294,6 +326,7 @@ def run_ingest(
                 loaded_manifest,
                 loaded_rules,
                 on_file=lambda _outcome: progress.advance(task),
+                config=lab,
             )
     finally:
         store.close()
@@ -312,9 +345,10 @@ def ingest(
     out: Annotated[
         Path, typer.Option("--out", help="Where the quarantine/ report is written.")
     ] = Path("cartflow-out"),
+    config: ConfigOption = None,
 ) -> None:
     """Scan, identify, validate and record a batch; bad files go to quarantine (exit 2)."""
-    report = run_ingest(batch_dir, db, manifest, rules, out)
+    report = run_ingest(batch_dir, db, manifest, rules, out, config)
     raise typer.Exit(report.exit_code)
 
 
@@ -352,6 +386,7 @@ def gate(
         Path | None,
         typer.Option(help="Spillover matrix CSV to compensate with instead of the file's own."),
     ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Gate one file automatically: counts per population, cuts and their evidence (or apply
     fixed gates with --gates)."""
@@ -381,11 +416,14 @@ def gate(
         _gate_fixed(file, gates, membership, as_json)
         return
 
+    lab = _lab_config(config)
     try:
         loaded = load_template(template) if template else None
         given = read_cuts(cuts) if cuts else None
         matrix = read_spillover(spillover) if spillover else None
-        gated = gate_file(file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix)
+        gated = gate_file(
+            file, template=loaded, tube=tube, fixed_cuts=given, spillover=matrix, config=lab
+        )
         decisions = gated.placed.decisions
         unused = sorted(name for name in given or {} if decisions.get(name) is not given[name])
         if unused:  # a misspelt name, or a gate that places its cut itself (singlets, cells)
@@ -455,6 +493,7 @@ def pool(
         Path | None, typer.Option(help="Gating template YAML (default: the tube's template).")
     ] = None,
     tube: Annotated[str | None, typer.Option(help="Tube, when the files do not say.")] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Place cuts once on the pooled events of several files (openCyto's groupBy), e.g. all
     timepoints of a patient, and write them for `cartflow gate --cuts`."""
@@ -464,7 +503,7 @@ def pool(
     _writable(out, folder=False)
     try:
         loaded = load_template(template) if template else None
-        pooled = pool_cuts(files, cut, template=loaded, tube=tube)
+        pooled = pool_cuts(files, cut, template=loaded, tube=tube, config=_lab_config(config))
         write_cuts(pooled, out)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
@@ -551,11 +590,13 @@ def run(
         Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
     ] = None,
     haematology: HaematologyOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
     from pipeline.batch import RunSettings
 
+    lab = _lab_config(config)
     settings = RunSettings(
         out=out,
         clinical=clinical,
@@ -564,8 +605,9 @@ def run(
         workers=workers,
         scheduler=scheduler,
         html_report=html_report,
-        analysis=analysis,
+        analysis=analysis or lab.analysis,
         haematology=haematology,
+        config=lab,
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
@@ -595,8 +637,10 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
     _writable(settings.out, folder=True)
+    if settings.config is None:
+        settings = replace(settings, config=_lab_config(None))
     try:
-        loaded_manifest, loaded_rules = _load_context(manifest, rules)
+        loaded_manifest, loaded_rules = _load_context(manifest, rules, settings.config)
         if settings.haematology is not None:  # checked now, read again by the counts
             load_haematology(settings.haematology)
     except CartflowError as exc:
@@ -650,6 +694,7 @@ def watch(
     html_report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write the HTML report and its plots.")
     ] = True,
+    config: ConfigOption = None,
 ) -> None:
     """Process files as they arrive, each once it is complete; bad files are quarantined and
     watching goes on."""
@@ -660,7 +705,15 @@ def watch(
     if not folder.is_dir():
         raise _fail(f"{folder}: not a folder")
     _writable(out, folder=True)
-    settings = RunSettings(out=out, clinical=clinical, workers=workers, html_report=html_report)
+    lab = _lab_config(config)
+    settings = RunSettings(
+        out=out,
+        clinical=clinical,
+        workers=workers,
+        html_report=html_report,
+        analysis=lab.analysis,
+        config=lab,
+    )
     arrivals = ArrivalWatch(folder)
     look = 0
     console.print(f"watch: {folder} every {interval:g} s")
@@ -724,7 +777,16 @@ def outcomes(
         "cartflow-out/outcomes"
     ),
     config: Annotated[
-        Path | None, typer.Option("--config", help="analysis.yaml overriding the defaults.")
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CARTFLOW_CONFIG",
+            help="Lab configuration folder (its analysis.yaml and hematotox.yaml), or an "
+            "analysis.yaml file overriding the defaults.",
+        ),
+    ] = None,
+    analysis: Annotated[
+        Path | None, typer.Option(help="analysis.yaml (default: the configuration's).")
     ] = None,
     anchor_day0: AnchorOption = False,
     log_down: LogDownOption = False,
@@ -742,10 +804,17 @@ def outcomes(
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
+    hematotox = None
+    if config is not None and config.is_dir():
+        lab = _lab_config(config)
+        analysis, hematotox = analysis or lab.analysis, lab.hematotox
+    elif config is not None:  # an analysis.yaml, as before configuration folders
+        analysis = analysis or config
     _writable(out, folder=True)
     store = Store(db, existing=True)
-    parameters = {"clinical": str(clinical), "config": str(config), "anchor_day0": anchor_day0,
-                  "log_down": log_down, "counts": counts.__dict__}  # fmt: skip
+    parameters = {"clinical": str(clinical), "config": str(config), "analysis": str(analysis),
+                  "anchor_day0": anchor_day0, "log_down": log_down,
+                  "counts": counts.__dict__}  # fmt: skip
     try:
         with store.recording("outcomes", parameters) as run_id:
             follow = follow_up(
@@ -758,7 +827,7 @@ def outcomes(
                 count_settings=counts,
             )
             known = {s["patient"] for s in store.samples()}
-            report = outcomes_stage(follow, clinical, out, config, known)
+            report = outcomes_stage(follow, clinical, out, analysis, known, hematotox)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -910,6 +979,195 @@ def demo(
     summary = _run_once(batch, str(db_path), batch / "manifest.csv", None, settings)
     console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")
     raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def spillover(
+    controls: Annotated[
+        Path, typer.Argument(help="Folder of single-stain controls and one unstained control.")
+    ],
+    out: Annotated[Path, typer.Option(help="Spillover matrix CSV to write.")] = Path(
+        "spillover.csv"
+    ),
+) -> None:
+    """Compute a spillover matrix from single-stain controls (positive vs negative medians per
+    detector, as FlowJo and FACSDiva do); use it with `gate --spillover` or a panel's
+    `spillover:`."""
+    from pipeline.spillover import spillover_from_folder
+
+    if not controls.is_dir():
+        raise _fail(f"{controls}: not a folder")
+    _writable(out, folder=False)
+    try:
+        result = spillover_from_folder(controls)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    result.write_csv(out)
+    console.print(f"spillover: {len(result.detectors)} detectors, negative: {result.unstained}")
+    for c in result.controls:
+        console.print(
+            f"  {c.file}: {c.detector}, {c.positive_events:,} positive events (above "
+            f"{c.threshold:.4g}, median {c.positive_median:.4g}) vs {c.negative_events:,} "
+            f"unstained (median {c.negative_median:.4g})",
+            soft_wrap=True,
+        )
+    console.print(f"matrix: {out}")
+
+
+config_app = typer.Typer(
+    help="A lab's configuration folder: panels, templates, marker names, identity rules.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+panel_app = typer.Typer(help="Draft a panel from FCS files, or check a file against panels.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(panel_app, name="panel")
+
+
+@config_app.command("init")
+def config_init(
+    directory: Annotated[Path, typer.Argument(help="New folder for the configuration.")],
+) -> None:
+    """Write a copy of the shipped CAR-T configuration to edit."""
+    from pipeline.config import init_config
+
+    try:
+        written = init_config(directory)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{directory}: cannot be written: {exc.strerror or exc}") from None
+    console.print(f"config: {len(written)} files written to {directory}")
+    console.print(f"  next: `cartflow panel draft FILE --tube NAME --config {directory}`")
+
+
+@config_app.command("check")
+def config_check(
+    directory: Annotated[Path, typer.Argument(help="A configuration folder.")],
+) -> None:
+    """Validate every file of a configuration folder (each problem with file and line) and
+    print what it holds."""
+    from pipeline.config import check_config
+
+    report = check_config(directory)
+    for problem in report.problems:
+        errors.print(f"[red]problem:[/red] {problem}", markup=True, soft_wrap=True)
+    if not report.ok:
+        raise _fail(f"{directory}: {len(report.problems)} problem(s)")
+    _print_config(report)
+
+
+def _print_config(report) -> None:
+    config = report.config
+    console.print(f"[bold]{config.directory}[/bold]  sha256 {config.sha256}", soft_wrap=True)
+    for panel in config.panels:
+        time = panel.time or "none (stable-flow check skipped)"
+        console.print(
+            f"  panel {panel.id} (tube {panel.tube}, {panel.cytometer}): "
+            f"scatter {', '.join(panel.scatter)}; time {time}"
+            + (f"; spillover {panel.spillover}" if panel.spillover else ""),
+            soft_wrap=True,
+        )
+        console.print(
+            "    " + ", ".join(f"{c.marker} on {c.channel}" for c in panel.channels),
+            soft_wrap=True,
+        )
+        for marker, reason in panel.omitted.items():
+            console.print(f"    omitted {marker}: {reason}")
+    for entry in config.names.read_as:
+        console.print(
+            f"  read as: {entry.antigen} is read as {entry.marker} ({entry.where})",
+            soft_wrap=True,
+        )
+    for tube, template in report.templates.items():
+        console.print(
+            f"  template {tube}: {template.id} v{template.version}, "
+            f"{len(template.populations)} populations, cuts on {', '.join(template.markers)}",
+            soft_wrap=True,
+        )
+    identity = config.identity_file or "default rules"
+    console.print(f"  identity: {identity}")
+    console.print(f"  hematotox: {config.hematotox or 'built-in table'}")
+    console.print(f"  analysis: {config.analysis or 'defaults'}")
+
+
+@panel_app.command("draft")
+def panel_draft(
+    files: Annotated[list[Path], typer.Argument(help="FCS files of one tube.")],
+    tube: Annotated[str, typer.Option(help="The tube's name (also the template's name).")],
+    config: ConfigOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Panel YAML to write (default: TUBE.yaml in --config, else here)."),
+    ] = None,
+) -> None:
+    """Write a panel YAML from the files' $PnN/$PnS: scatter, time, fluorescence detectors
+    and their markers, with a plain list of what could not be resolved."""
+    from panels import read_marker_names
+    from pipeline.config import config_directory
+    from pipeline.panel_tools import draft_panel
+
+    try:  # only the marker names: the folder may hold other drafts not yet filled in
+        names = read_marker_names(config_directory(config))
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    target = out or ((config or Path(".")) / f"{tube}.yaml")
+    if target.exists():
+        raise _fail(f"{target}: exists already; give another --out or remove it")
+    _writable(target, folder=False)
+    try:
+        draft = draft_panel(files, tube, names)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    target.write_text(draft.yaml(), encoding="utf-8")
+    console.print(f"panel draft: {target} ({len(draft.layouts)} layout(s))")
+    for disagreement in draft.disagreements:
+        console.print(f"  [yellow]files disagree:[/yellow] {disagreement}", soft_wrap=True)
+    unresolved = draft.unresolved
+    for item in unresolved:
+        console.print(f"  unresolved: {item}", soft_wrap=True)
+    if unresolved:
+        console.print(f"  fill these in {target}, then `cartflow config check DIR`")
+
+
+@panel_app.command("check")
+def panel_check(
+    file: Annotated[Path, typer.Argument(help="An FCS file.")],
+    config: ConfigOption = None,
+    tube: Annotated[str | None, typer.Option(help="Only panels of this tube.")] = None,
+) -> None:
+    """Say which panel a file matches, or the closest panel and exactly what differs."""
+    from pipeline.panel_tools import check_file_panel
+
+    lab = _lab_config(config)
+    try:
+        check = check_file_panel(file, lab.panels, lab.names, tube)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+    if check.panel is not None:
+        console.print(f"{file.name}: panel {check.panel.id} (tube {check.panel.tube}, "
+                      f"{check.panel.cytometer})")  # fmt: skip
+        for marker, channel in check.marker_channels.items():
+            console.print(f"  {marker} on {channel}")
+        for entry in check.read_as:
+            console.print(
+                f"  [yellow]read as:[/yellow] {entry.antigen} is read as {entry.marker} "
+                f"(declared in {entry.where})",
+                markup=True,
+                soft_wrap=True,
+            )
+        return
+    console.print(f"{file.name}: no panel fits: {check.problem}", soft_wrap=True)
+    if check.closest is not None:
+        console.print(
+            f"  closest: panel {check.closest.id} ({check.closest.source})", soft_wrap=True
+        )
+        for difference in check.differences:
+            console.print(f"    {difference}", soft_wrap=True)
+    console.print(
+        f"  `cartflow panel draft {file} --tube NAME --config DIR` drafts a panel", soft_wrap=True
+    )
+    raise typer.Exit(1)
 
 
 def _store_failure(exc: BaseException) -> str | None:

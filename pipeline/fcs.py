@@ -210,6 +210,10 @@ def _parse_text(raw: bytes, path: Path, notes: list[str], *, primary: bool) -> d
     if len(text) < 2:
         raise FcsError(path, "TEXT segment is empty")
     delimiter = text[0]
+    padded = text.rstrip("\0") if delimiter != "\0" else text
+    if len(padded) != len(text):  # instruments pad TEXT to its HEADER end (FACSDiva 6)
+        notes.append(f"TEXT is padded with {len(text) - len(padded)} NUL byte(s); ignored")
+        text = padded
     bad = next(
         (
             (i, ch)

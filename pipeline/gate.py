@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,9 +18,12 @@ from gating.placer import FLUOR, ChannelMap, transforms_for
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
-from pipeline.fcs import FcsFile, Spillover, read_fcs
-from pipeline.identity import identify
+from pipeline.fcs import FcsFile, Spillover, read_fcs, read_spillover
+from pipeline.identity import IdentityRules, identify
 from pipeline.store import GateRecord, PopulationRecord
+
+if TYPE_CHECKING:
+    from pipeline.config import LabConfig
 
 TEMPLATE_DIR = PANEL_DIR / "templates"
 
@@ -86,7 +90,7 @@ def channel_map(panel: Panel, fcs: FcsFile) -> ChannelMap:
         fsc_area=panel.scatter[0],
         fsc_height=panel.scatter[1],
         ssc_area=panel.scatter[2],
-        time=panel.time,
+        time=panel.time or "",  # no time channel: the stable-flow gate is skipped
     )
 
 
@@ -96,11 +100,14 @@ def gate_fcs(
     template: Template | None = None,
     fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
     spillover: Spillover | None = None,
+    config: LabConfig | None = None,
 ) -> SampleGating:
     """Place the template on one read file (events scaled, not yet compensated); cuts named
     in ``fixed_cuts`` (a value or a decision, e.g. pooled) are used as given, and
-    ``spillover`` replaces the file's own matrix (flagged)."""
-    template = template or template_for(panel.tube)
+    ``spillover`` replaces the file's own matrix (flagged). Without a template, the tube's
+    template of ``config`` (default: the shipped configuration) is used."""
+    if template is None:
+        template = config.template(panel.tube) if config else template_for(panel.tube)
     missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
     if missing:
         raise GateStageError(
@@ -144,20 +151,29 @@ def gate_file(
     panels: tuple[Panel, ...] | None = None,
     fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
     spillover: Spillover | None = None,
+    config: LabConfig | None = None,
 ) -> SampleGating:
     """Read, match the panel and gate one FCS file (``fixed_cuts`` and ``spillover`` as in
-    :func:`gate_fcs`)."""
+    :func:`gate_fcs`). Panels, marker names, templates and identity rules come from
+    ``config`` (default: the shipped configuration); a panel naming a spillover matrix is
+    compensated with it unless ``spillover`` is given."""
     fcs = read_fcs(path)
     pairs = [(c.name, c.marker) for c in fcs.channels]
-    tube = tube or (template.tube if template else None) or _tube_of(path, fcs)
-    panel = match_panel(path, pairs, panels or load_panels(), tube).panel
-    return gate_fcs(fcs, panel, template, fixed_cuts, spillover)
+    tube = tube or (template.tube if template else None) or _tube_of(path, fcs, config)
+    if panels is None:
+        panels = config.panels if config else load_panels()
+    names = config.names if config else None
+    panel = match_panel(path, pairs, panels, tube, names).panel
+    if spillover is None and config is not None and panel.spillover:
+        spillover = read_spillover(config.spillover_path(panel))
+    return gate_fcs(fcs, panel, template, fixed_cuts, spillover, config)
 
 
-def _tube_of(path: Path, fcs: FcsFile) -> str | None:
+def _tube_of(path: Path, fcs: FcsFile, config: LabConfig | None = None) -> str | None:
     """The tube the file's keywords or name give, as ingest would read it (None if neither)."""
+    rules = config.identity if config else IdentityRules()
     try:
-        return identify(path, fcs.text).tube
+        return identify(path, fcs.text, rules=rules).tube
     except CartflowError:  # no patient or timepoint to be found: the tube may still be
         return None
 

@@ -18,7 +18,8 @@ from typing import Literal
 
 from sqlalchemy.exc import DataError
 
-from panels import Panel, load_panels, match_panel
+from panels import MarkerNames, Panel, load_panels, match_panel
+from pipeline.config import LabConfig
 from pipeline.errors import CartflowError, IdentityError, first_line
 from pipeline.fcs import FcsFile, acquisition_date, read_fcs
 from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
@@ -129,11 +130,13 @@ def check_file(
     panels: Iterable[Panel],
     manifest: Manifest | None = None,
     rules: IdentityRules = IdentityRules(),
+    names: MarkerNames | None = None,
 ) -> Checked:
     """Read, identify and panel-match one file; raises CartflowError on any problem."""
     fcs = read_fcs(path, events=False)
     identity = identify(path, fcs.text, manifest, rules)
-    match = match_panel(path, [(c.name, c.marker) for c in fcs.channels], panels, identity.tube)
+    pairs = [(c.name, c.marker) for c in fcs.channels]
+    match = match_panel(path, pairs, panels, identity.tube, names)
     return Checked(fcs, identity, match.panel)
 
 
@@ -145,18 +148,23 @@ def ingest_batch(
     panels: tuple[Panel, ...] | None = None,
     on_file: Callable[[FileOutcome], None] | None = None,
     files: list[Path] | None = None,
+    config: LabConfig | None = None,
 ) -> IngestReport:
-    """Ingest every FCS file of a batch folder (or just ``files``) into the store."""
-    panels = panels if panels is not None else load_panels()
+    """Ingest every FCS file of a batch folder (or just ``files``) into the store, with the
+    panels and marker names of ``config`` (default: the shipped configuration)."""
+    if panels is None:
+        panels = config.panels if config else load_panels()
     files = scan_batch(batch_dir) if files is None else sorted(files)
     parameters = {
         "batch": str(batch_dir),
         "manifest": str(manifest.path) if manifest else None,
         "rules": rules.__dict__,
         "panels": {p.id: p.sha256 for p in panels},
+        **(config.provenance() if config else {}),
     }
     names = Counter(path.name for path in files)
-    batch = _Batch(panels, manifest, rules, frozenset(n for n, c in names.items() if c > 1))
+    batch = _Batch(panels, manifest, rules, frozenset(n for n, c in names.items() if c > 1),
+                   config.names if config else None, config.sha256 if config else "")  # fmt: skip
     with store.recording("ingest", parameters) as run_id:
         report = IngestReport(run_id)
         seen: dict[str, Path] = {}
@@ -182,12 +190,16 @@ class _Batch:
     manifest: Manifest | None
     rules: IdentityRules
     shared_names: frozenset[str]  # names that several files of the batch carry
+    names: MarkerNames | None = None
+    config_sha256: str = ""
 
     @cached_property
     def digest(self) -> str:
         context = repr((sorted(self.manifest.rows.items()) if self.manifest else None,
                         self.rules, sorted(p.sha256 for p in self.panels),
                         sorted(self.shared_names)))  # fmt: skip
+        if self.config_sha256:  # marker names and read_as decide a match too
+            context += self.config_sha256
         return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
 
     def check(self, path: Path) -> Checked:
@@ -196,7 +208,7 @@ class _Batch:
                 path, f"several files of the batch are named {path.name!r}, and the manifest "
                 "names files by name: rename them apart"
             )  # fmt: skip
-        return check_file(path, self.panels, self.manifest, self.rules)
+        return check_file(path, self.panels, self.manifest, self.rules, self.names)
 
 
 def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:

@@ -22,6 +22,7 @@ from gating.auto import place_cut
 from gating.placement import ThresholdDecision
 from gating.placer import ESTIMATE_LIMIT
 from gating.template import Template
+from pipeline.config import LabConfig
 from pipeline.errors import CartflowError
 from pipeline.gate import GateStageError, SampleGating, compact_evidence, gate_file
 
@@ -33,7 +34,7 @@ def _thin(values: np.ndarray, limit: int) -> np.ndarray:
 def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The transformed values one sample's cut ``name`` was estimated on, and the values of
     its internal negative population when the cut has one."""
-    marker, _, level = name.partition(".")
+    marker = name.removesuffix(".bright")
     cut = gated.template.cut(name)
     decision = gated.placed.decisions.get(name)
     if decision is None:
@@ -48,7 +49,7 @@ def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray |
     gated_chain = [p for p in cut.estimate_chain if p in gated.placed.populations]
     population = decision.evidence.get("estimated_on") or next(iter(gated_chain), None)
     estimated = on(population)
-    if level == "bright":
+    if name.endswith(".bright"):
         positive = gated.placed.decisions[marker].value
         estimated = estimated[estimated >= positive]
     negatives = on(cut.negative) if cut.negative else None
@@ -61,12 +62,13 @@ def pool_cuts(
     template: Template | None = None,
     tube: str | None = None,
     per_file: int = ESTIMATE_LIMIT,
+    config: LabConfig | None = None,
 ) -> dict[str, ThresholdDecision]:
     """One decision per cut name from the pooled events of ``paths`` (all gated with the same
     template); raises a CartflowError naming the file that does not fit."""
     if not paths:
         raise CartflowError("pool", "no files to pool over")
-    gated = [gate_file(Path(p), template=template, tube=tube) for p in paths]
+    gated = [gate_file(Path(p), template=template, tube=tube, config=config) for p in paths]
     first = gated[0].template
     for name in names:
         first.cut(name)  # an unknown cut name fails before anything is pooled

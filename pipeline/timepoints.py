@@ -56,7 +56,9 @@ def load_haematology(path) -> Haematology:
         given = table[column].notna()
         wrong = table.index[given & ~(values.gt(0) & values.lt(float("inf")))].tolist()
         if wrong:
-            problem = f"{table[column][wrong[0]]!r} is not a positive number of cells/µL"
+            value = table[column][wrong[0]]
+            value = value.item() if hasattr(value, "item") else value  # -1500, not np.int64(…)
+            problem = f"{value!r} is not a positive number of cells/µL"
             raise CartflowError(path, f"row {wrong[0] + 1}, column {column}: {problem}")
         table[column] = values
     repeated = table.duplicated(["patient", "date"], keep=False)

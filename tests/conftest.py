@@ -6,18 +6,18 @@ import os
 import uuid
 from pathlib import Path
 
-import fcsparser
 import pytest
 from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from pipeline.store import Store, normalise_url
+from tests import fcsparser_reference
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 QUIRKS = SHARED / "fcs-quirks"
 GATINGML = SHARED / "gatingml2-compliance"
-FCSPARSER_DATA = Path(fcsparser.__file__).parent / "tests" / "data" / "FlowCytometers"
+FCSPARSER_DATA = fcsparser_reference.corpus_dir()
 FIXTURE_COHORT = REPO / "fixtures" / "cohort"
 PG_URL_ENV = "CARTFLOW_TEST_PG_URL"
 
@@ -31,7 +31,8 @@ if os.environ.get("CI"):
 def corpus_files() -> list[Path]:
     """Every real FCS file of fcs-quirks and fcsparser's packaged corpus."""
     files = sorted(QUIRKS.glob("*.fcs")) + sorted(QUIRKS.glob("*.lmd"))
-    files += sorted(p for p in FCSPARSER_DATA.rglob("*") if p.suffix in {".fcs", ".lmd"})
+    if FCSPARSER_DATA is not None:
+        files += sorted(p for p in FCSPARSER_DATA.rglob("*") if p.suffix in {".fcs", ".lmd"})
     return files
 
 

@@ -3,15 +3,13 @@ or rejected with a specific error."""
 
 from __future__ import annotations
 
-import warnings
-
-import fcsparser
 import flowio
 import numpy as np
 import pytest
 
 from pipeline.errors import FcsError
 from pipeline.fcs import read_fcs
+from tests import fcsparser_reference
 from tests.conftest import FCSPARSER_DATA, QUIRKS, corpus_files, require_shared
 
 # Files that must be refused, with a word the reason must contain.
@@ -24,10 +22,7 @@ FLOWIO_REFERENCE = {"data_start_offset_discrepancy_example.fcs"}
 
 
 def _fcsparser_events(path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, frame = fcsparser.parse(str(path), reformat_meta=False)
-    return frame.to_numpy(dtype=np.float64)
+    return fcsparser_reference.events(path, batch=corpus_files())
 
 
 def _flowio_events(path):
@@ -36,6 +31,7 @@ def _flowio_events(path):
 
 
 def test_corpus_is_present():
+    fcsparser_reference.require()
     files = corpus_files()
     assert FCSPARSER_DATA.is_dir()
     assert len([f for f in files if FCSPARSER_DATA in f.parents]) >= 17
@@ -113,6 +109,7 @@ def test_full_text_segment_is_kept():
 
 
 def test_24_bit_integers_are_read():
+    fcsparser_reference.require()
     path = FCSPARSER_DATA / "Cytek_xP5" / "Cytek_xP5.fcs"
     fcs = read_fcs(path, scale=False)
     assert {c.bits for c in fcs.channels} == {24}
@@ -137,3 +134,24 @@ def test_directory_is_a_clear_error(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FcsError, match="cannot be read"):
         read_fcs(tmp_path / "absent.fcs")
+
+
+def test_text_padded_with_nul_bytes_is_read_as_flowio_reads_it():
+    """A FACSDiva 6 export pads its TEXT segment with NUL bytes: read, with a warning."""
+    path = require_shared(QUIRKS.parent / "real-data" / "flowkit" / "test_comp_example.fcs")
+    fcs = read_fcs(path, scale=False)
+    assert fcs.event_count == 10_703
+    assert any("NUL" in w for w in fcs.warnings)
+    reference = _flowio_events(path)
+    assert fcs.events.shape == reference.shape
+    np.testing.assert_allclose(fcs.events, reference, rtol=1e-6, atol=0)
+
+
+def test_a_nul_byte_inside_text_is_still_refused(tmp_path):
+    path = require_shared(QUIRKS.parent / "real-data" / "flowkit" / "test_comp_example.fcs")
+    data = bytearray(path.read_bytes())
+    data[100] = 0  # inside TEXT, not padding at its end
+    bad = tmp_path / "bad.fcs"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FcsError, match="control byte 0x00"):
+        read_fcs(bad)

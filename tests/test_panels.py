@@ -68,7 +68,7 @@ def test_shipped_panels():
         ("PerCP-Cy5.5 CD8", "CD8"),
         ("TCR γδ PE", "TCRgd"),
         ("PD-1", "PD1"),
-        ("CCR7", "CD62L"),
+        ("CCR7", None),  # another antigen: read as CD62L only when declared
         ("Ki-67 PE-Cy7", "Ki67"),
         ("CAR19 FITC", "CAR"),
         ("viability", None),
@@ -124,9 +124,34 @@ def test_invalid_panel_yaml_names_the_line(tmp_path):
     with pytest.raises(PanelError, match="line"):
         load_panel(bad)
     bad.write_text(
-        "id: x\ntube: m\ncytometer: c\nscatter: []\ntime: Time\n"
-        "channels:\n  - {channel: A, marker: CD333}\n",
+        "id: x\ntube: m\ncytometer: c\nscatter: [FSC-A, FSC-H, SSC-A]\ntime: Time\n"
+        "channels:\n  - {channel: A, marker: CD3}\n  - {channel: B, marker: Live Dead}\n",
         encoding="utf-8",
     )
-    with pytest.raises(PanelError, match="unknown marker 'CD333'"):
+    with pytest.raises(PanelError, match=r"bad.yaml line 8: marker 'Live Dead'.*no spaces"):
         load_panel(bad)
+
+
+def test_lab_marker_names_are_taken_as_written(tmp_path):
+    """A marker the spellings do not know is the lab's own name for it, kept as written."""
+    for name in ("markers.yaml", "fluorochromes.yaml"):
+        shutil.copy(PANEL_DIR / name, tmp_path / name)
+    lab = tmp_path / "lab.yaml"
+    names = ["NK1.1", "TCRγδ", "Live/Dead", "HLA-DR", "Va2", "Hoechst-405", "CD45RA"]
+    lines = "".join(f"  - {{channel: D{i}, marker: {n}}}\n" for i, n in enumerate(names))
+    lab = tmp_path / "nk.yaml"
+    lab.write_text(
+        "id: nk\ntube: nk\ncytometer: c\nscatter: [FSC-A, FSC-H, SSC-A]\ntime: Time\n"
+        f"channels:\n{lines}",
+        encoding="utf-8",
+    )
+    panel = load_panel(lab)
+    # TCRγδ is a declared spelling of TCRgd; the others are the lab's names as written
+    assert panel.markers == ("NK1.1", "TCRgd", "Live/Dead", "HLA-DR", "Va2", "Hoechst-405",
+                             "CD45RA")  # fmt: skip
+    pairs = [("FSC-A", None), ("FSC-H", None), ("SSC-A", None), ("Time", None)]
+    pairs += [(f"D{i}", f"{n} PE") for i, n in enumerate(names)]
+    assert match_panel("nk.fcs", pairs, [panel]).panel is panel
+    pairs[4] = ("D0", "CD161 PE")
+    with pytest.raises(PanelMismatchError, match=r"NK1.1 \(channel D0 is labelled 'CD161 PE'\)"):
+        match_panel("nk.fcs", pairs, [panel])

@@ -1,0 +1,288 @@
+"""A lab's configuration folder: its panels, gating templates, marker names, identity rules,
+ALL-Hematotox table and outcome settings, in one layout (the package's ``panels/`` folder is
+the shipped CAR-T configuration and the default).
+
+```
+DIR/
+  *.yaml               panels: one file per tube, one layout per cytometer
+  markers.yaml         marker spellings, and `read_as:` for one antigen read as another
+  fluorochromes.yaml   fluorochrome names stripped from $PnS labels
+  templates/TUBE.yaml  the gating template of each tube
+  identity.yaml        identity rules (keywords, file-name patterns)       optional
+  hematotox.yaml       ALL-Hematotox point table                           optional
+  analysis.yaml        outcome-stage settings                              optional
+  *.csv                spillover matrices named by a panel's `spillover:`  optional
+```
+
+The folder is read once into a :class:`LabConfig`, passed down explicitly; its content
+hash is recorded with every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from gating.template import Template, load_template
+from panels import (
+    PANEL_DIR,
+    MarkerNames,
+    Panel,
+    read_marker_names,
+    read_panels,
+)
+from pipeline.errors import CartflowError
+from pipeline.identity import IdentityRules
+
+CONFIG_ENV = "CARTFLOW_CONFIG"
+DEFAULT_CONFIG_DIR = PANEL_DIR
+TEMPLATE_FOLDER = "templates"
+_SKIPPED = ("__pycache__", ".")
+
+
+class ConfigError(CartflowError):
+    """The configuration folder, or a file in it, is not usable."""
+
+    code = "config"
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """A configuration folder as read: panels, marker names and where the rest lies."""
+
+    directory: Path
+    sha256: str
+    panels: tuple[Panel, ...]
+    names: MarkerNames
+    identity: IdentityRules = field(default_factory=IdentityRules)
+    identity_file: Path | None = None
+    hematotox: Path | None = None
+    analysis: Path | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.directory == DEFAULT_CONFIG_DIR
+
+    def template_path(self, tube: str) -> Path:
+        return self.directory / TEMPLATE_FOLDER / f"{tube}.yaml"
+
+    def template(self, tube: str) -> Template:
+        """The gating template of a tube (``templates/<tube>.yaml``)."""
+        path = self.template_path(tube)
+        if not path.is_file():
+            raise ConfigError(
+                path, f"no gating template for tube {tube!r}: write one there "
+                f"(templates of this configuration: {', '.join(self.template_tubes()) or 'none'})"
+            )  # fmt: skip
+        return _template(path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+    def template_tubes(self) -> tuple[str, ...]:
+        return tuple(sorted(p.stem for p in (self.directory / TEMPLATE_FOLDER).glob("*.yaml")))
+
+    def spillover_path(self, panel: Panel) -> Path | None:
+        """The spillover matrix a panel names (relative to this folder), if any."""
+        return self.directory / panel.spillover if panel.spillover else None
+
+    def provenance(self) -> dict[str, str]:
+        return {"config": str(self.directory), "config_sha256": self.sha256}
+
+
+@cache
+def _template(path: Path, digest: str) -> Template:
+    """A template read once per content (``digest`` keys the cache)."""
+    return load_template(path)
+
+
+def config_files(directory: Path) -> list[Path]:
+    """Every file of a configuration folder that belongs to it (no caches, no code)."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.suffix != ".py"
+        and not any(part.startswith(_SKIPPED) for part in p.relative_to(directory).parts)
+    )
+
+
+def content_hash(directory: Path) -> str:
+    """SHA-256 over the names and bytes of the folder's files."""
+    digest = hashlib.sha256()
+    for path in config_files(directory):
+        digest.update(path.relative_to(directory).as_posix().encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def config_directory(directory: Path | None = None) -> Path:
+    """The folder given, else ``$CARTFLOW_CONFIG``, else the shipped configuration."""
+    if directory is None and os.environ.get(CONFIG_ENV):
+        directory = Path(os.environ[CONFIG_ENV])
+    if directory is None:
+        return DEFAULT_CONFIG_DIR
+    if not directory.is_dir():
+        raise ConfigError(
+            directory, "is not a configuration folder (`cartflow config init DIR` writes one)"
+        )
+    return directory.resolve()
+
+
+def load_config(directory: Path | None = None) -> LabConfig:
+    """Read a configuration folder (see the module docstring for its layout)."""
+    directory = config_directory(directory)
+    names = read_marker_names(directory)
+    panels = read_panels(directory, names)
+    if not panels:
+        raise ConfigError(
+            directory, "holds no panel: `cartflow panel draft FILE --tube NAME --config DIR` "
+            "writes one from a file"
+        )  # fmt: skip
+    identity_file = _optional(directory, "identity.yaml")
+    identity = IdentityRules.from_yaml(identity_file) if identity_file else IdentityRules()
+    return LabConfig(
+        directory=directory,
+        sha256=content_hash(directory),
+        panels=panels,
+        names=names,
+        identity=identity,
+        identity_file=identity_file,
+        hematotox=_optional(directory, "hematotox.yaml"),
+        analysis=_optional(directory, "analysis.yaml"),
+    )
+
+
+def _optional(directory: Path, name: str) -> Path | None:
+    path = directory / name
+    return path if path.is_file() else None
+
+
+def init_config(target: Path) -> list[Path]:
+    """Write a copy of the shipped configuration to ``target`` (which must not hold one)."""
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(target, "is not empty: give a new folder")
+    written = []
+    for path in config_files(DEFAULT_CONFIG_DIR):
+        destination = target / path.relative_to(DEFAULT_CONFIG_DIR)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+        written.append(destination)
+    return written
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """What ``config check`` found: the problems (each naming file and line) and, where a
+    part could be read, what it holds."""
+
+    directory: Path
+    problems: tuple[str, ...]
+    config: LabConfig | None
+    templates: dict[str, Template]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_config(directory: Path) -> ConfigReport:
+    """Validate every file of a configuration folder, collecting all problems."""
+    from panels import load_panel_layouts, panel_files
+
+    problems: list[str] = []
+    if not directory.is_dir():
+        return ConfigReport(directory, (f"{directory}: not a folder",), None, {})
+    directory = directory.resolve()
+    names = None
+    try:
+        names = read_marker_names(directory)
+    except CartflowError as exc:
+        problems.append(str(exc))
+    panels: list[Panel] = []
+    if names is not None:
+        for path in panel_files(directory):
+            try:
+                panels.extend(load_panel_layouts(path, names))
+            except CartflowError as exc:
+                problems.append(str(exc))
+    if not panels and not problems:
+        problems.append(f"{directory}: holds no panel")
+    templates: dict[str, Template] = {}
+    for path in sorted((directory / TEMPLATE_FOLDER).glob("*.yaml")):
+        try:
+            templates[path.stem] = load_template(path)
+        except CartflowError as exc:
+            problems.append(str(exc))
+    for path in config_files(directory):
+        if path.parent == directory and path.suffix not in (".yaml", ".csv", ".md", ".txt"):
+            problems.append(f"{path}: not part of the configuration layout")
+    problems.extend(_cross_checks(directory, panels, templates, names))
+    for name, reader in (("identity.yaml", IdentityRules.from_yaml),
+                         ("hematotox.yaml", _read_hematotox),
+                         ("analysis.yaml", _read_analysis)):  # fmt: skip
+        path = directory / name
+        if path.is_file():
+            try:
+                reader(path)
+            except CartflowError as exc:
+                problems.append(str(exc))
+    config = None
+    if not problems:
+        config = load_config(directory)
+    return ConfigReport(directory, tuple(problems), config, templates)
+
+
+def _cross_checks(directory, panels, templates, names) -> list[str]:
+    """Problems between files: a tube without a template, a template marker on no panel of
+    its tube, a spillover file that is missing or unreadable, an id used twice."""
+    from pipeline.fcs import read_spillover
+
+    problems = []
+    seen: dict[str, str] = {}
+    for panel in panels:
+        if panel.id in seen:
+            problems.append(f"{panel.source}: panel id {panel.id!r} is also used by "
+                            f"{seen[panel.id]}")  # fmt: skip
+        seen[panel.id] = panel.source
+        template = templates.get(panel.tube)
+        if template is None:
+            if not (directory / TEMPLATE_FOLDER / f"{panel.tube}.yaml").is_file():
+                problems.append(
+                    f"{panel.source}: tube {panel.tube!r} has no gating template: write "
+                    f"{directory / TEMPLATE_FOLDER / (panel.tube + '.yaml')}"
+                )
+        else:
+            absent = [m for m in template.markers
+                      if m not in panel.markers and m not in panel.omitted]  # fmt: skip
+            if absent:
+                problems.append(
+                    f"{panel.source}: panel {panel.id} lacks marker(s) {', '.join(absent)} "
+                    f"that template {template.source} places cuts on (add them, or list them "
+                    "under omitted: with the reason)"
+                )
+        path = directory / panel.spillover if panel.spillover else None
+        if path is not None:
+            try:  # its detectors are checked against each file when it is gated
+                read_spillover(path)
+            except CartflowError as exc:
+                problems.append(f"{panel.source}: spillover {panel.spillover}: {exc}")
+    for entry in names.read_as if names is not None else ():
+        if not any(entry.marker in p.markers for p in panels):
+            problems.append(
+                f"{entry.where}: read_as {entry.antigen}: {entry.marker} is no panel's marker"
+            )
+    return problems
+
+
+def _read_hematotox(path: Path) -> None:
+    from pipeline.clinical import load_hematotox
+
+    load_hematotox(path)
+
+
+def _read_analysis(path: Path) -> None:
+    from pipeline.outcomes import load_outcome_config
+
+    load_outcome_config(path)
