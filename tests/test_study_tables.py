@@ -22,20 +22,32 @@ from pipeline.simulate import SimulationConfig, simulate_cohort
 PATIENTS = 24
 
 
+def _cartflow(*arguments: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *arguments],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.fixture(scope="session")
 def study(tmp_path_factory) -> Path:
-    """`cartflow run --clinical` on a simulated 24-patient cohort (few events per file)."""
+    """`cartflow run --clinical` on a simulated 24-patient cohort (3000 events per file, the
+    four timepoints the tables and the D90 landmark need). The files are gated first by a run
+    without the report, so that the per-file gating plots (seconds each, not under test here)
+    are skipped; the `run --clinical` that follows writes kinetics, outcomes and the report."""
     root = tmp_path_factory.mktemp("study")
     config = SimulationConfig(
-        patients=PATIENTS, seed=22, events=1500, timepoints=("D7", "D14", "D28", "M3")
+        patients=PATIENTS, seed=22, events=3000, timepoints=("D7", "D14", "D28", "M3")
     )
     cohort = simulate_cohort(root / "cohort", config)
     out = root / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(cohort.out_dir), "--manifest",
-               str(cohort.manifest), "--clinical", str(cohort.clinical), "--db",
-               str(root / "store.sqlite"), "--out", str(out), "--workers", "2"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-    assert done.returncode == 0, done.stderr[-2000:]
+    common = [str(cohort.out_dir), "--manifest", str(cohort.manifest),
+              "--db", str(root / "store.sqlite"), "--out", str(out), "--workers", "2"]  # fmt: skip
+    _cartflow("run", *common, "--no-report")
+    _cartflow("run", *common, "--clinical", str(cohort.clinical))
     return out
 
 
@@ -89,7 +101,9 @@ def test_table1_against_the_clinical_table(study):
 
 def _peak_percent(points: pd.DataFrame, tube: str, population: str) -> dict[str, float]:
     """% of parent on the day of each patient's highest CAR-T count at or above the LOD."""
-    car = points[(points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)]
+    car = points[
+        (points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)
+    ]
     car = car[~car.below_lod.astype(bool) & car.cells_per_ul.notna()]
     peak = car.sort_values("nominal_day").groupby("patient")["cells_per_ul"].idxmax()
     days = car.loc[peak].set_index("patient")["nominal_day"]
@@ -97,7 +111,11 @@ def _peak_percent(points: pd.DataFrame, tube: str, population: str) -> dict[str,
     out = {}
     for patient, day in days.items():
         hit = rows[(rows.patient == patient) & (rows.nominal_day == day)]
-        if len(hit) and bool(hit.percent_evaluable.iloc[0]) and pd.notna(hit.percent_of_parent.iloc[0]):
+        if (
+            len(hit)
+            and bool(hit.percent_evaluable.iloc[0])
+            and pd.notna(hit.percent_of_parent.iloc[0])
+        ):
             out[patient] = float(hit.percent_of_parent.iloc[0])
     return out
 
@@ -124,7 +142,9 @@ def test_table3_against_the_timepoints(study):
                 group = part[part.index.map(bridging) == level]
                 assert rows.loc[level, "n"] == len(group)
     # the peak itself: the highest count at or above the LOD, 0 for a non-expander
-    car = points[(points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)]
+    car = points[
+        (points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)
+    ]
     counted = car.cells_per_ul.where(~car.below_lod.astype(bool), 0.0)
     peak = counted.groupby(car.patient).max()
     rows = table[(table.variable == "car_t_cmax") & (table.section == "all")].set_index("column")
@@ -146,7 +166,9 @@ def test_table2_against_clinical_events_and_counts(study):
         assert row.onset_day == (days.iloc[0] if len(days) else None) or (
             pd.isna(row.onset_day) and days.empty
         )
-        relapse = (pd.to_datetime(clinical.at[row.patient, "relapse_date"]) - infusion[row.patient]).days
+        relapse = (
+            pd.to_datetime(clinical.at[row.patient, "relapse_date"]) - infusion[row.patient]
+        ).days
         if pd.isna(row.onset_day):
             continue
         recovered = pd.notna(row.loss_day) and (pd.isna(relapse) or row.loss_day <= relapse)
@@ -208,7 +230,9 @@ def test_cox_rows_of_post_infusion_variables_are_landmarked(study):
     cox = pd.read_csv(study / "outcomes" / "cox.csv")
     for covariate in ("car_t_cmax", "scm_pct_of_cd8_car_at_peak", "car_t_auc14"):
         assert (cox[cox.covariate == covariate]["landmark_day"] >= 28).all()
-    assert not cox["covariate"].isin(["car_t_persistence_day", "b_cell_aplasia_duration_days"]).any()
+    assert (
+        not cox["covariate"].isin(["car_t_persistence_day", "b_cell_aplasia_duration_days"]).any()
+    )
 
 
 def test_q_values_are_statsmodels_bh(study):
@@ -254,3 +278,16 @@ def test_unknown_variable_in_a_run_is_an_error(study, tmp_path):
     config = OutcomeConfig(variables=("no_such_variable",), figures=False, bootstrap=10)
     with pytest.raises(OutcomeInputError, match="no_such_variable"):
         run_outcomes(study.parent / "cohort" / "clinical.csv", kinetics, tmp_path, config)
+
+
+def test_rmst_and_its_standard_error_without_censoring_are_the_sample_mean_and_its_se():
+    # no censoring: the Kaplan-Meier area to the horizon is the mean of min(T, horizon), and its
+    # standard error the plug-in (ddof=0) standard error of that mean
+    from pipeline.outcomes.survival import km_summary
+
+    times = np.random.default_rng(5).exponential(200.0, 40).round(1)
+    summary = km_summary(times, np.ones(40, bool), rmst_horizon=250.0)
+    clipped = np.minimum(times, 250.0)
+    group = summary.groups[0]
+    assert group.rmst == pytest.approx(clipped.mean())
+    assert group.rmst_se == pytest.approx(clipped.std(ddof=0) / np.sqrt(len(clipped)))

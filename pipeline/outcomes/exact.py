@@ -46,7 +46,7 @@ def _log_factorial(x: np.ndarray) -> np.ndarray:
     return gammaln(np.asarray(x, dtype=float) + 1)
 
 
-class _TooMany(Exception):
+class _TooManyTablesError(Exception):
     pass
 
 
@@ -62,7 +62,7 @@ def _head_tables(rows: np.ndarray, columns: list[int], cap: int) -> tuple[np.nda
             grown_weights.append(weight - _log_factorial(options).sum(axis=1))
         states, weights = np.concatenate(grown_states), np.concatenate(grown_weights)
         if len(states) > cap:
-            raise _TooMany
+            raise _TooManyTablesError
     return states, weights
 
 
@@ -83,7 +83,7 @@ def fisher_freeman_halton(table, max_tables: int = 200_000, seed: int = 0) -> Ex
     threshold = observed + np.log1p(RELATIVE_TOLERANCE)
     try:
         states, weights = _head_tables(rows, [int(c) for c in cols[:-2]], max_tables)
-    except _TooMany:
+    except _TooManyTablesError:
         return _monte_carlo(x, seed)
     p, count = 0.0, 0
     keys, inverse = np.unique(states, axis=0, return_inverse=True)

@@ -31,5 +31,5 @@ def with_q(frame: pd.DataFrame, p_column: str = "p") -> pd.DataFrame:
     return out
 
 
-def tests_run(frame: pd.DataFrame, p_column: str = "p") -> int:
+def number_of_tests(frame: pd.DataFrame, p_column: str = "p") -> int:
     return int(np.isfinite(frame[p_column].to_numpy(dtype=float)).sum()) if p_column in frame else 0

@@ -32,8 +32,8 @@ from pipeline.outcomes.survival import (
     landmark_frame,
     median_followup,
 )
-from pipeline.patient_variables import BELOW_LOD_RULE, derive_variables
 from pipeline.outcomes.tables import write_json, write_tables
+from pipeline.patient_variables import BELOW_LOD_RULE, derive_variables
 
 
 def left_out(
@@ -156,9 +156,11 @@ def known_names(config: OutcomeConfig) -> set[str]:
     from pipeline.clinical import BOOL_COLUMNS, DATE_COLUMNS, NUMERIC_COLUMNS
     from pipeline.kinetics import KINETICS_COLUMNS
 
-    derived = {"efs_days", "efs_event", "efs_event_type", "os_days", "os_event", "hsct",
-               "followup_days", "burden_before_class", "burden_after_class", "burden_dynamics",
-               "hematotox_score", "hematotox_risk", "hematotox_risk3", "expanded", "bridging"}  # fmt: skip
+    derived = {
+        *("efs_days", "efs_event", "efs_event_type", "os_days", "os_event", "hsct"),
+        *("followup_days", "burden_before_class", "burden_after_class", "burden_dynamics"),
+        *("hematotox_score", "hematotox_risk", "hematotox_risk3", "expanded", "bridging"),
+    }
     return (
         set(KINETICS_COLUMNS)
         | {v.name for v in config.patient_variables}

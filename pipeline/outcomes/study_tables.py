@@ -49,7 +49,7 @@ def _continuous_rows(values: pd.Series, groups: pd.Series, name: str) -> list[di
         if len(x):
             q1, median, q3 = np.percentile(x, [25, 50, 75])
             text = f"{median:.3g} ({q1:.3g}–{q3:.3g}; {x.min():.3g}–{x.max():.3g})"
-            stats = dict(median=median, q1=q1, q3=q3, min=x.min(), max=x.max())
+            stats = {"median": median, "q1": q1, "q3": q3, "min": x.min(), "max": x.max()}
         else:
             text, stats = "–", {}
         rows.append({"variable": name, "kind": "continuous", "level": None, "column": column,
@@ -197,7 +197,10 @@ def _classify(aplasia: _Aplasia, relapse, hsct, follow, cd19neg, early_days) -> 
     flag = None
     negative = bool(cd19neg) if pd.notna(cd19neg) else None
     if negative and loss is not None and pd.notna(relapse) and loss <= relapse:
-        flag = f"clinical CD19-negative relapse on day {relapse:g}, counts: B cells back on day {loss:g}"
+        flag = (
+            f"clinical CD19-negative relapse on day {relapse:g}, "
+            f"counts: B cells back on day {loss:g}"
+        )
     if loss is not None and (math.isnan(end) or loss <= end):
         early = loss <= early_days
         category = f"{'early' if early else 'later'} B-cell recovery in remission"
@@ -209,7 +212,8 @@ def _classify(aplasia: _Aplasia, relapse, hsct, follow, cd19neg, early_days) -> 
             flag = f"CD19-positive relapse on day {relapse:g} while the counts show aplasia"
         category = ("CD19-negative" if negative else "CD19-positive") + " relapse during aplasia"
         if negative is None:
-            category, flag = "CD19-negative relapse during aplasia", "CD19 status of relapse not given"
+            category = "CD19-negative relapse during aplasia"
+            flag = "CD19 status of relapse not given"
     elif reason == "HSCT":
         category = "HSCT during aplasia"
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ class KmGroup:
     survival_ci_low: float
     survival_ci_high: float
     rmst: float = math.nan  # restricted mean survival time up to rmst_horizon (lifelines)
-    rmst_se: float = math.nan
+    rmst_se: float = math.nan  # standard error of the estimate (Klein & Moeschberger)
     rmst_horizon: float = math.nan
 
 
@@ -84,14 +83,25 @@ def _survival_at(kmf, t: float) -> tuple[float, float, float]:
 
 
 def _rmst(kmf, horizon: float) -> tuple[float, float]:
+    """Restricted mean survival time to ``horizon`` (lifelines, exact for Kaplan-Meier) and its
+    standard error: Var = sum over event times t_i <= horizon of A_i^2 d_i / (Y_i (Y_i - d_i)),
+    A_i the area under the curve from t_i to the horizon (Klein & Moeschberger, sec. 4.5)."""
     from lifelines.utils import restricted_mean_survival_time
 
     if not math.isfinite(horizon):
         return math.nan, math.nan
-    with warnings.catch_warnings():  # scipy's quad on a step function: accuracy warnings only
-        warnings.simplefilter("ignore")
-        mean, variance = restricted_mean_survival_time(kmf, t=horizon, return_variance=True)
-    return float(mean), float(math.sqrt(variance)) if variance >= 0 else math.nan
+    mean = float(restricted_mean_survival_time(kmf, t=horizon))
+    curve = kmf.survival_function_.iloc[:, 0]
+    knots = np.minimum(curve.index.to_numpy(dtype=float), horizon)
+    widths = np.diff(np.append(knots, horizon))
+    area_after = np.cumsum((curve.to_numpy() * widths)[::-1])[::-1]  # from each knot to horizon
+    table = kmf.event_table
+    times = table.index.to_numpy(dtype=float)
+    deaths, at_risk = table["observed"].to_numpy(float), table["at_risk"].to_numpy(float)
+    used = (deaths > 0) & (times <= horizon) & (at_risk > deaths)  # Y = d: nothing after, A = 0
+    area = area_after[np.searchsorted(curve.index.to_numpy(dtype=float), times[used])]
+    variance = np.sum(area**2 * deaths[used] / (at_risk[used] * (at_risk[used] - deaths[used])))
+    return mean, float(math.sqrt(variance))
 
 
 def _km_group(

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline.outcomes.common import EXPLORATORY, _jsonable
-from pipeline.outcomes.multiplicity import METHOD, tests_run, with_q
 from pipeline.outcomes.cox import CoxResult
 from pipeline.outcomes.groups import CountTest, GroupComparison
+from pipeline.outcomes.multiplicity import METHOD, number_of_tests, with_q
 from pipeline.outcomes.roc import CutPoint
 from pipeline.outcomes.survival import KmSummary
 
@@ -71,8 +71,12 @@ def _km_tables(report: OutcomeReport) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     estimates = [{**base(k), **asdict(g)} for k in survival for g in k.groups]
     tests = [
-        {**base(k), "n": sum(g.n for g in k.groups), **asdict(k.logrank),
-         "left_out": _km_left_out(report, k)}  # fmt: skip
+        {
+            **base(k),
+            "n": sum(g.n for g in k.groups),
+            **asdict(k.logrank),
+            "left_out": _km_left_out(report, k),
+        }
         for k in survival
         if k.logrank is not None
     ]
@@ -133,7 +137,7 @@ def multiplicity(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             continue
         keys = [c for c in ("section", "variable") if name.startswith("table") and c in frame]
         tests = frame.drop_duplicates(keys) if keys else frame
-        rows.append({"family": name, "tests": tests_run(tests), "adjustment": METHOD})
+        rows.append({"family": name, "tests": number_of_tests(tests), "adjustment": METHOD})
     return pd.DataFrame(rows)
 
 
@@ -157,8 +161,7 @@ def write_tables(report: OutcomeReport, hematotox: Mapping | None = None) -> dic
         "km_estimates": km,
         "logrank": with_q(logranks),
         "followup": pd.DataFrame([asdict(report.followup)]),
-        "cox": pd.concat([with_q(univariable),
-                          cox_table.drop(univariable.index)]),  # fmt: skip
+        "cox": pd.concat([with_q(univariable), cox_table.drop(univariable.index)]),
         **(report.study_tables or {}),
     }
     frames["multiplicity"] = multiplicity(frames | {"cox_univariable": univariable})
@@ -194,8 +197,8 @@ def _fragments(report: OutcomeReport, frames, hematotox: Mapping) -> dict[str, P
              f"q: {escape(METHOD)} within each family. Cut-points chosen on these data are "
              f"{EXPLORATORY}.</p>"]  # fmt: skip
     if hematotox and not hematotox.get("verified", False):
-        lines.insert(0, f"<p class='warning'><b>{escape(str(hematotox.get('name')))}: "
-                        f"unverified.</b> {escape(str(hematotox.get('caveat', '')))}</p>")  # fmt: skip
+        name, caveat = escape(str(hematotox.get("name"))), escape(str(hematotox.get("caveat", "")))
+        lines.insert(0, f"<p class='warning'><b>{name}: unverified.</b> {caveat}</p>")
     lines.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     paths["summary_html"] = report.out_dir / "summary.html"
     paths["summary_html"].write_text("<h2>Analysis notes</h2>" + "".join(lines), encoding="utf-8")
