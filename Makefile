@@ -41,6 +41,7 @@ bench: $(VENV)/.installed-dev $(REF_VENV)/.installed
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/gating_speed.py
 	$(BIN)/python bench/batch_speed.py
+	$(BIN)/python bench/report_speed.py
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

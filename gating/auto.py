@@ -7,14 +7,17 @@ evaluates them at once, so the next cut can look at the population just made. Th
 the placed :class:`GateSet` (which :func:`gating.engine.evaluate` re-applies exactly, and which
 exports to Gating-ML), the masks and counts, and every decision with its evidence.
 
-Shape gates: stable flow (time bins), singlets (FSC-H/FSC-A), beads (bright in every
-detector) in :mod:`gating.qc_gates`; cells (ellipses of scatter clusters fitted from template
-anchors, so debris and dead cells stay out) and lymphocytes (low SSC, bright CD45, on the
-lymphocyte side of the dead cells) in :mod:`gating.scatter_gates`. Estimation always works on
-subsamples (``ESTIMATE_LIMIT``); gates are then evaluated on every event. Bad input gives
+Gates other than phenotypes and booleans are registered placement methods (``METHODS``,
+:mod:`gating.method`): stable flow (time bins), singlets (height against area, or width),
+beads (bright in every detector) in :mod:`gating.qc_gates`; cells (ellipses of scatter
+clusters fitted from template anchors, started again from the data when they do not fit)
+and lymphocytes (low SSC, bright CD45, on the lymphocyte side of the dead cells) in
+:mod:`gating.scatter_gates`; drawn polygons, rectangles, ellipses, quadrants and data-placed
+clusters in :mod:`gating.gates_2d`; a phenotype's robust core is ``CORE``. Estimation always
+works on subsamples (``ESTIMATE_LIMIT``); gates are then evaluated on every event. Bad input gives
 flags, not exceptions: channels without signal (``degenerate_channel:``), non-finite events,
-cuts that fell back to the template default (``threshold_fallback:``) and populations that
-could not be gated (``not_gated:``).
+cuts that fell back to the template default (``threshold_fallback:``), implausible cuts and
+gates (``implausible:``) and populations that could not be gated (``not_gated:``).
 """
 
 from __future__ import annotations
@@ -24,21 +27,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gating import qc_gates, scatter_gates
+from gating import gates_2d, qc_gates, scatter_gates
+from gating.cuts import place_threshold
 from gating.engine import Evaluator, GatingResult
+from gating.errors import GatingError
+from gating.method import Method, Parent, Placement
 from gating.model import GateSet
+from gating.options import GATE_OPTIONS, CoreOptions
 from gating.placement import ThresholdDecision
-from gating.placer import FLUOR, ChannelMap, Placer, ShapePlacer, place_threshold, transforms_for
+from gating.placer import FLUOR, ChannelMap, Placer, scales_for, transforms_for
 from gating.template import Template
 
-SHAPE_PLACERS: Mapping[str, ShapePlacer] = {
-    "stable_flow": qc_gates.stable_flow,
-    "singlets": qc_gates.singlets,
-    "beads": qc_gates.beads,
-    "cells": scatter_gates.cells,
-    "lymphocytes": scatter_gates.lymphocytes,
+METHODS: Mapping[str, Method] = {
+    name: Method(name, GATE_OPTIONS[name], place)
+    for name, place in (
+        ("stable_flow", qc_gates.stable_flow),
+        ("singlets", qc_gates.singlets),
+        ("beads", qc_gates.beads),
+        ("cells", scatter_gates.cells),
+        ("lymphocytes", scatter_gates.lymphocytes),
+        ("polygon", gates_2d.polygon),
+        ("rectangle", gates_2d.rectangle),
+        ("ellipse", gates_2d.ellipse),
+        ("quadrant", gates_2d.quadrant),
+        ("cluster", gates_2d.cluster),
+    )
 }
-"""The placer of each shape gate a template may name."""
+"""The placement method of each gate a template may name."""
+CORE = Method("core", CoreOptions, scatter_gates.core_ellipses)
+"""Keeps a phenotype population to its robust core (``core: [CD45, CD3]``)."""
 
 
 @dataclass(frozen=True)
@@ -81,19 +98,44 @@ def place_cut(
     return place_threshold(template.cut(name), values, negatives, scale)
 
 
+def place_pooled(
+    template: Template,
+    population: str,
+    events: np.ndarray,
+    channel_names: Sequence[str],
+    channels: ChannelMap,
+    spill: tuple[Sequence[str], np.ndarray] | None = None,
+    inputs: Mapping[str, object] | None = None,
+) -> Placement:
+    """Run one gate's method once on given parent events, e.g. those of several samples
+    pooled (openCyto's groupBy); ``place(..., fixed_cuts={population: placement})`` then
+    puts its gates under each sample's own parent. ``inputs``: what the method's declared
+    input populations fitted (pooled the same way)."""
+    spec = template.population(population)
+    if spec.gate is None:
+        raise GatingError(f"template {template.id}", f"{population!r} is not a gate")
+    evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
+    parent = Parent(
+        spec.id, None, evaluator, channels, frozenset(), {}, inputs or {},
+        scales_for(template), frozenset(channel_names),
+    )  # fmt: skip
+    return METHODS[spec.gate].place(parent, spec.options)
+
+
 def place(
     template: Template,
     events: np.ndarray,
     channel_names: Sequence[str],
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None = None,
-    fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision | Placement] | None = None,
 ) -> tuple[PlacedGating, GatingResult]:
     """Place and evaluate every population of a template on one sample.
 
     ``fixed_cuts`` (by cut name, e.g. ``{"CAR": 0.31}``, or a decision with its evidence)
     skip estimation for those cuts, e.g. when one threshold was pooled over a patient's
-    timepoints (:func:`place_cut`).
+    timepoints (:func:`place_cut`); a gate's population id with a placement
+    (:func:`place_pooled`) uses that placement's gates.
 
     Runs with one BLAS thread: its matrices are small (2 x 2 covariances, blocks of the
     compensation multiply), where waking a second thread costs more than it saves (the
@@ -111,7 +153,7 @@ def _place(
     channel_names: Sequence[str],
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None,
-    fixed_cuts: Mapping[str, float | ThresholdDecision] | None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision | Placement] | None,
 ) -> tuple[PlacedGating, GatingResult]:
     flags = []
     bad = _non_finite_events(events)
@@ -119,7 +161,7 @@ def _place(
         flags.append(f"non_finite_events:{bad}")
     evaluator = Evaluator(transforms_for(template), {}, events, channel_names, spill)
     placer = Placer(
-        template, evaluator, channels, fixed_cuts or {}, SHAPE_PLACERS, scatter_gates.core_ellipses
+        template, evaluator, channels, fixed_cuts or {}, METHODS, CORE, tuple(channel_names)
     )
     placer.run()
     placed = PlacedGating(

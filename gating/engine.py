@@ -758,6 +758,10 @@ class Evaluator:
         idx = self._evaluation.positions(population)
         return np.arange(self._columns.n) if idx is None else idx
 
+    def raw_values(self, axis: Axis) -> np.ndarray:
+        """Compensated, untransformed values of an axis for every event (computed once)."""
+        return self._columns.raw(axis, None)
+
     def values(self, axis: Axis, population: str | None, limit: int | None = None) -> np.ndarray:
         """Transformed values of an axis on a population's events (an even subsample of at
         most ``limit`` of them, in file order, when given). Subsamples are kept, so asking

@@ -28,8 +28,9 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +55,7 @@ from gating.model import (
     RatioDimension,
     RectangleGate,
 )
-from gating.transforms import Fasinh, Flin, Flog, Logicle, ScaleTransform
+from gating.transforms import Fasinh, Flin, Flog, FlowJoBiex, FlowJoLog, Logicle, ScaleTransform
 
 COMP_PREFIX = "Comp-"
 """FlowJo's name prefix of a compensated parameter."""
@@ -89,6 +90,8 @@ class _Scale:
             return fkt.WSPLogTransform(a["offset"], a["decades"])
         if self.tag == "logicle":
             return fkt.LogicleTransform(a["T"], a["W"], a["M"], a["A"])
+        if self.tag == "biex":
+            return fkt.WSPBiexTransform(a["neg"], a["width"], a["pos"], a["maxRange"])
         return fkt.AsinhTransform(a["T"], a["M"], a["A"])
 
 
@@ -104,6 +107,13 @@ def _scale_for(transform: ScaleTransform | None) -> _Scale | None:
             return _Scale("logicle", (("T", t), ("W", w), ("M", m), ("A", a), ("length", 256)))
         case Fasinh(t=t, m=m, a=a):
             return _Scale("fasinh", (("T", t), ("M", m), ("A", a), ("length", 256)))
+        case FlowJoLog(offset=offset, decades=decades):
+            return _Scale("log", (("offset", offset), ("decades", decades)))
+        case FlowJoBiex(negative=neg, width=width, positive=pos, max_value=top):
+            return _Scale(
+                "biex",
+                (("neg", neg), ("width", width), ("pos", pos), ("maxRange", top), ("length", 256)),
+            )
     return None
 
 
@@ -118,14 +128,34 @@ class _Node:
     limits: tuple[tuple[float | None, float | None], ...] = ()
     vertices: tuple[tuple[float, float], ...] = ()
     refs: tuple[str, ...] = ()
+    label: str | None = None
+    """The name FlowJo shows, when not ``name`` (unique among its siblings only)."""
+
+    @property
+    def shown(self) -> str:
+        """The population's name in the workspace."""
+        return self.label or self.name
+
+
+HELPER_MARK = "::"
+"""A gate id holding this is a helper of the population before it (``CAR_CD8_SCM::CD62L+``)."""
+
+
+def _condition(gate_id: str) -> str | None:
+    """What a helper gate tests (``CD62L+`` of ``CAR_CD8_SCM::CD62L+``), else None."""
+    return gate_id.rsplit(HELPER_MARK, 1)[1] or None if HELPER_MARK in gate_id else None
 
 
 def _error(gate_id: str, problem: str) -> GatingError:
     return GatingError(f"gate {gate_id!r}", f"{problem}; {USE_GATINGML}")
 
 
-def _raw(transform: ScaleTransform | None, value: float) -> float:
-    return value if transform is None else float(transform.inverse(np.array([value]))[0])
+def _raw(transform: ScaleTransform | None, value: float) -> float | None:
+    """A transformed coordinate as a raw one (None: the open end of a FlowJo scale)."""
+    if transform is None:
+        return value
+    raw = float(transform.inverse(np.array([value]))[0])
+    return raw if math.isfinite(raw) else None
 
 
 def _clip_below(
@@ -165,8 +195,10 @@ class _Workspace:
         self.scales: dict[str, _Scale | None] = {}
         self.nodes: dict[str, _Node] = {}
         self._choose_scales()
+        self.folded: set[str] = set()
         for gate in gate_set.gates:
             self._add_gate(gate)
+        self._drop_folded_helpers()
 
     # ------------------------------------------------------------------ parameters and scales
 
@@ -248,11 +280,24 @@ class _Workspace:
     # ------------------------------------------------------------------ gates into nodes
 
     def _put(self, node: _Node) -> None:
-        if "/" in node.name:
+        if "/" in node.shown:
             raise _error(node.name, "FlowJo population names cannot contain '/'")
         if node.name in self.nodes:
             raise _error(node.name, "this name is used twice in the workspace")
+        if node.label is not None and any(
+            other.parent == node.parent and other.shown == node.label
+            for other in self.nodes.values()
+        ):
+            node = replace(node, label=None)  # a sibling shows that name already
         self.nodes[node.name] = node
+
+    def _drop_folded_helpers(self) -> None:
+        """Helper gates whose test was folded into the chain of the population they serve,
+        and that nothing else uses, are left out (their events are that chain's)."""
+        used = {n.parent for n in self.nodes.values()}
+        used |= {r for n in self.nodes.values() for r in n.refs}
+        for name in self.folded - used:
+            del self.nodes[name]
 
     def _add_gate(self, gate: Gate) -> None:
         if isinstance(gate, RangeGate | RectangleGate):
@@ -303,6 +348,8 @@ class _Workspace:
         if len(vertices) < 3:
             raise _error(gate.id, "lies below the offset of a FlowJo log scale")
         raw = tuple(tuple(_raw(t, v) for t, v in zip(transforms, p, strict=True)) for p in vertices)
+        if any(v is None for vertex in raw for v in vertex):
+            raise _error(gate.id, "a vertex lies on the flat end of a FlowJo scale")
         return _Node(gate.id, gate.parent, "polygon", params, vertices=raw)
 
     def _add_polygon(self, gate: PolygonGate) -> None:
@@ -343,10 +390,18 @@ class _Workspace:
             and all(p.parent == gate.parent for p in parts)
         )
         if nested:
+            # a chain: the first part, each other part inside the one before, the last one
+            # named after the gate; a step shows what it tests (CD62L+) where it can
             parent = parts[0].name
             for i, part in enumerate(parts[1:], start=2):
                 name = gate.id if i == len(parts) else f"{gate.id} ({i} of {len(parts)})"
-                self._put(_Node(name, parent, part.kind, part.params, part.limits, part.vertices))
+                label = None if i == len(parts) else _condition(part.name)
+                self._put(
+                    _Node(name, parent, part.kind, part.params, part.limits, part.vertices,
+                          label=label)
+                )  # fmt: skip
+                if _condition(part.name) is not None:
+                    self.folded.add(part.name)
                 parent = name
             return
         refs = []
@@ -429,7 +484,7 @@ def _paths(nodes: dict[str, _Node]) -> dict[str, str]:
     paths: dict[str, str] = {}
     for node in nodes.values():
         parent = paths.get(node.parent) if node.parent else None
-        paths[node.name] = node.name if parent is None else f"{parent}/{node.name}"
+        paths[node.name] = node.shown if parent is None else f"{parent}/{node.shown}"
     return paths
 
 
@@ -447,13 +502,13 @@ def _write_tree(nodes: dict[str, _Node], root: etree._Element) -> None:
             parent_el = subpops
         if node.kind in ("and", "or", "not"):
             element = etree.SubElement(parent_el, f"{node.kind.capitalize()}Node")
-            _population_attrs(element, node.name)
+            _population_attrs(element, node.shown)
             deps = etree.SubElement(element, "Dependents")
             for ref in node.refs:
                 etree.SubElement(deps, "Dependent").set("name", paths[ref])
         else:
             element = etree.SubElement(parent_el, "Population")
-            _population_attrs(element, node.name)
+            _population_attrs(element, node.shown)
             gate_id = f"ID{number}"
             gate_ids[node.name] = gate_id
             _write_gate(element, node, gate_id, gate_ids.get(node.parent or ""))
@@ -536,8 +591,10 @@ def workspace_bytes(
     channel_names: Sequence[str],
     spill: tuple[Sequence[str], np.ndarray] | None,
     group: str = "cartflow",
+    keywords: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The FlowJo 10 workspace document for one sample (see the module docstring)."""
+    """The FlowJo 10 workspace document for one sample (see the module docstring);
+    ``keywords`` are added to the sample's keywords (e.g. the evidence of each cut)."""
     import flowkit
 
     tree = _Workspace(gate_set, events, channel_names, spill)
@@ -556,13 +613,67 @@ def workspace_bytes(
         dataset.addnext(copy.deepcopy(matrix_el))  # FlowJo and FlowKit read it from the sample
     _write_scales(tree.scales, sample.find("Transformations"))
     _write_tree(tree.nodes, sample.find("SampleNode/Subpopulations"))
+    listed = sample.find("Keywords")
+    for name, value in (keywords or {}).items():
+        etree.SubElement(listed, "Keyword", name=name, value=value)
     return etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
+
+
+def batch_workspace(
+    samples: Sequence[tuple[Path, bytes]],
+    out: Path,
+    group: str,
+    groups: Mapping[str, Sequence[int]] | None = None,
+) -> None:
+    """Write one FlowJo 10 workspace holding several samples, each given as the path of its
+    FCS file and its one-sample document (from :func:`workspace_bytes`). Every sample is in
+    the group ``group``; ``groups`` adds more (name → positions in ``samples``, e.g. one
+    per patient). FCS paths are written relative to the workspace, so the folder holding
+    both can be moved."""
+    from urllib.parse import quote
+
+    if not samples:
+        raise GatingError(out, "no sample to write")
+    parser = etree.XMLParser(remove_blank_text=True)
+    document = etree.fromstring(samples[0][1], parser)
+    sample_list = document.find("SampleList")
+    for child in list(sample_list):
+        sample_list.remove(child)
+    first = document.find("Groups/GroupNode")
+    for child in list(first.find("Group/SampleRefs")):
+        first.find("Group/SampleRefs").remove(child)
+    template = copy.deepcopy(first)
+    members = {group: range(len(samples)), **(groups or {})}
+    for number, (name, positions) in enumerate(members.items()):
+        node = first if number == 0 else copy.deepcopy(template)
+        if number:
+            first.getparent().append(node)
+        node.set("name", name)
+        node.set("owningGroup", name)
+        node.find("Group").set("name", name)
+        for position in positions:
+            etree.SubElement(node.find("Group/SampleRefs"), "SampleRef", sampleID=str(position + 1))
+    folder = out.resolve().parent
+    for number, (fcs_path, one) in enumerate(samples, start=1):
+        sample = etree.fromstring(one, parser).find("SampleList/Sample")
+        relative = Path(os.path.relpath(Path(fcs_path).resolve(), folder)).as_posix()
+        sample.find("DataSet").set("uri", quote(relative))
+        sample.find("DataSet").set("sampleID", str(number))
+        sample.find("SampleNode").set("sampleID", str(number))
+        sample_list.append(sample)
+    data = etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    except OSError as exc:
+        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
 
 
 def export_flowjo(
     gate_set: GateSet, fcs_path: str | Path, out: str | Path, group: str = "cartflow"
 ) -> None:
-    """Write a FlowJo 10 workspace holding the sample ``fcs_path`` gated by ``gate_set``.
+    """Write a FlowJo 10 workspace holding the sample ``fcs_path`` gated by ``gate_set``
+    (its FCS path relative to the workspace).
 
     Raises :class:`GatingError` naming the gate when a gate cannot be written exactly, and
     naming ``out`` when the file cannot be written.
@@ -572,8 +683,4 @@ def export_flowjo(
     fcs = read_fcs(Path(fcs_path))
     spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
     data = workspace_bytes(gate_set, Path(fcs_path), fcs.events, fcs.channel_names, spill, group)
-    out = Path(out)
-    try:
-        out.write_bytes(data)
-    except OSError as exc:
-        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
+    batch_workspace([(Path(fcs_path), data)], Path(out), group)

@@ -10,7 +10,8 @@ import).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +38,28 @@ from gating.model import (
     RectangleGate,
     SpectrumMatrix,
 )
-from gating.transforms import Fasinh, Flin, Flog, Fratio, Hyperlog, Logicle, Transform
+from gating.transforms import (
+    Fasinh,
+    Flin,
+    Flog,
+    FlowJoBiex,
+    FlowJoLog,
+    Fratio,
+    Hyperlog,
+    Logicle,
+    Transform,
+)
 
 if TYPE_CHECKING:
     import flowkit
 
 MAX_DOCUMENT_BYTES = 10 * 2**20
 """Gating-ML documents larger than this (10 MiB) are refused unread."""
+MAX_GATES = 500
+"""Gates of one Gating-ML document or one workspace sample: FlowKit's parser takes time
+growing with the square of their number (about 2 s for 500, 40 s for 2,000)."""
+MAX_WORKSPACE_GATES = 20 * MAX_GATES
+"""Gates of a whole FlowJo workspace (all its samples and groups)."""
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 UNCOMPENSATED = "uncompensated"
@@ -59,7 +75,7 @@ def load_gatingml(path: str | Path) -> GateSet:
     DOCTYPE or entities, is not valid Gating-ML 2.0, or uses something our model lacks.
     """
     path = Path(path)
-    data = _read_bounded(path)
+    data = read_bounded(path)
     tree = _parse_safely(data, path)
     strategy = _parse_with_flowkit(data, tree, path)
     try:
@@ -68,79 +84,80 @@ def load_gatingml(path: str | Path) -> GateSet:
         raise GatingError(path, f"{exc.source}: {exc.problem}") from exc
 
 
-def load_flowjo(path: str | Path, sample: str | None = None) -> GateSet:
-    """Read one sample's gates from a FlowJo 10 workspace (through FlowKit), after the same
-    size and DOCTYPE/entity checks as Gating-ML. ``sample`` picks the sample by its name;
-    by default the first sample of the workspace."""
-    import flowkit
-
-    path = Path(path)
-    data = _read_bounded(path)
-    guard = _DoctypeGuard()
+def read_bounded(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    """The bytes of a document of at most ``limit`` bytes (else a :class:`GatingError`)."""
     try:
-        etree.fromstring(data, _safe_parser(target=guard))
-    except _DoctypeFoundError as exc:
-        raise GatingError(path, _DOCTYPE_REFUSED) from exc
-    except etree.XMLSyntaxError as exc:
-        raise GatingError(path, f"is not well-formed XML: {exc}") from exc
-    if guard.root != "Workspace":
-        raise GatingError(path, f"is not a FlowJo workspace: its root element is <{guard.root}>")
-    try:
-        workspace = flowkit.Workspace(str(path), load_missing_file_data=True)
-        ids = workspace.get_sample_ids(loaded_only=False)  # the FCS files need not be at hand
-    except Exception as exc:  # FlowKit's own parse errors, whatever their class
-        raise GatingError(path, f"is not a FlowJo 10 workspace FlowKit can read: {exc}") from exc
-    if not ids:
-        raise GatingError(path, "the workspace holds no sample")
-    chosen = sample if sample in ids else ids[0]
-    try:
-        return from_flowkit(workspace.get_gating_strategy(chosen))
-    except GatingError as exc:
-        raise GatingError(path, f"sample {chosen}: {exc.source}: {exc.problem}") from exc
-
-
-def _read_bounded(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_DOCUMENT_BYTES:
-            raise GatingError(path, _too_large(size))
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):
+            raise GatingError(path, "is not a regular file (a FIFO or device would block)")
+        size = status.st_size
+        if size > limit:
+            raise GatingError(path, _too_large(size, limit))
         with path.open("rb") as fh:
             # one byte more than expected reveals a file that grew past the limit meanwhile
-            data = fh.read(min(size, MAX_DOCUMENT_BYTES) + 1)
+            data = fh.read(min(size, limit) + 1)
     except IsADirectoryError as exc:
-        raise GatingError(path, "is a directory, not a Gating-ML document") from exc
+        raise GatingError(path, "is a directory, not a gating document") from exc
     except OSError as exc:
         raise GatingError(path, f"cannot be read: {exc.strerror or exc}") from exc
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise GatingError(path, _too_large(len(data)))
+    if len(data) > limit:
+        raise GatingError(path, _too_large(len(data), limit))
     if not data.strip():
         raise GatingError(path, "is empty")
     return data
 
 
-def _too_large(size: int) -> str:
+def _too_large(size: int, limit: int) -> str:
     return (
-        f"is {size:,} bytes; Gating-ML documents over {MAX_DOCUMENT_BYTES:,} bytes "
-        f"({MAX_DOCUMENT_BYTES // 2**20} MiB) are refused"
+        f"is {size:,} bytes; gating documents over {limit:,} bytes "
+        f"({limit // 2**20} MiB) are refused"
     )
 
 
-class _DoctypeFoundError(Exception):
+class DoctypeFoundError(Exception):
     pass
 
 
-class _DoctypeGuard:
-    """Parser target that stops at a DOCTYPE, before any of its declarations are used, and
-    notes the root element."""
+class TooManyGatesError(Exception):
+    pass
+
+
+_STRATEGY_ELEMENTS = frozenset({"Sample", "GroupNode"})
+"""Workspace elements that each hold one gating strategy."""
+
+
+class DoctypeGuard:
+    """Parser target that stops at a DOCTYPE, before any of its declarations are used, or
+    at more gates than FlowKit parses in bounded time, and notes the root element."""
 
     root: str | None = None
 
+    def __init__(self) -> None:
+        self.gates = 0  # in the whole document
+        self.in_strategy = 0  # in the current workspace sample or group (or the document)
+
     def doctype(self, name: str, public_id: str | None, system_url: str | None) -> None:
-        raise _DoctypeFoundError(system_url or public_id or name)
+        raise DoctypeFoundError(system_url or public_id or name)
 
     def start(self, tag: str, attrib: dict) -> None:
         if self.root is None:
             self.root = tag
+        local = tag.rsplit("}", 1)[-1]
+        if local in _STRATEGY_ELEMENTS:
+            self.in_strategy = 0
+        elif local.endswith("Gate") and tag.startswith(f"{{{GATING_NS}}}"):
+            self.gates += 1
+            self.in_strategy += 1
+            if self.in_strategy > MAX_GATES:
+                raise TooManyGatesError(
+                    f"holds more than {MAX_GATES} gates in one gating strategy; documents with "
+                    "more are refused (reading them would take minutes)"
+                )
+            if self.gates > MAX_WORKSPACE_GATES:
+                raise TooManyGatesError(
+                    f"holds more than {MAX_WORKSPACE_GATES} gates; documents with more are "
+                    "refused (reading them would take minutes)"
+                )
 
     def end(self, tag: str) -> None:
         pass
@@ -164,7 +181,7 @@ _DOCTYPE_REFUSED = (
 )
 
 
-def _safe_parser(**extra: Any) -> etree.XMLParser:
+def safe_parser(**extra: Any) -> etree.XMLParser:
     return etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, **extra
     )
@@ -177,10 +194,12 @@ def _parse_safely(data: bytes, path: Path) -> etree._ElementTree:
     document without one is parsed into a tree.
     """
     try:
-        etree.fromstring(data, _safe_parser(target=_DoctypeGuard()))
-        root = etree.fromstring(data, _safe_parser())
-    except _DoctypeFoundError as exc:
+        etree.fromstring(data, safe_parser(target=DoctypeGuard()))
+        root = etree.fromstring(data, safe_parser())
+    except DoctypeFoundError as exc:
         raise GatingError(path, _DOCTYPE_REFUSED) from exc
+    except TooManyGatesError as exc:
+        raise GatingError(path, str(exc)) from exc
     except etree.XMLSyntaxError as exc:
         raise GatingError(path, f"is not well-formed XML: {exc}") from exc
     tree = root.getroottree()
@@ -223,9 +242,24 @@ def _parse_with_flowkit(
         raise GatingError(path, f"is not valid Gating-ML 2.0: {exc}") from exc
 
 
-def from_flowkit(strategy: flowkit.GatingStrategy) -> GateSet:
-    """Convert a FlowKit GatingStrategy (template gates) into a :class:`GateSet`."""
+def from_flowkit(
+    strategy: flowkit.GatingStrategy,
+    *,
+    path_ids: bool = False,
+    rename: Callable[[str], str] = str,
+) -> GateSet:
+    """Convert a FlowKit GatingStrategy (template gates) into a :class:`GateSet`.
+
+    ``path_ids``: each gate's id is its path from the root (names joined by '/', as in a
+    FlowJo workspace, where names repeat under different parents); otherwise its name
+    (Gating-ML ids are unique). ``rename`` maps FlowKit's gate names back to the source's.
+    """
     from flowkit.exceptions import QuadrantReferenceError
+
+    def population(name: str, path: tuple[str, ...]) -> str:
+        if not path_ids:
+            return rename(name)
+        return "/".join(rename(p) for p in (*path[1:], name))
 
     transforms = {}
     for transform_id, transform in strategy.transformations.items():
@@ -249,8 +283,8 @@ def from_flowkit(strategy: flowkit.GatingStrategy) -> GateSet:
             fk_gate = strategy.get_gate(name, gate_path)
         except QuadrantReferenceError:
             continue  # quadrants come with their quadrant gate
-        parent = None if gate_path[-1] == "root" else gate_path[-1]
-        gates.append(_gate_from_flowkit(fk_gate, parent))
+        parent = None if gate_path[-1] == "root" else population(gate_path[-1], gate_path[:-1])
+        gates.append(_gate_from_flowkit(fk_gate, population(name, gate_path), parent, population))
     return GateSet(tuple(_hierarchy_order(gates)), transforms, compensations)
 
 
@@ -266,9 +300,15 @@ def _transform_from_flowkit(transform: Any) -> Transform:
         return Flin(t=transform.param_t, a=transform.param_a)
     if isinstance(transform, fkt.LogTransform):
         return Flog(t=transform.param_t, m=transform.param_m)
-    if isinstance(transform, fkt.WSPLogTransform):  # FlowJo's log: flog's curve, clipped at 0
-        decades = transform.decades
-        return Flog(t=transform.offset * 10**decades, m=decades)
+    if isinstance(transform, fkt.WSPLogTransform):
+        return FlowJoLog(offset=transform.offset, decades=transform.decades)
+    if isinstance(transform, fkt.WSPBiexTransform):
+        return FlowJoBiex(
+            negative=transform.negative,
+            width=transform.width,
+            positive=transform.positive,
+            max_value=transform.max_value,
+        )
     if isinstance(transform, fkt.AsinhTransform):
         return Fasinh(t=transform.param_t, m=transform.param_m, a=transform.param_a)
     if isinstance(transform, fkt.LogicleTransform):
@@ -295,10 +335,11 @@ def _axis_from_flowkit(dimension: Any) -> Axis:
     return Dimension(dimension.id, compensation, dimension.transformation_ref)
 
 
-def _gate_from_flowkit(gate: Any, parent: str | None) -> Gate:
+def _gate_from_flowkit(
+    gate: Any, name: str, parent: str | None, population: Callable[[str, tuple[str, ...]], str]
+) -> Gate:
     from flowkit import gates as fkg
 
-    name = gate.gate_name
     if getattr(gate, "use_complement", False):
         raise GatingError(f"gate {name!r}", "use_complement is not Gating-ML 2.0; not supported")
     if isinstance(gate, fkg.RectangleGate):
@@ -343,7 +384,10 @@ def _gate_from_flowkit(gate: Any, parent: str | None) -> Gate:
         )
         return QuadrantGate(name, parent, dividers, quadrants)
     if isinstance(gate, fkg.BooleanGate):
-        refs = tuple(GateRef(r["ref"], bool(r["complement"])) for r in gate.gate_refs)
+        refs = tuple(
+            GateRef(population(r["ref"], tuple(r.get("path") or ())), bool(r["complement"]))
+            for r in gate.gate_refs
+        )
         return BooleanGate(name, parent, gate.type, refs)
     raise GatingError(f"gate {name!r}", f"{type(gate).__name__} is not supported")
 

@@ -63,14 +63,19 @@ def density(values: np.ndarray, lo: float, hi: float, bandwidth: float | None = 
     counts, edges = np.histogram(values, bins=GRID_POINTS, range=(lo, hi))
     centres = (edges[:-1] + edges[1:]) / 2
     step = edges[1] - edges[0]
-    if bandwidth is None:  # Silverman's rule on a robust spread
-        spread = min(np.std(values), _interquartile(values) / 1.349)
-        bandwidth = 0.9 * max(spread, 1e-6) * len(values) ** -0.2
+    if bandwidth is None:
+        bandwidth = silverman_bandwidth(values)
     sigma = max(bandwidth / step, 1.0)
     radius = min(int(4 * sigma), GRID_POINTS // 2 - 1)
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     smooth = np.convolve(counts.astype(np.float64), kernel / kernel.sum(), mode="same")
     return centres, smooth / (smooth.sum() * step)
+
+
+def silverman_bandwidth(values: np.ndarray) -> float:
+    """Silverman's rule on a robust spread."""
+    spread = min(np.std(values), _interquartile(values) / 1.349)
+    return 0.9 * max(spread, 1e-6) * len(values) ** -0.2
 
 
 def _interquartile(values: np.ndarray) -> float:

@@ -1,144 +1,104 @@
-"""One sample's walk through a gating template: the state every gate placer works on.
+"""One sample's walk through a gating template.
 
 A :class:`Placer` places the cuts a population needs from the events of the population the
-template names (:func:`place_threshold`, trying the cut's methods in turn), compiles phenotype
-populations into range and boolean gates, and hands shape gates to the placers it was given
-(:mod:`gating.qc_gates`, :mod:`gating.scatter_gates`). Every gate is added to one
-:class:`~gating.engine.Evaluator` at once, so the next cut can look at the population just made.
+template names (:func:`gating.cuts.place_threshold`, trying the cut's methods in turn),
+compiles phenotype populations into range and boolean gates, and runs the registered
+placement method of every other gate (:mod:`gating.method`) on its parent's events. It is
+the only writer: each method returns a :class:`~gating.method.Placement`, which ``apply``
+adds to one :class:`~gating.engine.Evaluator` (so the next cut can look at the population
+just made), recording its decisions the one way cuts are recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
+from gating.cuts import place_threshold
 from gating.engine import Evaluator
 from gating.errors import GatingError
-from gating.model import FCS_SPILL, BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
-from gating.placement import (
-    ClusterFit,
-    ThresholdDecision,
-    balance_threshold,
-    mixture_threshold,
-    tail_threshold,
-    valley_threshold,
+from gating.method import (
+    ESTIMATE_LIMIT,
+    FLUOR,
+    PART,
+    SSC_LOG,
+    ChannelMap,
+    Method,
+    Parent,
+    Placement,
+    axis_for,
+    fixed_decision,
 )
+from gating.model import BooleanGate, Bound, Dimension, Gate, GateRef, RangeGate
+from gating.placement import ThresholdDecision
 from gating.template import Condition, CutSpec, PopulationSpec, Template
-from gating.transforms import Flog, Logicle
+from gating.transforms import Fasinh, Flog, Hyperlog, Logicle
 
-FLUOR = "fluor"
-SSC_LOG = "ssc_log"
-ESTIMATE_LIMIT = 20_000
-PART = "::"
-"""Separator of helper gates (one per phenotype condition) from their population id."""
+MIN_PARENT = 200
+"""Parents smaller than this are not judged for implausible cuts."""
+NEAR_EMPTY = 0.002
+"""A side holding at most this share of its parent counts as (nearly) empty."""
 
-ShapePlacer = Callable[["Placer", PopulationSpec], None]
-"""Places one shape gate (``stable_flow``, ``cells``, …) of a template on the sample."""
-CorePlacer = Callable[["Placer", PopulationSpec, str], list[Gate]]
-"""Places the gates that keep a phenotype population to its robust core (``core``), under
-the gate of its phenotype (named); none when it cannot."""
-
-
-@dataclass(frozen=True)
-class ChannelMap:
-    """Where a sample's markers and scatter signals are ($PnN names)."""
-
-    markers: Mapping[str, str]
-    fluorescence: tuple[str, ...]
-    fsc_area: str = "FSC-A"
-    fsc_height: str = "FSC-H"
-    ssc_area: str = "SSC-A"
-    time: str = "Time"
+__all__ = [
+    "ESTIMATE_LIMIT", "FLUOR", "PART", "SSC_LOG", "ChannelMap", "Placer", "place_threshold",
+    "transforms_for",
+]  # fmt: skip
 
 
 def transforms_for(template: Template) -> dict:
-    """The template's fluorescence display transform and the SSC log scale."""
+    """The template's fluorescence display transform, the SSC log scale, and the scale it
+    gives any marker or channel of its own (``transforms:``)."""
     params = {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0} | {
         k.upper(): float(v) for k, v in template.transform.items() if k != "type"
     }
-    return {
+    made = {
         FLUOR: Logicle(t=params["T"], w=params["W"], m=params["M"], a=params["A"]),
         SSC_LOG: Flog(t=params["T"], m=params["M"]),
     }
+    kinds = {"logicle": Logicle, "biex": Hyperlog, "asinh": Fasinh}
+    for name, spec in template.transforms.items():
+        if spec["type"] in kinds:
+            values = {k.lower(): v for k, v in spec.items() if k != "type"}
+            made[scale_id(name)] = kinds[spec["type"]](**values)
+    return made
 
 
-def _same(values: np.ndarray) -> np.ndarray:
-    return values
+def scale_id(name: str) -> str:
+    """The transform id of a marker's or channel's own scale (an XML id: Gating-ML)."""
+    return "scale_" + re.sub(r"[^A-Za-z0-9._-]", lambda m: f"_{ord(m.group()):x}_", name)
 
 
-def _fixed(value: float, method_reason: str, events: int) -> ThresholdDecision:
-    return ThresholdDecision(value, "fixed", False, None, events, {"source": method_reason})
-
-
-def place_threshold(
-    spec: CutSpec,
-    values: np.ndarray,
-    negatives: np.ndarray | None,
-    scale: Logicle | None = None,
-) -> ThresholdDecision:
-    """Try each method of a cut in turn; the first that is not a fallback wins."""
-    decision = None
-    finite = values[np.isfinite(values)]
-    if finite.size > 1 and np.ptp(finite) == 0:  # one event is too few, not a dead channel
-        return ThresholdDecision(
-            spec.bounds.default, spec.methods[0], True, "channel carries no signal", values.size
-        )
-    tried = []
-    for method in spec.methods:
-        if method == "valley":
-            decision = valley_threshold(values, spec.bounds, side=spec.valley_side)
-        elif method == "mixture":
-            decision = mixture_threshold(values, spec.bounds, spec.components)
-        elif method == "balance":
-            to_linear, to_scale = (scale.inverse, scale.apply) if scale else (_same, _same)
-            decision = balance_threshold(
-                values,
-                spec.bounds,
-                to_linear,
-                to_scale,
-                spec.components,
-                spec.floor_sd,
-                min_positives=spec.min_positives,
-                hidden_share=spec.hidden_share,
-            )
-        elif method == "tail":
-            decision = tail_threshold(
-                negatives if negatives is not None else values,
-                spec.bounds,
-                spec.quantile,
-                spec.margin,
-            )
-        else:
-            return _fixed(spec.bounds.default, "template", values.size)
-        if not decision.fallback:
-            if tried:
-                decision.evidence["earlier_attempts"] = tried
-            return decision
-        tried.append(f"{method}: {decision.reason}")
-    assert decision is not None
-    reason = "; ".join(tried)
-    return ThresholdDecision(
-        decision.value, decision.method, True, reason, decision.events, decision.evidence
-    )
+def scales_for(template: Template) -> dict[str, str | None]:
+    """Marker or channel → the transform id of its own scale (None: data units)."""
+    return {
+        name: None if spec["type"] == "linear" else scale_id(name)
+        for name, spec in template.transforms.items()
+    }
 
 
 class Placer:
     """Walks a template over one sample: the cuts and gates placed so far, the flags raised,
-    and the evaluator every gate is added to; shape gates are placed by ``shape_gates``."""
+    and the evaluator every gate is added to; gates other than phenotypes are placed by the
+    ``methods`` registry (``core`` keeps a phenotype to its robust core)."""
 
     def __init__(
         self,
         template: Template,
         evaluator: Evaluator,
         channels: ChannelMap,
-        fixed_cuts: Mapping[str, float | ThresholdDecision],
-        shape_gates: Mapping[str, ShapePlacer],
-        core: CorePlacer | None = None,
+        fixed_cuts: Mapping[str, float | ThresholdDecision | Placement],
+        methods: Mapping[str, Method],
+        core: Method | None = None,
+        channel_names: tuple[str, ...] = (),
     ) -> None:
+        self.channel_names = frozenset(channel_names)
+        self.scales = scales_for(template)
         self.template = template
-        self.shape_gates = shape_gates
+        self.methods = methods
         self.core = core
         self.evaluator = evaluator
         self.channels = channels
@@ -149,12 +109,17 @@ class Placer:
         self.skipped: dict[str, str] = {}
         self.approximations: dict[str, str] = {}
         self.flags: list[str] = []
-        self.scatter: ClusterFit | None = None
         self.degenerate: set[str] = set()
-        self.scatter_kept: tuple[str, ...] = ()
+        self.fits: dict[str, Any] = {}
+        """What each method fitted, by population, for methods that declare it as input."""
 
-    def axis(self, marker: str) -> Dimension:
-        return Dimension(self.channels.markers[marker], FCS_SPILL, FLUOR)
+    def axis(self, name: str) -> Dimension:
+        """The axis of a marker or channel on its scale."""
+        return axis_for(name, self.channels, self.scales)
+
+    def has(self, name: str) -> bool:
+        """Whether the sample carries this marker or channel."""
+        return name in self.channels.markers or name in self.channel_names
 
     def add(self, *gates: Gate) -> None:
         for gate in gates:
@@ -167,7 +132,9 @@ class Placer:
         if name in self.fixed_cuts:
             given = self.fixed_cuts[name]
             decision = (
-                given if isinstance(given, ThresholdDecision) else _fixed(float(given), "given", 0)
+                given
+                if isinstance(given, ThresholdDecision)
+                else fixed_decision(float(given), "given", 0)
             )
         else:
             decision = make()
@@ -178,6 +145,47 @@ class Placer:
         known = self.approximations.get(population)
         self.approximations[population] = f"{known}; {note}" if known else note
 
+    def parent_view(
+        self, population_id: str, parent: str | None, inputs: Mapping[str, Any] | None = None
+    ) -> Parent:
+        """The read-only view a method places ``population_id`` from."""
+        return Parent(
+            population_id, parent, self.evaluator, self.channels, frozenset(self.degenerate),
+            self.fixed_cuts, inputs or {}, self.scales, self.channel_names,
+        )  # fmt: skip
+
+    def apply(self, population_id: str, placement: Placement) -> None:
+        """Record a method's decisions, flags and notes; add its gates (or say why not)."""
+        for name, decision in placement.decisions:
+            self.record(name, decision)
+        self.flags.extend(placement.flags)
+        for note in placement.notes:
+            self.approximate(population_id, note)
+        if placement.skipped is not None:
+            self.skipped[population_id] = placement.skipped
+            return
+        self.add(*placement.gates)
+        if placement.fit is not None:
+            self.fits[population_id] = placement.fit
+
+    def place_gate(self, spec: PopulationSpec) -> None:
+        """Run the population's method on its parent (less any excluded population)."""
+        method = self.methods[str(spec.gate)]
+        parent = spec.parent
+        if spec.exclude is not None and spec.exclude in self.populations:
+            parent = f"{spec.id}{PART}events"
+            self.add(BooleanGate(parent, spec.parent, "not", (GateRef(spec.exclude),)))
+        given = self.fixed_cuts.get(spec.id)
+        if isinstance(given, Placement):  # placed once for several samples (pooled)
+            gates = tuple(
+                g if g.parent is not None else replace(g, parent=parent) for g in given.gates
+            )
+            self.apply(spec.id, replace(given, gates=gates))
+            return
+        inputs = {name: self.fits.get(getattr(spec.options, name)) for name in method.inputs}
+        view = self.parent_view(spec.id, parent, inputs)
+        self.apply(spec.id, method.place(view, spec.options))
+
     def record(self, name: str, decision: ThresholdDecision) -> ThresholdDecision:
         """Keep a decision (flagged when it fell back)."""
         self.decisions[name] = decision
@@ -185,16 +193,20 @@ class Placer:
             self.flags.append(f"threshold_fallback:{name}")
         return decision
 
-    def cut(self, marker: str, level: str) -> float:
-        spec = self.template.thresholds[marker]
-        positive = self.decisions.get(marker) or self.decide(
-            marker, lambda: self._estimate(spec.positive, marker, None)
+    def marker_of(self, cut: str) -> str:
+        """The marker or channel a named cut is placed on."""
+        return self.template.thresholds[cut].marker
+
+    def cut(self, cut: str, level: str) -> float:
+        spec = self.template.thresholds[cut]
+        positive = self.decisions.get(cut) or self.decide(
+            cut, lambda: self._estimate(spec.positive, spec.marker, None)
         )
         if level in ("+", "-"):
             return positive.value
-        name = f"{marker}.bright"
+        name = f"{cut}.bright"
         bright = self.decisions.get(name) or self.decide(
-            name, lambda: self._estimate(spec.bright, marker, positive.value)
+            name, lambda: self._estimate(spec.bright, spec.marker, positive.value)
         )
         return bright.value
 
@@ -212,7 +224,7 @@ class Placer:
         if spec.negative:
             known = spec.negative in self.parents
             negatives = self.values(axis, spec.negative) if known else np.empty(0)
-        scale = self.evaluator.gate_set.transforms[FLUOR]
+        scale = self.evaluator.gate_set.transforms.get(axis.transform)
         decision = place_threshold(spec, values, negatives, scale)
         decision.evidence["estimated_on"] = population
         return decision
@@ -253,7 +265,9 @@ class Placer:
                 continue
             try:
                 if spec.gate is not None:
-                    self.shape_gates[spec.gate](self, spec)
+                    self.place_gate(spec)
+                elif spec.boolean is not None:
+                    self._boolean(spec)
                 else:
                     self._phenotype(spec)
             except (GatingError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
@@ -264,13 +278,27 @@ class Placer:
                 self.populations.append(spec.id)
                 self.parents[spec.id] = spec.parent
 
+    def _boolean(self, spec: PopulationSpec) -> None:
+        """``A and not B``, ``A or B``, ``not A``: one Gating-ML boolean gate, negated
+        operands referenced as their complement."""
+        operator, terms = spec.boolean
+        missing = [name for _, name in terms if name not in self.parents]
+        if missing:
+            self.skipped[spec.id] = f"{', '.join(missing)} not gated"
+            return
+        if len(terms) == 1:
+            self.add(BooleanGate(spec.id, spec.parent, "not", (GateRef(terms[0][1]),)))
+            return
+        refs = tuple(GateRef(name, complement=negated) for negated, name in terms)
+        self.add(BooleanGate(spec.id, spec.parent, operator, refs))
+
     def _phenotype(self, spec: PopulationSpec) -> None:
-        usable = [c for c in spec.phenotype if c.marker in self.channels.markers]
-        dropped = [c for c in spec.phenotype if c.marker not in self.channels.markers]
+        usable = [c for c in spec.phenotype if self.has(self.marker_of(c.marker))]
+        dropped = [c for c in spec.phenotype if not self.has(self.marker_of(c.marker))]
         if not usable:
             self.skipped[spec.id] = "no marker of its phenotype is on this panel"
             return
-        silent = [c.marker for c in usable if c.marker in self.degenerate]
+        silent = [c.marker for c in usable if self.marker_of(c.marker) in self.degenerate]
         if silent:
             self.skipped[spec.id] = f"channel of {', '.join(silent)} carries no signal"
             return
@@ -280,13 +308,35 @@ class Placer:
                 f"read as {' '.join(map(str, usable))}: "
                 f"{', '.join(c.marker for c in dropped)} not on this panel",
             )
-        if spec.options.get("core") and self.core is not None and self._with_core(spec, usable):
+        if spec.options is not None and self.core is not None and self._with_core(spec, usable):
             return
         gates: list[Gate] = [self._condition_gate(spec, c, len(usable) == 1) for c in usable]
         if len(gates) > 1:
             refs = tuple(GateRef(g.id) for g in gates)
             gates.append(BooleanGate(spec.id, spec.parent, "and", refs))
         self.add(*gates)
+        for condition, gate in zip(usable, gates, strict=False):
+            self._check_plausible(spec, condition, gate.id)
+
+    def _check_plausible(self, spec: PopulationSpec, condition: Condition, gate_id: str) -> None:
+        """Flag ``implausible:<cut>`` when a cut leaves (nearly) nothing on its side while
+        the events it was placed on have a clear mode there (a confident but wrong cut)."""
+        decision = self.decisions.get(condition.marker)
+        parent = self.evaluator.count(spec.parent) if spec.parent else self.evaluator.event_count
+        flag = f"implausible:{condition.marker}"
+        if decision is None or condition.level not in ("+", "-") or flag in self.flags:
+            return
+        modes = decision.evidence.get("modes") or decision.evidence.get("means") or ()
+        above = condition.level == "+"
+        on_side = [m for m in modes if (m >= decision.value) == above]
+        kept = self.evaluator.count(gate_id)
+        if on_side and parent >= MIN_PARENT and kept <= NEAR_EMPTY * parent:
+            self.flags.append(flag)
+            self.approximate(
+                spec.id,
+                f"{condition} keeps {kept} of {parent} events though the cut's data have a "
+                f"mode at {on_side[0]:.3f} on that side",
+            )
 
     def _with_core(self, spec: PopulationSpec, usable: list[Condition]) -> bool:
         """The phenotype's events kept to their core; False (and nothing added) when no
@@ -299,7 +349,9 @@ class Placer:
             helpers.append(BooleanGate(f"{spec.id}{PART}phenotype", spec.parent, "and", refs))
         self.add(*helpers)
         phenotype = helpers[-1].id
-        core = self.core(self, spec, phenotype)
+        placement = self.core.place(self.parent_view(spec.id, phenotype), spec.options)
+        core = placement.gates
+        self.apply(spec.id, Placement(decisions=placement.decisions, notes=placement.notes))
         if not core:
             for gate in reversed(helpers):
                 self.evaluator.withdraw(gate.id)
@@ -310,7 +362,7 @@ class Placer:
 
     def _condition_gate(self, spec: PopulationSpec, condition: Condition, alone: bool) -> RangeGate:
         gate_id = spec.id if alone else f"{spec.id}{PART}{condition}"
-        axis = self.axis(condition.marker)
+        axis = self.axis(self.marker_of(condition.marker))
         if condition.level == "+":
             bound = Bound(axis, min=self.cut(condition.marker, "+"))
         elif condition.level == "-":
@@ -322,9 +374,3 @@ class Placer:
                 axis, min=self.cut(condition.marker, "+"), max=self.cut(condition.marker, "++")
             )
         return RangeGate(gate_id, spec.parent, bound)
-
-    def raw(self, channel: str, population: str | None) -> np.ndarray:
-        return self.evaluator.values(Dimension(channel), population)
-
-    def scatter_axes(self) -> tuple[Dimension, Dimension]:
-        return Dimension(self.channels.fsc_area), Dimension(self.channels.ssc_area, None, SSC_LOG)

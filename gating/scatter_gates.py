@@ -1,15 +1,17 @@
 """Scatter gates: intact cells (ellipses of scatter clusters fitted from template anchors, so
-debris and dead cells stay out) and lymphocytes (low SSC, bright CD45, on the lymphocyte side
-of the dead cells). Each places its gate on the sample through a
-:class:`~gating.placer.Placer` and records its decisions with the evidence."""
+debris and dead cells stay out), lymphocytes (low SSC, bright CD45, on the lymphocyte side
+of the dead cells; they read the cells gate's cluster fit, a declared input) and the robust
+core of a small compartment. Each is a placement method (:mod:`gating.method`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import numpy as np
 
+from gating.cuts import place_threshold
+from gating.method import PART, SSC_LOG, Builder, Parent, Placement
 from gating.model import (
     BooleanGate,
     Bound,
@@ -21,24 +23,38 @@ from gating.model import (
     RangeGate,
     RectangleGate,
 )
+from gating.options import CellsOptions, CoreOptions, LymphocytesOptions
 from gating.placement import (
     GRID_POINTS,
     MIN_EVENTS,
     Bounds,
+    ClusterFit,
     ThresholdDecision,
     density,
     gaussian_clusters,
 )
-from gating.placer import PART, SSC_LOG, Placer, place_threshold
-from gating.template import CutSpec, PopulationSpec
+from gating.template import CutSpec
 
+NEAR_EMPTY = 0.002
+"""A lymphocyte gate whose box keeps at most this share of its parent is implausible."""
 MIN_CLUSTER = 20
 """Fewer fitted events than this and a scatter cluster counts as absent."""
 BLAST_WEIGHT_RATIO = 5.0
 """Lymphocytes outweigh a cluster of their own large cells at least this many times."""
 
 
-def cells(placer: Placer, spec: PopulationSpec) -> None:
+@dataclass(frozen=True)
+class ScatterClusters:
+    """What the cells gate fitted, for the gates that declare it as their input."""
+
+    fit: ClusterFit
+    kept: tuple[str, ...]
+    ssc_shift: float = 0.0
+    """How far (log SSC) the anchors were moved onto this sample's scatter: gates reading
+    the fit move their SSC bounds with it."""
+
+
+def cells(parent: Parent, options: CellsOptions) -> Placement:
     """Intact leukocytes by scatter: the union of the kept clusters' ellipses.
 
     Named clusters (debris, dead cells, lymphocytes, monocytes, granulocytes …) are fitted
@@ -48,46 +64,43 @@ def cells(placer: Placer, spec: PopulationSpec) -> None:
     ``keep_large`` (default) it also keeps everything larger than the first kept cluster's
     centre within the kept clusters' SSC span: blasts and activated cells.
     """
-    beads = spec.options.get("exclude", "beads")
-    parent = spec.parent
-    if beads in placer.populations:
-        parent = f"{spec.id}{PART}events"
-        placer.add(BooleanGate(parent, spec.parent, "not", (GateRef(beads),)))
-    anchors = spec.options.get("clusters")
+    anchors = options.clusters
     if not anchors:
-        _cells_by_size(placer, spec, parent)
-        return
-    keep = tuple(spec.options.get("keep", ("lymphocytes", "monocytes", "granulocytes")))
-    radius = float(spec.options.get("radius", 4.0))
-    fsc, ssc = placer.scatter_axes()
-    ssc_scale = placer.evaluator.gate_set.transforms[SSC_LOG]
+        return _cells_by_size(parent, options)
+    keep, radius = options.keep, options.radius
+    fsc, ssc = parent.scatter_axes()
+    ssc_scale = parent.transform(SSC_LOG)
     named = {
         str(name): (float(a), float(ssc_scale.apply(np.array([float(b)]))[0]))
         for name, (a, b) in anchors.items()
     }
-    spread = tuple(float(v) for v in spec.options.get("spread", (8_000.0, 0.03)))
-    points = np.column_stack([placer.values(fsc, parent), placer.values(ssc, parent)])
-    fit = gaussian_clusters(points, named, spread)
-    wandered = set(fit.evidence.get("wandered", ()))
-    kept = [
-        n
-        for n in keep
-        if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
-    ]
+    points = np.column_stack([parent.values(fsc), parent.values(ssc)])
+    fit, kept = _scatter_fit(points, named, options.spread, keep)
+    share = _kept_share(points, fit, kept, options)
+    anchored, shift = None, 0.0
+    if share < options.min_share:
+        # the anchors do not fit this instrument's scatter: start them from the data, moved
+        # so that one kept cluster's anchor sits on the densest scatter (lymphocytes in
+        # PBMC, granulocytes in lysed blood): the move whose fit explains the data best
+        best = _best_data_start(points, named, [n for n in keep if n in named], options)
+        if best is not None:
+            refit, rekept, reshare, anchored = best
+            if reshare > share:
+                fit, kept, share = refit, rekept, reshare
+                shift = anchored["ssc_shift"]
     if fit.fallback or not kept:
         reason = fit.reason or "no kept cluster has events"
-        _cells_by_size(placer, spec, parent, reason)
-        return
-    placer.scatter = fit
-    placer.scatter_kept = tuple(kept)
+        return _cells_by_size(parent, options, reason)
     first = fit.clusters[kept[0]]
     edge = first.mean[0] - radius * first.sd(0)
-    evidence = dict(fit.evidence, keep=kept, radius=radius)
+    evidence = dict(fit.evidence, keep=kept, radius=radius, kept_share=share)
     evidence["absent"] = [n for n in keep if n not in kept]
+    if anchored is not None:
+        evidence["anchored_on_data"] = anchored
     shapes: list[Gate] = [
         EllipsoidGate(
-            f"{spec.id}{PART}{name}",
-            parent,
+            f"{parent.id}{PART}{name}",
+            parent.population,
             (fsc, ssc),
             fit.clusters[name].mean,
             fit.clusters[name].covariance,
@@ -95,36 +108,134 @@ def cells(placer: Placer, spec: PopulationSpec) -> None:
         )
         for name in kept
     ]
-    if spec.options.get("keep_large", True):
+    if options.keep_large:
         # large cells (activated lymphocytes, blasts) lie beyond the first cluster's
         # ellipse on the FSC side, where nothing needs excluding: keep everything larger
         # than its centre across the kept clusters' side-scatter span
         low = first.mean[1] - radius * first.sd(1)
         high = max(fit.clusters[n].mean[1] + radius * fit.clusters[n].sd(1) for n in kept)
         span = (Bound(fsc, min=first.mean[0]), Bound(ssc, min=low, max=high))
-        shapes.append(RectangleGate(f"{spec.id}{PART}large", parent, span))
+        shapes.append(RectangleGate(f"{parent.id}{PART}large", parent.population, span))
         evidence["large"] = {"fsc_min": first.mean[0], "ssc_range": (low, high)}
     if len(shapes) == 1:
-        shapes[0] = replace(shapes[0], id=spec.id)
-    placer.decisions[spec.id] = ThresholdDecision(
-        float(edge), "clusters", False, None, fit.events, evidence
-    )
-    placer.add(*shapes)
+        shapes[0] = replace(shapes[0], id=parent.id)
+    out = Builder()
+    if share < options.min_share:
+        out.flags.append(f"implausible:{parent.id}")
+    edge_decision = ThresholdDecision(float(edge), "clusters", False, None, fit.events, evidence)
+    out.record(parent.id, edge_decision)
+    out.add(*shapes)
     if len(shapes) > 1:
-        placer.add(BooleanGate(spec.id, parent, "or", tuple(GateRef(g.id) for g in shapes)))
+        refs = tuple(GateRef(g.id) for g in shapes)
+        out.add(BooleanGate(parent.id, parent.population, "or", refs))
+    return out.done(fit=ScatterClusters(fit, tuple(kept), shift))
 
 
-def _cells_by_size(
-    placer: Placer, spec: PopulationSpec, parent: str | None, why: str | None = None
-) -> None:
+def _scatter_fit(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, float]],
+    spread: tuple[float, ...],
+    keep: tuple[str, ...],
+) -> tuple[ClusterFit, list[str]]:
+    """The named clusters fitted from their anchors, and the kept ones that hold events and
+    stayed near their anchor."""
+    fit = gaussian_clusters(points, anchors, spread)
+    wandered = set(fit.evidence.get("wandered", ()))
+    kept = [
+        n
+        for n in keep
+        if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
+    ]
+    return fit, kept
+
+
+def _best_data_start(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, float]],
+    references: list[str],
+    options: CellsOptions,
+) -> tuple[ClusterFit, list[str], float, dict] | None:
+    """The refit from anchors moved onto the data (:func:`_anchors_from_data`) with each
+    kept cluster in turn as the reference, the one of highest likelihood in data units."""
+    best = None
+    for reference in references:
+        start = _anchors_from_data(points, anchors, reference, options.spread)
+        if start is None:
+            continue
+        moved, spread, evidence = start
+        fit, kept = _scatter_fit(points, moved, spread, options.keep)
+        if fit.fallback or not kept:
+            continue
+        # the fit's mean log density is in spread units: back to data units
+        loglik = fit.evidence["loglik"] - float(np.log(spread[0] * spread[1]))
+        share = _kept_share(points, fit, kept, options)
+        evidence.update(reference=reference, share=share, loglik=loglik)
+        if best is None or loglik > best[3]["loglik"]:
+            best = (fit, kept, share, evidence)
+    return best
+
+
+def _kept_share(
+    points: np.ndarray, fit: ClusterFit, kept: list[str], options: CellsOptions
+) -> float:
+    """Share of the (finite) estimation events the cells gate of this fit would keep."""
+    points = points[np.isfinite(points).all(axis=1)]
+    if fit.fallback or not kept or not len(points):
+        return 0.0
+    inside = np.zeros(len(points), dtype=bool)
+    limit = options.radius**2
+    for name in kept:
+        cluster = fit.clusters[name]
+        centred = points - np.asarray(cluster.mean)
+        inverse = np.linalg.inv(np.asarray(cluster.covariance))
+        inside |= np.einsum("ij,jk,ik->i", centred, inverse, centred) <= limit
+    if options.keep_large:
+        first = fit.clusters[kept[0]]
+        low = first.mean[1] - options.radius * first.sd(1)
+        high = max(fit.clusters[n].mean[1] + options.radius * fit.clusters[n].sd(1) for n in kept)
+        inside |= (points[:, 0] >= first.mean[0]) & (points[:, 1] >= low) & (points[:, 1] < high)
+    return float(inside.mean())
+
+
+def _anchors_from_data(
+    points: np.ndarray,
+    anchors: dict[str, tuple[float, float]],
+    reference: str,
+    spread: tuple[float, ...],
+) -> tuple[dict[str, tuple[float, float]], tuple[float, ...], dict] | None:
+    """Anchors moved onto this sample's scatter: FSC scaled and log SSC shifted so that the
+    ``reference`` anchor lands on the densest point of the events above the lowest FSC
+    tenth (debris); the FSC spread scales with them. None without enough such events."""
+    points = points[np.isfinite(points).all(axis=1)]
+    if len(points) < MIN_EVENTS:
+        return None
+    points = points[points[:, 0] > np.quantile(points[:, 0], 0.1)]
+    if len(points) < MIN_EVENTS or np.ptp(points[:, 0]) == 0 or np.ptp(points[:, 1]) == 0:
+        return None
+    counts, x_edges, y_edges = np.histogram2d(points[:, 0], points[:, 1], bins=64)
+    kernel = np.exp(-0.5 * np.arange(-3, 4) ** 2 / 2.0)
+    smooth = np.apply_along_axis(np.convolve, 0, counts, kernel, mode="same")
+    smooth = np.apply_along_axis(np.convolve, 1, smooth, kernel, mode="same")
+    i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    mode = ((x_edges[i] + x_edges[i + 1]) / 2, (y_edges[j] + y_edges[j + 1]) / 2)
+    if not mode[0] > 0:
+        return None
+    fsc_factor = mode[0] / anchors[reference][0]
+    ssc_shift = mode[1] - anchors[reference][1]
+    moved = {n: (a * fsc_factor, b + ssc_shift) for n, (a, b) in anchors.items()}
+    evidence = {"mode": [float(v) for v in mode], "fsc_factor": float(fsc_factor),
+                "ssc_shift": float(ssc_shift)}  # fmt: skip
+    return moved, (spread[0] * fsc_factor, spread[1]), evidence
+
+
+def _cells_by_size(parent: Parent, options: CellsOptions, why: str | None = None) -> Placement:
     """FSC-A above a valley (or the template default): the gate without scatter clusters."""
-    axis = Dimension(placer.channels.fsc_area)
-    bounds = Bounds(
-        *spec.options.get("bounds", (8_000.0, 40_000.0)), spec.options.get("default", 18_000.0)
-    )
+    out = Builder()
+    axis = Dimension(parent.channels.fsc_area)
+    bounds = Bounds(*options.bounds, options.default)
 
     def estimate() -> ThresholdDecision:
-        decision = place_threshold(CutSpec(("valley",), bounds), placer.values(axis, parent), None)
+        decision = place_threshold(CutSpec(("valley",), bounds), parent.values(axis), None)
         if why is not None and decision.reason:
             reason = f"scatter clusters: {why}; {decision.reason}"
             return ThresholdDecision(
@@ -133,11 +244,12 @@ def _cells_by_size(
             )  # fmt: skip
         return decision
 
-    cut = placer.decide(spec.id, estimate).value
-    placer.add(RangeGate(spec.id, parent, Bound(axis, min=cut)))
+    cut = out.record(parent.id, parent.decide(parent.id, estimate)).value
+    out.add(RangeGate(parent.id, parent.population, Bound(axis, min=cut)))
+    return out.done()
 
 
-def lymphocytes(placer: Placer, spec: PopulationSpec) -> None:
+def lymphocytes(parent: Parent, options: LymphocytesOptions) -> Placement:
     """Low side scatter and bright CD45, on the lymphocyte side of the dead cells.
 
     A rectangle on log SSC-A × CD45: the SSC cut is the density minimum between the
@@ -149,59 +261,69 @@ def lymphocytes(placer: Placer, spec: PopulationSpec) -> None:
     sds), one line per CD45 band with ``dead_cd45_sd`` (``_dead_line``). Above the SSC cut
     a step keeps events brighter in CD45 than the next cluster (``_brighter_band``).
     """
-    _, axis = placer.scatter_axes()
-    bounds = Bounds(*spec.options.get("bounds", (0.6, 0.9)), spec.options.get("default", 0.78))
-    ssc = placer.values(axis, spec.parent)
-    decision = placer.decide(spec.id, lambda: _lymphocyte_ssc(placer, spec, ssc, bounds))
-    cd45 = spec.options.get("bright", "CD45")
+    out = Builder()
+    scatter: ScatterClusters | None = parent.inputs.get("scatter")
+    _, axis = parent.scatter_axes()
+    shift = 0.0 if scatter is None else scatter.ssc_shift  # anchors moved onto the data
+    bounds = Bounds(*(v + shift for v in (*options.bounds, options.default)))
+    ssc = parent.values(axis)
+    decision = out.record(parent.id, parent.decide(
+        parent.id, lambda: _lymphocyte_ssc(scatter, options, ssc, bounds)
+    ))  # fmt: skip
+    cd45 = options.bright
     bright = None
-    posterior = _lymphocyte_posterior(placer, spec)
-    if cd45 in placer.channels.markers and cd45 not in placer.degenerate:
-        marker_axis = placer.axis(cd45)
-        values = placer.values(marker_axis, spec.parent)
-        sds = float(spec.options.get("cd45_sd", 4.5))
+    posterior = _lymphocyte_posterior(parent, options, scatter)
+    if cd45 in parent.channels.markers and cd45 not in parent.degenerate:
+        marker_axis = parent.axis(cd45)
+        values = parent.values(marker_axis)
         low_ssc = ssc < decision.value
         others = None if posterior is None else 1.0 - posterior[low_ssc, 0]
-        floor = placer.decide(
-            f"{spec.id}.{cd45}", lambda: _bright_floor(values[low_ssc], sds, others=others)
-        )
+        floor = out.record(f"{parent.id}.{cd45}", parent.decide(
+            f"{parent.id}.{cd45}",
+            lambda: _bright_floor(values[low_ssc], options.cd45_sd, others=others),
+        ))  # fmt: skip
         if not floor.fallback:  # without a floor the gate is the SSC cut alone
             bright = values >= floor.value
     cd45_floor = None if bright is None else (marker_axis, values, floor)
-    plane = _dead_line(placer, spec, cd45_floor, posterior)
+    plane = _dead_line(parent, options, scatter, cd45_floor, posterior, out)
     band = None
     if bright is not None and not decision.fallback:
-        band = _brighter_band(placer, spec, decision, ssc, values, floor.value)
-    box_id = spec.id if plane is None and band is None else f"{spec.id}{PART}box"
+        band = _brighter_band(parent, options, decision, ssc, values, floor.value, out)
+    inside = np.isfinite(ssc) & (ssc < decision.value)
+    if bright is not None:
+        inside &= bright
+    if ssc.size >= MIN_EVENTS and inside.mean() <= NEAR_EMPTY:
+        out.flags.append(f"implausible:{parent.id}")  # the SSC cut keeps (nearly) nothing
+    box_id = parent.id if plane is None and band is None else f"{parent.id}{PART}box"
     if bright is not None:
         box = (Bound(axis, max=decision.value), Bound(marker_axis, min=floor.value))
-        placer.add(RectangleGate(box_id, spec.parent, box))
+        out.add(RectangleGate(box_id, parent.population, box))
     else:
-        placer.add(RangeGate(box_id, spec.parent, Bound(axis, max=decision.value)))
+        out.add(RangeGate(box_id, parent.population, Bound(axis, max=decision.value)))
     if band is not None:
         top, band_floor = band
         shape = (Bound(axis, max=top), Bound(marker_axis, min=band_floor))
-        band_id = f"{spec.id}{PART}band"
-        union_id = spec.id if plane is None else f"{spec.id}{PART}stepped"
-        placer.add(
-            RectangleGate(band_id, spec.parent, shape),
-            BooleanGate(union_id, spec.parent, "or", (GateRef(box_id), GateRef(band_id))),
+        band_id = f"{parent.id}{PART}band"
+        union_id = parent.id if plane is None else f"{parent.id}{PART}stepped"
+        out.add(
+            RectangleGate(band_id, parent.population, shape),
+            BooleanGate(union_id, parent.population, "or", (GateRef(box_id), GateRef(band_id))),
         )
         box_id = union_id
     if plane is not None:
-        placer.add(
-            plane,
-            BooleanGate(spec.id, spec.parent, "and", (GateRef(box_id), GateRef(plane.id))),
-        )
+        refs = (GateRef(box_id), GateRef(plane.id))
+        out.add(plane, BooleanGate(parent.id, parent.population, "and", refs))
+    return out.done()
 
 
 def _brighter_band(
-    placer: Placer,
-    spec: PopulationSpec,
+    parent: Parent,
+    options: LymphocytesOptions,
     decision: ThresholdDecision,
     ssc: np.ndarray,
     cd45: np.ndarray,
     floor: float,
+    out: Builder,
 ) -> tuple[float, float] | None:
     """A step above the SSC cut for events brighter in CD45 than the next cluster.
 
@@ -215,7 +337,7 @@ def _brighter_band(
     if "between" not in evidence:
         return None
     (a, b), (lymph_sd, next_sd) = evidence["means"], evidence["sds"]
-    width = float(spec.options.get("band_sd", 1.0))
+    width = options.band_sd
     top = min(decision.value + width * lymph_sd, b)
     if width <= 0 or top <= decision.value:
         return None
@@ -226,10 +348,10 @@ def _brighter_band(
         return None
     centre = float(np.median(cd45[near]))
     spread = float(1.4826 * np.median(np.abs(cd45[near] - centre)))
-    band_floor = max(floor, centre + float(spec.options.get("band_cd45_sd", 3.0)) * spread)
+    band_floor = max(floor, centre + options.band_cd45_sd * spread)
     if band_floor >= float(np.median(cd45[lymph])):
         return None
-    placer.decisions[f"{spec.id}.band"] = ThresholdDecision(
+    out.record(f"{parent.id}.band", ThresholdDecision(
         band_floor,
         "tail",
         False,
@@ -237,29 +359,33 @@ def _brighter_band(
         int(near.sum()),
         {"ssc_range": (decision.value, top), "next_cd45_median": centre,
          "next_cd45_sd": spread, "cd45_floor": band_floor},
-    )  # fmt: skip
+    ))  # fmt: skip
     return top, band_floor
 
 
-def _lymphocyte_posterior(placer: Placer, spec: PopulationSpec) -> np.ndarray | None:
+def _lymphocyte_posterior(
+    parent: Parent, options: LymphocytesOptions, scatter: ScatterClusters | None
+) -> np.ndarray | None:
     """P(lymphocyte | scatter) and, when fitted, P(dead cell | scatter) for the parent's
     estimation events, one column each (None without a scatter fit)."""
-    fit = placer.scatter
-    low = spec.options.get("cluster", "lymphocytes")
+    fit = None if scatter is None else scatter.fit
+    low = options.cluster
     if fit is None or low not in fit.clusters or len(fit.clusters) < 2:
         return None
-    dead = spec.options.get("dead", "dead")
+    dead = options.dead
     names = (low, dead) if dead in fit.clusters else (low,)
-    fsc, ssc = placer.scatter_axes()
-    points = np.column_stack([placer.values(fsc, spec.parent), placer.values(ssc, spec.parent)])
+    fsc, ssc = parent.scatter_axes()
+    points = np.column_stack([parent.values(fsc), parent.values(ssc)])
     return fit.posterior(points, names)
 
 
 def _dead_line(
-    placer: Placer,
-    spec: PopulationSpec,
+    parent: Parent,
+    options: LymphocytesOptions,
+    scatter: ScatterClusters | None,
     cd45_floor: tuple[Dimension, np.ndarray, ThresholdDecision] | None,
     posterior: np.ndarray | None,
+    out: Builder,
 ) -> Gate | None:
     """The lymphocyte side of a line across the lymphocyte → dead-cell direction.
 
@@ -270,8 +396,8 @@ def _dead_line(
     nearer the lymphocytes where the dim dead cells crowd, further out in the bright band.
     The brightest band's line keeps at least ``BRIGHT_KEEP`` of that band's events.
     """
-    fit, low = placer.scatter, spec.options.get("cluster", "lymphocytes")
-    dead = spec.options.get("dead", "dead")
+    fit, low = (None if scatter is None else scatter.fit), options.cluster
+    dead = options.dead
     if fit is None or low not in fit.clusters or dead not in fit.clusters:
         return None
     lymph, other = fit.clusters[low], fit.clusters[dead]
@@ -290,14 +416,14 @@ def _dead_line(
         _, cd45, floor = cd45_floor
         edges[0] = floor.value
         mode, sd = floor.evidence.get("mode"), floor.evidence.get("upper_sd")
-        splits = spec.options.get("dead_cd45_sd", ())
+        splits = options.dead_cd45_sd
         if mode is not None and sd:
             inner = sorted(mode - float(k) * sd for k in splits)
             edges[1:1] = [edge for edge in inner if edge > floor.value]
-    fsc, ssc = placer.scatter_axes()
+    fsc, ssc = parent.scatter_axes()
     banded = len(edges) > 2
     if banded:  # each event's distance along the direction, in lymphocyte sds
-        points = np.column_stack([placer.values(fsc, spec.parent), placer.values(ssc, spec.parent)])
+        points = np.column_stack([parent.values(fsc), parent.values(ssc)])
         along = (points @ direction - float(direction @ mean)) / scale
     lines: list[tuple[float, float, PolygonGate]] = []
     for number, (lo, hi) in enumerate(pairwise(edges)):
@@ -305,7 +431,7 @@ def _dead_line(
         inside = None if cd45 is None else (cd45 >= lo) & (cd45 < hi)
         if inside is not None and posterior is not None and posterior.size:
             weights = [float(np.mean(posterior[:, i] * inside)) for i in range(2)]
-        sds = _dead_crossing(spec, reach, spread, weights)
+        sds = _dead_crossing(options, reach, spread, weights)
         extra = {}
         brightest = along[inside & np.isfinite(along)] if banded and np.isinf(hi) else ()
         if len(brightest):
@@ -314,10 +440,10 @@ def _dead_line(
             # onto it (NK cells, with more side scatter than T cells, lie in that tail)
             tail = float(np.quantile(brightest, BRIGHT_KEEP))
             extra = {"crossing_sds": sds, "bright_keep": BRIGHT_KEEP, "bright_tail_sds": tail}
-            sds = max(sds, min(_dead_sds(spec)[1], tail))
+            sds = max(sds, min(options.dead_sd[1], tail))
         limit = float(direction @ mean) + sds * scale
         suffix = f"{number + 1}" if banded else ""
-        placer.record(".".join(filter(None, (spec.id, "dead", suffix))), ThresholdDecision(
+        out.record(".".join(filter(None, (parent.id, "dead", suffix))), ThresholdDecision(
             sds,
             "clusters",
             False,
@@ -329,18 +455,18 @@ def _dead_line(
              "cd45_range": [float(lo), float(hi)], **extra},
         ))  # fmt: skip
         vertices = _half_plane(direction, limit, ((-1e7, 1e7), (-10.0, 10.0)))
-        gate_id = PART.join(filter(None, (spec.id, "dead", suffix)))
-        lines.append((lo, hi, PolygonGate(gate_id, spec.parent, (fsc, ssc), vertices)))
+        gate_id = PART.join(filter(None, (parent.id, "dead", suffix)))
+        lines.append((lo, hi, PolygonGate(gate_id, parent.population, (fsc, ssc), vertices)))
     if not banded:
         return lines[0][2]
-    return _banded(placer, spec, cd45_floor[0], lines)
+    return _banded(parent, cd45_floor[0], lines, out)
 
 
 def _banded(
-    placer: Placer,
-    spec: PopulationSpec,
+    parent: Parent,
     axis: Dimension,
     lines: list[tuple[float, float, PolygonGate]],
+    out: Builder,
 ) -> BooleanGate:
     """OR over the CD45 bands of each band's dead-cell line, the line evaluated on its
     band's events only; adds the parts."""
@@ -348,26 +474,20 @@ def _banded(
     for lo, hi, line in lines:
         band = RangeGate(
             f"{line.id}{PART}cd45",
-            spec.parent,
+            parent.population,
             Bound(axis, min=None if np.isinf(lo) else lo, max=None if np.isinf(hi) else hi),
         )
-        placer.add(band, replace(line, parent=band.id))
+        out.add(band, replace(line, parent=band.id))
         parts.append(GateRef(line.id))
-    return BooleanGate(f"{spec.id}{PART}dead", spec.parent, "or", tuple(parts))
-
-
-def _dead_sds(spec: PopulationSpec) -> tuple[float, float]:
-    """The span, in lymphocyte sds, a dead-cell line is kept within (``dead_sd``)."""
-    low_sd, high_sd = spec.options.get("dead_sd", (2.5, 4.5))
-    return float(low_sd), float(high_sd)
+    return BooleanGate(f"{parent.id}{PART}dead", parent.population, "or", tuple(parts))
 
 
 def _dead_crossing(
-    spec: PopulationSpec, reach: float, spread: float, weights: list[float]
+    options: LymphocytesOptions, reach: float, spread: float, weights: list[float]
 ) -> float:
     """Lymphocyte sds along the dead-cell direction where the weighted dead-cell density
     overtakes the lymphocytes' (within ``dead_sd``)."""
-    low_sd, high_sd = _dead_sds(spec)
+    low_sd, high_sd = options.dead_sd
     grid = np.linspace(low_sd, high_sd, 256)
     lymph_density = weights[0] * np.exp(-0.5 * grid**2)
     dead_density = weights[1] / spread * np.exp(-0.5 * ((grid - reach) / spread) ** 2)
@@ -376,14 +496,14 @@ def _dead_crossing(
 
 
 def _lymphocyte_ssc(
-    placer: Placer, spec: PopulationSpec, ssc: np.ndarray, bounds: Bounds
+    scatter: ScatterClusters | None, options: LymphocytesOptions, ssc: np.ndarray, bounds: Bounds
 ) -> ThresholdDecision:
     """The SSC density minimum between the lymphocyte and the next scatter cluster."""
-    fit = placer.scatter
-    low = spec.options.get("cluster", "lymphocytes")
+    fit = None if scatter is None else scatter.fit
+    low = options.cluster
     above = [
         c for c in (fit.clusters.values() if fit else ())
-        if c.name in placer.scatter_kept and c.name != low
+        if c.name in scatter.kept and c.name != low
     ]  # fmt: skip
     if fit is None or low not in fit.clusters or not above:
         return place_threshold(CutSpec(("valley",), bounds), ssc, None)
@@ -420,7 +540,7 @@ def _lymphocyte_ssc(
     # a much smaller "next cluster" centred inside the lymphocytes' own spread is their
     # large cells (activated blasts at expansion), not another population: keep clear of
     # the spread
-    sds = float(spec.options.get("lymphocyte_sd", 3.0))
+    sds = options.lymphocyte_sd
     broad = 2.0 * float(fit.evidence.get("spread", (0.0, 0.03))[1])
     lower = a + sds * lymph.sd(1)
     upper = b - sds * nearest.sd(1) if nearest.sd(1) <= broad else np.inf
@@ -501,8 +621,6 @@ def _half_plane(
     return tuple((float(x), float(y)) for x, y in kept)
 
 
-CORE_QUANTILE = 0.999
-"""Share of a compartment's robust Gaussian that each of its core ellipses keeps."""
 TRIM_QUANTILE = 0.975
 """Reweighting of a core's fit: points beyond this Mahalanobis quantile are left out."""
 CORE_FIT_EVENTS = 2_000
@@ -513,7 +631,7 @@ CONCENTRATION_STEPS = 50
 """At most this many concentration steps (they stop when the chosen half repeats)."""
 
 
-def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[Gate]:
+def core_ellipses(parent: Parent, options: CoreOptions) -> Placement:
     """Two ellipses keeping a small phenotype compartment to its robust core (``core``).
 
     The lymphocyte gate is tuned for the whole lymphocyte cloud; the few dead cells and
@@ -524,56 +642,57 @@ def core_ellipses(placer: Placer, spec: PopulationSpec, phenotype: str) -> list[
     markers, and the compartment keeps the events inside both its ``core_quantile``
     ellipses: one on the markers, one on FSC-A × log SSC-A (dead cells: small, CD45-dim,
     raised CD3 background; monocytes: large, CD45-dim). Two 2-D ellipses, so that
-    Gating-ML and FlowJo both hold them; they sit under the ``phenotype`` gate. None with
-    fewer than ``MIN_EVENTS`` events; a fit that fails falls back to none, flagged.
+    Gating-ML and FlowJo both hold them; they sit under the phenotype's gate (the parent
+    here). None with fewer than ``MIN_EVENTS`` events; a fit that fails falls back to none,
+    flagged.
     """
     from scipy.stats import chi2
 
+    out = Builder()
     markers = [
-        m for m in spec.options["core"]
-        if m in placer.channels.markers and m not in placer.degenerate
+        m for m in options.core
+        if m in parent.channels.markers and m not in parent.degenerate
     ]  # fmt: skip
     if len(markers) < 2:
-        missing = [m for m in spec.options["core"] if m not in markers]
-        scatter = f"{placer.channels.fsc_area} × {placer.channels.ssc_area}"
-        placer.approximate(
-            spec.id, f"core on {scatter} only: {', '.join(missing)} off the panel or silent"
-        )
-    axes = [*placer.scatter_axes(), *(placer.axis(m) for m in markers)]
-    every = placer.evaluator.values  # the compartment is small: all of its events
-    points = np.column_stack([every(axis, phenotype) for axis in axes])
+        missing = [m for m in options.core if m not in markers]
+        scatter = f"{parent.channels.fsc_area} × {parent.channels.ssc_area}"
+        out.notes.append(f"core on {scatter} only: {', '.join(missing)} off the panel or silent")
+    axes = [*parent.scatter_axes(), *(parent.axis(m) for m in markers)]
+    # the compartment is small: all of its events
+    points = np.column_stack([parent.values(axis, limit=None) for axis in axes])
     points = points[np.isfinite(points).all(axis=1)]
-    name = f"{spec.id}.core"
-    quantile = float(spec.options.get("core_quantile", CORE_QUANTILE))
+    name = f"{parent.id}.core"
+    quantile = options.core_quantile
     if len(points) < MIN_EVENTS:
-        placer.approximate(spec.id, f"no core: {len(points)} events, a core needs {MIN_EVENTS}")
-        return []
+        out.notes.append(f"no core: {len(points)} events, a core needs {MIN_EVENTS}")
+        return out.done()
     try:
         location, covariance = _robust_gaussian(points[:: -(-len(points) // CORE_FIT_EVENTS)])
     except (ValueError, np.linalg.LinAlgError) as exc:
         failed = ThresholdDecision(
             0.0, "clusters", True, f"core not fitted: {exc}", len(points), {"quantile": quantile}
         )
-        placer.record(name, failed)  # never a given cut: nothing to apply it to
-        return []
+        out.record(name, failed)  # never a given cut: nothing to apply it to
+        return out.done()
     distance = float(chi2.ppf(quantile, 2))
     evidence = {"axes": [axis.label for axis in axes], "mean": location.tolist(),
                 "covariance": covariance.tolist(), "quantile": quantile}  # fmt: skip
-    placer.record(name, ThresholdDecision(distance, "clusters", False, None, len(points), evidence))
+    out.record(name, ThresholdDecision(distance, "clusters", False, None, len(points), evidence))
     # the marker ellipse needs both markers (one off the panel or silent: scatter only);
     # it comes first, so that plots show the compartment on its markers
     pairs = ([("markers", [2, 3])] if len(axes) == 4 else []) + [("scatter", [0, 1])]
-    return [
+    out.add(*(
         EllipsoidGate(
-            PART.join((spec.id, "core", part)),
-            phenotype,
+            PART.join((parent.id, "core", part)),
+            parent.population,
             tuple(axes[i] for i in ix),
             tuple(float(v) for v in location[ix]),
             tuple(tuple(float(v) for v in row) for row in covariance[np.ix_(ix, ix)]),
             distance,
         )
         for part, ix in pairs
-    ]
+    ))  # fmt: skip
+    return out.done()
 
 
 def _robust_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from gating.errors import GatingError
+from gating.options import GATE_OPTIONS, REQUIRED, CoreOptions, inputs_of, read_options
 from gating.placement import Bounds
 from pipeline.errors import yaml_problem
 
 Level = Literal["+", "-", "++", "dim"]
-ShapeGate = Literal["stable_flow", "singlets", "beads", "cells", "lymphocytes"]
-SHAPE_GATES: tuple[str, ...] = ("stable_flow", "singlets", "beads", "cells", "lymphocytes")
+SHAPE_GATES: tuple[str, ...] = tuple(GATE_OPTIONS)
 METHODS = ("valley", "mixture", "tail", "balance", "fixed")
 PART_SEPARATOR = "::"
 """Reserved in population ids: helper gates are named ``<population>::<part>``."""
 _CONDITION = re.compile(r"^(?P<marker>[^\s+]+?)(?P<level>\+\+|\+|-|dim)$")
 """A marker as labs name it (``NK1.1``, ``TCR-gd``, ``Live/Dead``), then its level."""
+TRANSFORMS = ("logicle", "asinh", "biex", "linear")
+"""Scales a template may give a channel; ``linear`` keeps data units (scatter)."""
+TRANSFORM_DEFAULTS = {
+    "logicle": {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0},
+    "biex": {"T": 262_144.0, "W": 0.5, "M": 4.5, "A": 0.0},
+    "asinh": {"T": 262_144.0, "M": 4.5, "A": 0.0},
+    "linear": {},
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class CutSpec:
     also_on: tuple[str, ...] = ()
     min_events: int = 200
     valley_side: str = "middle"
+    smoothing: float = 1.0
+    """The valley's density bandwidth as a share of Silverman's rule (below 1: finer)."""
 
     @property
     def estimate_chain(self) -> tuple[str, ...]:
@@ -71,11 +81,19 @@ class CutSpec:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """A marker's positive cut and, for markers read as bright (``++``), its bright cut."""
+    """A named cut's positive cut and, for markers read as bright (``++``), its bright cut.
 
-    marker: str
+    ``name`` is how phenotypes call it; ``marker`` the marker or channel it cuts (the name
+    unless the template says ``marker:``, so one marker can have a cut per branch)."""
+
+    name: str
     positive: CutSpec
     bright: CutSpec | None = None
+    marker: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.marker:
+            object.__setattr__(self, "marker", self.name)
 
 
 @dataclass(frozen=True)
@@ -84,8 +102,13 @@ class PopulationSpec:
     parent: str | None
     phenotype: tuple[Condition, ...] = ()
     gate: str | None = None
-    options: dict[str, Any] = field(default_factory=dict, compare=False)
+    options: Any = None
+    """The gate's method options (:mod:`gating.options`), or a phenotype's core options."""
     line: int = 0
+    exclude: str | None = None
+    """A population left out of the parent before the gate is placed (e.g. beads)."""
+    boolean: tuple[str, tuple[tuple[bool, str], ...]] | None = None
+    """``("and" | "or", ((negated, population), ...))`` for a boolean population."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,8 @@ class Template:
     populations: tuple[PopulationSpec, ...]
     source: str
     sha256: str
+    transforms: dict[str, dict] = field(default_factory=dict)
+    """Per marker or channel: ``{"type": "asinh", "T": ..., ...}`` (``linear``: data units)."""
 
     def population(self, population_id: str) -> PopulationSpec:
         for spec in self.populations:
@@ -107,7 +132,11 @@ class Template:
 
     @property
     def markers(self) -> tuple[str, ...]:
-        return tuple(self.thresholds)
+        """Every marker or channel the template cuts or draws on (each once)."""
+        names = [spec.marker for spec in self.thresholds.values()]
+        for population in self.populations:
+            names.extend(getattr(population.options, "channels", ()) or ())
+        return tuple(dict.fromkeys(names))
 
     def cut(self, name: str) -> CutSpec:
         """A cut by name: a marker's positive cut (``CAR``) or its bright cut (``CD27.bright``)."""
@@ -175,34 +204,9 @@ VALLEY_SIDES = ("lower", "middle", "upper")
 CUT_FIELDS = frozenset(
     {"method", "bounds", "default", "estimate_on", "negative", "quantile", "margin",
      "components", "floor_sd", "min_positives", "hidden_share", "min_events", "bright",
-     "valley_side"}
+     "valley_side", "smoothing"}
 )  # fmt: skip
-POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate"})
-PHENOTYPE_OPTIONS = frozenset({"core", "core_quantile"})
-"""A phenotype population may keep to its robust core on scatter and named markers."""
-GATE_OPTIONS: dict[str, frozenset[str]] = {
-    "stable_flow": frozenset({"max_deviation"}),
-    "singlets": frozenset({"width", "min_spread"}),
-    "beads": frozenset({"bounds", "default"}),
-    "cells": frozenset(
-        {"exclude", "clusters", "keep", "radius", "spread", "bounds", "default", "keep_large"}
-    ),
-    "lymphocytes": frozenset(
-        {
-            "bounds",
-            "default",
-            "cluster",
-            "bright",
-            "cd45_sd",
-            "dead",
-            "dead_sd",
-            "dead_cd45_sd",
-            "lymphocyte_sd",
-            "band_sd",
-            "band_cd45_sd",
-        }
-    ),
-}
+POPULATION_FIELDS = frozenset({"id", "parent", "phenotype", "gate", "exclude", "boolean"})
 
 
 class _Reader:
@@ -245,9 +249,14 @@ class _Reader:
         return bounds
 
     def cut(self, raw: Any, key: str) -> CutSpec:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)  # a fixed cut, as a plain number
+            return CutSpec(("fixed",), Bounds(value, value, value))
         if not isinstance(raw, dict):
-            raise self.error(key, "a threshold must be a mapping")
-        unknown = sorted(set(map(str, raw)) - CUT_FIELDS)
+            raise self.error(
+                key, "a threshold is a number (a fixed cut) or a mapping (method, bounds, default)"
+            )
+        unknown = sorted(set(map(str, raw)) - CUT_FIELDS - {"marker"})
         if unknown:
             raise self.error(f"{key}.{unknown[0]}", f"unknown field {unknown[0]!r}")
         methods = self.methods(raw.get("method"), key)
@@ -287,13 +296,23 @@ class _Reader:
             also_on=tuple(str(p) for p in chain[1:]),
             min_events=int(self.number(raw, "min_events", key, 200)),
             valley_side=valley_side,
+            smoothing=self.number(raw, "smoothing", key, 1.0),
         )
 
-    def gate_options(self, gate: str, options: dict[str, Any], key: str) -> None:
-        """Shape-gate options: known names, and scatter clusters as name: [FSC-A, SSC-A]."""
-        unknown = sorted(set(options) - GATE_OPTIONS[gate])
+    def options(self, cls: type, raw: dict[str, Any], key: str, what: str) -> Any:
+        """A method's typed options from the template's mapping (defaults filled in)."""
+        options, problem = read_options(cls, raw)
+        if problem:
+            joiner = " " if problem[1].startswith("has ") else ": "
+            raise self.error(f"{key}.{problem[0]}", f"{what}{joiner}{problem[1]}")
+        return options
+
+    def gate_options(self, gate: str, options: dict[str, Any], key: str) -> Any:
+        """Shape-gate options: known names of the right kind, dead-cell CD45 splits, and
+        scatter clusters as name: [FSC-A, SSC-A]."""
+        unknown = sorted(set(options) - {f.name for f in fields(GATE_OPTIONS[gate])})
         if unknown:
-            raise self.error(f"{key}.{unknown[0]}", f"gate {gate} has no option {unknown[0]!r}")
+            self.options(GATE_OPTIONS[gate], options, key, f"gate {gate}")  # names what is allowed
         splits = options.get("dead_cd45_sd")
         if splits is not None:
             numbers = isinstance(splits, list) and all(
@@ -320,6 +339,15 @@ class _Reader:
                 raise self.error(
                     f"{key}.keep", f"kept cluster {missing[0]!r} is not one of the clusters"
                 )
+        for name in REQUIRED.get(gate, ()):
+            if name not in options:
+                raise self.error(key, f"gate {gate} needs {name!r}")
+        typed = self.options(GATE_OPTIONS[gate], options, key, f"gate {gate}")
+        sized = [n for n in ("vertices", "min", "max") if getattr(typed, n, ())]
+        for name in sized:
+            if name != "vertices" and len(getattr(typed, name)) != len(typed.channels):
+                raise self.error(f"{key}.{name}", f"{name} needs one number per channel")
+        return typed
 
 
 def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
@@ -349,6 +377,79 @@ def _transform(raw: Any, reader: _Reader) -> dict[str, float]:
     return {"type": kind, **params}
 
 
+def _channel_transforms(raw: Any, reader: _Reader) -> dict[str, dict]:
+    """Per marker or channel scales: ``FSC-A: linear`` or ``CD3: {type: asinh, T: 1e5}``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise reader.error("transforms", "transforms must map markers or channels to a scale")
+    from gating.transforms import Fasinh, Hyperlog, Logicle
+
+    made = {"logicle": Logicle, "biex": Hyperlog, "asinh": Fasinh}
+    found = {}
+    for name, entry in raw.items():
+        key = f"transforms.{name}"
+        entry = {"type": entry} if isinstance(entry, str) else entry
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind not in TRANSFORMS:
+            raise reader.error(key, f"{name}: scale must be one of {', '.join(TRANSFORMS)}")
+        params = {k: v for k, v in entry.items() if k != "type"}
+        unknown = sorted(set(params) - set(TRANSFORM_DEFAULTS[kind]))
+        if unknown:
+            allowed = ", ".join(TRANSFORM_DEFAULTS[kind]) or "none"
+            raise reader.error(key, f"{name}: {kind} has no parameter {unknown[0]!r} ({allowed})")
+        try:
+            values = TRANSFORM_DEFAULTS[kind] | {k: float(v) for k, v in params.items()}
+            if kind in made:
+                made[kind](**{k.lower(): v for k, v in values.items()})
+        except (TypeError, ValueError) as exc:
+            raise reader.error(key, f"{name}: {kind} parameters: {exc}") from None
+        except GatingError as exc:
+            raise reader.error(key, f"{name}: {exc.problem}") from None
+        found[str(name)] = {"type": kind, **values}
+    return found
+
+
+_BOOLEAN_SPLIT = re.compile(r"\s+(and|or)\s+")
+
+
+def _boolean(
+    text: Any, pop_id: str, parent: str | None, key: str, parents: dict[str, str | None],
+    reader: _Reader,
+) -> tuple[str, tuple[tuple[bool, str], ...]]:
+    """``"CD4 T or CD8 T"``, ``"T and not CAR"``, ``"not beads"``: one operator kind, each
+    operand a population defined above under the same parent (as Gating-ML and FlowJo
+    read booleans), optionally preceded by ``not``."""  # fmt: skip
+    if not isinstance(text, str) or not text.strip():
+        raise reader.error(f"{key}.boolean", f"{pop_id}: boolean must be text like 'A and not B'")
+    parts = _BOOLEAN_SPLIT.split(text.strip())
+    operands, operators = parts[::2], set(parts[1::2])
+    if len(operators) > 1:
+        raise reader.error(
+            f"{key}.boolean", f"{pop_id}: use either 'and' or 'or' in one boolean, not both"
+        )
+    terms = []
+    for operand in operands:
+        negated = operand.startswith("not ")
+        name = operand.removeprefix("not ").strip()
+        if name not in parents:
+            raise reader.error(
+                f"{key}.boolean", f"{pop_id}: {name!r} is not a population defined above"
+            )
+        if parents[name] != parent:
+            raise reader.error(
+                f"{key}.boolean",
+                f"{pop_id}: {name!r} is not under {parent!r}; a boolean combines populations "
+                "under its own parent",
+            )
+        terms.append((negated, name))
+    if len(terms) == 1 and not terms[0][0]:
+        raise reader.error(
+            f"{key}.boolean", f"{pop_id}: a boolean combines two populations or negates one"
+        )
+    return (operators.pop() if operators else "and"), tuple(terms)
+
+
 def _read_yaml(path: Path) -> tuple[str, yaml.Node, dict]:
     """The template's text, its YAML node tree (for line numbers) and its values."""
     try:
@@ -372,18 +473,23 @@ def _read_yaml(path: Path) -> tuple[str, yaml.Node, dict]:
 def _thresholds(raw: dict, reader: _Reader) -> dict[str, ThresholdSpec]:
     """Each marker's positive cut and, when given, its bright cut."""
     thresholds = {}
-    for marker, spec in raw.items():
-        key = f"thresholds.{marker}"
-        if not isinstance(marker, str) or not _CONDITION.match(f"{marker}+"):
-            raise reader.error(key, f"{marker!r} is not a marker name (letters and digits)")
+    for name, spec in raw.items():
+        key = f"thresholds.{name}"
+        if not isinstance(name, str) or not _CONDITION.match(f"{name}+"):
+            raise reader.error(
+                key, f"{name!r} is not a cut name (a marker or channel name, no spaces or '+')"
+            )
         positive = reader.cut(spec, key)
+        marker = spec.get("marker", name) if isinstance(spec, dict) else name
+        if not isinstance(marker, str) or not _CONDITION.match(f"{marker}+"):
+            raise reader.error(f"{key}.marker", f"marker {marker!r} is not a marker name")
         bright = None
-        if "bright" in spec:
+        if isinstance(spec, dict) and "bright" in spec:
             if not isinstance(spec["bright"], dict):
                 raise reader.error(f"{key}.bright", "a bright cut must be a mapping")
             bright_raw = {"estimate_on": spec.get("estimate_on"), **spec["bright"]}
             bright = reader.cut(bright_raw, f"{key}.bright")
-        thresholds[marker] = ThresholdSpec(marker, positive, bright)
+        thresholds[name] = ThresholdSpec(name, positive, bright, marker)
     return thresholds
 
 
@@ -408,7 +514,7 @@ def _phenotype(
 
 def _core_options(
     options: dict, pop_id: str, key: str, thresholds: dict[str, ThresholdSpec], reader: _Reader
-) -> None:
+) -> CoreOptions | None:
     """``core``: two different markers with thresholds; ``core_quantile``: a share between
     0 and 1."""
     core = options.get("core")
@@ -432,6 +538,7 @@ def _core_options(
             raise reader.error(
                 f"{key}.core_quantile", f"{pop_id}: core_quantile must lie between 0 and 1"
             )
+    return None if core is None else reader.options(CoreOptions, options, key, pop_id)
 
 
 def _populations(
@@ -440,6 +547,7 @@ def _populations(
     """The population list in order: each parent defined above its children."""
     populations: list[PopulationSpec] = []
     known: set[str] = set()
+    parents: dict[str, str | None] = {}
     for i, entry in enumerate(entries):
         key = f"populations[{i}]"
         if not isinstance(entry, dict) or "id" not in entry:
@@ -456,25 +564,53 @@ def _populations(
         if parent is not None and parent not in known:
             raise reader.error(key, f"parent {parent!r} of {pop_id!r} is not defined above it")
         has_phenotype, gate = "phenotype" in entry, entry.get("gate")
-        if has_phenotype == (gate is not None):
-            raise reader.error(key, f"{pop_id!r} needs exactly one of 'phenotype' or 'gate'")
+        if has_phenotype + (gate is not None) + ("boolean" in entry) != 1:
+            raise reader.error(
+                key, f"{pop_id!r} needs exactly one of 'phenotype', 'gate' or 'boolean'"
+            )
+        if "boolean" in entry:
+            extra = sorted(set(entry) - {"id", "parent", "boolean"})
+            if extra:
+                raise reader.error(f"{key}.{extra[0]}", f"{pop_id}: unknown field {extra[0]!r}")
+            boolean = _boolean(entry["boolean"], pop_id, parent, key, parents, reader)
+            populations.append(
+                PopulationSpec(pop_id, parent, boolean=boolean, line=reader.lines.get(key, 0))
+            )
+            known.add(pop_id)
+            parents[pop_id] = parent
+            continue
         if gate is not None and gate not in SHAPE_GATES:
             raise reader.error(key, f"gate {gate!r} is not one of {', '.join(SHAPE_GATES)}")
-        options = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
+        raw = {k: v for k, v in entry.items() if k not in POPULATION_FIELDS}
+        exclude = entry.get("exclude")
+        if exclude is not None and exclude not in known:
+            raise reader.error(
+                f"{key}.exclude", f"{pop_id}: excluded population {exclude!r} is not defined above"
+            )
         phenotype: tuple[Condition, ...] = ()
         if has_phenotype:
-            extra = set(options) - PHENOTYPE_OPTIONS
+            extra = set(raw) - {f.name for f in fields(CoreOptions)}
             if extra:
                 name = sorted(extra)[0]
                 raise reader.error(f"{key}.{name}", f"{pop_id}: unknown field {name!r}")
             phenotype = _phenotype(entry, pop_id, key, thresholds, reader)
-            _core_options(options, pop_id, key, thresholds, reader)
+            options = _core_options(raw, pop_id, key, thresholds, reader)
         else:
-            reader.gate_options(str(gate), options, key)
+            options = reader.gate_options(str(gate), raw, key)
+            for name in inputs_of(GATE_OPTIONS[str(gate)]):
+                if getattr(options, name) not in known:
+                    raise reader.error(
+                        f"{key}.{name}",
+                        f"{pop_id}: {name} {getattr(options, name)!r} must name a population "
+                        "defined above it",
+                    )
         populations.append(
-            PopulationSpec(pop_id, parent, phenotype, gate, options, reader.lines.get(key, 0))
+            PopulationSpec(
+                pop_id, parent, phenotype, gate, options, reader.lines.get(key, 0), exclude
+            )
         )
         known.add(pop_id)
+        parents[pop_id] = parent
     return populations
 
 
@@ -516,7 +652,8 @@ def load_template(path: Path) -> Template:
     path = Path(path)
     text, node, raw = _read_yaml(path)
     reader = _Reader(path, _lines(node))
-    for key in ("id", "tube", "thresholds", "populations"):
+    raw.setdefault("thresholds", {})
+    for key in ("id", "tube", "populations"):
         if key not in raw:
             raise reader.error("", f"missing field {key!r}")
     try:
@@ -524,6 +661,7 @@ def load_template(path: Path) -> Template:
     except (TypeError, ValueError):
         raise reader.error("version", f"version {raw.get('version')!r} is not a number") from None
     transform = _transform(raw.get("transform"), reader)
+    transforms = _channel_transforms(raw.get("transforms"), reader)
     if not isinstance(raw["thresholds"], dict):
         raise reader.error("thresholds", "thresholds must map markers to their cuts")
     if not isinstance(raw["populations"], list) or not raw["populations"]:
@@ -540,4 +678,5 @@ def load_template(path: Path) -> Template:
         populations=tuple(populations),
         source=str(path),
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        transforms=transforms,
     )

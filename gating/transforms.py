@@ -1,19 +1,25 @@
-"""Gating-ML 2.0 transformations as small frozen dataclasses.
+"""Gating-ML 2.0 transformations as small frozen dataclasses, and FlowJo 10's own two.
 
 flin, flog, fasinh, logicle and hyperlog map one column of values; fratio maps two columns
-(numerator, denominator) to one. Parameters are named and checked as in the Gating-ML 2.0
-specification (section 6); logicle, hyperlog, flog and fasinh are computed by flowutils, the
-implementation FlowKit uses. ``apply`` always computes in float64 and returns float64.
+(numerator, denominator) to one. FlowJo's log (:class:`FlowJoLog`, clipped at its offset)
+and biex (:class:`FlowJoBiex`, FlowJo's lookup table as FlowKit builds it) are read from
+workspaces; they are not Gating-ML and are not written to it. Parameters are named and
+checked as in the Gating-ML 2.0 specification (section 6); logicle, hyperlog, flog and fasinh
+are computed by flowutils, the implementation FlowKit uses. ``apply`` always computes in
+float64 and returns float64.
 
-All five one-column transforms are monotone increasing, so each has an exact ``inverse``: a cut
+All one-column transforms are monotone increasing, so each has an exact ``inverse``: a cut
 drawn on the transformed axis maps to one cut on the untransformed axis, which is what lets the
-engine evaluate range gates without transforming events.
+engine evaluate range gates without transforming events. The two FlowJo scales are flat beyond
+their ends (every value below FlowJo's log offset is the offset); there ``inverse`` gives
+-inf/+inf, so a cut at the flat end is compared on transformed values.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import flowutils
@@ -277,10 +283,154 @@ class Fratio:
             return self.a * ((x[:, 0] - self.b) / (x[:, 1] - self.c))
 
 
-ScaleTransform = Flin | Flog | Fasinh | Logicle | Hyperlog
+@dataclass(frozen=True)
+class FlowJoLog:
+    """FlowJo 10's log: log10(max(x, offset) / offset) / decades (values below the offset
+    are clipped to it, so they land on 0)."""
+
+    offset: float
+    decades: float
+
+    kind: ClassVar[str] = "flowjo-log"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        _finite(self.kind, offset=self.offset, decades=self.decades)
+        _check(self.kind, self.offset > 0, f"offset={self.offset} must be > 0")
+        _check(self.kind, self.decades > 0, f"decades={self.decades} must be > 0")
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to 1."""
+        return self.offset * 10**self.decades
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out; NaN stays NaN)."""
+        x = _as_float64(x)
+        with np.errstate(invalid="ignore"):
+            clipped = np.where(x < self.offset, self.offset, x)
+        return np.log10(clipped / self.offset) / self.decades
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Data values of transformed ones; -inf at and below 0, where every value below the
+        offset lands."""
+        y = _as_float64(y)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = self.offset * 10 ** (y * self.decades)
+            return np.where(y <= 0, -np.inf, x)
+
+
+@dataclass(frozen=True)
+class FlowJoBiex:
+    """FlowJo 10's biex (its default fluorescence scale): FlowJo's lookup table of 4096
+    channels, interpolated, as FlowKit's ``WSPBiexTransform`` computes it (the scale runs
+    from 0 to 4096; values beyond the table's ends are clamped to them)."""
+
+    negative: float
+    width: float
+    positive: float
+    max_value: float
+
+    kind: ClassVar[str] = "flowjo-biex"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        _finite(
+            self.kind,
+            neg=self.negative,
+            width=self.width,
+            pos=self.positive,
+            maxRange=self.max_value,
+        )
+        _check(self.kind, self.width < 0, f"width={self.width} must be < 0 (FlowJo's basis)")
+        _check(self.kind, self.positive > 0, f"pos={self.positive} must be > 0")
+        _check(self.kind, self.max_value > 0, f"maxRange={self.max_value} must be > 0")
+        _check(self.kind, self.negative >= 0, f"neg={self.negative} must be >= 0")
+
+    @property
+    def top(self) -> float:
+        """The data value mapped to the top of the scale."""
+        return self.max_value
+
+    @cached_property
+    def _flowkit(self):
+        from flowkit import transforms as fkt
+
+        return fkt.WSPBiexTransform(self.negative, self.width, self.positive, self.max_value)
+
+    @cached_property
+    def _ends(self) -> tuple[float, float]:
+        low, high = self._flowkit.inverse(np.array([-1.0, 1e9]))
+        return float(self._flowkit.apply(np.array([low]))[0]), float(
+            self._flowkit.apply(np.array([high]))[0]
+        )
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform values (float64 out; NaN stays NaN)."""
+        return np.asarray(self._flowkit.apply(_as_float64(x)), dtype=np.float64)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Data values of transformed ones; -inf/+inf beyond the table's ends."""
+        y = _as_float64(y)
+        low, high = self._ends
+        x = np.asarray(self._flowkit.inverse(y), dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.where(y <= low, -np.inf, np.where(y > high, np.inf, x))
+
+
+@dataclass(frozen=True)
+class TableScale:
+    """A display scale given as a table: ``values[i]`` is the data value at channel i (FlowJo
+    9's calibration tables), interpolated linearly; values beyond the table's ends land on
+    its first or last channel."""
+
+    values: tuple[float, ...]
+
+    kind: ClassVar[str] = "table"
+    domain_min: ClassVar[float] = -math.inf
+
+    def __post_init__(self) -> None:
+        values = tuple(float(v) for v in self.values)
+        _check(self.kind, len(values) >= 2, "needs at least two entries")
+        _check(
+            self.kind,
+            all(math.isfinite(v) for v in values) and bool(np.all(np.diff(values) > 0)),
+            "entries must be finite and increasing",
+        )
+        object.__setattr__(self, "values", values)
+
+    @property
+    def top(self) -> float:
+        """The data value at the last channel."""
+        return self.values[-1]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Channels of data values (float64 out; NaN stays NaN)."""
+        table = np.asarray(self.values)
+        return np.interp(_as_float64(x), table, np.arange(table.size, dtype=np.float64))
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Data values of channels; -inf/+inf beyond the table's ends."""
+        table = np.asarray(self.values)
+        y = _as_float64(y)
+        x = np.interp(y, np.arange(table.size, dtype=np.float64), table)
+        with np.errstate(invalid="ignore"):
+            return np.where(y <= 0, -np.inf, np.where(y > table.size - 1, np.inf, x))
+
+
+ScaleTransform = Flin | Flog | Fasinh | Logicle | Hyperlog | FlowJoLog | FlowJoBiex | TableScale
 """A one-column, monotone increasing transformation."""
 
 Transform = ScaleTransform | Fratio
-"""Any Gating-ML 2.0 transformation."""
+"""Any transformation: Gating-ML 2.0's and FlowJo's."""
 
-SCALE_TRANSFORMS: tuple[type, ...] = (Flin, Flog, Fasinh, Logicle, Hyperlog)
+SCALE_TRANSFORMS: tuple[type, ...] = (
+    Flin,
+    Flog,
+    Fasinh,
+    Logicle,
+    Hyperlog,
+    FlowJoLog,
+    FlowJoBiex,
+    TableScale,
+)

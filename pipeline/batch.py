@@ -4,11 +4,13 @@ tables into the output folder. Each stage is a module of its own; this one only 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import as_completed as as_completed_futures
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 import pandas as pd
@@ -16,11 +18,20 @@ import pandas as pd
 from pipeline.config import LabConfig
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
-from pipeline.gate import gate_file, gate_records, template_for
+from pipeline.gate import (
+    LabGating,
+    gate_file,
+    gate_fixed,
+    gate_records,
+    lab_gate_records,
+    template_for,
+)
 from pipeline.identity import IdentityRules, Manifest
 from pipeline.ingest import IngestReport, ingest_batch, scan_batch, write_quarantine_report
 from pipeline.kinetics import KineticsOptions, patient_kinetics
-from pipeline.report import overview_path, write_report
+from pipeline.outputs import remove_folder, write_csv, write_parquet
+from pipeline.report import plots_dir, write_report
+from pipeline.review import review_exports, write_batch_workspace
 from pipeline.store import GateRecord, PopulationRecord, Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
@@ -38,6 +49,11 @@ class GateWork:
     gates: tuple[GateRecord, ...] = ()
     flags: tuple[str, ...] = ()
     error: str | None = None
+    flowjo: bytes | None = None
+    """The sample's one-sample FlowJo workspace, for the batch workspace (when asked for)."""
+    plots_drawn: bool = False
+    """Whether the sample's report plots were drawn (not found already drawn)."""
+    worker_died: bool = False  # the process gating it was killed (out of memory, …)
 
 
 @dataclass(frozen=True)
@@ -46,9 +62,14 @@ class PendingFile:
     sha256: str
     sample_id: int
     tube: str
-    overview: Path | None = None
+    plots: Path | None = None
+    """Folder of the report's sample plots, drawn while the file is in memory (None: none)."""
     config: LabConfig | None = None
     """The lab configuration to gate with (None: the shipped one)."""
+    review: Path | None = None
+    """Folder of the review exports (Gating-ML per sample), when asked for."""
+    lab: LabGating | None = None
+    """A lab's fixed gates that gate this file's tube instead of its template."""
 
 
 def _template(tube: str, config: LabConfig | None):
@@ -58,6 +79,8 @@ def _template(tube: str, config: LabConfig | None):
 def gate_one(item: PendingFile) -> GateWork:
     """Gate one file; any problem becomes the work's error, never an exception."""
     base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id}
+    if item.lab is not None:
+        return _gate_with_lab_gates(item, base)
     try:
         template = _template(item.tube, item.config)
     except CartflowError as exc:
@@ -70,13 +93,39 @@ def gate_one(item: PendingFile) -> GateWork:
     except Exception as exc:  # a bad file must never stop the batch
         return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
     populations, gates = gate_records(gated)
-    if item.overview is not None:
-        from pipeline.plots import sample_overview
+    drawn = False
+    if item.plots is not None:
+        from pipeline.plots import render_sample_plots
 
-        sample_overview(gated, item.overview)
+        drawn = render_sample_plots(gated, item.sha256, item.plots)
+    flowjo, flags = None, gated.placed.flags
+    if item.review is not None:
+        try:
+            flowjo = review_exports(gated, item.review)
+        except CartflowError as exc:  # the counts stand; the review copy is said to be missing
+            flags = (*flags, f"review_export_failed: {exc.problem}")
     return GateWork(
-        **base, populations=tuple(populations), gates=tuple(gates), flags=gated.placed.flags
+        **base,
+        populations=tuple(populations),
+        gates=tuple(gates),
+        flags=flags,
+        flowjo=flowjo,
+        plots_drawn=drawn,
     )
+
+
+def _gate_with_lab_gates(item: PendingFile, base: dict) -> GateWork:
+    """Gate one file with its tube's fixed lab gates (no placement)."""
+    lab = item.lab
+    base |= {"template_id": lab.id, "template_sha256": lab.sha256}
+    try:
+        fcs, gate_set, result = gate_fixed(item.path, lab.load())
+        populations, gates = lab_gate_records(lab, fcs, gate_set, result)
+    except CartflowError as exc:
+        return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
+    except Exception as exc:  # a bad file must never stop the batch
+        return GateWork(**base, error=f"unexpected {type(exc).__name__}: {exc}")
+    return GateWork(**base, populations=tuple(populations), gates=tuple(gates))
 
 
 def pending_gating(
@@ -84,23 +133,32 @@ def pending_gating(
     files: Sequence[tuple[Path, str]],
     report_dir: Path | None = None,
     config: LabConfig | None = None,
+    review_dir: Path | None = None,
+    lab_gates: Mapping[str, LabGating] | None = None,
 ) -> list[PendingFile]:
     """Stored samples among ``files`` (path, sha256) without counts from their current
-    template (with the path of their overview plot when a report is wanted)."""
+    template (with the folder of their plots when a report is wanted, and the review folder
+    when review exports are); a tube in ``lab_gates`` is gated by the lab's gates."""
+    lab_gates = lab_gates or {}
     by_sha = {s["sha256"]: s for s in store.samples()}
     pending = []
     for path, sha in files:
         sample = by_sha.get(sha)
         if sample is None:
             continue
+        lab = lab_gates.get(sample["tube"])
         try:
-            done = store.has_gating(sample["sample_id"], _template(sample["tube"], config).sha256)
+            gating_sha = lab.sha256 if lab else _template(sample["tube"], config).sha256
+            done = store.has_gating(sample["sample_id"], gating_sha)
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
-            overview = overview_path(report_dir, sha) if report_dir else None
+            plots = plots_dir(report_dir) if report_dir and not lab else None
+            review = review_dir if not lab else None
             pending.append(
-                PendingFile(path, sha, sample["sample_id"], sample["tube"], overview, config)
+                PendingFile(
+                    path, sha, sample["sample_id"], sample["tube"], plots, config, review, lab
+                )
             )
     return pending
 
@@ -120,16 +178,107 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
 
 
 def _one_thread_each() -> None:
-    """Worker initialiser: one BLAS/OpenMP thread per process (the pool is the parallelism)."""
+    """Worker set-up: one BLAS/OpenMP thread per process (the processes are the parallelism)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
 
 
+PR_SET_PDEATHSIG = 1
+WORKER_ATTEMPTS = 2
+"""A file whose worker process is killed is tried once more, then given up (quarantined)."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this worker when the process that started it dies, even by
+    kill -9 (Linux); elsewhere, and if the parent is already gone, stop now."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's clean-up still stops workers
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+"""Held back while a worker is forked: a stop arriving mid-fork would land in the fork's
+own hooks, where Python ignores the exception it raises, and the run would go on."""
+
+
+def _gate_in_worker(item: PendingFile, sender, parent_pid: int) -> None:
+    for stop in _STOP_SIGNALS:  # a stopped worker ends quietly, not with a traceback
+        signal.signal(stop, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    _die_with_parent(parent_pid)
+    _one_thread_each()
+    sender.send(gate_one(item))
+    sender.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        how = " (as the out-of-memory killer does)" if name == "SIGKILL" else ""
+        return f"killed by {name}{how}"
+    return f"ended with exit code {exitcode} before reporting"
+
+
+def gate_in_processes(pending: Sequence[PendingFile], workers: int) -> Iterator[GateWork]:
+    """Gate each file in a forked process of its own, ``workers`` at a time. A process that
+    dies (kill -9, out of memory) costs only its file: tried once more, then reported as a
+    failed work with ``worker_died``; workers die with this process."""
+    context = multiprocessing.get_context("fork")
+    queue = deque((item, 1) for item in pending)
+    running: dict = {}  # receiving end -> (process, item, attempt)
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                item, attempt = queue.popleft()
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_gate_in_worker, args=(item, sender, os.getpid()), daemon=True
+                )
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                try:
+                    process.start()
+                finally:  # a stop that came meanwhile is delivered here
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                sender.close()
+                running[receiver] = (process, item, attempt)
+            for receiver in wait_for(list(running)):
+                process, item, attempt = running.pop(receiver)
+                try:
+                    work = receiver.recv()
+                except (EOFError, OSError, ValueError, TypeError, AttributeError):
+                    work = None  # died before or while reporting
+                receiver.close()
+                process.join()
+                if work is not None:
+                    yield work
+                elif attempt < WORKER_ATTEMPTS:
+                    queue.append((item, attempt + 1))
+                else:
+                    yield GateWork(
+                        item.path, item.sha256, item.sample_id, "", "", worker_died=True,
+                        error=f"worker process {_death(process.exitcode)}, "
+                        f"{WORKER_ATTEMPTS} times",
+                    )  # fmt: skip
+    finally:  # interrupted: stop the workers still gating, without waiting on them long
+        for process, _, _ in running.values():
+            process.terminate()
+        for process, _, _ in running.values():
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
 def gate_parallel(
     pending: Sequence[PendingFile], workers: int = 1, scheduler: str | None = None
 ) -> Iterator[GateWork]:
-    """Gate files as they finish: in this process, a local process pool, or on a Dask
+    """Gate files as they finish: in this process, in local worker processes, or on a Dask
     distributed cluster (``scheduler`` = ``tcp://host:port``)."""
     if not pending:
         return
@@ -141,17 +290,10 @@ def gate_parallel(
             for future in as_completed(futures):
                 yield future.result()
         return
-    if workers <= 1 or len(pending) == 1:
+    if workers <= 1:
         yield from map(gate_one, pending)
         return
-    context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each)
-    try:
-        futures = [pool.submit(gate_one, item) for item in pending]
-        for future in as_completed_futures(futures):
-            yield future.result()
-    finally:  # interrupted: the files not started are dropped, not gated on the way out
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from gate_in_processes(pending, workers)
 
 
 def gate_batch(
@@ -163,10 +305,12 @@ def gate_batch(
     scheduler: str | None = None,
 ) -> list[GateWork]:
     """Gate pending files (in parallel when asked) and store each as it finishes; returns
-    those this run stored (not those another run stored first meanwhile)."""
+    those this run stored (not those another run stored first meanwhile) and those whose
+    worker died."""
     done = []
     for work in gate_parallel(pending, workers, scheduler):
-        if write_gating(store, run_id, work):
+        # a file whose worker died is not stored as gated: a later run tries it again
+        if work.worker_died or write_gating(store, run_id, work):
             done.append(work)
         if on_file:
             on_file(work)
@@ -225,8 +369,8 @@ def follow_up(
     files = {}
     for name, table in (("timepoints", timepoints), ("kinetics", kinetics)):
         csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
-        table.to_csv(csv_path, index=False)
-        table.to_parquet(parquet_path, index=False)
+        write_csv(table, csv_path)
+        write_parquet(table, parquet_path)
         files[name] = csv_path
         files[f"{name}_parquet"] = parquet_path
     return FollowUp(timepoints, kinetics, files)
@@ -255,8 +399,13 @@ class RunSettings:
     html_report: bool = True
     analysis: Path | None = None
     haematology: Path | None = None
+    file_names: bool = False  # show file names in the HTML report (they may carry PHI)
     config: LabConfig | None = None
     """The lab configuration (None: the shipped one)."""
+    review: bool = False
+    """Write OUT/review: one FlowJo 10 workspace of the batch, Gating-ML per sample."""
+    lab_gates: Mapping[str, LabGating] = field(default_factory=dict)
+    """Tube → a lab's fixed gates that gate it instead of its template."""
 
 
 @dataclass(frozen=True)
@@ -270,10 +419,18 @@ class RunSummary:
     quarantine_report: Path | None
     outcomes: object | None = None
     outcome_error: str | None = None
+    review: Path | None = None
+    figures_drawn: int = 0
+    """Patients' kinetics figures the report drew (the others were unchanged)."""
 
     @property
     def failed(self) -> list[GateWork]:
         return [w for w in self.gated if w.error]
+
+    @property
+    def plots_drawn(self) -> int:
+        """Samples whose report plots this run drew (the others' were drawn before)."""
+        return sum(w.plots_drawn for w in self.gated)
 
     @property
     def flagged(self) -> list[GateWork]:
@@ -295,6 +452,10 @@ def run_batch(
     files ``only`` names)."""
     candidates = scan_batch(batch_dir) if only is None else sorted(only)
     advance = progress("ingest", len(candidates))
+    try:
+        infusion, _ = infusion_dates(settings.clinical)
+    except CartflowError:  # reported with the outcomes; samples are not dated against it
+        infusion = {}
     ingest = ingest_batch(
         batch_dir,
         store,
@@ -302,6 +463,7 @@ def run_batch(
         settings.rules,
         on_file=lambda _o: advance(),
         files=candidates,
+        infusion=infusion,
         config=settings.config,
     )
     quarantine_report = write_quarantine_report(ingest, settings.out)
@@ -318,11 +480,18 @@ def run_batch(
         "workers": settings.workers,
         "scheduler": settings.scheduler,
         **(settings.config.provenance() if settings.config else {}),
+        "lab_gates": {t: f"{g.path} sha256:{g.sha256}" for t, g in settings.lab_gates.items()},
     }
     with store.recording("run", parameters) as run_id:
         report_dir = settings.out / "report"
+        review_dir = settings.out / "review" if settings.review else None
         pending = pending_gating(
-            store, files, report_dir if settings.html_report else None, settings.config
+            store,
+            files,
+            report_dir if settings.html_report else None,
+            settings.config,
+            review_dir,
+            settings.lab_gates,
         )
         advance = progress("gate", len(pending))
         gated = gate_batch(
@@ -333,6 +502,11 @@ def run_batch(
             workers=settings.workers,
             scheduler=settings.scheduler,
         )
+        review = None
+        if review_dir is not None:
+            review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name, store)
+        if _quarantine_lost_workers(store, run_id, ingest, gated):
+            quarantine_report = write_quarantine_report(ingest, settings.out)
         outcomes, outcome_error = None, None
         clinical = settings.clinical
         try:
@@ -349,6 +523,7 @@ def run_batch(
             count_settings=settings.counts,
         )
         outcome_dir = settings.out / "outcomes"
+        remove_folder(outcome_dir)  # an earlier run's outcomes never mix with this run's
         if clinical is not None and len(follow.kinetics):
             progress("outcomes", 1)
             try:
@@ -358,15 +533,17 @@ def run_batch(
                 )
             except CartflowError as exc:
                 outcome_error = str(exc)
-        index = None
+                remove_folder(outcome_dir)
+        written = None
         if settings.html_report:
             progress("report", 1)
-            index = write_report(
+            written = write_report(
                 store,
                 report_dir,
                 follow.timepoints,
                 follow.kinetics,
                 outcome_dir if outcomes is not None else None,
+                file_names=settings.file_names,
             )
     return RunSummary(
         run_id,
@@ -374,39 +551,69 @@ def run_batch(
         tuple(gated),
         len(files) - len(gated),  # before this run, or by another run meanwhile
         follow,
-        index,
+        written.index if written else None,
         quarantine_report,
         outcomes,
         outcome_error,
+        review,
+        written.figures_drawn if written else 0,
     )
+
+
+def _quarantine_lost_workers(
+    store: Store, run_id: int, ingest: IngestReport, gated: Sequence[GateWork]
+) -> bool:
+    """Quarantine the files whose worker process died (the run goes on, exit 2); True when
+    there were any."""
+    from pipeline.ingest import FileOutcome
+
+    lost = [work for work in gated if work.worker_died]
+    for work in lost:
+        reason = f"gating not done: {work.error}"
+        store.quarantine(run_id, f"{work.sha256}:worker", str(work.path), work.sha256,
+                         "worker", reason)  # fmt: skip
+        ingest.outcomes.append(FileOutcome(work.path, "quarantined", work.sha256, reason, "worker"))
+    return bool(lost)
 
 
 @dataclass
 class ArrivalWatch:
-    """Which files of a folder are complete: same size on two looks and readable (or, when
-    unreadable, unchanged for ``settle`` looks, so that ingest can quarantine them). A file
-    handed over is looked at again when it changes (a copy that stalled, then finished)."""
+    """Which files of a folder are complete: the same size, modification time and content
+    (SHA-256) on two looks, and readable with plausible DATA (no run of zero events where
+    $TOT says there are events); an unreadable file is handed over once unchanged for
+    ``settle`` looks, so that ingest can quarantine it. A file handed over is looked at
+    again when it changes (a copy that stalled, then finished)."""
 
     folder: Path
     settle: int = 3
-    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    looks: dict[Path, tuple[tuple[int, int, str], int]] = field(default_factory=dict)
     handed_over: dict[Path, tuple[int, int]] = field(default_factory=dict)  # size, mtime
 
     def complete(self) -> list[Path]:
         from pipeline.fcs import read_fcs
+        from pipeline.ingest import sha256_of
 
         ready = []
         for path in scan_batch(self.folder):
             try:
                 stat = path.stat()
+                if not path.is_file():  # a FIFO or folder: ingest reports it, once
+                    if path not in self.handed_over:
+                        ready.append(path)
+                        self.handed_over[path] = (-1, -1)
+                    continue
+                if self.handed_over.get(path) == (stat.st_size, stat.st_mtime_ns):
+                    continue
+                seen = (stat.st_size, stat.st_mtime_ns)
+                previous, stable = self.looks.get(path, ((-1, -1, ""), 0))
+                if previous[:2] != seen:  # still changing: hash it only once it holds still
+                    self.looks[path] = ((*seen, ""), 0)
+                    continue
+                state = (*seen, sha256_of(path))
             except OSError:
                 continue
-            size = stat.st_size
-            if self.handed_over.get(path) == (size, stat.st_mtime_ns):
-                continue
-            previous, stable = self.sizes.get(path, (-1, 0))
-            stable = stable + 1 if size == previous else 0
-            self.sizes[path] = (size, stable)
+            stable = stable + 1 if state == previous else 0
+            self.looks[path] = (state, stable)
             if stable == 0:
                 continue
             try:
@@ -415,7 +622,7 @@ class ArrivalWatch:
                 if stable < self.settle:
                     continue
             ready.append(path)
-            self.handed_over[path] = (size, stat.st_mtime_ns)
+            self.handed_over[path] = seen
         return ready
 
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from pipeline import __version__
 from pipeline.errors import CartflowError
@@ -25,8 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+console = Console(highlight=False, markup=False)  # text from data is printed as it is
+errors = Console(stderr=True, highlight=False, markup=False)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_COHORT = REPO_ROOT / "fixtures" / "cohort"
@@ -47,6 +48,12 @@ HaematologyOption = Annotated[
     Path | None,
     typer.Option(help="CSV patient,date,alc_per_ul/wbc_per_ul for dual-platform counts."),
 ]
+ForceOption = Annotated[
+    bool,
+    typer.Option("--force", help="Write into an --out folder holding others' files."),
+]
+OUT_MARK = ".cartflow-out"
+"""Marks a folder cartflow writes its outputs into (so that it may write there again)."""
 RulesOption = Annotated[
     Path | None,
     typer.Option("--rules", help="YAML identity rules (keywords and file-name patterns)."),
@@ -63,8 +70,15 @@ ConfigOption = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
     return typer.Exit(code)
+
+
+def _fallback(decision) -> Text:
+    """``fallback (reason)`` in yellow for a cut placed at its template default, else empty."""
+    if not decision.fallback:
+        return Text("")
+    return Text.assemble(("fallback", "yellow"), f" ({decision.reason})")
 
 
 def _writable(path: Path | None, *, folder: bool, create: bool = True) -> None:
@@ -89,6 +103,26 @@ def _writable(path: Path | None, *, folder: bool, create: bool = True) -> None:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _fail(f"{path}: cannot be written: {exc.strerror or exc}") from None
+
+
+def _claim_out(out: Path, force: bool) -> None:
+    """Make ``out`` cartflow's output folder; one holding files of unknown origin (no mark
+    of an earlier cartflow output) is refused unless ``force``."""
+    _writable(out, folder=True)
+    mark = out / OUT_MARK
+    if mark.is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir())
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise _fail(
+            f"{out}: holds files cartflow did not write ({shown}); choose another --out, or "
+            "give --force to write there (its tables are then replaced)"
+        )
+    try:
+        mark.write_text("cartflow output folder\n", encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"{mark}: cannot be written: {exc.strerror or exc}") from None
 
 
 def _version_callback(value: bool) -> None:
@@ -212,8 +246,11 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
         return
     file = trail["file"]
     console.print(
-        f"[bold]sample {trail['sample_id']}[/bold]: {trail['patient']} {trail['timepoint']} "
-        f"(day {trail['nominal_day']}), tube {trail['tube']} [{trail['identity_source']}]"
+        Text.assemble(
+            (f"sample {trail['sample_id']}", "bold"),
+            f": {trail['patient']} {trail['timepoint']} (day {trail['nominal_day']}), "
+            f"tube {trail['tube']} [{trail['identity_source']}]",
+        )
     )
     console.print(
         f"  file sha256 {file['sha256']} ({file['fcs_version']}, {file['events']:,} events)"
@@ -243,7 +280,7 @@ def _inspect_sample(sample_id: int, db: str | None, as_json: bool) -> None:
 
 
 def _print_inspection(info: dict) -> None:
-    console.print(f"[bold]{info['file']}[/bold]")
+    console.print(Text(info["file"], style="bold"))
     console.print(
         f"  {info['fcs_version']}  cytometer {info['cytometer'] or '?'}  "
         f"{info['events']:,} events  {len(info['channels'])} channels  "
@@ -264,12 +301,12 @@ def _print_inspection(info: dict) -> None:
             f"{ident['nominal_day']}), tube {ident['tube'] or '?'} [{ident['source']}]"
         )
     for warning in info["warnings"]:
-        console.print(f"  [yellow]warning:[/yellow] {warning}")
+        console.print(Text.assemble("  ", ("warning:", "yellow"), f" {warning}"))
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -291,6 +328,8 @@ def _print_ingest(report, store_url: str, quarantine_report: Path | None) -> Non
         console.print(f"  duplicate: {outcome.path.name}: {outcome.detail}")
     for outcome in report.with_status("quarantined"):
         console.print(f"  quarantined: {outcome.path.name}: {outcome.detail}")
+    for outcome in report.for_review:
+        console.print(f"  stored for review: {outcome.path.name}: {outcome.review}")
     if quarantine_report:
         console.print(f"quarantine report: {quarantine_report}")
 
@@ -345,10 +384,16 @@ def ingest(
     out: Annotated[
         Path, typer.Option("--out", help="Where the quarantine/ report is written.")
     ] = Path("cartflow-out"),
+    force: ForceOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Scan, identify, validate and record a batch; bad files go to quarantine (exit 2)."""
+    existed = out.is_dir()
+    if existed:
+        _claim_out(out, force)
     report = run_ingest(batch_dir, db, manifest, rules, out, config)
+    if not existed and out.is_dir():  # made now, for the quarantine report
+        (out / OUT_MARK).write_text("cartflow output folder\n", encoding="utf-8")
     raise typer.Exit(report.exit_code)
 
 
@@ -460,12 +505,18 @@ def gate(
             share = f"{100 * count / parent:.2f}" if parent else "–"
             table.add_row(population, f"{count:,}", share)
         console.print(
-            f"[bold]{file.name}[/bold]  panel {gated.panel.id}, template {gated.template.id}"
+            Text.assemble(
+                (file.name, "bold"), f"  panel {gated.panel.id}, template {gated.template.id}"
+            )
         )
         console.print(table)
         for name, decision in decisions.items():
-            state = f"[yellow]fallback[/yellow] ({decision.reason})" if decision.fallback else ""
-            console.print(f"  cut {name}: {decision.value:.4g} by {decision.method} {state}")
+            console.print(
+                Text.assemble(
+                    f"  cut {name}: {decision.value:.4g} by {decision.method} ",
+                    _fallback(decision),
+                )
+            )
         for flag in gated.placed.flags:
             console.print(f"  flag: {flag}")
         for population, note in gated.placed.approximations.items():
@@ -508,11 +559,13 @@ def pool(
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     for name, decision in pooled.items():
-        state = f"[yellow]fallback[/yellow] ({decision.reason})" if decision.fallback else ""
         own = ", ".join(f"{v:.4g}" for v in decision.evidence["per_sample_cuts"])
         console.print(
-            f"cut {name}: {decision.value:.4g} by {decision.method} over {len(files)} files "
-            f"(each on its own: {own}) {state}"
+            Text.assemble(
+                f"cut {name}: {decision.value:.4g} by {decision.method} over {len(files)} files "
+                f"(each on its own: {own}) ",
+                _fallback(decision),
+            )
         )
     console.print(f"cuts: {out}")
 
@@ -590,12 +643,35 @@ def run(
         Path | None, typer.Option(help="analysis.yaml for the outcome stage.")
     ] = None,
     haematology: HaematologyOption = None,
+    force: ForceOption = False,
+    file_names: Annotated[
+        bool, typer.Option("--show-file-names", help="Name files in the HTML report (PHI).")
+    ] = False,
     config: ConfigOption = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Write OUT/review: a FlowJo 10 workspace of the batch (FCS paths relative "
+            "to it) and Gating-ML per sample, for a cytometrist's review.",
+        ),
+    ] = False,
+    lab_gates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gates",
+            metavar="TUBE=FILE",
+            help="Gate a tube with a lab's fixed gates (Gating-ML, FlowJo 10 workspace or "
+            "FACSDiva export) instead of its template, e.g. --gates memory=lab.wsp "
+            "(repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """ingest → gate → counts → kinetics (→ outcomes with --clinical) → report for every new
     file of a batch (exit 2 if any file was quarantined)."""
     from pipeline.batch import RunSettings
 
+    _claim_out(out, force)
     lab = _lab_config(config)
     settings = RunSettings(
         out=out,
@@ -607,10 +683,40 @@ def run(
         html_report=html_report,
         analysis=analysis or lab.analysis,
         haematology=haematology,
+        file_names=file_names,
         config=lab,
+        review=review,
+        lab_gates=_lab_gates(lab_gates or [], lab),
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
+
+
+def _lab_gates(entries: list[str], config=None) -> dict:
+    """The configuration's fixed gates per tube (``gates/<tube>.xml|.wsp``), then the
+    ``TUBE=FILE`` options, as tube → the lab's gates, each read now (fail before any work)."""
+    from pipeline.gate import lab_gating
+
+    gatings = {}
+    given: set[str] = set()
+    for entry in entries:
+        tube, sep, file = entry.partition("=")
+        if not sep or not tube.strip() or not file.strip():
+            raise _fail(f"--gates {entry!r}: give TUBE=FILE, e.g. --gates memory=lab.wsp")
+        if tube.strip() in given:
+            raise _fail(f"--gates: tube {tube.strip()!r} is given twice")
+        given.add(tube.strip())
+        try:
+            gatings[tube.strip()] = lab_gating(Path(file.strip()))
+        except CartflowError as exc:
+            raise _fail(str(exc)) from None
+    for tube, path in (config.lab_gate_files() if config else {}).items():
+        if tube not in given:
+            try:
+                gatings[tube] = lab_gating(path)
+            except CartflowError as exc:
+                raise _fail(str(exc)) from None
+    return dict(sorted(gatings.items()))
 
 
 def _check_scheduler(address: str) -> None:
@@ -669,12 +775,19 @@ def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
         console.print(f"  gating failed: {work.path.name}: {work.error}")
     _print_follow_up(summary.follow)
     if summary.outcome_error:
-        console.print(f"[red]outcomes not computed:[/red] {summary.outcome_error}")
+        console.print(
+            Text.assemble(("outcomes not computed:", "red"), f" {summary.outcome_error}")
+        )
     elif summary.outcomes is not None:
         where = summary.follow.files["kinetics"].parent / "outcomes"
         console.print(f"outcomes: {len(summary.outcomes.figures)} figures and tables in {where}")
     if summary.report:
-        console.print(f"report: {summary.report.resolve()}")
+        console.print(
+            f"report: {summary.report.resolve()} ({summary.plots_drawn} samples' plots and "
+            f"{summary.figures_drawn} patient figures drawn, the rest unchanged)"
+        )
+    if summary.review:
+        console.print(f"review workspace: {summary.review}")
     return summary
 
 
@@ -694,6 +807,7 @@ def watch(
     html_report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write the HTML report and its plots.")
     ] = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Process files as they arrive, each once it is complete; bad files are quarantined and
@@ -704,7 +818,7 @@ def watch(
 
     if not folder.is_dir():
         raise _fail(f"{folder}: not a folder")
-    _writable(out, folder=True)
+    _claim_out(out, force)
     lab = _lab_config(config)
     settings = RunSettings(
         out=out,
@@ -713,6 +827,7 @@ def watch(
         html_report=html_report,
         analysis=lab.analysis,
         config=lab,
+        lab_gates=_lab_gates([], lab),
     )
     arrivals = ArrivalWatch(folder)
     look = 0
@@ -740,6 +855,7 @@ def kinetics(
     lod_events: LodOption = 20,
     lloq_events: LloqOption = 50,
     below_lod_interval: BelowLodOption = "zero",
+    force: ForceOption = False,
 ) -> None:
     """Counts per timepoint and kinetics per patient from the store (kinetics.csv/.parquet,
     timepoints.csv/.parquet)."""
@@ -748,7 +864,7 @@ def kinetics(
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     options = _kinetics_options(anchor_day0, log_down)
-    _writable(out, folder=True)
+    _claim_out(out, force)
     store = Store(db, existing=True)
     parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__}
     try:
@@ -856,6 +972,16 @@ def export(
     below_lod_interval: BelowLodOption = "zero",
     anchor_day0: AnchorOption = False,
     log_down: LogDownOption = False,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Also write OUT/review: one FlowJo 10 workspace per patient and Gating-ML "
+            "per sample (each sample's gates placed again from its file, written only if "
+            "they give the stored counts).",
+        ),
+    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Tidy tables (samples, populations, timepoints, kinetics) with a data dictionary."""
     from pipeline.export import export as export_tables
@@ -868,15 +994,26 @@ def export(
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
         if not key:
             raise _fail("--pseudonymise needs a key in the CARTFLOW_PSEUDONYM_KEY variable")
-    _writable(out, folder=True)
+    if review and pseudonymise:
+        raise _fail("--review with --pseudonymise: workspaces carry the files' own keywords")
+    _claim_out(out, force)
     store = Store(db, existing=True)
     try:
         written = export_tables(store, out, fmt, key, clinical, counts, kinetics)
+        workspaces, notes = [], []
+        if review:
+            from pipeline.review import export_review
+
+            workspaces, notes = export_review(store, out / "review")
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
         store.close()
     console.print(f"export: {len(written)} files in {out}")
+    if review:
+        console.print(f"review: {len(workspaces)} FlowJo workspace(s) in {out / 'review'}")
+        for note in notes:
+            console.print(f"  left out: {note}")
 
 
 def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool) -> None:
@@ -885,23 +1022,35 @@ def _gate_fixed(file: Path, gates: Path, membership: Path | None, as_json: bool)
     from pipeline.gate import gate_fixed, load_fixed_gates
 
     try:
-        gate_set = load_fixed_gates(gates, file.name)
+        lab_gates = load_fixed_gates(gates)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     try:
-        _, result = gate_fixed(file, gate_set)
+        fcs, _, result = gate_fixed(file, lab_gates)
+        source = lab_gates.match(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
     except CartflowError as exc:  # the gates do not fit this file: name both
         raise _fail(f"{gates} on {file}: {exc}") from None
     counts = {p: result.count(p) for p in result.populations}
+    stored = source.stored_counts()  # the lab software's own counts, where it kept them
     if as_json:
-        console.print_json(json.dumps({"file": str(file), "gates": str(gates), "counts": counts}))
-    else:
-        table = Table("population", "events", "% of parent", box=None, pad_edge=False)
-        for population, count in counts.items():
-            table.add_row(
-                population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"
+        console.print_json(
+            json.dumps(
+                {"file": str(file), "gates": str(gates), "sample": source.name,
+                 "counts": counts, "lab_counts": stored}
             )
-        console.print(f"[bold]{file.name}[/bold]  fixed gates from {gates.name}")
+        )  # fmt: skip
+    else:
+        columns = ["population", "events", "% of parent"] + (["lab's count"] if stored else [])
+        table = Table(*columns, box=None, pad_edge=False)
+        for population, count in counts.items():
+            row = [population, f"{count:,}", f"{100 * result.fraction_of_parent(population):.2f}"]
+            if stored:
+                lab = stored.get(population)
+                row.append("" if lab is None else f"{lab:,}")
+            table.add_row(*row)
+        console.print(
+            Text.assemble((file.name, "bold"), f"  fixed gates from {gates.name} ({source.name})")
+        )
         console.print(table)
     if membership:
         pd.DataFrame({p: result.mask(p) for p in result.populations}).to_parquet(membership)
@@ -960,9 +1109,10 @@ def demo(
     events: Annotated[
         int, typer.Option(min=500, max=MAX_EVENTS, help="Events per file of the generated cohort.")
     ] = 20_000,
+    force: ForceOption = False,
 ) -> None:
     """Run the whole chain on a freshly generated demo cohort (or the bundled one)."""
-    _writable(out, folder=True)
+    _claim_out(out, force)
     if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
         batch = FIXTURE_COHORT
     else:
@@ -1051,7 +1201,7 @@ def config_check(
 
     report = check_config(directory)
     for problem in report.problems:
-        errors.print(f"[red]problem:[/red] {problem}", markup=True, soft_wrap=True)
+        errors.print(Text.assemble(("problem:", "red"), f" {problem}"), soft_wrap=True)
     if not report.ok:
         raise _fail(f"{directory}: {len(report.problems)} problem(s)")
     _print_config(report)
@@ -1059,7 +1209,10 @@ def config_check(
 
 def _print_config(report) -> None:
     config = report.config
-    console.print(f"[bold]{config.directory}[/bold]  sha256 {config.sha256}", soft_wrap=True)
+    console.print(
+        Text.assemble((str(config.directory), "bold"), f"  sha256 {config.sha256}"),
+        soft_wrap=True,
+    )
     for panel in config.panels:
         time = panel.time or "none (stable-flow check skipped)"
         console.print(
@@ -1105,6 +1258,7 @@ def panel_draft(
     and their markers, with a plain list of what could not be resolved."""
     from panels import read_marker_names
     from pipeline.config import config_directory
+    from pipeline.outputs import write_text
     from pipeline.panel_tools import draft_panel
 
     try:  # only the marker names: the folder may hold other drafts not yet filled in
@@ -1119,10 +1273,13 @@ def panel_draft(
         draft = draft_panel(files, tube, names)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
-    target.write_text(draft.yaml(), encoding="utf-8")
+    write_text(target, draft.yaml())
     console.print(f"panel draft: {target} ({len(draft.layouts)} layout(s))")
     for disagreement in draft.disagreements:
-        console.print(f"  [yellow]files disagree:[/yellow] {disagreement}", soft_wrap=True)
+        console.print(
+            Text.assemble("  ", ("files disagree:", "yellow"), f" {disagreement}"),
+            soft_wrap=True,
+        )
     unresolved = draft.unresolved
     for item in unresolved:
         console.print(f"  unresolved: {item}", soft_wrap=True)
@@ -1151,9 +1308,11 @@ def panel_check(
             console.print(f"  {marker} on {channel}")
         for entry in check.read_as:
             console.print(
-                f"  [yellow]read as:[/yellow] {entry.antigen} is read as {entry.marker} "
-                f"(declared in {entry.where})",
-                markup=True,
+                Text.assemble(
+                    "  ",
+                    ("read as:", "yellow"),
+                    f" {entry.antigen} is read as {entry.marker} (declared in {entry.where})",
+                ),
                 soft_wrap=True,
             )
         return

@@ -8,6 +8,7 @@ DIR/
   markers.yaml         marker spellings, and `read_as:` for one antigen read as another
   fluorochromes.yaml   fluorochrome names stripped from $PnS labels
   templates/TUBE.yaml  the gating template of each tube
+  gates/TUBE.wsp|.xml  a lab's fixed gates for a tube, used instead of its template  optional
   identity.yaml        identity rules (keywords, file-name patterns)       optional
   hematotox.yaml       ALL-Hematotox point table                           optional
   analysis.yaml        outcome-stage settings                              optional
@@ -41,6 +42,7 @@ from pipeline.identity import IdentityRules
 CONFIG_ENV = "CARTFLOW_CONFIG"
 DEFAULT_CONFIG_DIR = PANEL_DIR
 TEMPLATE_FOLDER = "templates"
+GATES_FOLDER = "gates"
 _SKIPPED = ("__pycache__", ".")
 
 
@@ -79,6 +81,19 @@ class LabConfig:
                 f"(templates of this configuration: {', '.join(self.template_tubes()) or 'none'})"
             )  # fmt: skip
         return _template(path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+    def lab_gate_files(self) -> dict[str, Path]:
+        """Tube → the lab's fixed gates that gate it instead of a template
+        (``gates/<tube>.xml`` Gating-ML, ``.wsp`` FlowJo 10 workspace, ``.xml`` FACSDiva
+        export or FlowJo 9 workspace); a tube with two such files is refused."""
+        found: dict[str, Path] = {}
+        for path in sorted((self.directory / GATES_FOLDER).glob("*")):
+            if path.suffix.lower() not in (".xml", ".wsp"):
+                continue
+            if path.stem in found:
+                raise ConfigError(path, f"tube {path.stem!r} has fixed gates in two files")
+            found[path.stem] = path
+        return found
 
     def template_tubes(self) -> tuple[str, ...]:
         return tuple(sorted(p.stem for p in (self.directory / TEMPLATE_FOLDER).glob("*.yaml")))
@@ -215,6 +230,16 @@ def check_config(directory: Path) -> ConfigReport:
             templates[path.stem] = load_template(path)
         except CartflowError as exc:
             problems.append(str(exc))
+    for path in sorted((directory / GATES_FOLDER).glob("*")):
+        if path.suffix.lower() not in (".xml", ".wsp"):
+            problems.append(f"{path}: not a lab's gates file (gates/TUBE.xml or .wsp)")
+            continue
+        try:  # a lab's fixed gates: read now, matched to each file when it is gated
+            from gating.workspace import load_lab_gates
+
+            load_lab_gates(path)
+        except CartflowError as exc:
+            problems.append(str(exc))
     for path in config_files(directory):
         if path.parent == directory and path.suffix not in (".yaml", ".csv", ".md", ".txt"):
             problems.append(f"{path}: not part of the configuration layout")
@@ -247,15 +272,21 @@ def _cross_checks(directory, panels, templates, names) -> list[str]:
                             f"{seen[panel.id]}")  # fmt: skip
         seen[panel.id] = panel.source
         template = templates.get(panel.tube)
-        if template is None:
+        fixed = any(
+            p.stem == panel.tube and p.suffix.lower() in (".xml", ".wsp")
+            for p in (directory / GATES_FOLDER).glob("*")
+        )
+        if template is None and not fixed:
             if not (directory / TEMPLATE_FOLDER / f"{panel.tube}.yaml").is_file():
                 problems.append(
                     f"{panel.source}: tube {panel.tube!r} has no gating template: write "
                     f"{directory / TEMPLATE_FOLDER / (panel.tube + '.yaml')}"
                 )
-        else:
+        elif template is not None:
+            scatter = {*panel.scatter, panel.time}  # channels a template may cut directly
             absent = [m for m in template.markers
-                      if m not in panel.markers and m not in panel.omitted]  # fmt: skip
+                      if m not in panel.markers and m not in panel.omitted
+                      and m not in scatter and not m.startswith(("FSC", "SSC"))]  # fmt: skip
             if absent:
                 problems.append(
                     f"{panel.source}: panel {panel.id} lacks marker(s) {', '.join(absent)} "

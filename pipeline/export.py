@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from pipeline.batch import infusion_dates
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
 from pipeline.kinetics import KINETICS_COLUMNS, KineticsOptions, patient_kinetics
+from pipeline.outputs import write_csv, write_parquet
 from pipeline.store import Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
@@ -98,6 +98,13 @@ class Pseudonymiser:
         digest = hmac.new(self.key, patient.encode("utf-8"), hashlib.sha256).hexdigest()
         return f"P-{digest[:10]}"
 
+    def date_shift_days(self, patient: str) -> int:
+        """A keyed shift of this patient's dates, within ±MAX_DATE_SHIFT_DAYS, never 0."""
+        message = f"date-shift:{patient}".encode()
+        value = int(hmac.new(self.key, message, hashlib.sha256).hexdigest()[:8], 16)
+        days = value % (2 * MAX_DATE_SHIFT_DAYS) - MAX_DATE_SHIFT_DAYS
+        return days or MAX_DATE_SHIFT_DAYS
+
 
 def tables(
     store: Store,
@@ -125,11 +132,22 @@ def tables(
     }
 
 
-def _pseudonymise(frame: pd.DataFrame, alias: Callable[[str], str]) -> pd.DataFrame:
+MAX_DATE_SHIFT_DAYS = 180
+IDENTIFYING_COLUMNS = ("file", "sha256")
+"""Left out of a pseudonymised export: a file's name or hash leads back to the file."""
+
+
+def _pseudonymise(frame: pd.DataFrame, alias: Pseudonymiser) -> pd.DataFrame:
+    """Patients replaced by pseudonyms, file names and hashes dropped, and every date
+    shifted by a keyed number of days per patient (intervals within a patient kept)."""
     frame = frame.copy()
     if "patient" in frame:
+        shift = pd.to_timedelta(frame["patient"].map(alias.date_shift_days), unit="D")
+        for column in (c for c in frame.columns if c == "date" or c.endswith("_date")):
+            dates = pd.to_datetime(frame[column], errors="coerce")
+            frame[column] = (dates + shift).dt.date.where(dates.notna(), None)
         frame["patient"] = frame["patient"].map(alias)
-    return frame.drop(columns=[c for c in ("file",) if c in frame])
+    return frame.drop(columns=[c for c in IDENTIFYING_COLUMNS if c in frame])
 
 
 def export(
@@ -152,17 +170,17 @@ def export(
             frame = _pseudonymise(frame, alias)
         path = out_dir / f"{name}.{fmt}"
         if fmt == "csv":
-            frame.to_csv(path, index=False)
+            write_csv(frame, path)
         else:
-            frame.to_parquet(path, index=False)
+            write_parquet(frame, path)
         written[name] = path
     rows = [
         {"table": table, "column": column, "description": text}
         for table, columns in DICTIONARY.items()
         for column, text in columns.items()
-        if not (alias and column == "file")
+        if not (alias and column in IDENTIFYING_COLUMNS)
     ]
     dictionary = out_dir / "data_dictionary.csv"
-    pd.DataFrame(rows).to_csv(dictionary, index=False)
+    write_csv(pd.DataFrame(rows), dictionary)
     written["data_dictionary"] = dictionary
     return written

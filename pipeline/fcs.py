@@ -9,7 +9,9 @@ $TIMESTEP) is applied in place, per column.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +75,7 @@ class FcsFile:
     scaled: bool
     spillover: Spillover | None
     warnings: list[str] = field(default_factory=list)
+    spillover_problem: str | None = None  # a matrix keyword present but unreadable
 
     @property
     def channel_names(self) -> list[str]:
@@ -103,7 +106,7 @@ def read_fcs(path: str | Path, *, events: bool = True, scale: bool = True) -> Fc
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = require_regular_file(path).st_size
         with path.open("rb") as fh:
             return _read(fh, path, size, read_events=events, scale=scale)
     except FcsError:
@@ -112,6 +115,21 @@ def read_fcs(path: str | Path, *, events: bool = True, scale: bool = True) -> Fc
         raise FcsError(path, "is a directory, not an FCS file") from exc
     except OSError as exc:
         raise FcsError(path, f"cannot be read: {exc.strerror or exc}") from exc
+
+
+def require_regular_file(path: Path) -> os.stat_result:
+    """The file's status, or FcsError when it is not a regular file: opening a FIFO would
+    block until something writes to it, and a folder or device is no FCS file."""
+    status = path.stat()
+    if stat.S_ISREG(status.st_mode):
+        return status
+    kind = (
+        "a directory" if stat.S_ISDIR(status.st_mode)
+        else "a FIFO (named pipe)" if stat.S_ISFIFO(status.st_mode)
+        else "a socket" if stat.S_ISSOCK(status.st_mode)
+        else "a device"
+    )  # fmt: skip
+    raise FcsError(path, f"is {kind}, not a regular file")
 
 
 def _read(fh, path: Path, size: int, *, read_events: bool, scale: bool) -> FcsFile:
@@ -141,13 +159,18 @@ def _read(fh, path: Path, size: int, *, read_events: bool, scale: bool) -> FcsFi
     byte_count, start = _data_span(text, header, dtype.itemsize, size, path, notes)
     event_count = byte_count // dtype.itemsize
 
+    if datatype == "I":
+        _check_integer_words(fh, start, event_count, dtype, byte_order, channels, path)
     matrix = None
     if read_events:
         matrix = _read_events(fh, start, event_count, dtype, byte_order, channels, datatype)
-        if datatype in {"F", "D"}:
-            _check_plausible(matrix, path, text.get("$BYTEORD", ""))
-        if scale:
-            _scale_in_place(matrix, channels, text)
+        probe = _head_and_tail(matrix)
+    else:
+        probe = _probe_events(fh, start, event_count, dtype, byte_order, channels, datatype)
+    _check_events(probe, channels, text, datatype, path)
+    if read_events and scale:
+        _scale_in_place(matrix, channels, text)
+    spillover, spillover_problem = _spillover(text, channels, notes)
     return FcsFile(
         path=path,
         version=header.version,
@@ -156,8 +179,9 @@ def _read(fh, path: Path, size: int, *, read_events: bool, scale: bool) -> FcsFi
         event_count=event_count,
         events=matrix,
         scaled=bool(read_events and scale),
-        spillover=_spillover(text, channels, notes),
+        spillover=spillover,
         warnings=notes,
+        spillover_problem=spillover_problem,
     )
 
 
@@ -324,10 +348,19 @@ def _channels(text: dict, path: Path) -> tuple[Channel, ...]:
                 range=_float_keyword(text, f"$P{n}R", path, default=0.0),
                 log_decades=decades,
                 log_offset=offset,
-                gain=_float_keyword(text, f"$P{n}G", path, default=1.0) or 1.0,
+                gain=_gain(text, n, path),
             )
         )
     return tuple(channels)
+
+
+def _gain(text: dict, n: int, path: Path) -> float:
+    """$PnG, which divides the stored value: 0 (written by some instruments for 'none')
+    reads as 1; a negative gain is no amplifier setting."""
+    gain = _float_keyword(text, f"$P{n}G", path, default=1.0)
+    if gain < 0:
+        raise FcsError(path, f"$P{n}G is {gain:g}: a gain must be positive")
+    return gain or 1.0
 
 
 def _event_layout(text: dict, channels, datatype: str, path: Path) -> tuple[str, np.dtype]:
@@ -405,6 +438,12 @@ def _data_span(
         raise FcsError(
             path, f"DATA segment holds {length} bytes but $TOT {total} events need {needed}"
         )
+    if length - needed >= row_bytes:
+        raise FcsError(
+            path,
+            f"DATA segment holds {length // row_bytes} events but $TOT says {total}: "
+            "$TOT or the DATA offsets are wrong",
+        )
     if length not in {needed, needed + 1}:
         notes.append(f"DATA segment has {length - needed} bytes beyond the $TOT events; ignored")
     return needed, start
@@ -446,21 +485,119 @@ def _read_events(fh, start: int, count: int, dtype, byte_order: str, channels, d
 
 IMPLAUSIBLE_VALUE = 1e20
 IMPLAUSIBLE_SHARE = 0.01
+PROBE_EVENTS = 4096
+"""Events read from each end of DATA to judge it when the matrix itself is not read."""
+TIME_BACKWARDS_SHARE = 0.05
 
 
-def _check_plausible(matrix: np.ndarray, path: Path, byteord: str) -> None:
-    """Reject float data that is mostly garbage, as a wrong $BYTEORD produces."""
-    if matrix.size == 0:
+def _head_and_tail(matrix: np.ndarray) -> np.ndarray:
+    if matrix.shape[0] <= 2 * PROBE_EVENTS:
+        return matrix
+    return np.concatenate([matrix[:PROBE_EVENTS], matrix[-PROBE_EVENTS:]])
+
+
+def _probe_events(fh, start, count, dtype, byte_order, channels, datatype) -> np.ndarray:
+    """The first and last PROBE_EVENTS events, as the full read would give them."""
+    if count <= 2 * PROBE_EVENTS:
+        return _read_events(fh, start, count, dtype, byte_order, channels, datatype)
+    head = _read_events(fh, start, PROBE_EVENTS, dtype, byte_order, channels, datatype)
+    tail_start = start + (count - PROBE_EVENTS) * dtype.itemsize
+    tail = _read_events(fh, tail_start, PROBE_EVENTS, dtype, byte_order, channels, datatype)
+    return np.concatenate([head, tail])
+
+
+def _check_integer_words(fh, start, count, dtype, byte_order, channels, path: Path) -> None:
+    """Refuse $DATATYPE I on words that are floating-point numbers: their exponent bits put
+    them far beyond $PnR, where masking would turn them into noise."""
+    width = dtype.base.itemsize if dtype.names is None else 0
+    if width not in {4, 8} or count == 0:
         return
-    sample = matrix[:: max(1, matrix.shape[0] // 10_000)]
-    bad = ~np.isfinite(sample) | (np.abs(sample) > IMPLAUSIBLE_VALUE)
-    share = float(bad.mean())
-    if share > IMPLAUSIBLE_SHARE:
+    fh.seek(start)
+    rows = min(count, PROBE_EVENTS)
+    words = np.fromfile(fh, dtype=f"{byte_order}u{width}", count=rows * len(channels))
+    words = words[: len(words) - len(words) % len(channels)].reshape(-1, len(channels))
+    as_float = words.view(f"{byte_order}f{width}")
+    ranges = np.array([c.range if c.range > 0 else np.inf for c in channels])
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(as_float.astype(np.float64))
+        floating = (magnitude > 1e-6) & (magnitude < 1e12) & (words > ranges)
+    nonzero = words != 0
+    if nonzero.sum() and floating.sum() > 0.5 * nonzero.sum():
         raise FcsError(
             path,
-            f"{share:.0%} of event values are not finite or beyond 1e20; "
-            f"the data or its $BYTEORD ({byteord}) is wrong",
+            f"$DATATYPE is I, but {floating.sum() / nonzero.sum():.0%} of the DATA words are "
+            "floating-point numbers beyond $PnR: the file's $DATATYPE is wrong",
         )
+
+
+def _check_events(probe: np.ndarray, channels, text: dict, datatype: str, path: Path) -> None:
+    """Refuse event data that contradicts what the TEXT says about it, or holds nothing."""
+    if probe.size == 0:
+        return
+    if datatype in {"F", "D"}:
+        byteord = text.get("$BYTEORD", "")
+        _check_finite(probe, path, f"the data or its $BYTEORD ({byteord}) is wrong")
+    nonzero_rows = np.flatnonzero(np.any(probe != 0, axis=1))
+    if nonzero_rows.size == 0:
+        raise FcsError(path, "every DATA value is 0: the file holds no measurements")
+    if probe.shape[0] > 1 and np.all(probe == probe[0]):
+        raise FcsError(
+            path, "every event is the same: DATA holds no measurements (constant values)"
+        )
+    trailing = probe.shape[0] - 1 - int(nonzero_rows[-1])
+    if trailing >= 2:
+        raise FcsError(
+            path,
+            f"DATA ends in {trailing}{'+' if trailing >= PROBE_EVENTS else ''} events of zeros "
+            "where $TOT says there are events: the file is incomplete (still being copied?)",
+        )
+    _check_time_runs_forward(probe, channels, path)
+    if datatype in {"F", "D"}:
+        _check_float_log_channels(probe, channels, path)
+    scaled = np.array(probe, dtype=np.float32, order="F")
+    _scale_in_place(scaled, channels, text)
+    _check_finite(scaled, path, "after $PnE/$PnG scaling: those keywords are wrong")
+
+
+def _check_finite(matrix: np.ndarray, path: Path, cause: str) -> None:
+    """Reject data that is mostly garbage, as a wrong $BYTEORD or scale keyword produces."""
+    with np.errstate(all="ignore"):
+        bad = ~np.isfinite(matrix) | (np.abs(matrix) > IMPLAUSIBLE_VALUE)
+    share = float(bad.mean())
+    if share > IMPLAUSIBLE_SHARE:
+        raise FcsError(path, f"{share:.0%} of event values are not finite or beyond 1e20; {cause}")
+
+
+def _check_time_runs_forward(probe: np.ndarray, channels, path: Path) -> None:
+    """A time channel runs forward; one that mostly runs backwards holds another channel's
+    values: the DATA offset or a $PnB is off and every value sits in the wrong column."""
+    if probe.shape[0] < 100:
+        return
+    for j, channel in enumerate(channels):
+        if channel.is_time:
+            backwards = float((np.diff(probe[:, j]) < 0).mean())
+            if backwards > TIME_BACKWARDS_SHARE:
+                raise FcsError(
+                    path,
+                    f"the time channel {channel.name} runs backwards between {backwards:.0%} of "
+                    "events: DATA is not laid out as the TEXT says (offset or $PnB wrong)",
+                )
+
+
+def _check_float_log_channels(probe: np.ndarray, channels, path: Path) -> None:
+    """$PnE on float data says the values are channel numbers 0..$PnR to be decoded; values
+    outside that span (negative, as linear data has) make the keyword nonsense."""
+    for j, channel in enumerate(channels):
+        if not channel.is_log or channel.range <= 0:
+            continue
+        column = probe[:, j]
+        outside = float(((column < 0) | (column > channel.range * 1.0001)).mean())
+        if outside > IMPLAUSIBLE_SHARE:
+            raise FcsError(
+                path,
+                f"$P{channel.index}E says log channel numbers 0..{channel.range:g}, but "
+                f"{outside:.0%} of the float values lie outside: the keyword is wrong",
+            )
 
 
 def _three_byte_ints(octets: np.ndarray, byte_order: str) -> np.ndarray:
@@ -504,16 +641,20 @@ def _scale_in_place(matrix: np.ndarray, channels, text: dict) -> None:
             np.divide(column, np.float32(channel.gain), out=column)
 
 
-def _spillover(text: dict, channels, notes: list[str]) -> Spillover | None:
+def _spillover(text: dict, channels, notes: list[str]) -> tuple[Spillover | None, str | None]:
+    """The first readable matrix keyword, and when none is readable although one is present,
+    why (gating refuses to go on uncompensated then)."""
+    problems = []
     for keyword in SPILL_KEYWORDS:
         value = text.get(keyword)
         if not value:
             continue
         try:
-            return _parse_spill(value, keyword, {c.name for c in channels})
+            return _parse_spill(value, keyword, {c.name for c in channels}), None
         except ValueError as exc:
             notes.append(f"{keyword} ignored: {exc}")
-    return None
+            problems.append(f"{keyword} {exc}")
+    return None, "; ".join(problems) or None
 
 
 def _parse_spill(value: str, keyword: str, names: set[str]) -> Spillover:

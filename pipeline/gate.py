@@ -14,7 +14,7 @@ from gating.auto import PlacedGating, place
 from gating.engine import Evaluator, GatingResult
 from gating.model import FCS_SPILL, Dimension, GateSet
 from gating.placement import ThresholdDecision
-from gating.placer import FLUOR, ChannelMap, transforms_for
+from gating.placer import FLUOR, ChannelMap, scales_for, transforms_for
 from gating.template import Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
@@ -56,8 +56,14 @@ class SampleGating:
         return Evaluator(transforms_for(self.template), {}, fcs.events, fcs.channel_names, matrix)
 
     def marker_values(self, marker: str) -> np.ndarray:
-        """A marker's compensated values on the template's scale, for every event."""
-        axis = Dimension(self.panel_markers()[marker], FCS_SPILL, FLUOR)
+        """A marker's compensated values (or a channel's, ``FSC-A``) on the template's scale
+        for it, for every event."""
+        scales = scales_for(self.template)
+        channel = self.panel_markers().get(marker)
+        if channel is None:
+            axis = Dimension(marker, None, scales.get(marker))
+        else:
+            axis = Dimension(channel, FCS_SPILL, scales.get(marker, FLUOR))
         return self._evaluator.values(axis, None)
 
     def counts(self) -> dict[str, int]:
@@ -108,7 +114,10 @@ def gate_fcs(
     template of ``config`` (default: the shipped configuration) is used."""
     if template is None:
         template = config.template(panel.tube) if config else template_for(panel.tube)
-    missing = [m for m in template.markers if m not in panel.markers and m not in panel.omitted]
+    missing = [
+        m for m in template.markers
+        if m not in panel.markers and m not in panel.omitted and m not in fcs.channel_names
+    ]  # fmt: skip
     if missing:
         raise GateStageError(
             fcs.path,
@@ -126,6 +135,12 @@ def gate_fcs(
                 + ", ".join(absent),
             )
     matrix = spillover or fcs.spillover
+    if matrix is None and fcs.spillover_problem:
+        raise GateStageError(
+            fcs.path,
+            f"its spillover matrix is present but unreadable ({fcs.spillover_problem}); "
+            "give the lab's matrix with --spillover",
+        )
     spill = (list(matrix.channels), matrix.matrix) if matrix else None
     events = fcs.events
     placed, result = place(
@@ -229,18 +244,104 @@ def membership_table(gated: SampleGating):
     )
 
 
-def load_fixed_gates(path: Path, sample: str | None = None) -> GateSet:
-    """A lab's fixed gates: Gating-ML 2.0 (.xml) or a FlowJo 10 workspace (.wsp)."""
-    from gating.gatingml import load_flowjo, load_gatingml
+@dataclass(frozen=True)
+class LabGating:
+    """A lab's fixed gates used as the gating of a tube: the file and its SHA-256, which
+    stand where a template's id and hash stand in the store."""
 
-    return load_flowjo(path, sample) if path.suffix.lower() == ".wsp" else load_gatingml(path)
+    path: Path
+    sha256: str
+
+    @property
+    def id(self) -> str:
+        """How the store names this gating (``lab:<file name>``)."""
+        return f"lab:{self.path.name}"
+
+    def load(self):
+        """The lab's gates (read once per process)."""
+        return _lab_gates(self.path, self.sha256)
 
 
-def gate_fixed(path: Path, gate_set: GateSet) -> tuple[FcsFile, GatingResult]:
-    """Apply fixed gates to one file (no placement): Gating-ML semantics, 'FCS' compensation
-    from the file's own spillover matrix."""
+def lab_gating(path: Path) -> LabGating:
+    """A lab's gates file, checked to be readable now (a :class:`CartflowError` if not)."""
+    import hashlib
+
+    file = path
+    if not path.exists() and "#" in path.name:  # lab.wsp#GROUP: a workspace's sample group
+        file = Path(str(path).rpartition("#")[0])
+    try:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise GateStageError(file, f"cannot be read: {exc.strerror or exc}") from exc
+    gating = LabGating(path, digest)
+    gating.load()
+    return gating
+
+
+@cache
+def _lab_gates(path: Path, sha256: str):
+    del sha256  # part of the cache key: a changed file is read again
+    return load_fixed_gates(path)
+
+
+def lab_gate_records(
+    gating: LabGating, fcs: FcsFile, gate_set: GateSet, result: GatingResult
+) -> tuple[list[PopulationRecord], list[GateRecord]]:
+    """Store rows for a sample gated with a lab's fixed gates: counts per population, and
+    per gate where it came from (the lab's file, its sample, the lab software's own count)."""
+    lab = gating.load()
+    sample = lab.match(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
+    stored = sample.stored_counts()
+    populations = [
+        PopulationRecord(
+            p,
+            result.parents[p],
+            result.count(p),
+            result.count(result.parents[p]) if result.parents[p] else result.event_count,
+        )
+        for p in result.populations
+    ]
+    gates = [
+        GateRecord(
+            gate=p,
+            method="fixed",
+            value=None,
+            fallback=False,
+            evidence={
+                "source": str(gating.path),
+                "sha256": gating.sha256,
+                "sample": sample.name,
+                "gate": type(result.diagnostics[p].gate).__name__,
+                "lab_count": stored.get(p),
+            },
+        )
+        for p in result.populations
+    ]
+    return populations, gates
+
+
+def load_fixed_gates(path: Path):
+    """A lab's fixed gates: Gating-ML 2.0 or a FlowJo 10 workspace (told apart by content);
+    ``gates_for`` gives the gates of one data file."""
+    from gating.workspace import load_lab_gates
+
+    return load_lab_gates(path)
+
+
+def fixed_gates_for(lab_gates, fcs: FcsFile) -> GateSet:
+    """The lab's gates for one read file: its workspace sample, matched by name, $FIL or
+    event count."""
+    return lab_gates.gates_for(fcs.path.name, fcs.keyword("$FIL"), fcs.event_count)
+
+
+def gate_fixed(
+    path: Path, lab_gates, fcs: FcsFile | None = None
+) -> tuple[FcsFile, GateSet, GatingResult]:
+    """Apply a lab's fixed gates to one file (no placement): Gating-ML semantics, 'FCS'
+    compensation from the file's own spillover matrix."""
     from gating.engine import evaluate
 
-    fcs = read_fcs(path)
+    fcs = fcs or read_fcs(path)
+    gate_set = fixed_gates_for(lab_gates, fcs)
     spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
-    return fcs, evaluate(gate_set, fcs.events, fcs.channel_names, spill)
+    return fcs, gate_set, evaluate(gate_set, fcs.events, fcs.channel_names, spill)

@@ -6,24 +6,25 @@ SHA-256: content seen before is not processed again, whatever its name.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 from sqlalchemy.exc import DataError
 
 from panels import MarkerNames, Panel, load_panels, match_panel
 from pipeline.config import LabConfig
-from pipeline.errors import CartflowError, IdentityError, first_line
-from pipeline.fcs import FcsFile, acquisition_date, read_fcs
-from pipeline.identity import IdentityRules, Manifest, SampleIdentity, identify
-from pipeline.store import FileRecord, SampleRecord, Store
+from pipeline.errors import CartflowError, FcsError, IdentityError, first_line
+from pipeline.fcs import FcsFile, acquisition_date, read_fcs, require_regular_file
+from pipeline.identity import IdentityRules, Manifest, SampleIdentity, cross_check, identify
+from pipeline.outputs import restore, write_csv
+from pipeline.store import FileRecord, SampleRecord, Store, stored_keywords
 
 FCS_SUFFIXES = {".fcs", ".lmd"}
 HASH_CHUNK = 1 << 20
@@ -41,6 +42,7 @@ class FileOutcome:
     detail: str
     kind: str = ""
     new: bool = True
+    review: str = ""  # accepted, but its identity is to be reviewed (and why)
 
 
 @dataclass
@@ -52,9 +54,14 @@ class IngestReport:
         return [o for o in self.outcomes if o.status == status]
 
     @property
+    def for_review(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.review]
+
+    @property
     def exit_code(self) -> int:
-        """0 when every file was accepted (now or before), 2 when any was quarantined."""
-        return 2 if self.with_status("quarantined") else 0
+        """0 when every file was accepted (now or before), 2 when any was quarantined or
+        stored for review."""
+        return 2 if self.with_status("quarantined") or self.for_review else 0
 
 
 def sha256_of(path: Path) -> str:
@@ -66,14 +73,15 @@ def sha256_of(path: Path) -> str:
 
 
 def scan_batch(batch_dir: Path) -> list[Path]:
-    """FCS files below a folder, in a stable order, skipping hidden and quarantine folders.
-    A link named like an FCS file is listed even when broken, so that ingest reports it."""
+    """Everything named like an FCS file below a folder, in a stable order, skipping hidden
+    and quarantine folders. Links (even broken), FIFOs and folders named like an FCS file
+    are listed too, so that ingest reports them instead of skipping them silently."""
     found = []
     for path in batch_dir.rglob("*"):
         parts = path.relative_to(batch_dir).parts
         if any(p.startswith(".") or p == "quarantine" for p in parts):
             continue
-        if path.suffix.lower() in FCS_SUFFIXES and (path.is_file() or path.is_symlink()):
+        if path.suffix.lower() in FCS_SUFFIXES:
             found.append(path)
     return sorted(found)
 
@@ -82,8 +90,13 @@ def _json_safe(text: dict[str, str]) -> dict[str, str]:
     return {k: v.encode("utf-8", "replace").decode("utf-8") for k, v in text.items()}
 
 
-def describe(fcs: FcsFile, sha256: str, path: Path) -> FileRecord:
+def describe(
+    fcs: FcsFile, sha256: str, path: Path, rules: IdentityRules = IdentityRules()
+) -> FileRecord:
+    """A file's row; of its TEXT only the keywords the store keeps (no PHI)."""
     iso = acquisition_date(fcs)
+    keep = (*rules.patient_keywords, *rules.timepoint_keywords, *rules.tube_keywords,
+            *rules.stored_keywords)  # fmt: skip
     return FileRecord(
         sha256=sha256,
         path=str(path),
@@ -94,12 +107,12 @@ def describe(fcs: FcsFile, sha256: str, path: Path) -> FileRecord:
         channel_count=len(fcs.channels),
         has_spillover=fcs.spillover is not None,
         acquisition_date=date.fromisoformat(iso) if iso else None,
-        keywords=_json_safe(fcs.text),
+        keywords=_json_safe(stored_keywords(fcs.text, keep)),
         reader_warnings=list(fcs.warnings),
     )
 
 
-def sample_record(identity: SampleIdentity, panel: Panel) -> SampleRecord:
+def sample_record(identity: SampleIdentity, panel: Panel, review: str = "") -> SampleRecord:
     return SampleRecord(
         patient=identity.patient,
         timepoint=identity.timepoint.label,
@@ -108,7 +121,7 @@ def sample_record(identity: SampleIdentity, panel: Panel) -> SampleRecord:
         panel_id=panel.id,
         panel_version=panel.version,
         panel_sha256=panel.sha256,
-        identity_source=identity.source,
+        identity_source=f"{identity.source}; review: {review}" if review else identity.source,
         blood_volume_ul=identity.blood_volume_ul,
         beads_per_tube=identity.beads_per_tube,
         bead_lot=identity.bead_lot,
@@ -123,6 +136,11 @@ class Checked:
     fcs: FcsFile
     identity: SampleIdentity
     panel: Panel
+    review: str = ""  # sources of identity that disagree, when stored for review
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.identity.patient, self.identity.timepoint.label, self.panel.tube)
 
 
 def check_file(
@@ -134,6 +152,12 @@ def check_file(
 ) -> Checked:
     """Read, identify and panel-match one file; raises CartflowError on any problem."""
     fcs = read_fcs(path, events=False)
+    if fcs.spillover is None and fcs.spillover_problem:
+        raise FcsError(
+            path,
+            f"its spillover matrix is present but unreadable ({fcs.spillover_problem}): "
+            "it cannot be compensated as acquired",
+        )
     identity = identify(path, fcs.text, manifest, rules)
     pairs = [(c.name, c.marker) for c in fcs.channels]
     match = match_panel(path, pairs, panels, identity.tube, names)
@@ -148,10 +172,16 @@ def ingest_batch(
     panels: tuple[Panel, ...] | None = None,
     on_file: Callable[[FileOutcome], None] | None = None,
     files: list[Path] | None = None,
+    infusion: Mapping[str, date] | None = None,
     config: LabConfig | None = None,
 ) -> IngestReport:
     """Ingest every FCS file of a batch folder (or just ``files``) into the store, with the
-    panels and marker names of ``config`` (default: the shipped configuration)."""
+    panels and marker names of ``config`` (default: the shipped configuration). With
+    ``infusion`` dates per patient, each sample's date is checked against its timepoint.
+
+    Every file is checked first, then stored: two files naming one patient, timepoint and
+    tube (or one naming those of a stored sample) are all refused or all stored for review,
+    whatever their order."""
     if panels is None:
         panels = config.panels if config else load_panels()
     files = scan_batch(batch_dir) if files is None else sorted(files)
@@ -163,16 +193,31 @@ def ingest_batch(
         **(config.provenance() if config else {}),
     }
     names = Counter(path.name for path in files)
-    batch = _Batch(panels, manifest, rules, frozenset(n for n, c in names.items() if c > 1),
-                   config.names if config else None, config.sha256 if config else "")  # fmt: skip
+    shared = frozenset(n for n, c in names.items() if c > 1)
+    infusion_items = tuple(sorted((infusion or {}).items()))
+    batch = _Batch(panels, manifest, rules, shared, config.names if config else None,
+                   config.sha256 if config else "", infusion_items)  # fmt: skip
     with store.recording("ingest", parameters) as run_id:
         report = IngestReport(run_id)
         seen: dict[str, Path] = {}
+        outcomes: list[FileOutcome | None] = []
+        ready: list[tuple[int, Path, str, Checked]] = []
         for path in files:
-            outcome = _ingest_one(path, store, run_id, batch, seen)
-            report.outcomes.append(outcome)
+            result = _check_one(path, store, run_id, batch, seen)
+            if isinstance(result, FileOutcome):
+                outcomes.append(result)
+                if on_file:
+                    on_file(result)
+            else:
+                outcomes.append(None)
+                ready.append((len(outcomes) - 1, path, *result))
+        repeats = _repeats([(path, sha, checked) for _, path, sha, checked in ready], store)
+        for index, path, sha, checked in ready:
+            outcome = _store_one(path, sha, checked, store, run_id, batch, repeats.get(path))
+            outcomes[index] = outcome
             if on_file:
                 on_file(outcome)
+        report.outcomes = [o for o in outcomes if o is not None]
     return report
 
 
@@ -192,12 +237,13 @@ class _Batch:
     shared_names: frozenset[str]  # names that several files of the batch carry
     names: MarkerNames | None = None
     config_sha256: str = ""
+    infusion: tuple[tuple[str, date], ...] = ()
 
     @cached_property
     def digest(self) -> str:
         context = repr((sorted(self.manifest.rows.items()) if self.manifest else None,
                         self.rules, sorted(p.sha256 for p in self.panels),
-                        sorted(self.shared_names)))  # fmt: skip
+                        sorted(self.shared_names), self.infusion))  # fmt: skip
         if self.config_sha256:  # marker names and read_as decide a match too
             context += self.config_sha256
         return hashlib.sha256(context.encode("utf-8")).hexdigest()[:16]
@@ -208,14 +254,34 @@ class _Batch:
                 path, f"several files of the batch are named {path.name!r}, and the manifest "
                 "names files by name: rename them apart"
             )  # fmt: skip
-        return check_file(path, self.panels, self.manifest, self.rules, self.names)
+        checked = check_file(path, self.panels, self.manifest, self.rules, self.names)
+        iso = acquisition_date(checked.fcs)
+        disagreements = cross_check(
+            path,
+            checked.fcs.text,
+            checked.identity,
+            self.rules,
+            date.fromisoformat(iso) if iso else None,
+            dict(self.infusion).get(checked.identity.patient),
+        )
+        if not disagreements:
+            return checked
+        problem = "identity sources disagree: " + "; ".join(map(str, disagreements))
+        if self.rules.on_disagreement == "review":
+            return Checked(checked.fcs, checked.identity, checked.panel, problem)
+        raise IdentityError(path, problem)
 
 
-def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
+def _check_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome | tuple[str, Checked]:
+    """A file's final outcome, or its SHA-256 and checks when it is to be stored."""
     try:
+        require_regular_file(path)  # a FIFO would block the read below
         sha = sha256_of(path)
-    except OSError as exc:
-        reason = f"cannot be read: {exc.strerror or exc}"
+    except (OSError, FcsError) as exc:
+        if isinstance(exc, FcsError):
+            reason = exc.problem
+        else:
+            reason = f"cannot be read: {exc.strerror or exc}"
         key = f"path:{path.absolute()}"  # not resolve(): a link may loop
         new = store.quarantine(run_id, key, str(path), None, "io", reason)
         return FileOutcome(path, "quarantined", None, reason, "io", new)
@@ -236,7 +302,7 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         kind, reason = before
         return FileOutcome(path, "quarantined", sha, f"{reason} (quarantined before)", kind, False)
     try:
-        checked = batch.check(path)
+        return sha, batch.check(path)
     except CartflowError as exc:
         key = sha if exc.kind in CONTENT_KINDS else in_context
         store.quarantine(run_id, key, str(path), sha, exc.kind, exc.problem)
@@ -245,9 +311,67 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         reason = f"unexpected {type(exc).__name__}: {exc}"
         store.quarantine(run_id, in_context, str(path), sha, "internal", reason)
         return FileOutcome(path, "quarantined", sha, reason, "internal")
-    record = describe(checked.fcs, sha, path)
+
+
+@dataclass(frozen=True)
+class _Repeat:
+    """Other files naming the same patient, timepoint and tube as one to be stored."""
+
+    names: tuple[str, ...]
+    digest: str  # of the other files' contents: the conflict, as a quarantine key
+
+    def __str__(self) -> str:
+        return "repeats another file's patient, timepoint and tube: " + ", ".join(self.names)
+
+
+def _repeats(ready: list[tuple[Path, str, Checked]], store: Store) -> dict[Path, _Repeat]:
+    """Files to be stored that share patient, timepoint and tube with another of them or
+    with a stored sample."""
+    holders: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for sample in store.samples():
+        key = (sample["patient"], sample["timepoint"], sample["tube"])
+        holders.setdefault(key, []).append((sample["sha256"], f"{sample['file']} (stored)"))
+    for path, sha, checked in ready:
+        holders.setdefault(checked.key, []).append((sha, str(path)))
+    found = {}
+    for path, sha, checked in ready:
+        # a stored earlier content of this very file is replaced, not repeated
+        replaces = store.replaceable(str(path), sample_record(checked.identity, checked.panel))
+        earlier_self = f"{path.name} (stored)" if replaces is not None else None
+        others = [(s, name) for s, name in holders[checked.key]
+                  if s != sha and name != earlier_self]  # fmt: skip
+        if others:
+            digest = hashlib.sha256("".join(sorted(s for s, _ in others)).encode()).hexdigest()
+            label = f"{' '.join(checked.key)}"
+            found[path] = _Repeat(tuple(f"{label} is also {name}" for _, name in others),
+                                  digest[:16])  # fmt: skip
+    return found
+
+
+def _store_one(
+    path, sha, checked: Checked, store, run_id, batch: _Batch, repeat: _Repeat | None
+) -> FileOutcome:
+    review = checked.review
+    if repeat is not None:
+        if batch.rules.on_disagreement == "quarantine":
+            key = f"{sha}:{batch.digest}:{repeat.digest}"
+            reason = f"{repeat}: review which is right"
+            new = store.quarantine(run_id, key, str(path), sha, "identity", reason)
+            return FileOutcome(path, "quarantined", sha, reason, "identity", new)
+        review = "; ".join(filter(None, (review, str(repeat))))
+    in_context = f"{sha}:{batch.digest}"
+    record = describe(checked.fcs, sha, path, batch.rules)
+    sample = sample_record(checked.identity, checked.panel, review)
+    earlier = store.replaceable(str(path), sample)
+    if earlier is not None:  # the file changed since it was stored: its sample is replaced
+        store.replace_sample(run_id, earlier, record, sample)
+        return FileOutcome(
+            path, "accepted", sha,
+            f"{sample.patient} {sample.timepoint} {sample.tube}: replaces the sample stored "
+            "from this path before it changed (kept in the replacements table)",
+        )  # fmt: skip
     try:
-        stored = store.record_sample(run_id, record, sample_record(checked.identity, checked.panel))
+        stored = store.record_sample(run_id, record, sample)
     except (DataError, OverflowError) as exc:  # a value of this file the store cannot hold
         reason = f"the store cannot hold a value of this file: {first_line(exc)}"
         store.quarantine(run_id, in_context, str(path), sha, "store", reason)
@@ -260,20 +384,35 @@ def _ingest_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome:
         "accepted",
         sha,
         f"{ident.patient} {ident.timepoint.label} {checked.panel.tube} ({checked.panel.id})",
+        review=review,
     )
 
 
+QUARANTINE_COLUMNS = ["file", "sha256", "kind", "reason"]
+
+
 def write_quarantine_report(report: IngestReport, out_dir: Path) -> Path | None:
-    """``quarantine/quarantine.csv`` with one line per refused file of this run."""
-    refused = report.with_status("quarantined")
-    if not refused:
+    """``quarantine/quarantine.csv``: the files refused now. This run's refusals, and those of
+    earlier runs into this folder for files this run did not look at and that still exist;
+    a file accepted since (fixed) leaves it. Removed when nothing is refused."""
+    target = out_dir / "quarantine" / "quarantine.csv"
+    looked_at = {str(o.path) for o in report.outcomes}
+    earlier = []
+    if target.is_file():
+        try:
+            previous = pd.read_csv(target, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            previous = pd.DataFrame(columns=QUARANTINE_COLUMNS)
+        if list(previous.columns) == QUARANTINE_COLUMNS:
+            previous = previous.map(restore)
+            earlier = [
+                tuple(row) for row in previous.itertuples(index=False)
+                if row.file not in looked_at and Path(row.file).exists()
+            ]  # fmt: skip
+    now = [(str(o.path), o.sha256 or "", o.kind, o.detail)
+           for o in report.with_status("quarantined")]  # fmt: skip
+    rows = earlier + now
+    if not rows:
+        target.unlink(missing_ok=True)
         return None
-    folder = out_dir / "quarantine"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "quarantine.csv"
-    with target.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "sha256", "kind", "reason"])
-        for outcome in refused:
-            writer.writerow([outcome.path, outcome.sha256 or "", outcome.kind, outcome.detail])
-    return target
+    return write_csv(pd.DataFrame(rows, columns=QUARANTINE_COLUMNS), target)

@@ -1,14 +1,22 @@
-"""QC plots of a gated sample: one PNG per population, its parent's events as density, the gate
-drawn, the placed cuts with their evidence, the counts in the title."""
+"""QC plots of a gated sample: per population, its parent's events as density, the gate drawn,
+the placed cuts with their evidence, the counts in the title.
+
+The report's plots (:func:`render_sample_plots`) are binned densities (``pipeline.density``),
+drawn once per file content and gating; ``gate --plots`` draws print-quality PNGs with
+matplotlib (:func:`gate_plots`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from gating.compensation import compensate
+from gating.engine import Evaluator
 from gating.model import (
     BooleanGate,
     Dimension,
@@ -18,9 +26,14 @@ from gating.model import (
     RectangleGate,
 )
 from gating.placer import PART
+from pipeline.density import AxisBins, Overlay, PanelSet
 from pipeline.gate import SampleGating
+from pipeline.outputs import write_bytes
 
 PLOT_EVENTS = 20_000
+
+PLOTS_VERSION = 1
+"""Raised when the report's sample plots change, so that cached ones are drawn again."""
 
 
 def _matplotlib():
@@ -58,6 +71,11 @@ def _cuts(gate) -> list[tuple[Dimension, float | None, float | None]]:
     if isinstance(gate, RangeGate | RectangleGate):
         return [(b.axis, b.min, b.max) for b in gate.bounds]
     return []
+
+
+def _spill(gated: SampleGating):
+    spill = gated.spillover
+    return (list(spill.channels), spill.matrix) if spill else None
 
 
 def _compensated(gated: SampleGating) -> np.ndarray:
@@ -187,66 +205,208 @@ def gate_plots(gated: SampleGating, out_dir: Path) -> list[Path]:
     return written
 
 
-def sample_overview(gated: SampleGating, path: Path, columns: int = 5) -> Path:
-    """All of a sample's gates in one PNG (for the report)."""
-    plt = _matplotlib()
-    populations = gated.placed.populations
-    rows = max(1, -(-len(populations) // columns))
-    fig, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), dpi=60)
-    compensated = _compensated(gated)
-    flat = np.atleast_1d(grid).ravel()
-    for ax, population in zip(flat, populations, strict=False):
-        draw_population(ax, gated, compensated, population)
-    for ax in flat[len(populations) :]:
-        ax.axis("off")
-    fig.suptitle(f"{gated.fcs.path.name} — {gated.panel.id}, {gated.template.id}", fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.05, top=0.93, wspace=0.3, hspace=0.45)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def _overlay(gates, axes: list[Dimension]) -> Overlay:
+    """The gates' cuts on the plot's axes and their polygons and ellipses as outlines."""
+    x_cuts: list[float] = []
+    y_cuts: list[float] = []
+    outlines = []
+    for gate in gates:
+        if isinstance(gate, PolygonGate) and list(gate.axes) == axes:
+            outlines.append(tuple((float(x), float(y)) for x, y in gate.vertices))
+        if isinstance(gate, EllipsoidGate) and (outline := _ellipse(gate, axes)) is not None:
+            outlines.append(tuple((float(x), float(y)) for x, y in outline[::4]))
+        for axis, low, high in _cuts(gate):
+            if axis in axes:
+                kept = x_cuts if axis == axes[0] else y_cuts
+                kept.extend(float(v) for v in (low, high) if v is not None and np.isfinite(v))
+    return Overlay(tuple(x_cuts), tuple(y_cuts), tuple(outlines))
 
 
-def kinetics_figure(rows, patient: str, path: Path) -> Path:
-    """CAR-T (and B cells) per µL over days with 95 % intervals and LOD/LLOQ shading."""
-    plt = _matplotlib()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=80)
-    for (tube, population), colour in ((("memory", "CAR"), "C3"), (("bcell", "B"), "C0")):
-        part = rows[(rows.tube == tube) & (rows.population == population)].sort_values(
-            "nominal_day"
-        )
-        part = part[part.cells_per_ul.notna()]
-        if part.empty:
+def sample_panels(gated: SampleGating) -> PanelSet:
+    """One plot per population: its parent's events as a binned density on the population's
+    gate axes (a histogram on one axis), the gate drawn over it."""
+    gate_set = gated.placed.gate_set
+    evaluator = Evaluator(gate_set.transforms, gate_set.compensations, gated.fcs.events,
+                          gated.fcs.channel_names, _spill(gated))  # fmt: skip
+    binned: dict[Dimension, tuple[str, AxisBins]] = {}
+
+    def axis_bins(axis: Dimension) -> tuple[str, AxisBins]:
+        if axis not in binned:
+            scale = gate_set.transforms[axis.transform] if axis.transform else None
+            binned[axis] = (_label(gated, axis), AxisBins.of(evaluator.raw_values(axis), scale))
+        return binned[axis]
+
+    panels = PanelSet()
+    everything = np.arange(gated.result.event_count)
+    for population in gated.placed.populations:
+        parent = gated.placed.parents[population]
+        events = everything if parent is None else np.flatnonzero(gated.result.mask(parent))
+        gates = _population_gates(gated, population)
+        axes = _plot_axes(gates)
+        count = gated.result.count(population)
+        share = 100 * count / events.size if events.size else 0.0
+        title = f"{population}: {count:,} of {events.size:,} {parent or 'events'} ({share:.1f} %)"
+        if not axes:
             continue
-        day = pd.to_numeric(part.actual_day, errors="coerce").fillna(part.nominal_day).astype(float)
-        value = part.cells_per_ul.clip(lower=1e-2)
-        low = (value - part.cells_ci_low.clip(lower=1e-2)).clip(lower=0)
-        high = (part.cells_ci_high - value).clip(lower=0)
-        label = "CAR-T cells/µL" if population == "CAR" else "B cells/µL"
-        ax.errorbar(day, value, yerr=[low, high], fmt="o-", color=colour, label=label, ms=4)
-        below = part.below_lod.astype("boolean").fillna(False).astype(bool)
-        ax.scatter(day[below], value[below], facecolors="white", edgecolors=colour, zorder=3)
-        if population == "CAR":
-            ax.fill_between(
-                day, 1e-2, part.lloq_cells_per_ul, color="0.85", step="mid", label="below LLOQ"
+        panels.add(
+            population,
+            title,
+            axis_bins(axes[0]),
+            axis_bins(axes[1]) if len(axes) == 2 else None,
+            events,
+            _overlay(gates, axes),
+            _cut_notes(gated, population, axes),
+        )
+    return panels
+
+
+def plots_key(gated: SampleGating, sha256: str) -> str:
+    """What a sample's plots depend on: the file's content, the gates and cuts placed on it,
+    the counts and the way plots are drawn (a hex digest)."""
+    placed = gated.placed
+    decisions = sorted(
+        (name, d.method, d.value, d.fallback, d.reason) for name, d in placed.decisions.items()
+    )
+    text = repr(
+        (PLOTS_VERSION, sha256, placed.template_sha256, placed.gate_set.gates, decisions,
+         sorted(gated.counts().items()))
+    )  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
+    """Draw a sample's plots into ``folder`` unless those of the same file and gating are
+    there already: ``<sha>.json`` (the panels) and ``<sha>-<key>.png`` (their images).
+    Returns whether anything was drawn."""
+    key = plots_key(gated, sha256)
+    index = folder / f"{sha256[:16]}.json"
+    image = f"{sha256[:16]}-{key[:12]}.png"
+    try:
+        known = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if known.get("key") == key and (folder / image).is_file():
+        return False
+    panels = sample_panels(gated)
+    write_bytes(folder / image, panels.png())
+    heading = f"{gated.panel.id}, {gated.template.id}"  # no file name: it may carry PHI
+    record = {
+        "key": key,
+        "image": image,
+        "rows": len(panels.images),
+        "heading": heading,
+        "panels": [p.as_dict() for p in panels.panels],
+    }
+    write_bytes(index, json.dumps(record).encode())
+    old = known.get("image")
+    if old and old != image:
+        (folder / old).unlink(missing_ok=True)
+    return True
+
+
+KINETICS_SERIES = ((("memory", "CAR"), "#d62728", "CAR-T cells/µL"),
+                   (("bcell", "B"), "#1f77b4", "B cells/µL"))  # fmt: skip
+KINETICS_TICKS = (5, 7, 11, 14, 21, 28, 90, 180, 365)
+FLOOR = 1e-2
+"""Lowest value drawn on the log axis (cells/µL)."""
+
+
+def _day_position(day: float) -> float:
+    """Days on a scale linear up to day 30 and logarithmic beyond (as matplotlib's symlog)."""
+    return day / 30 if day <= 30 else 1 + math.log10(day / 30)
+
+
+def kinetics_svg(rows: pd.DataFrame) -> str:
+    """CAR-T (and B cells) per µL over days as SVG: 95 % intervals, hollow points below the
+    LOD, the CAR-T LOD and LLOQ shaded."""
+    width, height, left, right, top, bottom = 560, 300, 56, 12, 12, 36
+    series = []
+    for (tube, population), colour, label in KINETICS_SERIES:
+        part = rows[(rows.tube == tube) & (rows.population == population)]
+        part = part[part.cells_per_ul.notna()].sort_values("nominal_day")
+        if len(part):
+            day = pd.to_numeric(part.actual_day, errors="coerce").fillna(part.nominal_day)
+            series.append((part, day.astype(float).to_numpy(), colour, label, population))
+    if not series:
+        return ""
+    days = np.concatenate([s[1] for s in series])
+    values = np.concatenate(
+        [s[0][c].to_numpy(float) for s in series for c in ("cells_per_ul", "cells_ci_high")]
+        + [s[0].lod_cells_per_ul.to_numpy(float) for s in series]
+    )
+    values = values[np.isfinite(values)]
+    low_exp = math.floor(math.log10(max(FLOOR, values.min() if values.size else 1.0)))
+    high_exp = math.ceil(math.log10(max(FLOOR * 10, values.max() if values.size else 10.0)))
+    high_exp = max(high_exp, low_exp + 1)
+    x0, x1 = _day_position(min(0.0, days.min())), _day_position(max(30.0, days.max()))
+
+    def px(day: float) -> float:
+        return round(left + (_day_position(day) - x0) / (x1 - x0) * (width - left - right), 1)
+
+    def py(value: float) -> float:
+        share = (math.log10(max(value, FLOOR)) - low_exp) / (high_exp - low_exp)
+        return round(height - bottom - share * (height - top - bottom), 1)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" font-family="sans-serif" font-size="10">'
+    ]
+    car = next((s for s in series if s[4] == "CAR"), None)
+    if car is not None:
+        for column, shade, label in (
+            ("lloq_cells_per_ul", "#d9d9d9", "below LLOQ"),
+            ("lod_cells_per_ul", "#b3b3b3", "below LOD"),
+        ):
+            limit = car[0][column].to_numpy(float)
+            points = [(px(d), py(v)) for d, v in zip(car[1], limit, strict=True) if v == v]
+            if points:
+                base = height - bottom
+                outline = " ".join(f"{x},{y}" for x, y in points)
+                out.append(
+                    f'<polygon points="{points[0][0]},{base} {outline} '
+                    f'{points[-1][0]},{base}" fill="{shade}"><title>{label}</title>'
+                    "</polygon>"
+                )
+    for exponent in range(low_exp, high_exp + 1):
+        y = py(10.0**exponent)
+        out.append(
+            f'<path d="M{left},{y}H{width - right}" stroke="#eee"/>'
+            f'<text x="{left - 4}" y="{y + 3}" text-anchor="end">{10.0**exponent:g}</text>'
+        )
+    for tick in (t for t in KINETICS_TICKS if _day_position(t) <= x1):
+        out.append(
+            f'<text x="{px(tick)}" y="{height - bottom + 12}" text-anchor="middle">{tick}</text>'
+        )
+    out.append(
+        f'<text x="{(left + width) / 2}" y="{height - 6}" text-anchor="middle">'
+        'day after infusion</text><text x="12" y="{0}" transform="rotate(-90 12 {0})" '
+        'text-anchor="middle">cells/µL</text>'.format(height / 2)
+    )
+    out.append(
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" '
+        f'height="{height - top - bottom}" fill="none" stroke="#999"/>'
+    )
+    for i, (part, day, colour, label, _) in enumerate(series):
+        value = part.cells_per_ul.to_numpy(float)
+        ci_low = part.cells_ci_low.to_numpy(float)
+        ci_high = part.cells_ci_high.to_numpy(float)
+        below = part.below_lod.astype("boolean").fillna(False).to_numpy(bool)
+        line = " ".join(f"{px(d)},{py(v)}" for d, v in zip(day, value, strict=True))
+        out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        for d, v, lo, hi, hollow in zip(day, value, ci_low, ci_high, below, strict=True):
+            if lo == lo and hi == hi:
+                out.append(f'<path d="M{px(d)},{py(lo)}V{py(hi)}" stroke="{colour}"/>')
+            fill = "#fff" if hollow else colour
+            out.append(
+                f'<circle cx="{px(d)}" cy="{py(v)}" r="3" fill="{fill}" '
+                f'stroke="{colour}"><title>day {d:g}: {v:.3g}/µL</title></circle>'
             )
-            ax.fill_between(
-                day, 1e-2, part.lod_cells_per_ul, color="0.7", step="mid", label="below LOD"
-            )
-    ax.set_yscale("log")
-    ax.set_xscale("symlog", linthresh=30)
-    ticks = [5, 7, 11, 14, 21, 28, 90, 180, 365]
-    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
-    ax.set_xlabel("day after infusion")
-    ax.set_ylabel("cells/µL")
-    ax.set_title(patient)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        out.append(
+            f'<text x="{width - right - 6}" y="{top + 14 + 13 * i}" text-anchor="end" '
+            f'fill="{colour}">{label}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:

@@ -18,13 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from gating.auto import place_cut
+from gating.auto import METHODS, place_cut, place_pooled
+from gating.method import PART, Placement
+from gating.model import FCS_SPILL, Dimension
 from gating.placement import ThresholdDecision
 from gating.placer import ESTIMATE_LIMIT
 from gating.template import Template
 from pipeline.config import LabConfig
 from pipeline.errors import CartflowError
-from pipeline.gate import GateStageError, SampleGating, compact_evidence, gate_file
+from pipeline.gate import (
+    GateStageError,
+    SampleGating,
+    channel_map,
+    compact_evidence,
+    gate_file,
+)
+from pipeline.outputs import write_text
 
 
 def _thin(values: np.ndarray, limit: int) -> np.ndarray:
@@ -34,8 +43,10 @@ def _thin(values: np.ndarray, limit: int) -> np.ndarray:
 def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The transformed values one sample's cut ``name`` was estimated on, and the values of
     its internal negative population when the cut has one."""
-    marker = name.removesuffix(".bright")
     cut = gated.template.cut(name)
+    level = "bright" if name.endswith(".bright") else ""
+    named = name.removesuffix(".bright")
+    marker = gated.template.thresholds[named].marker
     decision = gated.placed.decisions.get(name)
     if decision is None:
         raise GateStageError(gated.fcs.path, f"no cut {name!r} was placed on this sample")
@@ -49,8 +60,8 @@ def cut_values(gated: SampleGating, name: str) -> tuple[np.ndarray, np.ndarray |
     gated_chain = [p for p in cut.estimate_chain if p in gated.placed.populations]
     population = decision.evidence.get("estimated_on") or next(iter(gated_chain), None)
     estimated = on(population)
-    if name.endswith(".bright"):
-        positive = gated.placed.decisions[marker].value
+    if level == "bright":
+        positive = gated.placed.decisions[named].value
         estimated = estimated[estimated >= positive]
     negatives = on(cut.negative) if cut.negative else None
     return estimated, negatives
@@ -98,12 +109,90 @@ def pool_cuts(
     return cuts
 
 
+def _parent_events(gated: SampleGating, population: str) -> tuple[np.ndarray, list[str]]:
+    """The events a gate's method reads on one sample: its parent's (less what it excludes),
+    fluorescence detectors compensated with the sample's own matrix, every channel."""
+    spec = gated.template.population(population)
+    helper = f"{population}{PART}events"
+    where = helper if helper in gated.result.populations else spec.parent
+    mask = (
+        np.ones(gated.result.event_count, dtype=bool)
+        if where is None
+        else np.asarray(gated.result.mask(where), dtype=bool)
+    )
+    detectors = set(gated.spillover.channels) if gated.spillover else set()
+    names = list(gated.fcs.channel_names)
+    columns = []
+    for j, name in enumerate(names):
+        if name in detectors:
+            columns.append(gated._evaluator.values(Dimension(name, FCS_SPILL), None)[mask])
+        else:
+            columns.append(np.asarray(gated.fcs.events[:, j], dtype=np.float64)[mask])
+    return np.column_stack(columns), names
+
+
+def pool_gates(
+    paths: Sequence[Path],
+    populations: Sequence[str],
+    template: Template | None = None,
+    tube: str | None = None,
+    per_file: int = ESTIMATE_LIMIT,
+    config: LabConfig | None = None,
+) -> dict[str, Placement]:
+    """One placement per gate (``cells``, ``lymphocytes``, a ``cluster`` gate …) from the
+    pooled parent events of ``paths``, each sample's detectors compensated with its own
+    matrix; ``gate_file(..., fixed_cuts=placements)`` puts the same gates under each
+    sample's parent. A gate reading another's fit (``scatter: cells``) needs that one
+    pooled too, listed before it."""
+    if not paths:
+        raise CartflowError("pool", "no files to pool over")
+    gated = [gate_file(Path(p), template=template, tube=tube, config=config) for p in paths]
+    first = gated[0]
+    names = list(first.fcs.channel_names)
+    for sample in gated[1:]:
+        same_layout = list(sample.fcs.channel_names) == names
+        if sample.template.sha256 != first.template.sha256 or not same_layout:
+            raise GateStageError(
+                sample.fcs.path,
+                f"differs from {first.fcs.path.name} in template or channels: gates are "
+                "pooled within one template and one channel layout",
+            )
+    placements: dict[str, Placement] = {}
+    for population in populations:
+        spec = first.template.population(population)
+        if spec.gate is None:
+            raise CartflowError("pool", f"{population!r} is a phenotype, not a gate: pool its cuts")
+        inputs = {}
+        for option in METHODS[spec.gate].inputs:
+            source = getattr(spec.options, option)
+            if source not in placements:
+                raise CartflowError("pool", f"{population!r} reads {source!r}: pool it first")
+            inputs[option] = placements[source].fit
+        parts = [_parent_events(sample, population) for sample in gated]
+        events = np.concatenate([_thin_rows(e, per_file) for e, _ in parts])
+        detectors = list(first.spillover.channels) if first.spillover else []
+        spill = (detectors, np.eye(len(detectors))) if detectors else None
+        channels = channel_map(first.panel, first.fcs)
+        placement = place_pooled(first.template, population, events, names, channels, spill, inputs)
+        for _, decision in placement.decisions:
+            decision.evidence.update(
+                pooled_over=[s.fcs.path.name for s in gated],
+                pooled_events=[int(min(len(e), per_file)) for e, _ in parts],
+            )
+        placements[population] = placement
+    return placements
+
+
+def _thin_rows(rows: np.ndarray, limit: int) -> np.ndarray:
+    return rows if len(rows) <= limit else rows[:: math.ceil(len(rows) / limit)]
+
+
 def write_cuts(cuts: dict[str, ThresholdDecision], path: Path) -> None:
     """Pooled cuts as JSON (value, method, fallback, reason, events and compact evidence)."""
     payload = {
         name: {**asdict(d), "evidence": compact_evidence(d.evidence)} for name, d in cuts.items()
     }
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def read_cuts(path: Path) -> dict[str, ThresholdDecision]:

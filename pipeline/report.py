@@ -7,8 +7,10 @@ cohort.html (figures and tables of the outcome stage when there is one).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +18,9 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.plots import kinetics_figure
+from pipeline.density import panel_from_dict, panel_svg
+from pipeline.outputs import restore, write_bytes, write_text
+from pipeline.plots import kinetics_svg
 from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
@@ -24,9 +28,43 @@ SAMPLE_IMAGE_DIR = "samples"
 READABLE_FLAGS = {"below_lod": "below LOD", "below_lloq": "below LLOQ"}
 
 
-def overview_path(report_dir: Path, sha256: str) -> Path:
-    """Where the gating overview PNG of a sample goes (written while gating)."""
-    return report_dir / SAMPLE_IMAGE_DIR / f"{sha256[:16]}.png"
+@dataclass(frozen=True)
+class WrittenReport:
+    index: Path
+    """index.html"""
+    figures_drawn: int
+    """Patients' kinetics figures drawn (the others were kept: same numbers)."""
+
+
+def plots_dir(report_dir: Path) -> Path:
+    """Where the samples' plots are drawn (while gating) and their pages written."""
+    return report_dir / SAMPLE_IMAGE_DIR
+
+
+def sample_plots(report_dir: Path, sha256: str) -> tuple[str, list[dict]]:
+    """A sample's drawn plots, ready for its page: (heading, [{svg, title, …}]); nothing
+    when none were drawn for it."""
+    try:
+        record = json.loads(
+            (plots_dir(report_dir) / f"{sha256[:16]}.json").read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError):
+        return "", []
+    if not (plots_dir(report_dir) / record["image"]).is_file():
+        return "", []
+    plots = []
+    for data in record["panels"]:
+        panel = panel_from_dict(data)
+        plots.append(
+            {
+                "svg": panel_svg(panel, record["image"], record["rows"]),
+                "title": panel.title,
+                "x_label": panel.x_label,
+                "y_label": panel.y_label,
+                "notes": panel.notes,
+            }
+        )
+    return record["heading"], plots
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -41,14 +79,22 @@ def _environment() -> Environment:
     return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
 
 
+def _content_label(sha256: str | None) -> str:
+    return f"SHA-256 {sha256[:12]}…" if sha256 else "(unreadable file)"
+
+
 def write_report(
     store: Store,
     report_dir: Path,
     timepoints: pd.DataFrame | None = None,
     kinetics: pd.DataFrame | None = None,
     outcomes_dir: Path | None = None,
-) -> Path:
-    """Write the report into ``report_dir``; returns the path of index.html."""
+    file_names: bool = False,
+) -> WrittenReport:
+    """Write the report into ``report_dir``: its pages, and the patients' figures whose
+    numbers changed (the samples' plots are drawn while gating). File names (which may
+    carry patient names) are shown only with ``file_names``; otherwise a file is named by
+    the start of its SHA-256."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     common = {
@@ -61,45 +107,50 @@ def write_report(
     timepoints = timepoints if timepoints is not None else pd.DataFrame()
     for sample in samples:
         sample["flags"] = flags.get(sample["sample_id"], [])
-        image = overview_path(report_dir, sample["sha256"])
+        heading, plots = sample_plots(report_dir, sample["sha256"])
         rows = (
             timepoints[timepoints.sample_id == sample["sample_id"]]
             if len(timepoints)
             else pd.DataFrame()
         )
-        if not image.is_file() and rows.empty:
+        if not plots and rows.empty:
             sample["page"] = None
             continue
         page = f"{SAMPLE_IMAGE_DIR}/{sample['sha256'][:16]}.html"
         sample["page"] = page
-        (report_dir / page).write_text(
+        write_text(
+            report_dir / page,
             env.get_template("sample.html").render(
                 title=f"{sample['patient']} {sample['timepoint']} {sample['tube']}",
                 root="../",
                 sample=sample,
-                image=image.name if image.is_file() else "",
+                heading=heading,
+                plots=plots,
                 rows=[_population_row(r) for r in rows.itertuples(index=False)],
                 **common,
             ),
-            encoding="utf-8",
         )
     quarantine = [
-        {"file": Path(q["path"]).name, "kind": q["kind"], "reason": q["reason"]}
+        {
+            "file": Path(q["path"]).name if file_names else _content_label(q["sha256"]),
+            "kind": q["kind"],
+            "reason": q["reason"],
+        }
         for q in store.quarantined()
     ]
-    patients = _patients(report_dir, timepoints, kinetics)
-    (report_dir / "patients.html").write_text(
+    patients, figures_drawn = _patients(report_dir, timepoints, kinetics)
+    write_text(
+        report_dir / "patients.html",
         env.get_template("patients.html").render(
             title="Patients", root="", patients=patients, **common
         ),
-        encoding="utf-8",
     )
     figures, tables, fragments = _outcomes(report_dir, outcomes_dir)
-    (report_dir / "cohort.html").write_text(
+    write_text(
+        report_dir / "cohort.html",
         env.get_template("cohort.html").render(
             title="Cohort", root="", figures=figures, tables=tables, fragments=fragments, **common
         ),
-        encoding="utf-8",
     )
     summary = {
         "files": len(samples),
@@ -107,7 +158,8 @@ def write_report(
         "patients": len({s["patient"] for s in samples}),
     }
     index = report_dir / "index.html"
-    index.write_text(
+    write_text(
+        index,
         env.get_template("index.html").render(
             title="Batch report",
             root="",
@@ -117,9 +169,8 @@ def write_report(
             samples=sorted(samples, key=lambda s: (s["patient"], s["nominal_day"], s["tube"])),
             **common,
         ),
-        encoding="utf-8",
     )
-    return index
+    return WrittenReport(index, figures_drawn)
 
 
 def _population_row(row) -> dict:
@@ -143,11 +194,13 @@ def _population_row(row) -> dict:
 
 def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame | None):
     if timepoints is None or timepoints.empty:
-        return []
+        return [], 0
     kinetics = kinetics if kinetics is not None else pd.DataFrame()
     patients = []
+    drawn = 0
     for patient, rows in timepoints.groupby("patient", sort=True):
-        image = kinetics_figure(rows, patient, report_dir / "patients" / f"{patient}.png")
+        image, new = _kinetics_image(rows, patient, report_dir / "patients")
+        drawn += new
         summary = []
         if len(kinetics):
             record = kinetics[kinetics.patient == patient]
@@ -158,7 +211,21 @@ def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame
                     if column != "patient" and _summary_column(column)
                 ]
         patients.append({"patient": patient, "image": f"patients/{image.name}", "summary": summary})
-    return patients
+    return patients, drawn
+
+
+def _kinetics_image(rows: pd.DataFrame, patient: str, folder: Path) -> tuple[Path, bool]:
+    """A patient's kinetics figure (SVG), written only when it changed; returns its path and
+    whether it was written now."""
+    path = folder / f"{patient}.svg"
+    drawn = kinetics_svg(rows)
+    try:
+        if path.read_text(encoding="utf-8") == drawn:
+            return path, False
+    except OSError:
+        pass
+    write_bytes(path, drawn.encode())
+    return path, True
 
 
 def _summary_column(column: str) -> bool:
@@ -180,7 +247,7 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
         try:
-            frame = pd.read_csv(csv, dtype={"patient": str})  # '001' stays '001'
+            frame = pd.read_csv(csv, dtype={"patient": str}).map(restore)  # '001' stays '001'
         except pd.errors.EmptyDataError:  # an analysis with nothing to report
             frame = pd.DataFrame()
         tables.append(

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline.errors import CartflowError
 from pipeline.fcs import FcsFile, read_fcs
+from pipeline.outputs import write_csv
 
 SCATTER_SPAN = (2.0, 98.0)
 NEGATIVE_QUANTILE = 99.5
@@ -54,11 +56,9 @@ class SpilloverResult:
 
     def write_csv(self, path: Path) -> None:
         """Detectors as header and as first column (what ``gate --spillover`` reads)."""
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["", *self.detectors])
-            for name, row in zip(self.detectors, self.matrix, strict=True):
-                writer.writerow([name, *(f"{v:.6g}" for v in row)])
+        frame = pd.DataFrame(self.matrix, columns=list(self.detectors))
+        frame.insert(0, "", list(self.detectors))
+        write_csv(frame, path, float_format="%.6g")
 
 
 def _fluorescence(fcs: FcsFile) -> list[str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     inspect,
@@ -35,7 +37,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pipeline import __version__
@@ -63,6 +65,36 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="running")
+
+
+class RunOwner(Base):
+    """The process that runs a run, so that a run whose process was killed (kill -9, the
+    out-of-memory killer) is marked failed by the next command on the same host."""
+
+    __tablename__ = "run_owners"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    process_started: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+
+
+def _this_process() -> tuple[str, int, float]:
+    import socket
+
+    import psutil
+
+    return socket.gethostname(), os.getpid(), psutil.Process().create_time()
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    """Whether the process that started a run still runs (and is not another one that
+    was given the same id since)."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except psutil.Error:
+        return False
 
 
 class FcsFileRow(Base):
@@ -185,6 +217,23 @@ class KineticsRow(Base):
     parameters: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
+class ReplacementRow(Base):
+    """A stored file replaced by new content at the same path (a copy that was finished
+    or rewritten after it was stored): what the old one was and what it counted."""
+
+    __tablename__ = "replacements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    old_sha256: Mapped[str] = mapped_column(String(64))
+    new_sha256: Mapped[str] = mapped_column(String(64))
+    patient: Mapped[str] = mapped_column(String(128))
+    timepoint: Mapped[str] = mapped_column(String(16))
+    tube: Mapped[str] = mapped_column(String(64))
+    old_counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
 class QuarantineRow(Base):
     """A file that was refused, with a one-line reason."""
 
@@ -211,6 +260,22 @@ TABLES = (
     "kinetics",
     "quarantine",
 )
+
+
+STORED_KEYWORDS = re.compile(
+    r"^(?:\$(?:P\d+[A-Z]+|BEGIN\w*|END\w*|NEXTDATA|BYTEORD|DATATYPE|MODE|PAR|TOT|CYT|CYTSN|"
+    r"DATE|BTIM|ETIM|TIMESTEP|SPILLOVER|SPILL|VOL|ABRT|LOST|SYS|TR|FLOWRATE|ORIGINALITY|"
+    r"LAST_MODIFIED|UNICODE|CSMODE|CSVBITS|CSV\d+FLAG)|SPILL)$"
+)
+"""TEXT keywords a file's row keeps: what describes the acquisition and the instrument.
+Others ($SRC, $COM, $FIL, $OP, names, birth dates, sample ids) may identify a person."""
+
+
+def stored_keywords(text: dict[str, str], also: Iterable[str] = ()) -> dict[str, str]:
+    """The keywords of ``text`` the store keeps: :data:`STORED_KEYWORDS` and ``also``
+    (the identity keywords and a lab's allow-list); every other keyword is dropped."""
+    extra = {name.upper() for name in also}
+    return {k: v for k, v in text.items() if k.upper() in extra or STORED_KEYWORDS.match(k)}
 
 
 @dataclass(frozen=True)
@@ -271,13 +336,34 @@ def normalise_url(url: str | os.PathLike | None) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=60000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(read_only: bool):
+    """Connection set-up: wait for other writers (set first: switching to WAL takes a lock),
+    then WAL mode unless the store is opened read-only; a damaged file whose error message
+    is not even text becomes a plain database error."""
+
+    def set_up(dbapi_connection, _record) -> None:
+        import sqlite3
+
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if not read_only:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        except UnicodeDecodeError as exc:
+            raise sqlite3.DatabaseError(
+                "database disk image is malformed (its schema is not readable text)"
+            ) from exc
+        finally:
+            cursor.close()
+
+    return set_up
+
+
+def _writable_file(path: Path) -> bool:
+    """Whether SQLite can write this store file and its journal beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
 MAKE_ONE = "(`cartflow run` or `cartflow ingest` make one)"
@@ -323,19 +409,24 @@ class Store:
             raise StoreError(self.display_url, "is a folder, not a store file")
         if existing and local_file and not Path(path).is_file():
             raise StoreError(self.display_url, "there is no store here " + MAKE_ONE)
+        self.read_only = existing and local_file and not _writable_file(Path(path))
+        engine_url = f"sqlite:///file:{path}?mode=ro&uri=true" if self.read_only else self.url
         try:
             if local_file:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(self.url, future=True)
+            self.engine = create_engine(engine_url, future=True)
         except (ArgumentError, ImportError, OSError) as exc:
             problem = f"cannot be used as a store: {first_line(exc)}"
             raise StoreError(self.display_url, problem) from exc
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(self.read_only))
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             if not _check_schema(self.engine, self.display_url) and existing:
                 raise StoreError(self.display_url, NO_STORE)
-            Base.metadata.create_all(self.engine)
+            if not self.read_only:
+                self._create_tables()
+                self._fail_abandoned_runs()
         except SQLAlchemyError as exc:
             self.engine.dispose()
             problem = first_line(getattr(exc, "orig", None) or exc)
@@ -343,7 +434,30 @@ class Store:
         except StoreError:
             self.engine.dispose()
             raise
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _create_tables(self) -> None:
+        """The schema, created once even when several commands open a new store at once."""
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except OperationalError as exc:  # another process created a table meanwhile
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+
+    def _fail_abandoned_runs(self) -> None:
+        """Mark failed the runs left 'running' by a process of this host that is gone."""
+        host, _, _ = _this_process()
+        with self.transaction() as session:
+            rows = session.execute(
+                select(Run, RunOwner)
+                .join(RunOwner, RunOwner.run_id == Run.id)
+                .where(Run.status == "running", RunOwner.host == host)
+            ).all()
+            for run, owner in rows:
+                if not _process_alive(owner.pid, owner.process_started):
+                    run.status = "failed"
+                    run.finished_at = _now()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -363,6 +477,8 @@ class Store:
             )
             session.add(run)
             session.flush()
+            host, pid, started = _this_process()
+            session.add(RunOwner(run_id=run.id, host=host, pid=pid, process_started=started))
             return run.id
 
     def finish_run(self, run_id: int, status: str = "finished") -> None:
@@ -425,6 +541,74 @@ class Store:
                 return row.id
         except IntegrityError:
             return None
+
+    def replaceable(self, path: str, sample: SampleRecord) -> int | None:
+        """The stored file known only under ``path`` whose sample has the same patient,
+        timepoint and tube: the earlier content of a file that changed since."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(FcsFileRow.id, SampleRow)
+                .join(FileName, FileName.file_id == FcsFileRow.id)
+                .join(SampleRow, SampleRow.file_id == FcsFileRow.id)
+                .where(FileName.path == path)
+            ).all()
+            for file_id, old in rows:
+                names = session.scalar(
+                    select(func.count()).select_from(FileName).where(FileName.file_id == file_id)
+                )
+                same = (old.patient, old.timepoint, old.tube) == (
+                    sample.patient, sample.timepoint, sample.tube
+                )  # fmt: skip
+                if names == 1 and same:
+                    return file_id
+        return None
+
+    def replace_sample(
+        self, run_id: int, old_file_id: int, file: FileRecord, sample: SampleRecord
+    ) -> int:
+        """In one transaction: keep what the old file was and counted in ``replacements``,
+        remove it and its results, and record the new file and sample in its place."""
+        with self.transaction() as session:
+            old_file = session.get(FcsFileRow, old_file_id)
+            old = session.scalar(select(SampleRow).where(SampleRow.file_id == old_file_id))
+            gatings = session.scalars(select(GatingRow.id).where(GatingRow.sample_id == old.id))
+            gating_ids = list(gatings)
+            counts = {
+                p.population: p.count
+                for p in session.scalars(
+                    select(PopulationRow).where(PopulationRow.gating_id.in_(gating_ids))
+                )
+            }
+            session.add(
+                ReplacementRow(
+                    path=file.path, old_sha256=old_file.sha256, new_sha256=file.sha256,
+                    patient=old.patient, timepoint=old.timepoint, tube=old.tube,
+                    old_counts=counts, run_id=run_id,
+                )
+            )  # fmt: skip
+            for table in (FlagRow, GateRow, PopulationRow):
+                session.execute(delete(table).where(table.gating_id.in_(gating_ids)))
+            session.execute(delete(GatingRow).where(GatingRow.sample_id == old.id))
+            session.execute(delete(SampleRow).where(SampleRow.id == old.id))
+            session.execute(delete(FileName).where(FileName.file_id == old_file_id))
+            session.execute(delete(FcsFileRow).where(FcsFileRow.id == old_file_id))
+            described = {k: v for k, v in vars(file).items() if k != "path"}
+            row = FcsFileRow(**described, name=Path(file.path).name, run_id=run_id)
+            session.add(row)
+            session.flush()
+            session.add(FileName(file_id=row.id, path=file.path, run_id=run_id))
+            session.add(SampleRow(**vars(sample), file_id=row.id, run_id=run_id))
+            return row.id
+
+    def replacements(self) -> list[dict[str, Any]]:
+        with self._sessions() as session:
+            rows = session.scalars(select(ReplacementRow).order_by(ReplacementRow.id)).all()
+        return [
+            {"path": r.path, "old_sha256": r.old_sha256, "new_sha256": r.new_sha256,
+             "patient": r.patient, "timepoint": r.timepoint, "tube": r.tube,
+             "old_counts": r.old_counts, "run_id": r.run_id}
+            for r in rows
+        ]  # fmt: skip
 
     def sample_id(self, sha256: str) -> int | None:
         """The sample recorded for a file's content, if any."""

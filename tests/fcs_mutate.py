@@ -73,3 +73,25 @@ def rewrite(source: Path, target: Path, **updates: str) -> Path:
         keywords["$" + key.upper()] = value
     target.write_bytes(build_fcs(version, keywords, data, delimiter))
     return target
+
+
+def with_data(source: Path, target: Path, data: bytes, **updates: str) -> Path:
+    """Copy a real FCS file with its DATA replaced (and some TEXT keywords changed)."""
+    version, keywords, _, delimiter = split_fcs(source.read_bytes())
+    for key, value in updates.items():
+        keywords["$" + key.upper()] = value
+    target.write_bytes(build_fcs(version, keywords, data, delimiter))
+    return target
+
+
+def misalign_data(source: Path, target: Path, by: int = 4) -> Path:
+    """Copy a real FCS file whose DATA offsets (HEADER and TEXT) point ``by`` bytes late,
+    with ``by`` bytes after DATA (as a CRC would be) so that the claimed span still fits."""
+    version, keywords, data, delimiter = split_fcs(source.read_bytes())
+    raw = bytearray(build_fcs(version, keywords, data + b"0" * by, delimiter))
+    start, end = int(raw[26:34]), int(raw[34:42])
+    for old, new in ((start, start + by), (end, end)):
+        raw[:] = raw.replace(f"{old:012d}".encode(), f"{new:012d}".encode(), 1)
+    raw[26:42] = f"{start + by:>8d}{end:>8d}".encode()
+    target.write_bytes(bytes(raw))
+    return target

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gating.auto import SHAPE_PLACERS
+from gating.auto import METHODS
 from gating.placer import SSC_LOG
 from gating.template import SHAPE_GATES, load_template
 from panels import load_panels, match_panel
@@ -441,7 +441,7 @@ def test_a_core_under_a_two_marker_phenotype(cohort, tmp_path):
 
 
 def test_every_shape_gate_a_template_may_name_has_a_placer():
-    assert sorted(SHAPE_PLACERS) == sorted(SHAPE_GATES)
+    assert sorted(METHODS) == sorted(SHAPE_GATES)
 
 
 def test_a_single_event_is_too_few_not_a_dead_channel():
@@ -475,3 +475,34 @@ def test_the_brightest_cd45_band_keeps_its_lymphocytes(tmp_path):
     assert np.count_nonzero(nk & band & ~kept) <= 0.02 * np.count_nonzero(nk & band)  # 6 % before
     last = gated.placed.decisions[lines[-1]]
     assert last.evidence["crossing_sds"] < last.evidence["bright_tail_sds"] == last.value
+
+
+def test_scatter_gates_follow_another_instruments_scatter_scale(cohort):
+    """The same sample as another cytometer would record it (side scatter 30 times lower,
+    as a FACSAria's; forward scatter 0.8 times): the shipped anchors keep too little, the
+    fit starts again from the sample's own scatter and the lymphocyte gate moves its SSC
+    bounds with it, so every population keeps the same events."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    events = fcs.events.astype(np.float64)
+    for channel, scale in (("FSC-A", 0.8), ("FSC-H", 0.8), ("SSC-A", 0.03)):
+        events[:, fcs.channel_names.index(channel)] *= scale
+    alone, moved = _gate(fcs, panel, fcs.events), _gate(fcs, panel, events)
+    evidence = moved.placed.decisions["cells"].evidence["anchored_on_data"]
+    assert evidence["share"] >= 0.2 and evidence["reference"] in ("lymphocytes", "granulocytes")
+    assert not [f for f in moved.placed.flags if f.startswith(("implausible:", "threshold_fa"))]
+    for population in ("cells", "lymphocytes", "T", "CAR"):
+        before, after = alone.result.count(population), moved.result.count(population)
+        assert abs(after - before) <= max(3, 0.01 * before), (population, before, after)
+
+
+def test_a_lymphocyte_gate_keeping_nothing_is_flagged(cohort):
+    """Side scatter four times higher (forward scatter 1.3 times) still fits the anchors
+    well enough, but puts every lymphocyte above the SSC bounds: the empty gate is flagged,
+    not passed on silently."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    events = fcs.events.astype(np.float64)
+    for channel, scale in (("FSC-A", 1.3), ("FSC-H", 1.3), ("SSC-A", 4.0)):
+        events[:, fcs.channel_names.index(channel)] *= scale
+    moved = _gate(fcs, panel, events)
+    assert moved.result.count("lymphocytes") <= 0.002 * moved.result.count("leukocytes")
+    assert "implausible:lymphocytes" in moved.placed.flags

@@ -188,3 +188,20 @@ def test_an_error_about_a_file_with_a_newline_in_its_name_stays_one_line(tmp_pat
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1 and "two\\nlines.fcs" in done.stderr
+
+
+@pytest.mark.parametrize("where", ["inspect", "gates"])
+def test_a_fifo_is_one_line_error_without_blocking(tmp_path, where):
+    import os
+
+    os.mkfifo(fifo := tmp_path / ("pipe.fcs" if where == "inspect" else "pipe.xml"))
+    fcs = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
+    args = ["inspect", str(fifo)]
+    if where == "gates":
+        args = ["gate", str(fcs), "--gates", str(fifo)]
+    done = subprocess.run(  # a blocked read would hit the timeout and fail the test
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines() or done.stdout.strip().splitlines()
+    assert str(fifo) in line and "not a regular file" in line

@@ -188,8 +188,12 @@ def test_report_pages_load_in_chromium(finished_run, tmp_path):
         assert not console_errors, console_errors
         dom = done.stdout
         assert "<table" in dom, page
-        if page.name in ("patients.html",) or page.parent.name == "samples":
+        if page.name == "patients.html":
             assert "<img" in dom, page
+        if page.parent.name == "samples":  # binned densities, cropped from one PNG in SVG
+            assert "<svg" in dom and "<image" in dom, page
+            for href in re.findall(r'<image href="([^"]+)"', html):
+                assert (page.parent / href).is_file(), (page, href)
     cohort = (report / "cohort.html").read_text(encoding="utf-8")
     assert "<img" in cohort and "<table" in cohort
     shot = out / "report-screenshot.png"
@@ -285,13 +289,38 @@ def test_a_report_into_a_new_folder_without_gating_plots(finished_run, tmp_path)
     timepoints = pd.read_csv(out / "timepoints.csv", dtype={"patient": str})
     store = Store(db)
     try:
-        index = write_report(store, tmp_path / "report", timepoints)
+        index = write_report(store, tmp_path / "report", timepoints).index
     finally:
         store.close()
     pages = sorted((tmp_path / "report" / "samples").glob("*.html"))
     assert index.is_file() and pages
     texts = [page.read_text(encoding="utf-8") for page in pages]
     assert not any('src=""' in text for text in texts)
-    assert all("No gate overview in this report" in text for text in texts)
+    assert all("No gate plots in this report" in text for text in texts)
     flagged = [text for text in texts if "below LLOQ" in text or "below LOD" in text]
     assert flagged and not any("below_lloq" in text or "below_lod" in text for text in flagged)
+
+
+def test_a_rerun_with_nothing_new_draws_no_plot(finished_run, tmp_path):
+    """Each gated sample's plots are drawn once (by the worker that gated it); a re-run over
+    the same files draws none and its pages still show every plot."""
+    batch, db, out = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy / "out")
+    shutil.copy(db.removeprefix("sqlite:///"), copy / "store.sqlite")
+    pages = sorted((copy / "out" / "report" / "samples").glob("*.html"))
+    before = {page.name: page.read_text(encoding="utf-8").count("<svg") for page in pages}
+    drawn = sorted((copy / "out" / "report" / "samples").glob("*.png"))
+    assert len(drawn) == len(list(batch.glob("*.fcs"))) and min(before.values()) > 0
+    stamps = {png.name: png.stat().st_mtime_ns for png in drawn}
+    result = runner.invoke(
+        app,
+        ["run", str(batch), "--db", f"sqlite:///{copy / 'store.sqlite'}", "--out",
+         str(copy / "out"), "--manifest", str(FIXTURE_COHORT / "manifest.csv"),
+         "--clinical", str(FIXTURE_COHORT / "clinical.csv")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "(0 samples' plots and 0 patient figures drawn" in " ".join(result.output.split())
+    assert {png.name: png.stat().st_mtime_ns for png in drawn} == stamps
+    after = {page.name: page.read_text(encoding="utf-8").count("<svg") for page in pages}
+    assert after == before

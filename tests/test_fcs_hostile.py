@@ -183,3 +183,80 @@ def test_a_file_without_events_says_so(small, tmp_path):
     empty = tmp_path / "empty.fcs"
     empty.write_bytes(build_fcs(version, keywords, b"", delimiter))
     _expect(empty, "holds no events ($TOT 0)")
+
+
+# Keyword lies: the TEXT says one thing, the DATA another; each is refused with the reason.
+
+
+@pytest.fixture
+def float_file() -> Path:
+    return require_shared(QUIRKS / FLOAT)
+
+
+def test_integer_datatype_on_float_data(float_file, tmp_path):
+    lie = rewrite(float_file, tmp_path / "lie.fcs", DATATYPE="I")
+    _expect(lie, "$DATATYPE is I, but")
+    with pytest.raises(FcsError):  # the layout-only read ingest does refuses it too
+        read_fcs(lie, events=False)
+
+
+def test_log_decades_on_linear_float_data(float_file, tmp_path):
+    decades = {f"P{n}E": "4,1" for n in range(1, 13)}
+    _expect(rewrite(float_file, tmp_path / "lie.fcs", **decades), "the keyword is wrong")
+
+
+@pytest.mark.parametrize(("gain", "fragment"), [("-2", "must be positive"),
+                                                ("1e-30", "keywords are wrong")])  # fmt: skip
+def test_nonsense_gain(float_file, tmp_path, gain, fragment):
+    gains = {f"P{n}G": gain for n in range(2, 13)}
+    _expect(rewrite(float_file, tmp_path / "lie.fcs", **gains), fragment)
+
+
+def test_understated_tot(float_file, tmp_path):
+    total = read_fcs(float_file).event_count
+    lie = rewrite(float_file, tmp_path / "lie.fcs", TOT=str(total // 2))
+    _expect(lie, f"DATA segment holds {total} events but $TOT says {total // 2}")
+
+
+def test_data_offset_off_by_four_bytes(float_file, tmp_path):
+    from tests.fcs_mutate import misalign_data
+
+    _expect(misalign_data(float_file, tmp_path / "shifted.fcs"), "runs backwards")
+
+
+def test_unreadable_spillover_is_reported_not_taken_for_none(float_file, tmp_path):
+    lie = rewrite(float_file, tmp_path / "lie.fcs", SPILLOVER="5,BL1-A,YL2-A,VL1-A,1,0,x")
+    fcs = read_fcs(lie)
+    assert fcs.spillover is None
+    assert "$SPILLOVER holds 7 fields" in fcs.spillover_problem
+    assert read_fcs(float_file).spillover_problem is None
+
+
+@pytest.mark.parametrize(("fill", "fragment"), [(0.0, "every DATA value is 0"),
+                                                (512.0, "every event is the same")])  # fmt: skip
+def test_all_zero_or_constant_data(float_file, tmp_path, fill, fragment):
+    from tests.fcs_mutate import with_data
+
+    original = read_fcs(float_file, scale=False).events
+    data = np.full(original.shape, fill, dtype="<f4").tobytes()
+    _expect(with_data(float_file, tmp_path / "flat.fcs", data), fragment)
+
+
+def test_data_that_ends_in_zeros_is_incomplete(float_file, tmp_path):
+    """A copy that sets the full size first and fills DATA later."""
+    from tests.fcs_mutate import split_fcs, with_data
+
+    _, _, data, _ = split_fcs(float_file.read_bytes())
+    half = len(data) // 2
+    partial = with_data(float_file, tmp_path / "partial.fcs", data[:half] + bytes(len(data) - half))
+    _expect(partial, "the file is incomplete")
+    with pytest.raises(FcsError, match="incomplete"):
+        read_fcs(partial, events=False)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.fcs"
+    os.mkfifo(fifo)
+    _expect(fifo, "is a FIFO (named pipe), not a regular file")

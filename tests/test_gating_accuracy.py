@@ -6,11 +6,12 @@ F1 is taken over the whole file, so an error upstream (a CAR-T cell lost at the 
 gate) counts against every population below it. Populations the panel only approximates (a
 marker the 8-colour FACSCanto II layout leaves out) are reported, not judged. Where the truth
 itself overlaps on the gate's marker so that even the best single cut (``oracle_f1``, found
-with the truth labels) stays below 0.97, the gate is held to that best cut instead and the
-0.97 is tracked as an expected failure. Seeds 2081 (FACSLyric) and 2082 (FACSCanto II) were
-not used to tune the gating; 2111 and 2112 were first run on the final CD3- core, 2131 and
-2132 on the brightest band's dead-cell line (earlier held-out seeds, 2122 the latest, are
-retired once gating is tuned on what they showed).
+with the truth labels) stays below 0.97, the gate is held to within 0.02 of that best cut,
+and the 0.97 is a strict expected failure only for the cohorts known to fall short. Seeds
+2081 (FACSLyric) and 2082 (FACSCanto II) were not used to tune the gating; 2111 and 2112
+were first run on the final CD3- core, 2131 and 2132 on the brightest band's dead-cell line
+(earlier held-out seeds, 2122 the latest, are retired once gating is tuned on what they
+showed).
 """
 
 from __future__ import annotations
@@ -67,18 +68,32 @@ def test_every_population_is_gated_accurately(scored, tube):
     cytometer, scores = scored
     rows = table(s for s in scores if s.tube == tube)
     judged = _judged(rows)
-    overlapping = _overlapping(judged)
-    failing = judged[(judged["f1"] < TARGET_F1) & ~overlapping]
+    failing = judged[(judged["f1"] < TARGET_F1) & ~_overlapping(judged)]
     assert failing.empty, f"{cytometer} {tube}: below target\n{_report(rows, failing)}"
-    short = judged[overlapping & (judged["f1"] < judged["oracle_f1"] - ORACLE_MARGIN)]
-    assert short.empty, f"{cytometer} {tube}: far from the best cut\n{_report(rows, short)}"
     assert {"T", "lymphocytes", "lymphocytes_CD3neg", "leukocytes"} <= set(judged["population"])
 
 
-@pytest.mark.xfail(reason="open: a sample whose truth overlaps on its marker", strict=False)
+SHORT_OF_TARGET = {("FACSLyric (seed 2081)", "function")}
+"""Cohorts whose overlapping truth keeps a gate below 0.97 (there: CAR+ of one D5 sample, F1
+0.959, best single cut 0.969)."""
+
+
 @pytest.mark.parametrize("tube", TUBES)
 def test_every_population_reaches_the_target_where_its_truth_overlaps(scored, tube):
+    """Where no single cut reaches 0.97, the gate stays within 0.02 of the best one."""
     cytometer, scores = scored
+    rows = table(s for s in scores if s.tube == tube)
+    judged = _judged(rows)
+    short = judged[_overlapping(judged) & (judged["f1"] < judged["oracle_f1"] - ORACLE_MARGIN)]
+    assert short.empty, f"{cytometer} {tube}: far from the best cut\n{_report(rows, short)}"
+
+
+@pytest.mark.parametrize("tube", TUBES)
+def test_overlapping_rows_reach_the_target_itself(scored, tube, request):
+    """0.97 even where the truth overlaps: known short where SHORT_OF_TARGET says (strict)."""
+    cytometer, scores = scored
+    if (cytometer, tube) in SHORT_OF_TARGET:
+        request.applymarker(pytest.mark.xfail(reason="truth overlaps on the marker", strict=True))
     judged = _judged(table(s for s in scores if s.tube == tube))
     failing = judged[_overlapping(judged) & (judged["f1"] < TARGET_F1)]
     assert failing.empty, f"{cytometer} {tube}:\n{failing.round(4).to_string(index=False)}"

@@ -648,3 +648,51 @@ def test_values_the_c_iteration_gives_up_on_are_solved(transform):
     y = transform.apply(x)
     assert np.all(np.abs(transform.inverse(y) - x) <= 1e-9 * np.maximum(np.abs(x), 1.0))
     assert np.all(np.diff(y[np.argsort(x, kind="stable")]) >= 0)  # monotone
+
+
+def test_placed_memory_tube_counts_equal_the_exact_transformed_evaluation():
+    """A committed file gated end to end (incremental placement, cuts mapped to raw values,
+    small populations kept as event indices) gives every population the events that
+    evaluating its placed gates afresh on transformed values gives."""
+    from pipeline.gate import gate_file
+    from tests.conftest import FIXTURE_COHORT
+
+    gated = gate_file(FIXTURE_COHORT / "CART-001 D11_CAR-T memory_007.fcs", tube="memory")
+    spill = gated.spillover
+    exact = evaluate(
+        gated.placed.gate_set,
+        gated.fcs.events,
+        gated.fcs.channel_names,
+        (list(spill.channels), spill.matrix),
+        ranges_in_raw_space=False,
+    )
+    assert len(gated.placed.populations) > 20
+    for population in gated.placed.populations:
+        assert gated.result.count(population) == exact.count(population), population
+        assert np.array_equal(gated.result.mask(population), exact.mask(population)), population
+
+
+def test_a_document_of_thousands_of_gates_is_refused_before_flowkit_reads_it(tmp_path):
+    """FlowKit's parser takes minutes on 9,000 gates; the count is capped with a clear error."""
+    from gating.gatingml import MAX_GATES
+    from gating.workspace import load_lab_gates
+
+    gates = "".join(RANGE_GATE.replace('"R"', f'"R{i}"') for i in range(9000))
+    (path := tmp_path / "many.xml").write_text(VALID.replace(RANGE_GATE, gates))
+    assert path.stat().st_size < MAX_DOCUMENT_BYTES  # the size cap alone would let it through
+    _refused(path, f"more than {MAX_GATES} gates")
+    workspace = tmp_path / "many.wsp"
+    workspace.write_text(
+        '<?xml version="1.0"?><Workspace xmlns:gating="http://www.isac-net.org/std/Gating-ML/'
+        f'v2.0/gating" xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">'
+        f"<SampleList><Sample>{gates}</Sample></SampleList></Workspace>"
+    )
+    with pytest.raises(GatingError, match=f"more than {MAX_GATES} gates"):
+        load_lab_gates(workspace)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(path := tmp_path / "gates.xml")
+    _refused(path, "not a regular file")

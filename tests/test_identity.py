@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import CartflowError, IdentityError, ManifestError
-from pipeline.identity import IdentityRules, identify, load_manifest, parse_timepoint
+from pipeline.identity import (
+    IdentityRules,
+    cross_check,
+    identify,
+    load_manifest,
+    parse_timepoint,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +79,7 @@ def test_manifest_rows_identify_files(tmp_path):
         ("a.fcs,,D7,memory,50,50000,2025-03-07\n", "line 2, column patient: empty"),
         ("a.fcs,CART-01,D7,memory,,,\na.fcs,CART-02,D7,memory,,,\n", "line 3, column file"),
         ("a.fcs,CART-01,week 1,memory,,,\n", "line 2"),
-        ("a.fcs,CART-01,D7,memory,,,,extra,extra\n", "line 2: 9 cells, the header has 7"),
+        ("a.fcs,CART-01,D7,memory,,,,extra,extra\n", "(line 2): has 9 cells, the header has 7"),
         ("a.fcs,CART-01,D7,memory,1e400,,\n", "column blood_volume_ul: '1e400' is not finite"),
     ],
 )
@@ -185,3 +191,62 @@ def test_every_yaml_input_names_the_file_and_line_of_a_parse_error(tmp_path, kin
     message = str(caught.value)
     assert f"{path} line 4" in message and "invalid YAML: " in message
     assert "\n" not in message
+
+
+MANIFEST_HEADER = ["file", "patient", "timepoint", "tube", "blood_volume_ul", "sample_date"]
+MANIFEST_ROW = ["a.fcs", "CART-Ü1", "D7", "memory", "50,5", "2025-03-07"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter", "trailing"),
+    [("utf-16", "\t", ""), ("cp1252", ";", ""), ("utf-8-sig", ";", ";;;;;\n;;;;;\n"),
+     ("utf-8", ",", ",,,,,\n\n")],
+)  # fmt: skip
+def test_manifests_are_read_as_clinical_tables_are(tmp_path, encoding, delimiter, trailing):
+    row = MANIFEST_ROW if delimiter == ";" else [*MANIFEST_ROW[:4], "50.5", MANIFEST_ROW[5]]
+    text = delimiter.join(MANIFEST_HEADER) + "\n" + delimiter.join(row) + "\n" + trailing
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(text.encode(encoding))
+    manifest = load_manifest(path)
+    (entry,) = manifest.rows.values()
+    assert (entry.patient, entry.blood_volume_ul, entry.line) == ("CART-Ü1", 50.5, 2)
+
+
+def test_an_excel_manifest_with_trailing_empty_rows(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "manifest.xlsx"
+    frame = pd.DataFrame([[*MANIFEST_ROW[:4], 50.0, "2025-03-07"], [None] * 6],
+                         columns=MANIFEST_HEADER)  # fmt: skip
+    frame.to_excel(path, index=False)
+    (entry,) = load_manifest(path).rows.values()
+    assert (entry.patient, entry.blood_volume_ul) == ("CART-Ü1", 50.0)
+
+
+@pytest.mark.parametrize(
+    ("cells", "fragment"),
+    [
+        ("1e12,,2025-03-07", "line 2, column blood_volume_ul: '1e12' is implausible"),
+        ("1e-12,,2025-03-07", "line 2, column blood_volume_ul: '1e-12' is implausible"),
+        ("50,1e15,2025-03-07", "line 2, column beads_per_tube: '1e15' is implausible"),
+        ("50,50000,2099-01-01", "line 2, column sample_date: '2099-01-01' is implausible"),
+        ("50,50000,0001-01-01", "line 2, column sample_date: '0001-01-01' is implausible"),
+    ],
+)
+def test_implausible_manifest_values_are_refused(tmp_path, cells, fragment):
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(_manifest(tmp_path, f"a.fcs,CART-01,D7,memory,{cells}\n"))
+    assert fragment in str(caught.value) and "manifest.csv" in str(caught.value)
+
+
+def test_a_sample_date_is_checked_against_infusion_and_timepoint(tmp_path):
+    manifest = load_manifest(_manifest(tmp_path, "a.fcs,CART-01,D14,memory,50,,2024-01-10\n"))
+    identity = identify(tmp_path / "a.fcs", {}, manifest)
+    before = cross_check(tmp_path / "a.fcs", {}, identity, infusion=date(2024, 2, 1))
+    assert [str(d) for d in before] == [
+        "date: CART-01 D14 (day 14) (manifest line 2), but sample_date 2024-01-10 is day -22 "
+        "after CART-01's infusion on 2024-02-01"
+    ]
+    assert cross_check(tmp_path / "a.fcs", {}, identity, infusion=date(2023, 12, 28)) == ()
+    late = cross_check(tmp_path / "a.fcs", {"$DATE": "x"}, identity, acquired=date(2024, 1, 20))
+    assert "acquired 2024-01-20 ($DATE)" in str(late[0])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import shutil
+from datetime import date
 from pathlib import Path
 
 import pytest
 
-from pipeline.identity import load_manifest
+from pipeline.identity import IdentityRules, load_manifest
 from pipeline.ingest import ingest_batch, scan_batch, write_quarantine_report
 from pipeline.store import Store
 from tests import fcsparser_reference
@@ -159,8 +160,12 @@ def test_a_corrected_manifest_readmits_a_quarantined_file(cohort, store, tmp_pat
     (copy,) = _small_batch(cohort, batch, count=1)
     wrong, right = tmp_path / "wrong.csv", tmp_path / "right.csv"
     wrong.write_text("file,patient,timepoint,tube\nother.fcs,P1,D7,memory\n", encoding="utf-8")
-    tube = "bcell" if "BCELL" in copy.name else "memory" if "memory" in copy.name else "function"
-    right.write_text(f"file,patient,timepoint,tube\n{copy.name},P1,D7,{tube}\n", encoding="utf-8")
+    row = _manifest_rows(cohort)[copy.name]
+    right.write_text(
+        f"file,patient,timepoint,tube\n{copy.name},{row['patient']},{row['timepoint']},"
+        f"{row['tube']}\n",
+        encoding="utf-8",
+    )
     assert ingest_batch(batch, store, load_manifest(wrong)).outcomes[0].status == "quarantined"
     again = ingest_batch(batch, store, load_manifest(wrong)).outcomes[0]
     assert (again.status, again.kind, again.new) == ("quarantined", "identity", False)
@@ -240,10 +245,158 @@ def test_same_named_files_in_subfolders_are_not_given_one_manifest_row(cohort, s
         (batch / folder).mkdir(parents=True)
         shutil.copy(source, batch / folder / "tube.fcs")
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("file,patient,timepoint,tube\ntube.fcs,P1,D7,memory\n", encoding="utf-8")
+    row = _manifest_rows(cohort)[first.name]  # the file that stays
+    manifest.write_text(
+        f"file,patient,timepoint,tube\ntube.fcs,{row['patient']},{row['timepoint']},memory\n",
+        encoding="utf-8",
+    )
     outcomes = ingest_batch(batch, store, load_manifest(manifest)).outcomes
     assert [o.status for o in outcomes] == ["quarantined", "quarantined"]
     assert all("several files of the batch are named 'tube.fcs'" in o.detail for o in outcomes)
     shutil.move(batch / "b" / "tube.fcs", tmp_path / "elsewhere.fcs")  # the clash resolved
     (again,) = ingest_batch(batch, store, load_manifest(manifest)).outcomes
+    assert again.status == "accepted"
+
+
+def _spill_lie(source: Path, target: Path) -> Path:
+    return rewrite(source, target, SPILLOVER="3,FITC-A,PE-A,APC-A,1,0.1")
+
+
+def _shifted(source: Path, target: Path) -> Path:
+    from tests.fcs_mutate import misalign_data
+
+    return misalign_data(source, target)
+
+
+def _understated(source: Path, target: Path) -> Path:
+    from pipeline.fcs import read_fcs
+
+    return rewrite(source, target, TOT=str(read_fcs(source, events=False).event_count - 100))
+
+
+KEYWORD_LIES = {
+    "datatype": (lambda s, t: rewrite(s, t, DATATYPE="I"), "$DATATYPE is I, but"),
+    "log-decades": (lambda s, t: rewrite(s, t, **{f"P{n}E": "4,1" for n in range(1, 15)}),
+                    "the keyword is wrong"),
+    "gain": (lambda s, t: rewrite(s, t, **{f"P{n}G": "1e-30" for n in range(1, 14)}),
+             "those keywords are wrong"),
+    "spillover": (_spill_lie, "spillover matrix is present but unreadable"),
+    "tot": (_understated, "$TOT or the DATA offsets are wrong"),
+    "offset": (_shifted, "runs backwards"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("lie", KEYWORD_LIES)
+def test_keyword_lies_are_quarantined_with_the_reason(cohort, store, tmp_path, lie):
+    """A file whose TEXT contradicts its DATA is refused at ingest, never gated as ok."""
+    mutate, fragment = KEYWORD_LIES[lie]
+    source = next(p for p in sorted(cohort.glob("*memory*.fcs")))
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    mutate(source, batch / source.name)
+    [outcome] = ingest_batch(batch, store).outcomes
+    assert (outcome.status, outcome.kind) == ("quarantined", "fcs-format"), outcome
+    assert fragment in outcome.detail
+    assert store.row_counts()["samples"] == 0
+
+
+def test_fifos_and_folders_named_like_fcs_files_are_reported(cohort, store, tmp_path):
+    import os
+
+    batch = tmp_path / "batch"
+    good = _small_batch(cohort, batch, count=1)
+    os.mkfifo(batch / "pipe.fcs")
+    (batch / "folder.fcs").mkdir()
+    report = ingest_batch(batch, store)  # returns: nothing waits on the FIFO
+    reasons = {o.path.name: o.detail for o in report.with_status("quarantined")}
+    assert reasons == {
+        "pipe.fcs": "is a FIFO (named pipe), not a regular file",
+        "folder.fcs": "is a directory, not a regular file",
+    }
+    assert len(report.with_status("accepted")) == len(good)
+
+
+def test_a_file_that_changes_after_it_was_stored_replaces_its_sample(cohort, store, tmp_path):
+    """The same path with new content and the same identity replaces the stored sample (the
+    old one is kept in the replacements table), never adds a second one."""
+    import hashlib
+
+    batch = tmp_path / "batch"
+    (copy,) = _small_batch(cohort, batch, count=1)
+    old_sha = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert ingest_batch(batch, store).outcomes[0].status == "accepted"
+    rewrite(cohort / copy.name, copy, COM="exported again")
+    [outcome] = ingest_batch(batch, store).outcomes
+    assert outcome.status == "accepted" and "replaces the sample" in outcome.detail
+    [sample] = store.samples()
+    assert sample["sha256"] == outcome.sha256 != old_sha
+    [replaced] = store.replacements()
+    assert (replaced["old_sha256"], replaced["new_sha256"]) == (old_sha, outcome.sha256)
+    assert replaced["patient"] == sample["patient"]
+
+
+def _swap_batch(cohort: Path, target: Path) -> tuple[Path, Path]:
+    """CART-001's and CART-002's D14 memory files, the second labelled CART-001 in the
+    manifest (a one-cell typo)."""
+    target.mkdir()
+    own = Path(shutil.copy(cohort / "CART-001 D14_CAR-T memory_010.fcs", target))
+    other = Path(shutil.copy(cohort / "CART-002 D14_CAR-T memory_010.fcs", target))
+    rows = _manifest_rows(cohort)
+    lines = ["file,patient,timepoint,tube,sample_date"]
+    for path in (own, other):
+        row = rows[path.name]
+        lines.append(f"{path.name},CART-001,{row['timepoint']},memory,{row['sample_date']}")
+    (target / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return own, other
+
+
+def test_a_mislabelled_file_is_refused_with_both_values(cohort, store, tmp_path):
+    own, other = _swap_batch(cohort, tmp_path / "batch")
+    infusion = {"CART-001": date(2024, 2, 22)}
+    manifest = load_manifest(tmp_path / "batch" / "manifest.csv")
+    report = ingest_batch(tmp_path / "batch", store, manifest, infusion=infusion)
+    by_path = {o.path: o for o in report.outcomes}
+    assert by_path[own].status == "accepted"
+    refused = by_path[other]
+    assert (refused.status, refused.kind) == ("quarantined", "identity")
+    assert "'CART-001' (manifest line 3)" in refused.detail
+    for source in ("keyword PATIENT ID", "file name", "$FIL"):
+        assert f"'CART-002' ({source})" in refused.detail
+    assert "is day -256 after CART-001's infusion on 2024-02-22" in refused.detail
+    assert [s["file"] for s in store.samples()] == [own.name]
+    assert report.exit_code == 2
+
+
+def test_a_mislabelled_file_can_be_stored_for_review(cohort, store, tmp_path):
+    own, other = _swap_batch(cohort, tmp_path / "batch")
+    manifest = load_manifest(tmp_path / "batch" / "manifest.csv")
+    rules = IdentityRules(on_disagreement="review")
+    report = ingest_batch(tmp_path / "batch", store, manifest, rules)
+    by_path = {o.path: o for o in report.outcomes}
+    assert [o.status for o in report.outcomes] == ["accepted", "accepted"]
+    assert "'CART-002' (keyword PATIENT ID)" in by_path[other].review
+    assert f"is also {other}" in by_path[own].review  # both sides of the repeat
+    assert f"is also {own}" in by_path[other].review
+    sources = {s["file"]: s for s in store.samples()}
+    assert len(sources) == 2 and report.exit_code == 2
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_two_files_for_one_patient_timepoint_tube_are_both_refused(
+    cohort, store, tmp_path, order
+):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    source = cohort / "CART-001 D14_CAR-T memory_010.fcs"
+    first = Path(shutil.copy(source, batch / "a.fcs"))
+    second = rewrite(source, batch / "b.fcs", **{"SAMPLE ID": "FC24-REPEAT"})
+    files = [first, second] if order == "forward" else [second, first]
+    report = ingest_batch(batch, store, files=files)
+    assert [o.status for o in report.outcomes] == ["quarantined", "quarantined"]
+    by_path = {o.path: o.detail for o in report.outcomes}
+    assert f"CART-001 D14 memory is also {second}" in by_path[first]
+    assert f"CART-001 D14 memory is also {first}" in by_path[second]
+    assert store.samples() == []
+    second.unlink()  # the wrong file removed: the other one is taken
+    (again,) = ingest_batch(batch, store).outcomes
     assert again.status == "accepted"

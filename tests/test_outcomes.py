@@ -392,7 +392,7 @@ def test_stage_writes_tables_json_and_figures(cohort, tmp_path):
     for stem in (
         "km_efs_overall",
         "km_os_bridging",
-        "km_efs_car_t_auc14_cut",
+        "km_efs_car_t_auc14_cut_landmark28",  # measured after infusion: from the D28 landmark
         "box_bridging",
         "roc_efs",
         "expansion_bridging",

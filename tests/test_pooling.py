@@ -121,3 +121,37 @@ def test_a_cut_the_file_does_not_place_is_refused(tmp_path):
     result = runner.invoke(app, ["gate", str(path), "--cuts", str(cuts)])
     assert result.exit_code == 1  # the singlet gate places its own cut
     assert "cut(s) ['singlets'] were not used as given" in result.output
+
+
+def test_gates_pooled_over_one_file_are_the_files_own(patient_files):
+    """Pooling a single file gives its own estimation events, so the pooled cells and
+    lymphocyte gates select exactly what gating it alone selects."""
+    from pipeline.pooling import pool_gates
+
+    path = patient_files[0]
+    alone = gate_file(path)
+    placements = pool_gates([path], ["cells", "lymphocytes"])
+    given = gate_file(path, fixed_cuts=placements)
+    assert given.counts() == alone.counts()
+    assert given.placed.decisions["cells"].evidence["pooled_over"] == [path.name]
+
+
+def test_gates_pooled_over_timepoints_are_the_same_on_each(patient_files):
+    from pipeline.pooling import pool_gates
+
+    placements = pool_gates(patient_files, ["cells", "lymphocytes"])
+    gate_sets = [gate_file(p, fixed_cuts=placements).placed.gate_set for p in patient_files]
+    ellipses = [
+        next(g for g in gates.gates if g.id == "cells::lymphocytes") for gates in gate_sets
+    ]
+    assert all(e.mean == ellipses[0].mean for e in ellipses)
+    assert len({e.parent for e in ellipses}) == 1  # under each sample's own parent
+
+
+def test_a_phenotype_is_pooled_as_cuts_not_as_a_gate(patient_files):
+    from pipeline.pooling import pool_gates
+
+    with pytest.raises(CartflowError, match="a phenotype, not a gate"):
+        pool_gates(patient_files[:1], ["T"])
+    with pytest.raises(CartflowError, match="pool it first"):
+        pool_gates(patient_files[:1], ["lymphocytes"])

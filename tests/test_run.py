@@ -323,9 +323,112 @@ def test_a_copy_that_stalled_is_taken_again_once_it_is_finished(tmp_path):
     whole = source.read_bytes()
     target.write_bytes(whole[: len(whole) // 2])
     watch = ArrivalWatch(folder, settle=2)
-    looks = [watch.complete() for _ in range(4)]
-    assert looks == [[], [], [target], []]  # stalled long enough: handed over once
+    looks = [watch.complete() for _ in range(5)]
+    # seen, hashed, same hash (unreadable: wait), still so: handed over once
+    assert looks == [[], [], [], [target], []]
     target.write_bytes(whole)  # the copy finishes
-    assert watch.complete() == []  # it changed: wait for it to settle
-    assert watch.complete() == [target]
+    assert watch.complete() == []  # it changed: wait for it to hold still
+    assert watch.complete() == []  # hashed
+    assert watch.complete() == [target]  # same content, readable
     assert watch.complete() == []
+
+
+def _kill_workers(parent: subprocess.Popen, count: int, deadline: float) -> list[int]:
+    """SIGKILL the first ``count`` worker processes the run starts, as the OOM killer would."""
+    import psutil
+
+    killed: list[int] = []
+    while len(killed) < count and time.monotonic() < deadline and parent.poll() is None:
+        try:
+            children = psutil.Process(parent.pid).children()
+        except psutil.NoSuchProcess:
+            break
+        for child in children:
+            if child.pid not in killed and len(killed) < count:
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
+        time.sleep(0.01)
+    return killed
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_killed_worker_is_tried_again_then_quarantined(tmp_path, kills):
+    """A worker killed once costs nothing (its file is gated again); killed again, its file
+    is quarantined with the reason and the run still finishes, exit 2."""
+    batch = _batch(tmp_path / "batch", prefixes=("CART-001 D7_",), tubes=("memory",))
+    path, out = tmp_path / "store.sqlite", tmp_path / "out"
+    process = subprocess.Popen(
+        _cli(*_run_args(batch, f"sqlite:///{path}", out, "--workers", "2")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = _kill_workers(process, kills, time.monotonic() + 120)
+    _, errors = process.communicate(timeout=300)
+    assert len(killed) == kills
+    statuses = dict(_rows(path, "select command, status from runs"))
+    assert statuses["run"] == "finished"
+    quarantined = _rows(path, "select error_kind, reason from quarantine")
+    if kills == 1:
+        assert process.returncode == 0, errors
+        assert quarantined == [] and _count(path, "gatings") == 1
+        return
+    assert process.returncode == 2, errors
+    [(kind, reason)] = quarantined
+    assert kind == "worker" and "killed by SIGKILL" in reason and "2 times" in reason
+    assert _count(path, "gatings") == 0  # not gated: a later run tries it again
+    assert "killed by SIGKILL" in (out / "quarantine" / "quarantine.csv").read_text()
+
+
+def test_killing_the_run_kills_its_workers(tmp_path):
+    import psutil
+
+    batch = _batch(tmp_path / "batch")
+    process = subprocess.Popen(
+        _cli(*_run_args(batch, f"sqlite:///{tmp_path / 's.sqlite'}", tmp_path / "out",
+                        "--workers", "2")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    workers: list = []
+    while not workers and time.monotonic() < deadline and process.poll() is None:
+        workers = psutil.Process(process.pid).children()
+        time.sleep(0.01)
+    assert workers, "the run started no worker"
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive
+
+
+def test_watch_ends_with_one_complete_sample_when_a_copy_fills_data_late(tmp_path):
+    """A copier that sets the full size first and fills the bytes in later, with pauses:
+    no partial content is stored as a sample; the finished file is, once."""
+    folder, db = tmp_path / "exports", tmp_path / "watch.sqlite"
+    folder.mkdir()
+    source = sorted(FIXTURE_COHORT.glob("CART-001 D11_CAR-T memory_*.fcs"))[0]
+    raw = source.read_bytes()
+    watcher = subprocess.Popen(
+        _cli("watch", str(folder), "--db", f"sqlite:///{db}", "--out", str(tmp_path / "out"),
+             "--no-report", "--interval", "0.3", "--cycles", "40"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    target = folder / source.name
+    with target.open("wb") as fh:
+        fh.truncate(len(raw))  # full size at once, all zeros
+        fh.flush()
+        step = len(raw) // 4
+        for start in range(0, len(raw), step):
+            time.sleep(2.0)  # longer than the watch waits before quarantining
+            fh.seek(start)
+            fh.write(raw[start : start + step])
+            fh.flush()
+    _, err = watcher.communicate(timeout=300)
+    assert watcher.returncode in (0, 2), err.decode()
+    import hashlib
+
+    [(sha,)] = _rows(db, "select sha256 from files")
+    assert sha == hashlib.sha256(raw).hexdigest()
+    assert _count(db, "samples") == 1 and _count(db, "gatings") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -244,3 +245,82 @@ def test_an_empty_database_is_not_a_store_to_read(tmp_path):
         Store(empty, existing=True)
     Store(empty).close()  # a command that writes results makes it one
     Store(empty, existing=True).close()
+
+
+def test_a_store_with_a_damaged_schema_is_one_line(tmp_path):
+    """One byte of the schema text damaged: SQLite's own message is then not text."""
+    path = tmp_path / "damaged.sqlite"
+    Store(f"sqlite:///{path}").close()
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"tube VARCHAR(64) NOT NULL") + 24] = 0x88
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="cannot be opened: database disk image is malformed"):
+        Store(f"sqlite:///{path}", existing=True)
+    command = [sys.executable, "-m", "pipeline.cli", "export", "--format", "csv", "--db",
+               str(path), "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: sqlite:///{path}: cannot be opened:")
+
+
+def _create_store(url: str) -> str:
+    try:
+        store = Store(url)
+        store.close()
+        return "ok"
+    except Exception as exc:  # the problem, to be reported by the test
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_a_new_store_opened_by_several_processes_at_once_works(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    for attempt in range(3):  # a race: try a few fresh stores
+        url = f"sqlite:///{tmp_path / f'new{attempt}.sqlite'}"
+        with ProcessPoolExecutor(4) as pool:
+            assert list(pool.map(_create_store, [url] * 4)) == ["ok"] * 4
+        store = Store(url)
+        assert set(store.row_counts()) == set(TABLES)
+        store.close()
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_on_the_next_start(tmp_path):
+    """kill -9 leaves no chance to mark a run failed: the next command does it."""
+    import os
+    import signal
+
+    path = tmp_path / "store.sqlite"
+    script = (
+        f"import time; from pipeline.store import Store; s = Store({str(path)!r}); "
+        "s.start_run('run', {}); print('started', flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "started"
+    store = Store(f"sqlite:///{path}")
+    with store.transaction() as session:  # its process is alive: still running
+        assert session.scalars(select(Run.status)).all() == ["running"]
+    store.close()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    store = Store(f"sqlite:///{path}")
+    with store.transaction() as session:
+        [run] = session.scalars(select(Run)).all()
+        assert (run.status, run.finished_at is not None) == ("failed", True)
+    store.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file: run as a user")
+def test_a_read_only_store_opens_for_reading(tmp_path):
+    path = tmp_path / "store.sqlite"
+    store = Store(f"sqlite:///{path}")
+    store.start_run("run", {})
+    store.close()
+    path.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        store = Store(f"sqlite:///{path}", existing=True)
+        assert store.read_only and store.row_counts()["runs"] == 1
+        store.close()
+    finally:
+        tmp_path.chmod(0o755)

@@ -171,7 +171,8 @@ def test_marker_twice_in_a_phenotype(tmp_path):
 
 def test_population_with_both_phenotype_and_gate(tmp_path):
     text = BASE.replace("phenotype: CAR+}", "phenotype: CAR+, gate: cells}")
-    _fails(tmp_path, text, "exactly one of 'phenotype' or 'gate'", _line(text, "gate: cells}"))
+    reason = "exactly one of 'phenotype', 'gate' or 'boolean'"
+    _fails(tmp_path, text, reason, _line(text, "gate: cells}"))
 
 
 def test_estimate_on_an_undefined_population(tmp_path):
@@ -288,7 +289,7 @@ def test_bad_core_of_a_phenotype_population(tmp_path, fields, reason):
 def test_shipped_cd3_negative_compartments_keep_to_their_core():
     for tube in ("memory", "function", "bcell"):
         spec = load_template(TEMPLATE_DIR / f"{tube}.yaml").population("lymphocytes_CD3neg")
-        assert spec.options["core"] == ["CD45", "CD3"]
+        assert spec.options.core == ("CD45", "CD3")
 
 
 @pytest.mark.parametrize(

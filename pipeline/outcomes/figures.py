@@ -17,6 +17,7 @@ from pipeline.outcomes.config import TIME_UNITS
 from pipeline.outcomes.groups import GroupComparison
 from pipeline.outcomes.stage import OutcomeReport
 from pipeline.outcomes.survival import KmSummary, fit_km, landmark_frame
+from pipeline.outputs import write_csv
 
 TIMEPOINT_COLUMNS = ("patient", "nominal_day", "car_t_per_ul")
 
@@ -237,7 +238,7 @@ def _expansion(report, groupings, timepoints, tables, notes) -> list[Path]:
         paths += expansion_figure(summary, grouping, stem, report.config.figure_formats)
     if frames:
         tables["expansion_summary"] = report.out_dir / "expansion_summary.csv"
-        pd.concat(frames).to_csv(tables["expansion_summary"], index=False)
+        write_csv(pd.concat(frames), tables["expansion_summary"])
     return paths
 
 

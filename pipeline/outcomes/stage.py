@@ -33,6 +33,7 @@ from pipeline.outcomes.survival import (
     median_followup,
 )
 from pipeline.outcomes.tables import write_json, write_tables
+from pipeline.outputs import restore
 from pipeline.patient_variables import BELOW_LOD_RULE, derive_variables
 
 
@@ -496,7 +497,7 @@ def read_patient_table(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"patient": str})
+        return pd.read_csv(path, dtype={"patient": str}).map(restore)  # as cartflow wrote it
     except (OSError, ValueError) as exc:
         raise OutcomeInputError(path, f"cannot be read: {first_line(exc)}") from exc
 

@@ -158,7 +158,8 @@ def aplasia_patients(
     day = {c: _day(clinical[c], infusion) if c in clinical else pd.Series(np.nan, clinical.index)
            for c in ("relapse_date", "hsct_date", "last_followup_date")}  # fmt: skip
     cd19neg = clinical.get("cd19_negative_relapse", pd.Series(pd.NA, index=clinical.index))
-    points = pd.DataFrame() if timepoints is None else timepoints
+    has_counts = timepoints is not None and {"tube", "population"} <= set(timepoints.columns)
+    points = timepoints if has_counts else pd.DataFrame()  # e.g. a CAR-T-only table: no B cells
     if len(points):
         points = points[(points.tube == B_CELLS.tube) & (points.population == B_CELLS.population)]
         points = points[points.nominal_day >= 0]

@@ -16,6 +16,7 @@ from pipeline.outcomes.groups import CountTest, GroupComparison
 from pipeline.outcomes.multiplicity import METHOD, number_of_tests, with_q
 from pipeline.outcomes.roc import CutPoint
 from pipeline.outcomes.survival import KmSummary
+from pipeline.outputs import write_csv, write_text
 
 if TYPE_CHECKING:
     from pipeline.outcomes.stage import OutcomeReport
@@ -168,7 +169,7 @@ def write_tables(report: OutcomeReport, hematotox: Mapping | None = None) -> dic
     paths = {}
     for name, frame in frames.items():
         paths[name] = report.out_dir / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+        write_csv(frame, paths[name])
     paths |= _fragments(report, frames, hematotox or {})
     return paths
 
@@ -190,7 +191,7 @@ def _fragments(report: OutcomeReport, frames, hematotox: Mapping) -> dict[str, P
     for name, title in TITLES.items():
         if name in frames:
             paths[f"{name}_html"] = report.out_dir / f"{name}.html"
-            paths[f"{name}_html"].write_text(formatted(frames[name], title), encoding="utf-8")
+            write_text(paths[f"{name}_html"], formatted(frames[name], title))
     counts = frames["multiplicity"]
     tests = ", ".join(f"{r.family}: {r.tests}" for r in counts.itertuples())
     lines = [f"<p>{escape(str(sum(counts['tests'])) if len(counts) else '0')} tests ({tests}); "
@@ -201,7 +202,7 @@ def _fragments(report: OutcomeReport, frames, hematotox: Mapping) -> dict[str, P
         lines.insert(0, f"<p class='warning'><b>{name}: unverified.</b> {caveat}</p>")
     lines.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     paths["summary_html"] = report.out_dir / "summary.html"
-    paths["summary_html"].write_text("<h2>Analysis notes</h2>" + "".join(lines), encoding="utf-8")
+    write_text(paths["summary_html"], "<h2>Analysis notes</h2>" + "".join(lines))
     return paths
 
 
@@ -252,5 +253,5 @@ def write_json(report: OutcomeReport, hematotox: Mapping, clinical_source: str) 
     """Write outcomes.json (strict JSON: no NaN)."""
     payload = report_dict(report, hematotox, clinical_source)
     text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False)
-    report.json_path.write_text(text + "\n", encoding="utf-8")
+    write_text(report.json_path, text + "\n")
     return report.json_path
