@@ -73,10 +73,55 @@ def test_tables_exist_and_are_in_the_report(study):
         assert title in cohort
 
 
+CONTINUOUS_BASELINE = (
+    "tumour_burden_before_pct",
+    "tumour_burden_after_pct",
+    "anc_per_nl",
+    "platelets_per_nl",
+    "haemoglobin_g_dl",
+    "crp_mg_l",
+)
+
+
+def _exact_rxc_p(table: np.ndarray) -> float:
+    """Fisher-Freeman-Halton p of a 2×k table by brute force over every table with its margins
+    (the probability of a table: multivariate hypergeometric)."""
+    import itertools
+    from math import comb, prod
+
+    rows, columns = table.sum(axis=1), table.sum(axis=0)
+
+    def probability(first: tuple[int, ...]) -> float:
+        return prod(comb(c, a) for c, a in zip(columns, first, strict=True)) / comb(
+            int(columns.sum()), int(rows[0])
+        )
+
+    observed = probability(tuple(table[0]))
+    total = 0.0
+    for first in itertools.product(*(range(c + 1) for c in columns)):
+        if sum(first) == rows[0]:
+            p = probability(first)
+            total += p if p <= observed * (1 + 1e-7) else 0.0
+    return total
+
+
+def _check_counts(rows: pd.DataFrame, labels: pd.Series, groups: pd.Series) -> None:
+    """Every level's n (%) overall and per group, and the test's p, against ``labels``."""
+    for level, part in rows.groupby("level"):
+        part = part.set_index("column")
+        for column, members in [("overall", labels), *labels.groupby(groups)]:
+            count = int((members == level).sum())
+            assert part.loc[column, "count"] == count, (level, column)
+            assert part.loc[column, "percent"] == pytest.approx(100 * count / len(members))
+    cross = pd.crosstab(groups, labels).to_numpy()
+    expected = stats.fisher_exact(cross).pvalue if cross.shape == (2, 2) else _exact_rxc_p(cross)
+    assert rows["p"].iloc[0] == pytest.approx(expected)
+
+
 def test_table1_against_the_clinical_table(study):
     table = pd.read_csv(study / "outcomes" / "table1.csv")
     clinical = _clinical(study)
-    for column in ("tumour_burden_before_pct", "platelets_per_nl", "crp_mg_l"):
+    for column in CONTINUOUS_BASELINE:
         rows = table[table.variable == column].set_index("column")
         for level, part in [("overall", clinical), *clinical.groupby("bridging")]:
             values = part[column].dropna().to_numpy(float)
@@ -88,15 +133,19 @@ def test_table1_against_the_clinical_table(study):
         groups = [g[column].dropna() for _, g in clinical.groupby("bridging")]
         assert rows["p"].iloc[0] == pytest.approx(stats.mannwhitneyu(*groups).pvalue)
         assert set(rows["test"]) == {"Mann-Whitney U"}
-    high = clinical["tumour_burden_after_pct"] > 5
-    rows = table[(table.variable == "burden_after_class") & (table.level == "high")]
-    rows = rows.set_index("column")
-    for level, part in clinical.groupby("bridging"):
-        count = int((part["tumour_burden_after_pct"] > 5).sum())
-        assert rows.loc[level, "count"] == count
-        assert rows.loc[level, "percent"] == pytest.approx(100 * count / len(part))
-    cross = pd.crosstab(clinical["bridging"], high)
-    assert rows["p"].iloc[0] == pytest.approx(stats.fisher_exact(cross.to_numpy()).pvalue)
+    # burden classes: high is > 5 % marrow blasts; dynamics is before→after
+    before = np.where(clinical["tumour_burden_before_pct"] > 5, "high", "low")
+    after = np.where(clinical["tumour_burden_after_pct"] > 5, "high", "low")
+    labels = {
+        "burden_before_class": pd.Series(before),
+        "burden_after_class": pd.Series(after),
+        "burden_dynamics": pd.Series(before) + "→" + pd.Series(after),
+    }
+    for name, values in labels.items():
+        _check_counts(table[table.variable == name], values, clinical["bridging"])
+    dynamics = table[table.variable == "burden_dynamics"]
+    if dynamics["level"].nunique() > 2:
+        assert dynamics["test"].iloc[0] == "Fisher-Freeman-Halton exact"
 
 
 def _peak_percent(points: pd.DataFrame, tube: str, population: str) -> dict[str, float]:
@@ -120,36 +169,54 @@ def _peak_percent(points: pd.DataFrame, tube: str, population: str) -> dict[str,
     return out
 
 
+def _check_continuous(rows: pd.DataFrame, values: pd.Series, groups: pd.Series) -> None:
+    """n, median, IQR, range overall and per group, and the Mann-Whitney p, against ``values``
+    (one per patient, NaN where unknown)."""
+    rows = rows.set_index("column")
+    known = values.dropna()
+    for column in rows.index:
+        part = known if column == "overall" else known[groups.loc[known.index] == column]
+        assert rows.loc[column, "n"] == len(part), column
+        if len(part):
+            median, q1, q3 = _median_iqr(part.to_numpy(float))
+            numbers = [rows.loc[column, k] for k in ("median", "q1", "q3", "min", "max")]
+            assert numbers == pytest.approx([median, q1, q3, part.min(), part.max()]), column
+    parts = [g for _, g in known.groupby(groups.loc[known.index]) if len(g)]
+    if len(parts) == 2:
+        assert rows["p"].iloc[0] == pytest.approx(stats.mannwhitneyu(*parts).pvalue)
+
+
 def test_table3_against_the_timepoints(study):
+    """Every marker at the peak and the CAR-T peak itself, overall, by bridging and within the
+    low-burden patients, recomputed from timepoints.csv and clinical.csv."""
     table = pd.read_csv(study / "outcomes" / "table3_expansion.csv")
     points, clinical = _points(study), _clinical(study)
     bridging = clinical.set_index("patient")["bridging"]
     low = set(clinical.loc[clinical["tumour_burden_after_pct"] <= 5, "patient"])
-    for variable, (tube, population) in {
-        "pd1_pct_of_cd8_car_at_peak": ("function", "CAR_CD8_PD1"),
-        "ki67_pct_of_cd4_car_at_peak": ("function", "CAR_CD4_Ki67"),
-        "scm_pct_of_cd8_car_at_peak": ("memory", "CAR_CD8_SCM"),
-    }.items():
-        expected = pd.Series(_peak_percent(points, tube, population), dtype=float)
-        for section, keep in (("all", expected.index), ("burden_after_class == low", low)):
-            part = expected[expected.index.isin(keep)]
-            rows = table[(table.variable == variable) & (table.section == section)]
-            rows = rows.set_index("column")
-            assert rows.loc["overall", "n"] == len(part)
-            if len(part):
-                assert rows.loc["overall", "median"] == pytest.approx(np.median(part))
-            for level in rows.index.drop("overall"):
-                group = part[part.index.map(bridging) == level]
-                assert rows.loc[level, "n"] == len(group)
+    assert set(table["section"]) == {"all", "burden_after_class == low"}
     # the peak itself: the highest count at or above the LOD, 0 for a non-expander
     car = points[
         (points.tube == "memory") & (points.population == "CAR") & (points.nominal_day >= 0)
     ]
     counted = car.cells_per_ul.where(~car.below_lod.astype(bool), 0.0)
     peak = counted.groupby(car.patient).max()
-    rows = table[(table.variable == "car_t_cmax") & (table.section == "all")].set_index("column")
-    assert rows.loc["overall", "n"] == PATIENTS
-    assert rows.loc["overall", "median"] == pytest.approx(np.median(peak))
+    assert peak.notna().all() and len(peak) == PATIENTS
+    at_peak = {
+        v.name: (v.tube, v.population)
+        for v in OutcomeConfig().patient_variables
+        if v.when == "peak" and v.measure == "percent" and v.name in set(table.variable)
+    }
+    assert {"pd1_pct_of_cd8_car_at_peak", "ki67_pct_of_cd4_car_at_peak"} <= set(at_peak)
+    checked = {"car_t_cmax": peak} | {
+        name: pd.Series(_peak_percent(points, *where), index=bridging.index, dtype=float)
+        for name, where in at_peak.items()
+    }
+    for section, keep in (("all", bridging.index), ("burden_after_class == low", low)):
+        for name, values in checked.items():
+            rows = table[(table.variable == name) & (table.section == section)]
+            _check_continuous(rows, values[values.index.isin(keep)], bridging)
+    rows = table[(table.variable == "car_t_cmax") & (table.section == "all")]
+    assert rows.set_index("column").loc["overall", "n"] == PATIENTS
 
 
 def test_table2_against_clinical_events_and_counts(study):

@@ -129,11 +129,18 @@ def table1(report: OutcomeReport) -> pd.DataFrame:
     return _with_q(describe(report.patients, config.table1_variables, config.table_grouping))
 
 
-def table3(report: OutcomeReport) -> pd.DataFrame:
+def table3(report: OutcomeReport, notes: list[str]) -> pd.DataFrame:
+    """Table 3 overall and within each of ``table3_subgroups``; a subgroup on a known column
+    that this clinical table does not give (e.g. no tumour burden) is skipped with a note."""
+    from pipeline.outcomes.stage import known_names
+
     config, data = report.config, report.patients
     parts = [describe(data, config.table3_variables, config.table_grouping, "all")]
     for name in config.table3_subgroups:
         where = parse_where(config.subgroups[name], "subgroups")
+        if where.column not in data and where.column in known_names(config):
+            notes.append(f"Table 3 within {name} ({where}) not computed: no {where.column} data")
+            continue
         inside = data[where.mask(data)]
         parts.append(describe(inside, config.table3_variables, config.table_grouping, str(where)))
     return _with_q(pd.concat([p for p in parts if not p.empty], ignore_index=True))
@@ -274,7 +281,7 @@ def study_tables(
     return {
         "table1": table1(report),
         "table2_aplasia": table2(report, aplasia),
-        "table3_expansion": table3(report),
+        "table3_expansion": table3(report, notes),
         "aplasia_patients": aplasia,
     }
 
