@@ -246,11 +246,46 @@ def test_table2_against_clinical_events_and_counts(study):
             assert row.censored_at == "relapse" and row.duration_days == relapse - row.onset_day
         if "recovery in remission" in row.category:
             assert row.duration_days == row.loss_day - row.onset_day
-    counts = patients["category"].value_counts()
-    overall = table[(table.section == "categories") & (table.column == "overall")]
-    for r in overall.itertuples():
-        assert r.count == counts.get(r.level, 0)
-        assert r.percent == pytest.approx(100 * r.count / len(patients))
+    # each patient's category from the counts and the clinical events alone: aplasia lost at
+    # the first non-aplastic sample after onset that the next sample does not contradict;
+    # recovery before relapse/HSCT/last follow-up is in remission, else the first of these
+    expected = {}
+    for patient, info in clinical.iterrows():
+        mine = b[b.patient == patient].sort_values("nominal_day")
+        aplastic = (mine.below_lod.astype(bool) | (mine.cells_per_ul <= 1)).to_list()
+        days = mine.actual_day.fillna(mine.nominal_day).to_list()
+        if True not in aplastic:
+            expected[patient] = "no B-cell aplasia"
+            continue
+        onset = aplastic.index(True)
+        loss = next(
+            (days[i] for i in range(onset + 1, len(days))
+             if not aplastic[i] and (i + 1 == len(days) or not aplastic[i + 1])),
+            None,
+        )  # fmt: skip
+        ends = {
+            reason: (pd.to_datetime(info[column]) - infusion[patient]).days
+            for reason, column in (("relapse", "relapse_date"), ("HSCT", "hsct_date"),
+                                   ("follow-up", "last_followup_date"))
+            if pd.notna(info[column])
+        }  # fmt: skip
+        reason, end = min(ends.items(), key=lambda kv: kv[1])
+        if loss is not None and loss <= end:
+            expected[patient] = (
+                f"{'early' if loss <= 180 else 'later'} B-cell recovery in remission"
+            )
+        elif reason == "relapse":
+            negative = str(info["cd19_negative_relapse"]).lower() != "false"
+            expected[patient] = (
+                f"CD19-{'negative' if negative else 'positive'} relapse during aplasia"
+            )
+        else:
+            expected[patient] = "HSCT during aplasia" if reason == "HSCT" else "persistent aplasia"
+    assert patients.set_index("patient")["category"].to_dict() == expected
+    labels = pd.Series(expected)
+    rows = table[table.section == "categories"]
+    assert set(rows["level"]) == set(labels)
+    _check_counts(rows, labels, clinical["bridging"].loc[labels.index])
 
 
 def test_non_expanders_stay_in_the_peak_analyses(study):
