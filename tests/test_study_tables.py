@@ -211,6 +211,11 @@ def test_table3_against_the_timepoints(study):
         name: pd.Series(_peak_percent(points, *where), index=bridging.index, dtype=float)
         for name, where in at_peak.items()
     }
+    scm = points[(points.tube == "memory") & (points.population == "CARneg_CD8_SCM")]
+    for day in (28, 90):  # CD8+ CAR- SCM/µL on the day (below the LOD: 0)
+        on_day = scm[scm.nominal_day == day].set_index("patient")
+        per_ul = on_day.cells_per_ul.where(~on_day.below_lod.astype(bool), 0.0)
+        checked[f"car_neg_cd8_scm_per_ul_d{day}"] = per_ul.reindex(bridging.index)
     for section, keep in (("all", bridging.index), ("burden_after_class == low", low)):
         for name, values in checked.items():
             rows = table[(table.variable == name) & (table.section == section)]
