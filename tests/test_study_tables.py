@@ -304,19 +304,33 @@ def test_non_expanders_stay_in_the_peak_analyses(study):
     assert rows["n"].sum() == PATIENTS
 
 
-def test_landmark_logrank_for_persistence_at_day_90(study):
-    logrank = pd.read_csv(study / "outcomes" / "logrank.csv")
-    row = logrank[(logrank.grouping == "car_t_detected_d90") & (logrank.endpoint == "efs")]
-    assert row["landmark_day"].iloc[0] == 90
-    patients = pd.read_csv(study / "outcomes" / "patients.csv", dtype={"patient": str})
-    at_risk = patients[(patients.efs_days > 90) & patients.car_t_detected_d90.notna()]
-    assert row["n"].iloc[0] == len(at_risk)
+def test_landmark_km_and_logrank_for_persistence_at_day_90(study):
+    """CAR-T detected on day 90 (from timepoints.csv: a count at or above the LOD), compared
+    only among patients event-free and followed beyond day 90, time counted from day 90."""
     from lifelines.statistics import logrank_test
 
-    detected = at_risk.car_t_detected_d90.astype(str) == "True"
-    a, b = at_risk[detected], at_risk[~detected]
-    expected = logrank_test(a.efs_days - 90, b.efs_days - 90, a.efs_event, b.efs_event)
-    assert row["p"].iloc[0] == pytest.approx(expected.p_value)
+    points = _points(study)
+    car = points[(points.tube == "memory") & (points.population == "CAR")]
+    on_day = car[car.nominal_day == 90].set_index("patient")
+    detected = ~on_day.below_lod.astype(bool) & on_day.cells_per_ul.notna()
+    patients = pd.read_csv(study / "outcomes" / "patients.csv", dtype={"patient": str})
+    patients = patients.set_index("patient")
+    logrank = pd.read_csv(study / "outcomes" / "logrank.csv")
+    km = pd.read_csv(study / "outcomes" / "km_estimates.csv")
+    for endpoint in ("efs", "os"):
+        days, event = patients[f"{endpoint}_days"], patients[f"{endpoint}_event"].astype(bool)
+        at_risk = days[(days > 90) & days.index.isin(on_day.index)].index
+        yes = [p for p in at_risk if detected[p]]
+        no = [p for p in at_risk if not detected[p]]
+        row = logrank[(logrank.grouping == "car_t_detected_d90") & (logrank.endpoint == endpoint)]
+        assert row["landmark_day"].iloc[0] == 90 and row["n"].iloc[0] == len(at_risk)
+        expected = logrank_test(days[yes] - 90, days[no] - 90, event[yes], event[no])
+        assert row["p"].iloc[0] == pytest.approx(expected.p_value)
+        curves = km[(km.grouping == "car_t_detected_d90") & (km.endpoint == endpoint)]
+        assert (curves["landmark_day"] == 90).all()
+        assert curves.set_index("level")["n"].to_dict() == {"yes": len(yes), "no": len(no)}
+        figure = study / "outcomes" / f"km_{endpoint}_car_t_detected_d90_landmark90.png"
+        assert figure.stat().st_size > 0
 
 
 def test_no_default_analysis_uses_a_post_infusion_variable_as_baseline():
