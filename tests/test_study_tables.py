@@ -347,6 +347,37 @@ def test_no_default_analysis_uses_a_post_infusion_variable_as_baseline():
         assert landmark_day(name, config) == 0
 
 
+BASELINE = {
+    "overall",
+    "bridging",
+    "burden_before_class",
+    "burden_after_class",
+    "burden_dynamics",
+    "hematotox_score",
+    "hematotox_risk",
+    "hematotox_risk3",
+    *CONTINUOUS_BASELINE,
+}
+
+
+def test_survival_analyses_from_infusion_use_only_baseline_predictors(study):
+    """Every Kaplan-Meier, log-rank and Cox row that counts time from infusion (landmark 0)
+    uses a predictor known at infusion; nothing measured later enters there."""
+    outcomes = study / "outcomes"
+    used = set()
+    for name, column in (
+        ("logrank", "grouping"),
+        ("km_estimates", "grouping"),
+        ("cox", "covariate"),
+    ):
+        table = pd.read_csv(outcomes / f"{name}.csv")
+        names = table.loc[table["landmark_day"] == 0, column].dropna()
+        used |= {n.removesuffix("_cut") for n in names}
+    assert used and used <= BASELINE, sorted(used - BASELINE)
+    landmarked = pd.read_csv(outcomes / "logrank.csv").query("landmark_day > 0")["grouping"]
+    assert {"car_t_detected_d90", "car_t_cmax_cut"} <= set(landmarked)
+
+
 def test_cox_rows_of_post_infusion_variables_are_landmarked(study):
     cox = pd.read_csv(study / "outcomes" / "cox.csv")
     for covariate in ("car_t_cmax", "scm_pct_of_cd8_car_at_peak", "car_t_auc14"):
