@@ -396,10 +396,19 @@ def test_q_values_are_statsmodels_bh(study):
         assert len(tested) > 1
         expected = multipletests(tested["p"], method="fdr_bh")[1]
         assert np.allclose(tested["q"], expected)
+    cox = pd.read_csv(study / "outcomes" / "cox.csv").query("model == 'univariable'")
+    cox = cox[cox["p"].notna()]
+    assert np.allclose(cox["q"], multipletests(cox["p"], method="fdr_bh")[1])
+    for name in ("table1", "table2_aplasia", "table3_expansion"):  # one test per row label
+        table = pd.read_csv(study / "outcomes" / f"{name}.csv")
+        tested = table.drop_duplicates(["section", "variable"]).dropna(subset=["p"])
+        assert len(tested) > 1, name
+        assert np.allclose(tested["q"], multipletests(tested["p"], method="fdr_bh")[1]), name
     counts = pd.read_csv(study / "outcomes" / "multiplicity.csv").set_index("family")
     assert counts.loc["group_tests", "tests"] == len(
         pd.read_csv(study / "outcomes" / "group_tests.csv").dropna(subset=["p"])
     )
+    assert counts.loc["cox_univariable", "tests"] == len(cox)
 
 
 def test_exact_rxc_matches_the_published_job_satisfaction_value():
