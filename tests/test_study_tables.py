@@ -302,6 +302,14 @@ def test_non_expanders_stay_in_the_peak_analyses(study):
     summary = pd.read_csv(study / "outcomes" / "group_summary.csv")
     rows = summary[(summary.variable == "car_t_cmax") & (summary.grouping == "bridging")]
     assert rows["n"].sum() == PATIENTS
+    # ROC (from the D28 landmark): left out only for an event or censoring by day 28, or
+    # censoring before the horizon — never for a peak below the LOD
+    roc = pd.read_csv(study / "outcomes" / "cutpoints.csv")
+    roc = roc[(roc.variable == "car_t_cmax") & (roc.endpoint == "efs")].iloc[0]
+    patients = pd.read_csv(study / "outcomes" / "patients.csv")
+    censored = (patients.efs_days < roc.horizon_days) & ~patients.efs_event.astype(bool)
+    unknown = (patients.efs_days <= 28) | censored
+    assert roc.roc_n == PATIENTS - unknown.sum() and roc.excluded == unknown.sum()
 
 
 def test_landmark_km_and_logrank_for_persistence_at_day_90(study):
