@@ -807,25 +807,10 @@ class ArrivalWatch:
         return ready
 
 
-OUTCOME_COLUMNS = {
-    "car_t_cmax": "cmax_car_t_per_ul",
-    "car_t_tmax_day": "tmax_day",
-    "car_t_auc14": "auc14_car_t",
-    "car_t_auc28": "auc28_car_t",
-    "car_t_persistence_day": "persistence_day",
-}
-
-
 def outcome_inputs(follow: FollowUp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-patient table and the CAR-T expansion points the outcome stage reads."""
-    patients = follow.kinetics.rename(columns=OUTCOME_COLUMNS)
-    points = follow.timepoints
-    if len(points):
-        points = points[(points.tube == "memory") & (points.population == "CAR")]
-        points = points.rename(columns={"cells_per_ul": "car_t_per_ul"})[
-            ["patient", "nominal_day", "car_t_per_ul"]
-        ]
-    return patients, points
+    """The per-patient table (kinetics.csv's columns, under the same names) and the timepoint
+    table the outcome stage reads."""
+    return follow.kinetics, follow.timepoints
 
 
 def outcomes_stage(

@@ -1202,7 +1202,7 @@ def outcomes(
     """Outcome correlation: group comparisons, ROC cut-points, Kaplan-Meier, log-rank, Cox.
 
     The per-patient variables come from the store with the same count and AUC options as
-    `kinetics`; timepoints and kinetics tables are written beside the outcome folder."""
+    `kinetics`; the timepoints and kinetics tables they come from are written into --out."""
     from pipeline.batch import follow_up, outcomes_stage
     from pipeline.store import Store
 
@@ -1224,7 +1224,7 @@ def outcomes(
             follow = follow_up(
                 store,
                 run_id,
-                out.parent,
+                out,
                 clinical=clinical,
                 options=options,
                 haematology=haematology,

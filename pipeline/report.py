@@ -174,11 +174,11 @@ def write_report(
             title="Patients", root="", patients=patients, **common
         ),
     )
-    figures, tables = _outcomes(report_dir, outcomes_dir)
+    figures, tables, fragments = _outcomes(report_dir, outcomes_dir)
     write_text(
         report_dir / "cohort.html",
         env.get_template("cohort.html").render(
-            title="Cohort", root="", figures=figures, tables=tables, **common
+            title="Cohort", root="", figures=figures, tables=tables, fragments=fragments, **common
         ),
     )
     summary = {
@@ -355,9 +355,17 @@ def _summary_column(column: str) -> bool:
     return column.startswith(("car_t_", "b_cell")) or "pct" in column or column == "expanded"
 
 
+OUTCOME_FRAGMENTS = ("summary", "table1", "table2_aplasia", "table3_expansion")
+
+
 def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     if outcomes_dir is None or not outcomes_dir.is_dir():
-        return [], []
+        return [], [], []
+    fragments = [
+        (outcomes_dir / f"{name}.html").read_text(encoding="utf-8")
+        for name in OUTCOME_FRAGMENTS
+        if (outcomes_dir / f"{name}.html").is_file()
+    ]
     figures = sorted(outcomes_dir.glob("*.png"))
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
@@ -368,4 +376,4 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
         tables.append(
             (csv.stem, frame.head(200).to_html(index=False, na_rep="", float_format="%.4g"))
         )
-    return [os.path.relpath(f, report_dir) for f in figures], tables
+    return [os.path.relpath(f, report_dir) for f in figures], tables, fragments
