@@ -1,9 +1,15 @@
 """Automated gating of real files against an expert's manual gates: the Activation set.
 
 Gates ``real-data/activation/`` files 1-16 and 33 with ``panels/templates/activation.yaml``
-(no coordinates of its own) and prints, per file and population, the F1 against the expert's
-per-event gates (``truth/Activation_N.parquet``), the review flags, and CD69+ counts against
-the expert's with exact Poisson 95 % intervals.
+(no coordinates of its own) from a lab configuration folder, as ``cartflow pool`` and
+``cartflow gate --config DIR --cuts`` do, and prints, per file and population, the F1 against
+the expert's per-event gates (``truth/Activation_N.parquet``), the review flags, and CD69+
+counts against the expert's with exact Poisson 95 % intervals.
+
+The viability cuts (``VIABILITY``) are placed once on the pooled single cells of the stained
+files (openCyto's groupBy, as the expert drew one dead-cell gate on the pooled files): the
+dying cells' smear between live and dead grows with stimulation, so a valley edge placed
+per file moves with it, while the stain's live/dead line is one for the batch.
 
 Usage: python bench/real_gating.py [--data ../shared/real-data/activation]
 """
@@ -12,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +28,21 @@ import numpy as np
 import pandas as pd
 
 from bench.accuracy import poisson_interval
-from gating.auto import place
+from gating.placement import ThresholdDecision
 from gating.placer import ChannelMap
-from gating.template import load_template
-from pipeline.fcs import read_fcs
+from pipeline.config import LabConfig, init_config, load_config
+from pipeline.gate import gate_file as gate_sample
+from pipeline.pooling import pool_cuts
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "real-data" / "activation"
 TEMPLATE = Path(__file__).resolve().parents[1] / "panels" / "templates" / "activation.yaml"
 JUDGED = ("Cells", "Single Cells", "Live Cells", "T Cells", "CD4 T Cells", "CD8 T Cells",
           "Dendritic Cells")  # fmt: skip
 SMALL = ("CD69+ CD4 T Cells", "CD69+ CD8 T Cells")
-FILES = (*range(1, 17), 33)
+STAINED = tuple(range(1, 17))
+FILES = (*STAINED, 33)
+VIABILITY = ("Hoechst-405", "Hoechst-430")
+"""Cuts placed on the stained files pooled (the dead-cell line of the batch)."""
 
 
 @dataclass(frozen=True)
@@ -49,13 +61,31 @@ class FileResult:
 
 def channel_map(data: Path, channel_names: list[str]) -> ChannelMap:
     """Markers per channel from the experiment's ``Activation-Experiment-Markers.csv``."""
-    with (data / "Activation-Experiment-Markers.csv").open(encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["Marker"] not in ("", "NA")]
-    markers = {r["Marker"]: r["Channel"] for r in rows}
+    markers = {r["Marker"]: r["Channel"] for r in _marker_rows(data)}
     fluorescence = tuple(
         c for c in channel_names if c != "Time" and not c.startswith(("FSC", "SSC"))
     )
     return ChannelMap(markers, fluorescence, "FSC-A", "FSC-H", "SSC-A", "Time")
+
+
+def _marker_rows(data: Path) -> list[dict[str, str]]:
+    with (data / "Activation-Experiment-Markers.csv").open(encoding="utf-8") as handle:
+        return [r for r in csv.DictReader(handle) if r["Marker"] not in ("", "NA")]
+
+
+def write_lab_config(folder: Path, data: Path = DATA, template_path: Path = TEMPLATE) -> Path:
+    """A lab configuration folder: the shipped one plus the experiment's panel (from its
+    markers file) and the Activation template."""
+    init_config(folder)
+    lines = [f"  - {{channel: {r['Channel']}, marker: {r['Marker']}}}" for r in _marker_rows(data)]
+    (folder / "activation.yaml").write_text(
+        "id: activation\nversion: 1\ntube: activation\ntube_names: [activation]\n"
+        "beads: false\nmarker_labels: optional\ncytometer: LSRII\n"
+        "scatter: [FSC-A, FSC-H, SSC-A]\ntime: Time\nchannels:\n" + "\n".join(lines) + "\n",
+        encoding="utf-8",
+    )
+    shutil.copy(template_path, folder / "templates" / "activation.yaml")
+    return folder
 
 
 def _f1(truth: np.ndarray, gated: np.ndarray) -> float:
@@ -64,25 +94,43 @@ def _f1(truth: np.ndarray, gated: np.ndarray) -> float:
     return 1.0 if total == 0 else 2 * both / total
 
 
-def gate_file(number: int, data: Path = DATA, template_path: Path = TEMPLATE) -> FileResult:
-    """One Activation file gated with the template and compared with the expert's gates."""
-    template = load_template(template_path)
-    fcs = read_fcs(data / f"Activation_{number}.fcs")
-    spill = (fcs.spillover.channels, fcs.spillover.matrix) if fcs.spillover else None
-    channels = channel_map(data, list(fcs.channel_names))
-    placed, result = place(template, fcs.events, fcs.channel_names, channels, spill)
+def pooled_viability(data: Path, config: LabConfig) -> dict[str, ThresholdDecision]:
+    """The viability cuts placed once on the stained files' pooled single cells."""
+    paths = [data / f"Activation_{n}.fcs" for n in STAINED]
+    return pool_cuts(paths, VIABILITY, tube="activation", config=config)
+
+
+def gate_file(
+    number: int,
+    data: Path,
+    config: LabConfig,
+    cuts: dict[str, ThresholdDecision] | None = None,
+) -> FileResult:
+    """One Activation file gated with the configuration's template (``cuts`` as given) and
+    compared with the expert's gates."""
+    gated = gate_sample(
+        data / f"Activation_{number}.fcs", tube="activation", fixed_cuts=cuts, config=config
+    )
     truth = pd.read_parquet(data / "truth" / f"Activation_{number}.parquet")
     f1, counts = {}, {}
     for population in (*JUDGED, *SMALL):
         expert = truth[population].to_numpy(bool)
-        gated = (
-            np.asarray(result.mask(population), dtype=bool)
-            if population in placed.populations
+        gated_mask = (
+            np.asarray(gated.result.mask(population), dtype=bool)
+            if population in gated.placed.populations
             else np.zeros(len(expert), dtype=bool)
         )
-        f1[population] = _f1(expert, gated)
-        counts[population] = (int(gated.sum()), int(expert.sum()))
-    return FileResult(number, f1, counts, tuple(placed.flags))
+        f1[population] = _f1(expert, gated_mask)
+        counts[population] = (int(gated_mask.sum()), int(expert.sum()))
+    return FileResult(number, f1, counts, tuple(gated.placed.flags))
+
+
+def gate_all(data: Path = DATA) -> list[FileResult]:
+    """Every file of ``FILES`` gated, the viability cuts pooled over the stained files."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = load_config(write_lab_config(Path(folder) / "lab", data))
+        cuts = pooled_viability(data, config)
+        return [gate_file(n, data, config, cuts) for n in FILES]
 
 
 def table(results: list[FileResult]) -> pd.DataFrame:
@@ -107,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
-    results = [gate_file(n, args.data) for n in FILES]
+    results = gate_all(args.data)
     frame = table(results)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.to_string(index=False))

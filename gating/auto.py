@@ -22,6 +22,7 @@ gates (``implausible:``) and populations that could not be gated (``not_gated:``
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -141,10 +142,23 @@ def place(
     compensation multiply), where waking a second thread costs more than it saves (the
     values do not depend on the thread count).
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
+    with _thread_pools().limit(limits=1):
         return _place(template, events, channel_names, channels, spill, fixed_cuts)
+
+
+_POOLS: dict = {}
+
+
+def _thread_pools():
+    """The process's BLAS/OpenMP thread pools. Finding them takes milliseconds (threadpoolctl
+    scans every loaded library), so they are found again only after more modules were
+    imported (a new extension module may bring its own pool)."""
+    from threadpoolctl import ThreadpoolController
+
+    if _POOLS.get("modules") != len(sys.modules):
+        _POOLS["controller"] = ThreadpoolController()
+        _POOLS["modules"] = len(sys.modules)
+    return _POOLS["controller"]
 
 
 def _place(

@@ -5,17 +5,20 @@ How the work is kept small:
 - Events stay float32. Each compensated column (one matrix multiply per compensation) and each
   ratio column is computed once per evaluation and cached; transformed values asked for on
   most of the events are cached per event, so those are not transformed twice for an axis.
-- A gate is evaluated only on its parent's events (index them, evaluate, scatter back), so a
-  deep hierarchy costs about the size of its populations, not gates x events.
 - Every Gating-ML scale transformation is monotone increasing, so a range on a transformed axis
   is the same range on the untransformed axis at the inverse-transformed cut. Range, rectangle
   and quadrant gates are evaluated that way, without transforming events. Events within a hair
   of a mapped cut (a relative band of 1e-7 of the scale) are transformed and compared with the
   cut as written, so membership is exactly what comparing transformed values gives.
-- Polygons and ellipsoids transform only their own axes, and only on their parent's events,
-  chunk by chunk, so no full-size float64 copy of an axis is made.
-- Memory stays a small multiple of the event matrix: masks are kept packed (one bit per
-  event); only the masks and event indices used last are kept unpacked.
+- Masks are packed (one bit per event). Each side of a cut is computed once over its whole
+  column and kept for the gates that follow (phenotypes share their cuts); a range, rectangle
+  or quadrant is its parent's bits ANDed with its sides' bits, a boolean gate its operands'
+  bits combined within its parent's: no event values are gathered and no masks scattered.
+- Polygons and ellipsoids transform only their own axes, and only on those of their parent's
+  events that lie within their bounding box (mapped to raw values, slightly widened), chunk by
+  chunk, so no full-size float64 copy of an axis is made.
+- Memory stays a small multiple of the event matrix: population masks and sides of cuts are
+  packed; only the event indices of the populations used last are kept.
 
 Gating-ML semantics: ranges are min <= x < max; polygons use the even-odd rule with edges
 crossed half-open in y (the convention of flowutils); ellipsoids include their boundary;
@@ -64,8 +67,8 @@ SMALL_REQUEST = 4
 SHAPE_CHUNK = 1 << 14
 """Events per chunk of a polygon or ellipsoid test (bounds its float64 temporaries)."""
 
-RECENT_MASKS = 8
-"""Unpacked masks kept for the populations used last (boolean gates and children use them)."""
+SIDES = 64
+"""Sides of cuts kept (packed, one bit per event each) for the gates that follow."""
 
 RECENT_POSITIONS = 4
 """Event indices kept for the parents used last."""
@@ -351,69 +354,68 @@ def _floor(value: float, dtype: np.dtype) -> float | np.floating:
 
 @dataclass(frozen=True)
 class _Side:
-    mask: np.ndarray
+    """One side of one cut, over all events: packed membership, the cut in raw units, and
+    the events so near a mapped cut that their transformed values decided them."""
+
+    packed: np.ndarray
     raw_cut: float | None
-    boundary_events: int
+    near: np.ndarray
     space: Literal["raw", "transformed"]
 
 
-def _side(
-    columns: _Columns,
-    axis: Axis,
-    idx: np.ndarray | None,
-    cut: float,
-    *,
-    upper: bool,
-    raw_space: bool,
-) -> _Side:
-    """Events (of ``idx``) whose transformed value is >= cut (or < cut when ``upper``)."""
+_NONE = np.empty(0, dtype=np.intp)
+
+
+def _side(columns: _Columns, axis: Axis, cut: float, *, upper: bool, raw_space: bool) -> _Side:
+    """Events whose transformed value is >= cut (or < cut when ``upper``), over all events."""
     transform = columns.transform(axis)
-    x = columns.raw(axis, idx)
+    x = columns.raw(axis, None)
     if transform is None:
         with np.errstate(invalid="ignore"):
             threshold = _ceil(cut, x.dtype)
-            return _Side(x < threshold if upper else x >= threshold, cut, 0, "raw")
+            inside = x < threshold if upper else x >= threshold
+        return _Side(np.packbits(inside), cut, _NONE, "raw")
     raw_cut = float(transform.inverse(np.array([cut]))[0]) if raw_space else math.nan
     if not math.isfinite(raw_cut):
-        y = columns.transformed(axis, idx)
+        y = columns.transformed(axis, None)
         with np.errstate(invalid="ignore"):
-            return _Side(y < cut if upper else y >= cut, None, 0, "transformed")
+            return _Side(np.packbits(y < cut if upper else y >= cut), None, _NONE, "transformed")
     half = BOUNDARY_BAND * (abs(raw_cut) + transform.top)
     low, high = _floor(raw_cut - half, x.dtype), _ceil(raw_cut + half, x.dtype)
     with np.errstate(invalid="ignore"):
-        if upper:
-            mask = x < low
-            if transform.domain_min > -math.inf:  # flog: undefined (NaN) below 0
-                mask &= x >= transform.domain_min
-        else:
-            mask = x >= high
-        near = np.flatnonzero((x >= low) & (x < high))
-        if near.size:
-            y = columns.transformed(axis, near if idx is None else idx[near])
-            mask[near] = y < cut if upper else y >= cut
-    return _Side(mask, raw_cut, int(near.size), "raw")
+        inside = x < low if upper else x >= high  # clear of the band around the cut
+        wider = x < high if upper else x >= low  # ... and the band's events too
+        near = _NONE
+        if np.count_nonzero(wider) != np.count_nonzero(inside):
+            near = np.flatnonzero(wider & ~inside)
+        if upper and transform.domain_min > -math.inf:  # flog: undefined (NaN) below 0
+            inside &= x >= transform.domain_min
+    if near.size:
+        y = columns.transformed(axis, near)
+        inside[near] = y < cut if upper else y >= cut
+    return _Side(np.packbits(inside), raw_cut, near, "raw")
+
+
+def _bits(packed: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The bits of events ``idx`` in a packed mask (0 or 1 each)."""
+    return (packed[idx >> 3] >> (7 - (idx & 7)).astype(np.uint8)) & 1
 
 
 SideFn = Callable[[Axis, float, bool], _Side]
 
 
 def _bounds_mask(
-    bounds: Sequence[Bound], size: int, side: SideFn
+    bounds: Sequence[Bound], parent: np.ndarray, side: SideFn
 ) -> tuple[np.ndarray, tuple[AxisCut, ...]]:
-    """AND of min <= value < max over the bounds, on ``size`` events, with one AxisCut each."""
-    mask: np.ndarray | None = None
+    """The parent's events with min <= value < max on every bound (packed), one AxisCut each."""
+    mask = parent.copy()
     cuts = []
     for bound in bounds:
         low = side(bound.axis, bound.min, False) if bound.min is not None else None
         high = side(bound.axis, bound.max, True) if bound.max is not None else None
-        for part in (low, high):
-            if part is None:
-                continue
-            if mask is None:
-                mask = part.mask.copy()  # a cached side may be shared: never modify it
-            else:
-                mask &= part.mask
         parts = [s for s in (low, high) if s is not None]
+        for part in parts:
+            np.bitwise_and(mask, part.packed, out=mask)
         cuts.append(
             AxisCut(
                 axis=bound.axis.label,
@@ -422,15 +424,41 @@ def _bounds_mask(
                 raw_min=low.raw_cut if low else None,
                 raw_max=high.raw_cut if high else None,
                 space="transformed" if any(s.space == "transformed" for s in parts) else "raw",
-                boundary_events=sum(s.boundary_events for s in parts),
+                boundary_events=sum(int(_bits(parent, s.near).sum()) for s in parts),
             )
         )
-    if mask is None:
-        mask = np.ones(size, dtype=bool)
     return mask, tuple(cuts)
 
 
 # ------------------------------------------------------------------------------ shapes
+
+
+Extent = tuple[tuple[float, ...], tuple[float, ...]]
+"""A shape's bounding box: its lowest and highest value on each axis."""
+
+EXTENT_MARGIN = 1e-5
+"""How much a shape's extent is widened (relative) before events outside it are skipped."""
+
+
+def polygon_extent(vertices: Sequence[tuple[float, float]]) -> Extent:
+    """The bounding box of a polygon's vertices (no point outside it is inside)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    return tuple(v.min(axis=0).tolist()), tuple(v.max(axis=0).tolist())
+
+
+def ellipsoid_extent(
+    mean: Sequence[float], covariance: Sequence[Sequence[float]], distance_square: float
+) -> Extent | None:
+    """mean +- sqrt(distance_square * covariance_ii) per axis: the bounding box of an
+    ellipsoid with a symmetric, positive definite covariance (None for any other)."""
+    matrix = np.asarray(covariance, dtype=np.float64)
+    if not (distance_square >= 0 and np.array_equal(matrix, matrix.T)):
+        return None
+    if not np.all(np.linalg.eigvalsh(matrix) > 0):
+        return None
+    half = np.sqrt(distance_square * np.diag(matrix))
+    centre = np.asarray(mean, dtype=np.float64)
+    return tuple((centre - half).tolist()), tuple((centre + half).tolist())
 
 
 def points_in_polygon(
@@ -500,10 +528,12 @@ def _check_events(events: np.ndarray, channel_names: Sequence[str]) -> np.ndarra
 
 
 class _Evaluation:
-    """Masks so far, and the event indices of each population, for one evaluate() call.
+    """Masks so far (packed, one bit per event), counts and evidence for one evaluate() call.
 
-    Masks are kept packed (one bit per event); the masks and event indices used last are
-    kept unpacked as well, since the next gates (children, boolean combinations) use them.
+    Ranges, rectangles, quadrants and booleans are combined on packed masks over all events:
+    each side of a cut is computed once on its whole column and kept (a cut shared by several
+    gates costs one compare), and a gate is its parent's bits ANDed with its sides' bits.
+    Polygons and ellipsoids are tested on their parent's events only.
     """
 
     def __init__(self, columns: _Columns, raw_space: bool) -> None:
@@ -514,20 +544,16 @@ class _Evaluation:
         self.counts: dict[str, int] = {}
         self.parents: dict[str, str | None] = {}
         self.diagnostics: dict[str, GateDiagnostics] = {}
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._everything = np.packbits(np.ones(self.n, dtype=bool))
+        self._sides: OrderedDict[tuple[Axis, float, bool], _Side] = OrderedDict()
         self._positions: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def mask(self, population: str) -> np.ndarray:
-        """A population's (read-only) mask over all events."""
-        full = self._recent.get(population)
-        if full is None:
-            full = np.unpackbits(self.packed[population], count=self.n).view(bool)
-            full.setflags(write=False)
-        self._keep(self._recent, population, full, RECENT_MASKS)
-        return full
+    def bits(self, population: str | None) -> np.ndarray:
+        """A population's packed mask (None: all events); not to be modified."""
+        return self._everything if population is None else self.packed[population]
 
     @staticmethod
-    def _keep(cache: OrderedDict, key: str, value: np.ndarray, size: int) -> None:
+    def _keep(cache: OrderedDict, key, value, size: int) -> None:
         cache[key] = value
         cache.move_to_end(key)
         while len(cache) > size:
@@ -539,86 +565,88 @@ class _Evaluation:
             return None
         found = self._positions.get(population)
         if found is None:
-            found = np.flatnonzero(self.mask(population))
+            bits = np.unpackbits(self.packed[population], count=self.n).view(bool)
+            found = np.flatnonzero(bits)  # on bool: many times faster than on uint8
             if self.n < 2**31:
                 found = found.astype(np.int32)
         self._keep(self._positions, population, found, RECENT_POSITIONS)
         return found
 
-    def record(
-        self, population: str, gate: Gate, idx: np.ndarray | None, local: np.ndarray, **evidence
-    ) -> None:
-        """Scatter a mask over the parent's events back to all events and keep its evidence."""
-        if local.dtype != bool:
-            local = local.astype(bool)
-        if idx is None:
-            full = local
-        else:
-            full = np.zeros(self.n, dtype=bool)
-            full[idx] = local  # idx holds each event once: the same as full[idx[local]] = True
-        full.setflags(write=False)
-        count = int(np.count_nonzero(local))
-        self.packed[population] = np.packbits(full)
+    def record(self, population: str, gate: Gate, packed: np.ndarray, **evidence) -> None:
+        """Keep a population's packed mask (within its parent's), count and evidence."""
+        count = int(np.bitwise_count(packed).sum())
+        self.packed[population] = packed
         self._positions.pop(population, None)
-        self._keep(self._recent, population, full, RECENT_MASKS)
         self.counts[population] = count
         self.parents[population] = gate.parent
         self.diagnostics[population] = GateDiagnostics(
             population=population,
             gate=gate,
             parent=gate.parent,
-            evaluated_events=self.n if idx is None else int(idx.size),
+            evaluated_events=self._parent_count(gate.parent),
             count=count,
             **evidence,
         )
+
+    def _parent_count(self, parent: str | None) -> int:
+        return self.n if parent is None else self.counts[parent]
+
+    def _scatter(self, idx: np.ndarray | None, local: np.ndarray) -> np.ndarray:
+        """A mask over the parent's events ``idx``, packed over all events."""
+        if idx is None:
+            return np.packbits(local)
+        full = np.zeros(self.n, dtype=bool)
+        full[idx] = local
+        return np.packbits(full)
 
     def forget(self, population: str) -> None:
         """Drop a population's mask, count and evidence."""
         for kept in (self.packed, self.counts, self.parents, self.diagnostics):
             del kept[population]
-        self._recent.pop(population, None)
         self._positions.pop(population, None)
 
     def run(self, gate: Gate) -> None:
         """Evaluate one gate on its parent's events."""
-        idx = self.positions(gate.parent)
-        size = self.n if idx is None else idx.size
+        parent = self.bits(gate.parent)
         if isinstance(gate, RangeGate | RectangleGate):
-            mask, cuts = _bounds_mask(gate.bounds, size, self._sides(idx))
-            self.record(gate.id, gate, idx, mask, cuts=cuts, notes=self._notes(gate.axes))
+            mask, cuts = _bounds_mask(gate.bounds, parent, self._side)
+            self.record(gate.id, gate, mask, cuts=cuts, notes=self._notes(gate.axes))
         elif isinstance(gate, PolygonGate):
             mask, transformed = self._shape(
-                gate.axes, idx, size, lambda v: points_in_polygon(v[0], v[1], gate.vertices)
+                gate.axes,
+                gate.parent,
+                polygon_extent(gate.vertices),
+                lambda v: points_in_polygon(v[0], v[1], gate.vertices),
             )
             self.record(
-                gate.id, gate, idx, mask, transformed_axes=transformed, notes=self._notes(gate.axes)
+                gate.id, gate, mask, transformed_axes=transformed, notes=self._notes(gate.axes)
             )
         elif isinstance(gate, EllipsoidGate):
             mask, transformed = self._shape(
                 gate.axes,
-                idx,
-                size,
+                gate.parent,
+                ellipsoid_extent(gate.mean, gate.covariance, gate.distance_square),
                 lambda v: points_in_ellipsoid(v, gate.mean, gate.covariance, gate.distance_square),
             )
             notes = self._notes(gate.axes)
             if not np.array_equal(np.array(gate.covariance), np.array(gate.covariance).T):
                 notes += ("covariance matrix is not symmetric; its inverse was used as given",)
-            self.record(gate.id, gate, idx, mask, transformed_axes=transformed, notes=notes)
+            self.record(gate.id, gate, mask, transformed_axes=transformed, notes=notes)
         elif isinstance(gate, QuadrantGate):
-            self._quadrants(gate, idx, size)
+            self._quadrants(gate, parent)
         elif isinstance(gate, BooleanGate):
             parts = [
-                self.mask(ref.gate) if idx is None else self.mask(ref.gate)[idx]
+                ~self.packed[ref.gate] if ref.complement else self.packed[ref.gate]
                 for ref in gate.refs
             ]
-            parts = [~p if ref.complement else p for p, ref in zip(parts, gate.refs, strict=True)]
             if gate.op == "not":
                 mask = ~parts[0]
             elif gate.op == "and":
-                mask = np.logical_and.reduce(parts)
+                mask = np.bitwise_and.reduce(parts)
             else:
-                mask = np.logical_or.reduce(parts)
-            self.record(gate.id, gate, idx, mask)
+                mask = np.bitwise_or.reduce(parts)
+            # within the parent (which also clears the pad bits a complement set)
+            self.record(gate.id, gate, np.bitwise_and(mask, parent, out=mask))
         else:  # pragma: no cover - the model admits no other gate
             raise GatingError(f"gate {gate.id!r}", f"unsupported gate type {type(gate).__name__}")
 
@@ -628,12 +656,23 @@ class _Evaluation:
     def _shape(
         self,
         axes: Sequence[Axis],
-        idx: np.ndarray | None,
-        size: int,
+        parent: str | None,
+        extent: Extent | None,
         test: Callable[[list[np.ndarray]], np.ndarray],
     ) -> tuple[np.ndarray, tuple[str, ...]]:
-        """A shape test on the transformed values of ``axes``, chunk by chunk of events (the
-        same values, without full-size float64 copies of every axis at once)."""
+        """A shape test on the transformed values of ``axes``, packed over all events.
+
+        Only the parent's events within the shape's extent (its bounding box, mapped to raw
+        values) are transformed and tested, chunk by chunk (no full-size float64 copy of
+        every axis at once); the others lie outside the shape."""
+        if extent is None:
+            idx = self.positions(parent)
+        else:
+            candidates = self.bits(parent).copy()
+            for axis, low, high in zip(axes, *extent, strict=True):
+                np.bitwise_and(candidates, self._within(axis, low, high), out=candidates)
+            idx = np.flatnonzero(np.unpackbits(candidates, count=self.n).view(bool))
+        size = self.n if idx is None else idx.size
         mask = np.empty(size, dtype=bool)
         for start in range(0, size, SHAPE_CHUNK):
             stop = min(start + SHAPE_CHUNK, size)
@@ -641,37 +680,50 @@ class _Evaluation:
             values = [self.columns.transformed(axis, part, cache=False) for axis in axes]
             mask[start:stop] = test(values)
         transformed = tuple(axis.label for axis in axes if axis.transform is not None)
-        return mask, transformed
+        return self._scatter(idx, mask), transformed
 
-    def _sides(self, idx: np.ndarray | None) -> SideFn:
-        """A cut evaluator on the events ``idx`` that computes each (axis, cut, side) once."""
-        done: dict[tuple[Axis, float, bool], _Side] = {}
+    def _within(self, axis: Axis, low: float, high: float) -> np.ndarray:
+        """Packed: the events whose transformed value may lie in [low, high]; every other
+        event's provably does not (the range is widened a little before it is mapped to raw
+        values, so rounding in the transform and its inverse cannot matter)."""
+        margin = EXTENT_MARGIN * (high - low + abs(low) + abs(high)) + EXTENT_MARGIN**2
+        low, high = low - margin, high + margin
+        transform = self.columns.transform(axis)
+        if transform is not None:
+            low, high = (float(v) for v in transform.inverse(np.array([low, high])))
+        x = self.columns.raw(axis, None)
+        keep = np.ones(self.n, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            if not math.isnan(low):  # NaN bounds (an undefined inverse) exclude nothing
+                keep &= x >= _floor(low, x.dtype)
+            if not math.isnan(high):
+                keep &= x <= _ceil(high, x.dtype)
+        return np.packbits(keep)
 
-        def side(axis: Axis, cut: float, upper: bool) -> _Side:
-            key = (axis, cut, upper)
-            if key not in done:
-                done[key] = _side(
-                    self.columns, axis, idx, cut, upper=upper, raw_space=self.raw_space
-                )
-            return done[key]
+    def _side(self, axis: Axis, cut: float, upper: bool) -> _Side:
+        """One side of a cut over all events, computed once while it is among those used
+        last (gates on the same marker share their cuts)."""
+        key = (axis, cut, upper)
+        found = self._sides.get(key)
+        if found is None:
+            found = _side(self.columns, axis, cut, upper=upper, raw_space=self.raw_space)
+        self._keep(self._sides, key, found, SIDES)
+        return found
 
-        return side
-
-    def _quadrants(self, gate: QuadrantGate, idx: np.ndarray | None, size: int) -> None:
-        side = self._sides(idx)
+    def _quadrants(self, gate: QuadrantGate, parent: np.ndarray) -> None:
         axes = {d.id: d.axis for d in gate.dividers}
         all_cuts: list[AxisCut] = []
         for quadrant in gate.quadrants:
             bounds = [Bound(axes[r.divider], r.min, r.max) for r in quadrant.ranges]
-            mask, cuts = _bounds_mask(bounds, size, side)
+            mask, cuts = _bounds_mask(bounds, parent, self._side)
             notes = self._notes([axes[r.divider] for r in quadrant.ranges])
-            self.record(quadrant.id, gate, idx, mask, cuts=cuts, notes=notes)
+            self.record(quadrant.id, gate, mask, cuts=cuts, notes=notes)
             all_cuts.extend(cuts)
         self.diagnostics[gate.id] = GateDiagnostics(
             population=gate.id,
             gate=gate,
             parent=gate.parent,
-            evaluated_events=size,
+            evaluated_events=self._parent_count(gate.parent),
             count=sum(self.counts[q.id] for q in gate.quadrants),
             cuts=tuple(all_cuts),
             notes=self._notes([d.axis for d in gate.dividers]),
@@ -758,9 +810,16 @@ class Evaluator:
         idx = self._evaluation.positions(population)
         return np.arange(self._columns.n) if idx is None else idx
 
-    def raw_values(self, axis: Axis) -> np.ndarray:
-        """Compensated, untransformed values of an axis for every event (computed once)."""
-        return self._columns.raw(axis, None)
+    def raw_values(self, axis: Axis, population: str | None = None) -> np.ndarray:
+        """Compensated, untransformed values of an axis, as stored (float32 or float64), on
+        a population's events (None: every event; that column is computed once and kept,
+        so it is returned read-only)."""
+        idx = self._evaluation.positions(population)
+        if idx is not None:
+            return self._columns.raw(axis, idx)
+        column = self._columns.raw(axis, None).view()
+        column.setflags(write=False)
+        return column
 
     def values(self, axis: Axis, population: str | None, limit: int | None = None) -> np.ndarray:
         """Transformed values of an axis on a population's events (an even subsample of at

@@ -92,8 +92,9 @@ class Parent:
         return self.evaluator.values(axis, population, limit)
 
     def raw(self, channel: str) -> np.ndarray:
-        """Every parent event's raw value of one channel."""
-        return self.evaluator.values(Dimension(channel), self.population)
+        """Every parent event's raw value of one channel, as stored (float32 or float64;
+        read-only)."""
+        return self.evaluator.raw_values(Dimension(channel), self.population)
 
     def count(self, population: str) -> int:
         return self.evaluator.count(population)

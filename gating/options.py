@@ -52,6 +52,10 @@ class CellsOptions:
     min_share: float = 0.2
     """A fit keeping less of its parent starts again from the data; still less: flagged
     ``implausible:``."""
+    start: str = "anchors"
+    """``anchors``: the clusters start where ``clusters`` puts them; ``data``: that layout
+    is only relative (FSC ratios, log-SSC offsets), moved onto the sample's densest scatter
+    (each kept cluster tried there, the likeliest fit kept), no instrument's positions."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ CHOICES = {
     "units": ("transformed", "data"),
     "pick": ("largest", "densest", "nearest"),
     "quarter": ("++", "+-", "-+", "--"),
+    "start": ("anchors", "data"),
 }
 """Options that hold exactly two values."""
 

@@ -42,6 +42,8 @@ MIN_PARENT = 200
 """Parents smaller than this are not judged for implausible cuts."""
 NEAR_EMPTY = 0.002
 """A side holding at most this share of its parent counts as (nearly) empty."""
+SIDE_SHARE = 0.05
+"""Share of the data a cut was placed on that must lie on a side for a mode there to count."""
 
 __all__ = [
     "ESTIMATE_LIMIT", "FLUOR", "PART", "SSC_LOG", "ChannelMap", "Placer", "place_threshold",
@@ -326,9 +328,18 @@ class Placer:
         flag = f"implausible:{condition.marker}"
         if decision is None or condition.level not in ("+", "-") or flag in self.flags:
             return
-        modes = decision.evidence.get("modes") or decision.evidence.get("means") or ()
+        evidence = decision.evidence
+        if evidence.get("estimated_on", spec.parent) != spec.parent:
+            return  # placed on another population: a subset may well be empty on one side
+        modes = evidence.get("modes") or evidence.get("means") or ()
         above = condition.level == "+"
         on_side = [m for m in modes if (m >= decision.value) == above]
+        grid = np.asarray(evidence.get("grid", ()), dtype=np.float64)
+        density = np.asarray(evidence.get("density", ()), dtype=np.float64)
+        if grid.size and grid.size == density.size and density.sum() > 0:
+            side = (grid >= decision.value) == above
+            if density[side].sum() < SIDE_SHARE * density.sum():
+                return  # the mode there is a bump of a few events, not a population
         kept = self.evaluator.count(gate_id)
         if on_side and parent >= MIN_PARENT and kept <= NEAR_EMPTY * parent:
             self.flags.append(flag)

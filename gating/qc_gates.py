@@ -40,7 +40,7 @@ def stable_flow(parent: Parent, options: StableFlowOptions) -> Placement:
     finite = np.isfinite(t) & np.isfinite(ssc) & np.isfinite(fsc)
     if not finite.all():
         t, ssc, fsc = t[finite], ssc[finite], fsc[finite]
-    ssc = np.log10(np.clip(ssc, 1.0, None))
+    ssc = np.log10(np.clip(ssc, 1.0, None), dtype=np.float64)
     z_limit = options.max_deviation
     bins = int(np.clip(t.size // 100, 8, 200))
     edges = np.linspace(float(np.min(t)), float(np.max(t)), bins + 1) if t.size else None

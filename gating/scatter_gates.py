@@ -40,6 +40,8 @@ NEAR_EMPTY = 0.002
 MIN_CLUSTER = 20
 """Fewer fitted events than this and a scatter cluster counts as absent."""
 BLAST_WEIGHT_RATIO = 5.0
+POPULATED = 0.01
+"""A kept scatter cluster holding less than this share of the events is not found there."""
 """Lymphocytes outweigh a cluster of their own large cells at least this many times."""
 
 
@@ -75,13 +77,16 @@ def cells(parent: Parent, options: CellsOptions) -> Placement:
         for name, (a, b) in anchors.items()
     }
     points = np.column_stack([parent.values(fsc), parent.values(ssc)])
-    fit, kept = _scatter_fit(points, named, options.spread, keep)
-    share = _kept_share(points, fit, kept, options)
     anchored, shift = None, 0.0
-    if share < options.min_share:
-        # the anchors do not fit this instrument's scatter: start them from the data, moved
-        # so that one kept cluster's anchor sits on the densest scatter (lymphocytes in
-        # PBMC, granulocytes in lysed blood): the move whose fit explains the data best
+    if options.start == "data":
+        fit, kept, share = ClusterFit({}, True, "no start on the data fits", 0), [], 0.0
+    else:
+        fit, kept = _scatter_fit(points, named, options.spread, keep)
+        share = _kept_share(points, fit, kept, options)
+    if share < options.min_share or options.start == "data":
+        # started from the data, or the anchors do not fit this instrument's scatter: the
+        # anchors moved so that one kept cluster's sits on the densest scatter (lymphocytes
+        # in PBMC, granulocytes in lysed blood): the move whose fit explains the data best
         best = _best_data_start(points, named, [n for n in keep if n in named], options)
         if best is not None:
             refit, rekept, reshare, anchored = best
@@ -156,7 +161,10 @@ def _best_data_start(
     options: CellsOptions,
 ) -> tuple[ClusterFit, list[str], float, dict] | None:
     """The refit from anchors moved onto the data (:func:`_anchors_from_data`) with each
-    kept cluster in turn as the reference, the one of highest likelihood in data units."""
+    kept cluster in turn as the reference: the one that finds the most of the kept clusters
+    (each holding at least ``POPULATED`` of the events), then of highest likelihood in data
+    units. A layout moved one cluster off (monocytes' anchor on the granulocytes) fits
+    about as well, but leaves a kept cluster beyond the data empty."""
     best = None
     for reference in references:
         start = _anchors_from_data(points, anchors, reference, options.spread)
@@ -169,8 +177,9 @@ def _best_data_start(
         # the fit's mean log density is in spread units: back to data units
         loglik = fit.evidence["loglik"] - float(np.log(spread[0] * spread[1]))
         share = _kept_share(points, fit, kept, options)
-        evidence.update(reference=reference, share=share, loglik=loglik)
-        if best is None or loglik > best[3]["loglik"]:
+        found = sum(fit.clusters[n].events >= POPULATED * fit.events for n in kept)
+        evidence.update(reference=reference, share=share, loglik=loglik, found=found)
+        if best is None or (found, loglik) > (best[3]["found"], best[3]["loglik"]):
             best = (fit, kept, share, evidence)
     return best
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from gating.placement import ThresholdDecision
+from pipeline.batch_outliers import flag_batch_outliers
 from pipeline.config import DEFAULT_CONFIG_DIR, LabConfig, load_config
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
@@ -56,6 +58,33 @@ class GateWork:
     plots_drawn: bool = False
     """Whether the sample's report plots were drawn (not found already drawn)."""
     worker_died: bool = False  # the process gating it was killed (out of memory, …)
+    corrections_key: str = ""
+    """The sample's active corrections this gating applied (see :func:`sample_corrections`)."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """A hand-set cut of a sample: its name, value and audit entry."""
+
+    cut: str
+    value: float
+    correction_id: int
+    by: str
+    reason: str
+
+    def decision(self) -> ThresholdDecision:
+        evidence = {"source": "override", "correction": self.correction_id, "by": self.by,
+                    "reason": self.reason}  # fmt: skip
+        return ThresholdDecision(self.value, "fixed", False, None, 0, evidence)
+
+
+@dataclass(frozen=True)
+class FixedGates:
+    """A lab's gate file (Gating-ML .xml or FlowJo .wsp) set on a sample by hand."""
+
+    name: str
+    content: str
+    correction_id: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +103,67 @@ class PendingFile:
     """A lab's fixed gates that gate this file's tube instead of its template."""
     panel_sha256: str = ""
     """The tube's panels and marker names it is gated with ('' with a lab's fixed gates)."""
+    corrections_key: str = ""
+    overrides: tuple[Override, ...] = ()
+    fixed_gates: FixedGates | None = None
+    """Gates set on this sample by hand (they win over the tube's template or lab gates)."""
+
+
+@dataclass(frozen=True)
+class SampleCorrections:
+    """What of a sample's active corrections its gating applies."""
+
+    key: str = ""
+    cuts: tuple[Override, ...] = ()
+    gates: FixedGates | None = None
+
+
+def sample_corrections(store: Store, sample_id: int) -> SampleCorrections:
+    """A sample's corrections key, its active cut overrides (the newest of each cut) and its
+    newest active fixed gates."""
+    newest: dict[str, Override] = {}
+    gates = None
+    for c in store.corrections(sample_id):
+        if c["active"] and c["action"] == "cut":
+            newest[c["target"]] = Override(
+                c["target"], float(c["new"]), c["id"], c["by"], c["reason"]
+            )
+        if c["active"] and c["action"] == "gates":
+            gates = FixedGates(c["new"]["file"], c["new"]["content"], c["id"])
+    return SampleCorrections(store.corrections_key(sample_id), tuple(newest.values()), gates)
+
+
+def _gate_fixed_work(item: PendingFile, base: dict) -> GateWork:
+    """Gate a file with a lab's gates set on its sample by hand (no placement), recorded as
+    a tube's lab gates are, each gate's evidence naming the correction; gates that no longer
+    fit the file give a failed gating flagged ``override_unfit:gates``."""
+    import dataclasses
+    import hashlib
+    import tempfile
+
+    fixed = item.fixed_gates
+    unfit = f"override_unfit:gates={fixed.name}"
+    file_name, _, group = Path(fixed.name).name.partition("#")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / file_name
+            path.write_text(fixed.content, encoding="utf-8")
+            digest = hashlib.sha256(fixed.content.encode("utf-8")).hexdigest()
+            lab = LabGating(Path(f"{path}#{group}") if group else path, digest)
+            fcs, gate_set, result = gate_fixed(item.path, lab.load())
+            populations, gates = lab_gate_records(lab, fcs, gate_set, result)
+    except CartflowError as exc:
+        return GateWork(**base, flags=(unfit,), error=f"{exc.kind}: {exc.problem}")
+    except Exception as exc:  # a bad file must never stop the batch
+        return GateWork(**base, flags=(unfit,), error=f"unexpected {type(exc).__name__}: {exc}")
+    gates = [
+        dataclasses.replace(
+            g, evidence=g.evidence | {"source": fixed.name, "correction": fixed.correction_id}
+        )
+        for g in gates
+    ]
+    flags = (f"override:gates={fixed.name}",)
+    return GateWork(**base, populations=tuple(populations), gates=tuple(gates), flags=flags)
 
 
 def _template(tube: str, config: LabConfig | None):
@@ -83,16 +173,22 @@ def _template(tube: str, config: LabConfig | None):
 def gate_one(item: PendingFile) -> GateWork:
     """Gate one file; any problem becomes the work's error, never an exception."""
     base = {"path": item.path, "sha256": item.sha256, "sample_id": item.sample_id,
-            "panel_sha256": item.panel_sha256}  # fmt: skip
-    if item.lab is not None:
+            "panel_sha256": item.panel_sha256, "corrections_key": item.corrections_key}  # fmt: skip
+    if item.lab is not None and item.fixed_gates is None:
         return _gate_with_lab_gates(item, base)
     try:
         template = _template(item.tube, item.config)
     except CartflowError as exc:
         return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
     base |= {"template_id": template.id, "template_sha256": template.sha256}
+    if item.fixed_gates is not None:
+        return _gate_fixed_work(item, base)
+    given = {o.cut: o.decision() for o in item.overrides}
     try:
-        gated = gate_file(item.path, template=template, tube=item.tube, config=item.config)
+        gated = gate_file(
+            item.path, template=template, tube=item.tube, config=item.config,
+            fixed_cuts=given or None,
+        )  # fmt: skip
     except CartflowError as exc:
         return GateWork(**base, error=f"{exc.kind}: {exc.problem}")
     except Exception as exc:  # a bad file must never stop the batch
@@ -103,7 +199,7 @@ def gate_one(item: PendingFile) -> GateWork:
         from pipeline.plots import render_sample_plots
 
         drawn = render_sample_plots(gated, item.sha256, item.plots)
-    flowjo, flags = None, gated.placed.flags
+    flowjo, flags = None, (*gated.placed.flags, *_override_flags(item, gated, given))
     if item.review is not None:
         try:
             flowjo = review_exports(gated, item.review)
@@ -117,6 +213,17 @@ def gate_one(item: PendingFile) -> GateWork:
         flowjo=flowjo,
         plots_drawn=drawn,
     )
+
+
+def _override_flags(item: PendingFile, gated, given: dict) -> list[str]:
+    """A flag per hand-set cut: applied, or no longer placed by the template (never dropped
+    silently)."""
+    decisions = gated.placed.decisions
+    return [
+        f"{'override' if decisions.get(o.cut) is given[o.cut] else 'override_unfit'}:"
+        f"{o.cut}={o.value:.4g}"
+        for o in item.overrides
+    ]
 
 
 def _gate_with_lab_gates(item: PendingFile, base: dict) -> GateWork:
@@ -163,17 +270,32 @@ def pending_gating(
             panel_sha = panel_shas[tube] = resolving.panel_sha256(tube)
         else:
             panel_sha = panel_shas[tube]
+        corrections = sample_corrections(store, sample["sample_id"])
         try:
             gating_sha = lab.sha256 if lab else _template(tube, config).sha256
-            done = store.has_gating(sample["sample_id"], gating_sha, panel_sha)
+            done = store.has_gating(
+                sample["sample_id"], gating_sha, panel_sha, corrections.key
+            )
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
-            plots = plots_dir(report_dir) if report_dir and not lab else None
-            review = review_dir if not lab else None
+            placed = not lab and corrections.gates is None
+            plots = plots_dir(report_dir) if report_dir and placed else None
+            review = review_dir if placed else None
             pending.append(
                 PendingFile(
-                    path, sha, sample["sample_id"], tube, plots, config, review, lab, panel_sha
+                    path,
+                    sha,
+                    sample["sample_id"],
+                    tube,
+                    plots,
+                    config,
+                    review,
+                    lab,
+                    panel_sha,
+                    corrections.key,
+                    corrections.cuts,
+                    corrections.gates,
                 )
             )
     return pending
@@ -191,6 +313,7 @@ def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
         (*work.flags, *((f"gating_failed: {work.error}",) if work.error else ())),
         error=work.error,
         panel_sha256=work.panel_sha256,
+        corrections_key=work.corrections_key,
     )
 
 
@@ -334,6 +457,56 @@ def gate_batch(
     return done
 
 
+def regate_sample(
+    store: Store,
+    run_id: int,
+    sample_id: int,
+    report_dir: Path | None = None,
+    config: LabConfig | None = None,
+):
+    """Gate one stored sample again now, with its current corrections (a file found under
+    one of its known paths); None when no path holds it any more (the next run that sees
+    the file gates it)."""
+    from pipeline.ingest import sha256_of
+
+    sample = next((s for s in store.samples() if s["sample_id"] == sample_id), None)
+    if sample is None:
+        return None
+    for name in store.sample_paths(sample_id):
+        path = Path(name)
+        try:
+            if path.is_file() and sha256_of(path) == sample["sha256"]:
+                break
+        except OSError:
+            continue
+    else:
+        return None
+    [pending] = pending_gating(store, [(path, sample["sha256"])], report_dir, config) or [None]
+    if pending is None:
+        return None
+    work = gate_one(pending)
+    write_gating(store, run_id, work)
+    return work
+
+
+def review_state(
+    store: Store,
+    timepoints: pd.DataFrame,
+    options: KineticsOptions = KineticsOptions(),
+    counts: CountSettings = CountSettings(),
+    patient: str | None = None,
+    config: LabConfig | None = None,
+):
+    """The review queue of the store's current state (see :mod:`pipeline.triage`)."""
+    from pipeline.kinetics import peak_days
+    from pipeline.triage import review_queue
+
+    peaks = peak_days(timepoints, options)
+    return review_queue(
+        store, timepoints, peaks, counts.lod_events, counts.lloq_events, patient, config
+    )
+
+
 @dataclass(frozen=True)
 class FollowUp:
     """The tables of the counts and kinetics stages and where they were written."""
@@ -439,6 +612,8 @@ class RunSummary:
     review: Path | None = None
     figures_drawn: int = 0
     """Patients' kinetics figures the report drew (the others were unchanged)."""
+    review_queue: tuple = ()
+    """The review queue of the store after this run (every sample, not only this run's)."""
 
     @property
     def failed(self) -> list[GateWork]:
@@ -519,6 +694,7 @@ def run_batch(
             workers=settings.workers,
             scheduler=settings.scheduler,
         )
+        gated = flag_batch_outliers(store, gated)
         review = None
         if review_dir is not None:
             review = write_batch_workspace(gated, review_dir, batch_dir.resolve().name, store)
@@ -551,6 +727,9 @@ def run_batch(
             except CartflowError as exc:
                 outcome_error = str(exc)
                 remove_folder(outcome_dir)
+        queue = review_state(
+            store, follow.timepoints, settings.kinetics, settings.counts, config=settings.config
+        )
         written = None
         if settings.html_report:
             progress("report", 1)
@@ -561,6 +740,9 @@ def run_batch(
                 follow.kinetics,
                 outcome_dir if outcomes is not None else None,
                 file_names=settings.file_names,
+                review=queue,
+                clinical=clinical,
+                config=settings.config,
             )
     return RunSummary(
         run_id,
@@ -574,6 +756,7 @@ def run_batch(
         outcome_error,
         review,
         written.figures_drawn if written else 0,
+        tuple(queue),
     )
 
 
@@ -643,25 +826,10 @@ class ArrivalWatch:
         return ready
 
 
-OUTCOME_COLUMNS = {
-    "car_t_cmax": "cmax_car_t_per_ul",
-    "car_t_tmax_day": "tmax_day",
-    "car_t_auc14": "auc14_car_t",
-    "car_t_auc28": "auc28_car_t",
-    "car_t_persistence_day": "persistence_day",
-}
-
-
 def outcome_inputs(follow: FollowUp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-patient table and the CAR-T expansion points the outcome stage reads."""
-    patients = follow.kinetics.rename(columns=OUTCOME_COLUMNS)
-    points = follow.timepoints
-    if len(points):
-        points = points[(points.tube == "memory") & (points.population == "CAR")]
-        points = points.rename(columns={"cells_per_ul": "car_t_per_ul"})[
-            ["patient", "nominal_day", "car_t_per_ul"]
-        ]
-    return patients, points
+    """The per-patient table (kinetics.csv's columns, under the same names) and the timepoint
+    table the outcome stage reads."""
+    return follow.kinetics, follow.timepoints
 
 
 def outcomes_stage(

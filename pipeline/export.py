@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.batch import infusion_dates
 from pipeline.counts import CountSettings
 from pipeline.errors import CartflowError
-from pipeline.kinetics import DEFAULT_POPULATIONS, KineticsOptions, patient_kinetics
+from pipeline.kinetics import KINETICS_COLUMNS, KineticsOptions, patient_kinetics
 from pipeline.outputs import write_csv, write_parquet
 from pipeline.store import Store
 from pipeline.timepoints import TimepointSettings, timepoint_table
@@ -26,43 +26,6 @@ from pipeline.timepoints import TimepointSettings, timepoint_table
 Format = Literal["csv", "parquet"]
 
 
-def _kinetic_columns() -> dict[str, str]:
-    """Every column of the per-patient kinetics table, described."""
-    metrics = {
-        "cmax": "peak {what}/µL",
-        "tmax_day": "day of the peak of {what} (first on ties)",
-        "clast": "last {what}/µL at or above the LOD",
-        "tlast_day": "day of that last value",
-        "auc14": "AUC of {what}/µL over days 5, 7, 11, 14 (≥ 3 points; options recorded)",
-        "auc28": "AUC of {what}/µL over days 5 … 28",
-        "auclast": "AUC of {what}/µL up to the last value at or above the LOD",
-        "persistence_day": "last day with {what} at or above the LOD",
-    }
-    names = {
-        "car_t": "CAR-T cells",
-        "cd8_car_t": "CD8 CAR-T cells",
-        "cd8_scm_car_t": "CD8 stem-cell-memory CAR-T cells",
-        "car_neg_cd8_scm": "CAR- CD8 stem-cell-memory T cells",
-    }
-    columns = {
-        f"{followed.name}_{metric}": text.format(what=names[followed.name])
-        for followed in DEFAULT_POPULATIONS
-        for metric, text in metrics.items()
-    }
-    return columns | {
-        "expanded": "peak above the expansion threshold (analysis settings; 5 CAR-T/µL)",
-        "car_pct_of_cd3_at_peak": "CAR-T as % of CD3+ at the CAR-T peak",
-        "cd8_pct_of_car_at_peak": "CD8 as % of CAR-T at the CAR-T peak",
-        "scm_pct_of_cd8_car_at_peak": "stem-cell memory as % of CD8 CAR-T at the CAR-T peak",
-        "b_cell_aplasia_onset_day": "first day of B-cell aplasia (≤ 1 B cell/µL or below LOD)",
-        "b_cell_aplasia_loss_day": "day B cells came back after aplasia",
-        "b_cell_aplasia_loss_confirmed": "the next count rose after that day",
-        "b_cell_aplasia_duration_days": "days from onset to loss (or to the last sample)",
-        "cd19_negative_relapse_pattern": "relapse while B-cell aplasia persisted",
-    }
-
-
-KINETICS_COLUMNS = _kinetic_columns()
 
 DICTIONARY: dict[str, dict[str, str]] = {
     "samples": {

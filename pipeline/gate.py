@@ -209,6 +209,17 @@ def compact_evidence(value, points: int = 128):
     return value
 
 
+def cut_bounds(template: Template, name: str) -> dict[str, list[float] | float]:
+    """Where the template lets a cut land and its default ({} for a shape gate's decision)."""
+    from gating.errors import GatingError
+
+    try:
+        bounds = template.cut(name).bounds
+    except GatingError:
+        return {}
+    return {"bounds": [bounds.low, bounds.high], "default": bounds.default}
+
+
 def gate_records(gated: SampleGating) -> tuple[list[PopulationRecord], list[GateRecord]]:
     """Store rows for a gated sample: counts per population, each decision with evidence."""
     counts, parents = gated.counts(), gated.parent_counts()
@@ -222,7 +233,14 @@ def gate_records(gated: SampleGating) -> tuple[list[PopulationRecord], list[Gate
             method=d.method,
             value=float(d.value),
             fallback=d.fallback,
-            evidence=compact_evidence({"reason": d.reason, "events": d.events, **d.evidence}),
+            evidence=compact_evidence(
+                {
+                    "reason": d.reason,
+                    "events": d.events,
+                    **cut_bounds(gated.template, name),
+                    **d.evidence,
+                }
+            ),
         )
         for name, d in gated.placed.decisions.items()
     ]

@@ -290,12 +290,13 @@ def _check_one(path, store, run_id, batch: _Batch, seen) -> FileOutcome | tuple[
     seen[sha] = path
     known_id = store.file_id(sha)
     if known_id is not None:
+        corrected = correct_identity(store, sha, path, batch.manifest)
         new_name = store.add_file_name(run_id, known_id, str(path))
         if new_name:
             return FileOutcome(
-                path, "duplicate", sha, "content already ingested under another name"
+                path, "duplicate", sha, corrected or "content already ingested under another name"
             )
-        return FileOutcome(path, "known", sha, "already ingested", new=False)
+        return FileOutcome(path, "known", sha, corrected or "already ingested", new=False)
     in_context = f"{sha}:{batch.digest}"
     before = store.quarantined_as(sha) or store.quarantined_as(in_context)
     if before is not None:
@@ -386,6 +387,38 @@ def _store_one(
         f"{ident.patient} {ident.timepoint.label} {checked.panel.tube} ({checked.panel.id})",
         review=review,
     )
+
+
+IDENTITY_CORRECTED = "identity corrected"
+
+
+def correct_identity(store: Store, sha: str, path: Path, manifest: Manifest | None) -> str:
+    """Apply a manifest row that changed since a known file was stored (timepoint, beads,
+    volume, …), with an audit entry naming old and new values; returns what changed ('' when
+    nothing did or the manifest does not list the file: identity from keywords or the file
+    name cannot change with the file's bytes)."""
+    row = manifest.lookup(path) if manifest is not None else None
+    stored = store.sample_identity(sha)
+    if row is None or stored is None:
+        return ""
+    given = {
+        "patient": row.patient,
+        "timepoint": row.timepoint.label,
+        "nominal_day": row.timepoint.nominal_day,
+        "tube": stored["tube"],  # the panel the channels match decides the tube
+        "blood_volume_ul": row.blood_volume_ul,
+        "beads_per_tube": row.beads_per_tube,
+        "bead_lot": row.bead_lot,
+        "sample_date": row.sample_date,
+    }
+    changes = {k: (stored[k], v) for k, v in given.items() if stored[k] != v}
+    if not changes:
+        return ""
+    source = f"manifest line {row.line}"
+    reason = f"{manifest.path.name} line {row.line} changed for {path.name}"
+    store.update_identity(stored["id"], changes, reason, "manifest", source)
+    said = ", ".join(f"{k} {old!s} -> {new!s}" for k, (old, new) in changes.items())
+    return f"{IDENTITY_CORRECTED}: {said}"
 
 
 QUARANTINE_COLUMNS = ["file", "sha256", "kind", "reason"]

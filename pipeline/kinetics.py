@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Literal
 
+from pipeline.patient_variables import DEFAULT_VARIABLES, derive_variables
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -47,6 +49,9 @@ class KineticsOptions:
     expansion_threshold_per_ul: float = 5.0
     """A patient whose CAR-T peak exceeds this has expanded (the analysis settings'
     ``expansion_threshold_per_ul``)."""
+    # a population measured but never at or above the LOD (a non-expander) has peak 0, not a
+    # blank, so that it stays in every analysis of the peak; "missing" leaves it blank
+    below_lod_peak: Literal["zero", "missing"] = "zero"
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,9 @@ def summarise(
     quantified = [o for o in ordered if o.value is not None and not o.below_lod]
     peak = max(quantified, key=lambda o: o.value, default=None)  # first on ties
     last = quantified[-1] if quantified else None
+    never_detected = peak is None and any(o.below_lod for o in ordered)
+    cmax = peak.value if peak else (0.0 if never_detected and options.below_lod_peak == "zero"
+                                    else None)  # fmt: skip
     drift = tuple(
         f"day {o.nominal_day}: sampled on day {o.actual_day:g}"
         for o in ordered
@@ -148,7 +156,7 @@ def summarise(
     )
     through_last = [o for o in ordered if last is not None and o.nominal_day <= last.nominal_day]
     return KineticsSummary(
-        cmax=peak.value if peak else None,
+        cmax=cmax,
         tmax=_day(peak, options) if peak else None,
         clast=last.value if last else None,
         tlast=_day(last, options) if last else None,
@@ -257,11 +265,47 @@ DEFAULT_POPULATIONS = (
     KineticPopulation("car_neg_cd8_scm", "memory", "CARneg_CD8_SCM"),
 )
 B_CELLS = KineticPopulation("b_cells", "bcell", "B")
-PERCENT_AT_PEAK = {
-    "car_pct_of_cd3_at_peak": ("memory", "CAR"),
-    "cd8_pct_of_car_at_peak": ("memory", "CAR_CD8"),
-    "scm_pct_of_cd8_car_at_peak": ("memory", "CAR_CD8_SCM"),
-}
+
+
+def _kinetic_columns() -> dict[str, str]:
+    """Every column of the per-patient kinetics table, described."""
+    metrics = {
+        "cmax": "peak {what}/µL",
+        "tmax_day": "day of the peak of {what} (first on ties)",
+        "clast": "last {what}/µL at or above the LOD",
+        "tlast_day": "day of that last value",
+        "auc14": "AUC of {what}/µL over days 5, 7, 11, 14 (≥ 3 points; options recorded)",
+        "auc28": "AUC of {what}/µL over days 5 … 28",
+        "auclast": "AUC of {what}/µL up to the last value at or above the LOD",
+        "persistence_day": "last day with {what} at or above the LOD",
+    }
+    names = {
+        "car_t": "CAR-T cells",
+        "cd8_car_t": "CD8 CAR-T cells",
+        "cd8_scm_car_t": "CD8 stem-cell-memory CAR-T cells",
+        "car_neg_cd8_scm": "CAR- CD8 stem-cell-memory T cells",
+    }
+    columns = {
+        f"{followed.name}_{metric}": text.format(what=names[followed.name])
+        for followed in DEFAULT_POPULATIONS
+        for metric, text in metrics.items()
+    }
+    columns["car_t_cmax"] += " (0 when every count is below the LOD: a non-expander)"
+    return columns | {
+        "expanded": "peak above 5 CAR-T/µL",
+        **{v.name: v.describe() for v in DEFAULT_VARIABLES},
+        "b_cell_aplasia_onset_day": "first day of B-cell aplasia (≤ 1 B cell/µL or below LOD)",
+        "b_cell_aplasia_loss_day": "day B cells came back after aplasia",
+        "b_cell_aplasia_loss_confirmed": "the next count rose after that day",
+        "b_cell_aplasia_duration_days": (
+            "days from onset to loss (or to the last sample); censored: table2_aplasia"
+        ),
+        "cd19_negative_relapse_pattern": "relapse while B-cell aplasia persisted",
+    }
+
+
+KINETICS_COLUMNS = _kinetic_columns()
+"""Every column of kinetics.csv, described: the names analysis.yaml uses too."""
 
 
 def _observations(rows) -> list[Observation]:
@@ -352,18 +396,6 @@ def patient_kinetics(
                 record["expanded"] = (
                     summary.cmax is not None and summary.cmax > options.expansion_threshold_per_ul
                 )
-                peak_day = _peak_nominal_day(selected, summary.cmax)
-                for column, (tube, population) in PERCENT_AT_PEAK.items():
-                    at_peak = rows[
-                        (rows.tube == tube)
-                        & (rows.population == population)
-                        & (rows.nominal_day == peak_day)
-                    ]
-                    record[column] = (
-                        float(at_peak.percent_of_parent.iloc[0])
-                        if len(at_peak) and at_peak.percent_of_parent.notna().iloc[0]
-                        else None
-                    )
         b_rows = rows[(rows.tube == B_CELLS.tube) & (rows.population == B_CELLS.population)]
         if len(b_rows):
             aplasia = b_cell_aplasia(
@@ -377,11 +409,30 @@ def patient_kinetics(
                 cd19_negative_relapse_pattern=aplasia.cd19_negative_relapse_pattern,
             )
         wide.append(record)
-    return pd.DataFrame.from_records(wide), long
+    table = pd.DataFrame.from_records(wide)
+    derived = derive_variables(timepoints, DEFAULT_VARIABLES, table["patient"]).values
+    return table.merge(derived.reset_index(), on="patient", how="left"), long
+
 
 
 def _peak_nominal_day(rows, cmax: float | None) -> int | None:
-    if cmax is None:
+    if not cmax:  # no quantified count, or a non-expander (peak 0): no peak to read at
         return None
     hit = rows[rows.cells_per_ul == cmax]
     return int(hit.nominal_day.min()) if len(hit) else None
+
+
+def peak_days(timepoints, options: KineticsOptions = KineticsOptions()) -> dict[str, int]:
+    """Each patient's CAR-T peak (nominal day of Cmax), where the percentages at the peak
+    are read; patients without a quantified count have none."""
+    peaks: dict[str, int] = {}
+    if timepoints is None or len(timepoints) == 0:
+        return peaks
+    car_t = DEFAULT_POPULATIONS[0]
+    for patient, all_rows in timepoints.groupby("patient", sort=True):
+        rows, _ = _after_infusion(all_rows)
+        selected = rows[(rows.tube == car_t.tube) & (rows.population == car_t.population)]
+        day = _peak_nominal_day(selected, summarise(_observations(selected), options).cmax)
+        if day is not None:
+            peaks[patient] = day
+    return peaks

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from pipeline.outputs import write_bytes
 
 PLOT_EVENTS = 20_000
 
-PLOTS_VERSION = 1
+PLOTS_VERSION = 2
 """Raised when the report's sample plots change, so that cached ones are drawn again."""
 
 
@@ -85,14 +87,19 @@ def _compensated(gated: SampleGating) -> np.ndarray:
     return compensate(fcs.events, fcs.channel_names, list(spill.channels), spill.matrix)
 
 
-def _plot_axes(gates) -> list[Dimension]:
-    """The (at most two) axes a population's gates are drawn on."""
+def _gate_axes(gates) -> list[Dimension]:
+    """Every axis of a population's gates, in order."""
     axes: list[Dimension] = []
     for gate in gates:
         for axis in getattr(gate, "axes", ()):
             if isinstance(axis, Dimension) and axis not in axes:
                 axes.append(axis)
-    return axes[:2]
+    return axes
+
+
+def _plot_axes(gates) -> list[Dimension]:
+    """The (at most two) axes a population's gates are drawn on."""
+    return _gate_axes(gates)[:2]
 
 
 def _draw_density(ax, gated, compensated, axes, idx) -> tuple[np.ndarray, np.ndarray | None]:
@@ -236,28 +243,61 @@ def sample_panels(gated: SampleGating) -> PanelSet:
             binned[axis] = (_label(gated, axis), AxisBins.of(evaluator.raw_values(axis), scale))
         return binned[axis]
 
+    def passing(gates, pair: list[Dimension], events: np.ndarray) -> np.ndarray:
+        """Those of ``events`` inside the gates' ranges on the axes of ``pair``."""
+        keep = np.ones(events.size, dtype=bool)
+        for gate in gates:
+            for axis, low, high in _cuts(gate):
+                if axis not in pair:
+                    continue
+                scale = gate_set.transforms[axis.transform] if axis.transform else None
+                raw = evaluator.raw_values(axis)[events].astype(np.float64)
+                values = raw if scale is None else np.asarray(scale.apply(raw))
+                with np.errstate(invalid="ignore"):
+                    if low is not None:
+                        keep &= values >= low
+                    if high is not None:
+                        keep &= values < high
+        return events[keep]
+
     panels = PanelSet()
     everything = np.arange(gated.result.event_count)
     for population in gated.placed.populations:
         parent = gated.placed.parents[population]
         events = everything if parent is None else np.flatnonzero(gated.result.mask(parent))
         gates = _population_gates(gated, population)
-        axes = _plot_axes(gates)
         count = gated.result.count(population)
         share = 100 * count / events.size if events.size else 0.0
         title = f"{population}: {count:,} of {events.size:,} {parent or 'events'} ({share:.1f} %)"
-        if not axes:
-            continue
-        panels.add(
-            population,
-            title,
-            axis_bins(axes[0]),
-            axis_bins(axes[1]) if len(axes) == 2 else None,
-            events,
-            _overlay(gates, axes),
-            _cut_notes(gated, population, axes),
-        )
+        steps = _gate_steps(gated, population, gates)
+        for step, axes in enumerate(steps):
+            if step:  # each further pair on the events that passed the pairs before
+                events = passing(gates, steps[step - 1], events)
+                title = f"{population} ({step + 1} of {len(steps)}): on {events.size:,} events"
+            elif len(steps) > 1:
+                title = f"{title}; 1 of {len(steps)}"
+            panels.add(
+                population,
+                title,
+                axis_bins(axes[0]),
+                axis_bins(axes[1]) if len(axes) == 2 else None,
+                events,
+                _overlay(gates, axes),
+                _cut_notes(gated, population, axes),
+            )
     return panels
+
+
+def _gate_steps(gated: SampleGating, population: str, gates) -> list[list[Dimension]]:
+    """The axes a population's gates are drawn on: all in one plot when they span at most
+    two; otherwise two at a time, as a cytometrist draws a phenotype (CD45RA × CD62L, then
+    CD27 × CD95), each pair shown on the events that passed the pairs before (only for
+    gates that all must hold: one gate or an AND)."""
+    axes = _gate_axes(gates)
+    whole = gated.placed.gate_set.gate(population)
+    if len(axes) <= 2 or (isinstance(whole, BooleanGate) and whole.op != "and"):
+        return [axes[:2]] if axes else []
+    return [axes[i : i + 2] for i in range(0, len(axes), 2)]
 
 
 def plots_key(gated: SampleGating, sha256: str) -> str:
@@ -316,9 +356,15 @@ def _day_position(day: float) -> float:
     return day / 30 if day <= 30 else 1 + math.log10(day / 30)
 
 
-def kinetics_svg(rows: pd.DataFrame) -> str:
+def kinetics_svg(
+    rows: pd.DataFrame,
+    events: Mapping[str, float] | None = None,
+    pages: Mapping[int, str] | None = None,
+) -> str:
     """CAR-T (and B cells) per µL over days as SVG: 95 % intervals, hollow points below the
-    LOD, the CAR-T LOD and LLOQ shaded."""
+    LOD, the CAR-T LOD and LLOQ shaded; clinical ``events`` (label → day: infusion, relapse,
+    HSCT, last follow-up) as vertical lines at the foot of the plot, and each point a link to
+    its sample's page (``pages``: sample id → href)."""
     width, height, left, right, top, bottom = 560, 300, 56, 12, 12, 36
     series = []
     for (tube, population), colour, label in KINETICS_SERIES:
@@ -338,7 +384,9 @@ def kinetics_svg(rows: pd.DataFrame) -> str:
     low_exp = math.floor(math.log10(max(FLOOR, values.min() if values.size else 1.0)))
     high_exp = math.ceil(math.log10(max(FLOOR * 10, values.max() if values.size else 10.0)))
     high_exp = max(high_exp, low_exp + 1)
-    x0, x1 = _day_position(min(0.0, days.min())), _day_position(max(30.0, days.max()))
+    marked = [d for d in (events or {}).values() if d >= 0]
+    x0 = _day_position(min(0.0, days.min()))
+    x1 = _day_position(max(30.0, days.max(), *marked))
 
     def px(day: float) -> float:
         return round(left + (_day_position(day) - x0) / (x1 - x0) * (width - left - right), 1)
@@ -393,17 +441,34 @@ def kinetics_svg(rows: pd.DataFrame) -> str:
         below = part.below_lod.astype("boolean").fillna(False).to_numpy(bool)
         line = " ".join(f"{px(d)},{py(v)}" for d, v in zip(day, value, strict=True))
         out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        for d, v, lo, hi, hollow in zip(day, value, ci_low, ci_high, below, strict=True):
+        samples = part.sample_id.to_numpy() if "sample_id" in part else [None] * len(part)
+        for d, v, lo, hi, hollow, sample in zip(
+            day, value, ci_low, ci_high, below, samples, strict=True
+        ):
             if lo == lo and hi == hi:
                 out.append(f'<path d="M{px(d)},{py(lo)}V{py(hi)}" stroke="{colour}"/>')
             fill = "#fff" if hollow else colour
-            out.append(
+            point = (
                 f'<circle cx="{px(d)}" cy="{py(v)}" r="3" fill="{fill}" '
                 f'stroke="{colour}"><title>day {d:g}: {v:.3g}/µL</title></circle>'
             )
+            href = (pages or {}).get(int(sample)) if sample is not None else None
+            out.append(f'<a href="{escape(href)}">{point}</a>' if href else point)
         out.append(
             f'<text x="{width - right - 6}" y="{top + 14 + 13 * i}" text-anchor="end" '
             f'fill="{colour}">{label}</text>'
+        )
+    for (label, when), dash in zip((events or {}).items(), ("", "6 3", "2 2", "8 2 2 2"),
+                                   strict=False):  # fmt: skip
+        if when < 0:
+            continue
+        x = px(when)
+        style = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(
+            f'<path d="M{x},{top}V{height - bottom}" stroke="#444"{style}>'
+            f"<title>{escape(label)}: day {when:g}</title></path>"
+            f'<text x="{x + 3}" y="{height - bottom - 4}" font-size="8" fill="#444" '
+            f'transform="rotate(-90 {x + 3} {height - bottom - 4})">{escape(label)}</text>'
         )
     out.append("</svg>")
     return "".join(out)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from pipeline import __version__
 from pipeline.density import panel_from_dict, panel_svg
@@ -57,6 +59,7 @@ def sample_plots(report_dir: Path, sha256: str) -> tuple[str, list[dict]]:
         panel = panel_from_dict(data)
         plots.append(
             {
+                "name": panel.name,
                 "svg": panel_svg(panel, record["image"], record["rows"]),
                 "title": panel.title,
                 "x_label": panel.x_label,
@@ -83,6 +86,11 @@ def _content_label(sha256: str | None) -> str:
     return f"SHA-256 {sha256[:12]}…" if sha256 else "(unreadable file)"
 
 
+def _item_label(item) -> str:
+    """A review item's file named without its file name (which may carry PHI)."""
+    return f"sample {item.sample_id}" if item.sample_id is not None else _content_label(item.sha256)
+
+
 def write_report(
     store: Store,
     report_dir: Path,
@@ -90,11 +98,17 @@ def write_report(
     kinetics: pd.DataFrame | None = None,
     outcomes_dir: Path | None = None,
     file_names: bool = False,
+    review: Sequence = (),
+    clinical: Path | None = None,
+    config=None,
 ) -> WrittenReport:
     """Write the report into ``report_dir``: its pages, and the patients' figures whose
     numbers changed (the samples' plots are drawn while gating). File names (which may
     carry patient names) are shown only with ``file_names``; otherwise a file is named by
-    the start of its SHA-256."""
+    the start of its SHA-256. ``review`` is the review queue (first on index.html and on
+    review.html); ``clinical`` marks infusion, relapse, HSCT and last follow-up on the
+    patients' curves; ``config`` is the lab configuration whose templates define the
+    populations shown."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     common = {
@@ -125,8 +139,8 @@ def write_report(
                 root="../",
                 sample=sample,
                 heading=heading,
-                plots=plots,
                 rows=[_population_row(r) for r in rows.itertuples(index=False)],
+                **_sample_evidence(store, sample, rows, plots, config),
                 **common,
             ),
         )
@@ -138,18 +152,33 @@ def write_report(
         }
         for q in store.quarantined()
     ]
-    patients, figures_drawn = _patients(report_dir, timepoints, kinetics)
+    pages = {s["sample_id"]: s["page"] for s in samples}
+    review_rows = [
+        asdict(item)
+        | {"page": pages.get(item.sample_id)}
+        | ({} if file_names or not item.file else {"file": _item_label(item)})
+        for item in review
+    ]
+    write_text(
+        report_dir / "review.html",
+        env.get_template("review.html").render(
+            title="Review", root="", review=review_rows, **common
+        ),
+    )
+    patients, figures_drawn = _patients(
+        report_dir, timepoints, kinetics, _clinical_days(clinical), pages
+    )
     write_text(
         report_dir / "patients.html",
         env.get_template("patients.html").render(
             title="Patients", root="", patients=patients, **common
         ),
     )
-    figures, tables = _outcomes(report_dir, outcomes_dir)
+    figures, tables, fragments = _outcomes(report_dir, outcomes_dir)
     write_text(
         report_dir / "cohort.html",
         env.get_template("cohort.html").render(
-            title="Cohort", root="", figures=figures, tables=tables, **common
+            title="Cohort", root="", figures=figures, tables=tables, fragments=fragments, **common
         ),
     )
     summary = {
@@ -164,6 +193,7 @@ def write_report(
             title="Batch report",
             root="",
             summary=summary,
+            review=review_rows,
             quarantine=quarantine,
             flagged=[s for s in samples if s["flags"]],
             samples=sorted(samples, key=lambda s: (s["patient"], s["nominal_day"], s["tube"])),
@@ -192,14 +222,82 @@ def _population_row(row) -> dict:
     }
 
 
-def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame | None):
+def _sample_evidence(
+    store: Store, sample: dict, rows: pd.DataFrame, plots: list[dict], config=None
+) -> dict:
+    """A sample page's evidence: each population with its gate plots and defining cuts, the
+    flags with their severity, the corrections of its audit trail."""
+    from pipeline.errors import CartflowError
+    from pipeline.gate import template_for
+    from pipeline.sample_page import flag_rows, population_sections
+    from pipeline.triage import reported_gates
+
+    trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
+    done = [g for g in trail["gatings"] if g["status"] == "ok"]
+    try:
+        template = config.template(sample["tube"]) if config else template_for(sample["tube"])
+    except CartflowError:
+        template = None
+    counted = [
+        {"population": r.population, **_population_row(r)} for r in rows.itertuples(index=False)
+    ]
+    sections = population_sections(
+        template, counted, done[-1]["cuts"] if done else {}, plots
+    )
+    return {
+        "sections": sections,
+        "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"], config)),
+        "corrections": trail["corrections"],
+    }
+
+
+CLINICAL_EVENTS = {
+    "relapse": "relapse_date",
+    "HSCT": "hsct_date",
+    "last follow-up": "last_followup_date",
+}
+"""Clinical dates marked on a patient's curves (as days from infusion)."""
+
+
+def _clinical_days(clinical: Path | None) -> dict[str, dict[str, float]]:
+    """Per patient: infusion (day 0) and the days of relapse, HSCT and last follow-up."""
+    if clinical is None:
+        return {}
+    from pipeline.clinical import load_clinical
+    from pipeline.errors import CartflowError
+
+    try:
+        data = load_clinical(clinical).data
+    except CartflowError:  # the run reports the table's problems; the report goes without
+        return {}
+    days: dict[str, dict[str, float]] = {}
+    for row in data[data["infusion_date"].notna()].itertuples(index=False):
+        marks = {"infusion": 0.0}
+        for label, column in CLINICAL_EVENTS.items():
+            when = getattr(row, column, None)
+            if when is not None and not pd.isna(when):
+                marks[label] = float((when - row.infusion_date).days)
+        days[str(row.patient)] = marks
+    return days
+
+
+def _patients(
+    report_dir: Path,
+    timepoints: pd.DataFrame,
+    kinetics: pd.DataFrame | None,
+    clinical_days: dict[str, dict[str, float]] | None = None,
+    pages: dict[int, str | None] | None = None,
+):
+    links = {i: page for i, page in (pages or {}).items() if page}
     if timepoints is None or timepoints.empty:
         return [], 0
     kinetics = kinetics if kinetics is not None else pd.DataFrame()
     patients = []
     drawn = 0
     for patient, rows in timepoints.groupby("patient", sort=True):
-        image, new = _kinetics_image(rows, patient, report_dir / "patients")
+        image, new = _kinetics_image(
+            rows, patient, report_dir / "patients", (clinical_days or {}).get(patient), links
+        )
         drawn += new
         summary = []
         if len(kinetics):
@@ -210,15 +308,40 @@ def _patients(report_dir: Path, timepoints: pd.DataFrame, kinetics: pd.DataFrame
                     for column, value in record.iloc[0].items()
                     if column != "patient" and _summary_column(column)
                 ]
-        patients.append({"patient": patient, "image": f"patients/{image.name}", "summary": summary})
+        inline = image.read_text(encoding="utf-8")  # drawn here, from the store's numbers
+        points = [
+            {
+                "day": r.nominal_day,
+                "timepoint": r.timepoint,
+                "population": r.population,
+                "cells": _fmt(r.cells_per_ul),
+                "page": links.get(r.sample_id),
+            }
+            for r in rows[rows.population.isin(["CAR", "B"])].itertuples(index=False)
+        ]
+        patients.append(
+            {
+                "patient": patient,
+                "image": f"patients/{image.name}",
+                "svg": Markup(inline),
+                "summary": summary,
+                "points": points,
+            }
+        )
     return patients, drawn
 
 
-def _kinetics_image(rows: pd.DataFrame, patient: str, folder: Path) -> tuple[Path, bool]:
+def _kinetics_image(
+    rows: pd.DataFrame,
+    patient: str,
+    folder: Path,
+    events: dict[str, float] | None = None,
+    pages: dict[int, str] | None = None,
+) -> tuple[Path, bool]:
     """A patient's kinetics figure (SVG), written only when it changed; returns its path and
     whether it was written now."""
     path = folder / f"{patient}.svg"
-    drawn = kinetics_svg(rows)
+    drawn = kinetics_svg(rows, events, pages)
     try:
         if path.read_text(encoding="utf-8") == drawn:
             return path, False
@@ -232,9 +355,17 @@ def _summary_column(column: str) -> bool:
     return column.startswith(("car_t_", "b_cell")) or "pct" in column or column == "expanded"
 
 
+OUTCOME_FRAGMENTS = ("summary", "table1", "table2_aplasia", "table3_expansion")
+
+
 def _outcomes(report_dir: Path, outcomes_dir: Path | None):
     if outcomes_dir is None or not outcomes_dir.is_dir():
-        return [], []
+        return [], [], []
+    fragments = [
+        (outcomes_dir / f"{name}.html").read_text(encoding="utf-8")
+        for name in OUTCOME_FRAGMENTS
+        if (outcomes_dir / f"{name}.html").is_file()
+    ]
     figures = sorted(outcomes_dir.glob("*.png"))
     tables = []
     for csv in sorted(outcomes_dir.glob("*.csv")):
@@ -245,4 +376,4 @@ def _outcomes(report_dir: Path, outcomes_dir: Path | None):
         tables.append(
             (csv.stem, frame.head(200).to_html(index=False, na_rep="", float_format="%.4g"))
         )
-    return [os.path.relpath(f, report_dir) for f in figures], tables
+    return [os.path.relpath(f, report_dir) for f in figures], tables, fragments

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -150,11 +150,13 @@ class SampleRow(Base):
 
 
 class GatingRow(Base):
-    """One sample gated with one template and panel: at most once, however many runs try at
-    once."""
+    """One sample gated with one template, panel and state of its hand corrections: at most
+    once, however many runs try at once."""
 
     __tablename__ = "gatings"
-    __table_args__ = (UniqueConstraint("sample_id", "template_sha256", "panel_sha256"),)
+    __table_args__ = (
+        UniqueConstraint("sample_id", "template_sha256", "panel_sha256", "corrections_key"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
@@ -163,6 +165,7 @@ class GatingRow(Base):
     panel_sha256: Mapped[str] = mapped_column(String(64), default="")
     """SHA-256 of the tube's panels and the marker names resolving them, as gated ('' for a
     lab's fixed gates, which use no panel)."""
+    corrections_key: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
@@ -252,8 +255,50 @@ class QuarantineRow(Base):
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
+class CorrectionRow(Base):
+    """One entry of the audit trail of hand corrections, never updated nor deleted: a cut,
+    gates or exclusion set on a sample, its revocation (``revokes``), a review acceptance
+    (of the gating then current), or a manifest change of a sample's identity (old → new)."""
+
+    __tablename__ = "corrections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str | None] = mapped_column(Text, nullable=True)
+    old: Mapped[Any] = mapped_column(JSON, nullable=True)
+    new: Mapped[Any] = mapped_column(JSON, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    by: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    revokes: Mapped[int | None] = mapped_column(ForeignKey("corrections.id"), nullable=True)
+    gating_id: Mapped[int | None] = mapped_column(ForeignKey("gatings.id"), nullable=True)
+
+
+IDENTITY_FIELDS = (
+    "patient",
+    "timepoint",
+    "nominal_day",
+    "tube",
+    "blood_volume_ul",
+    "beads_per_tube",
+    "bead_lot",
+    "sample_date",
+)
+"""A sample's identity as a manifest gives it (what a corrected manifest row may change)."""
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) else value
+
+
+OVERRIDES = ("cut", "gates", "exclude")
+"""Correction actions that change a sample's numbers until revoked."""
+REGATING = ("cut", "gates")
+"""Those that need the sample gated again."""
+
 TABLES = (
     "gatings",
+    "corrections",
     "flags",
     "runs",
     "files",
@@ -634,10 +679,12 @@ class Store:
         flags: tuple[str, ...] = (),
         error: str | None = None,
         panel_sha256: str = "",
+        corrections_key: str = "",
     ) -> bool:
         """Write one sample's gating (counts, decisions, flags) in one transaction.
 
-        False when this sample was already gated with this template and panel (by any run)."""
+        False when this sample was already gated with this template, panel and these
+        corrections (by any run)."""
         try:
             with self.transaction() as session:
                 gating = GatingRow(
@@ -646,6 +693,7 @@ class Store:
                     template_id=template_id,
                     template_sha256=template_sha256,
                     panel_sha256=panel_sha256,
+                    corrections_key=corrections_key,
                     status="failed" if error else "ok",
                     error=error,
                 )
@@ -660,17 +708,188 @@ class Store:
         except IntegrityError:
             return False
 
-    def has_gating(self, sample_id: int, template_sha256: str, panel_sha256: str = "") -> bool:
-        """Whether a sample was already gated (or tried) with this exact template and panel."""
+    def add_flags(self, sample_id: int, template_sha256: str, flags: Sequence[str]) -> None:
+        """Add review flags raised after the fact (e.g. against the rest of the batch) to a
+        sample's newest successful gating with this template."""
+        with self.transaction() as session:
+            gating_id = session.scalar(
+                select(func.max(GatingRow.id)).where(
+                    GatingRow.sample_id == sample_id,
+                    GatingRow.template_sha256 == template_sha256,
+                    GatingRow.status == "ok",
+                )
+            )
+            if gating_id is None:
+                return
+            known = set(session.scalars(select(FlagRow.flag).where(FlagRow.gating_id == gating_id)))
+            session.add_all(
+                FlagRow(gating_id=gating_id, flag=f) for f in dict.fromkeys(flags) if f not in known
+            )
+
+    def has_gating(
+        self,
+        sample_id: int,
+        template_sha256: str,
+        panel_sha256: str = "",
+        corrections_key: str = "",
+    ) -> bool:
+        """Whether a sample was already gated (or tried) with this exact template, panel and
+        state of its corrections."""
         with self._sessions() as session:
             found = session.scalar(
                 select(GatingRow.id).where(
                     GatingRow.sample_id == sample_id,
                     GatingRow.template_sha256 == template_sha256,
                     GatingRow.panel_sha256 == panel_sha256,
+                    GatingRow.corrections_key == corrections_key,
                 )
             )
             return found is not None
+
+    def add_correction(
+        self,
+        sample_id: int,
+        action: str,
+        reason: str,
+        by: str,
+        *,
+        target: str | None = None,
+        old: Any = None,
+        new: Any = None,
+        revokes: int | None = None,
+        gating_id: int | None = None,
+    ) -> int:
+        """Append one entry to the audit trail; returns its id."""
+        with self.transaction() as session:
+            row = CorrectionRow(
+                sample_id=sample_id,
+                action=action,
+                target=target,
+                old=old,
+                new=new,
+                reason=reason,
+                by=by,
+                revokes=revokes,
+                gating_id=gating_id,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def corrections(self, sample_id: int | None = None) -> list[dict[str, Any]]:
+        """The audit trail (of one sample, or all), oldest first, each entry marked active
+        when it is an override nobody revoked."""
+        with self._sessions() as session:
+            query = select(CorrectionRow).order_by(CorrectionRow.id)
+            if sample_id is not None:
+                query = query.where(CorrectionRow.sample_id == sample_id)
+            rows = session.scalars(query).all()
+            revoked = set(
+                session.scalars(
+                    select(CorrectionRow.revokes).where(CorrectionRow.revokes.is_not(None))
+                )
+            )
+        return [
+            {
+                "id": c.id,
+                "sample_id": c.sample_id,
+                "action": c.action,
+                "target": c.target,
+                "old": c.old,
+                "new": c.new,
+                "reason": c.reason,
+                "by": c.by,
+                "at": c.at,
+                "revokes": c.revokes,
+                "gating_id": c.gating_id,
+                "active": c.action in OVERRIDES and c.id not in revoked,
+            }
+            for c in rows
+        ]
+
+    def corrections_key(self, sample_id: int) -> str:
+        """What of a sample's corrections its gating depends on: the ids of every cut or
+        gates override and of every revocation of one ('' when there is none), so each
+        change makes one new gating and a revocation goes back to automatic values."""
+        trail = self.corrections(sample_id)
+        regating = {c["id"] for c in trail if c["action"] in REGATING}
+        ids = [c["id"] for c in trail if c["id"] in regating or c["revokes"] in regating]
+        return ",".join(map(str, ids))
+
+    def excluded_samples(self) -> set[int]:
+        """Samples under an exclusion nobody revoked."""
+        return {
+            c["sample_id"] for c in self.corrections() if c["active"] and c["action"] == "exclude"
+        }
+
+    def accepted(self) -> dict[int, int]:
+        """Sample → the gating id a reviewer last accepted it with."""
+        return {
+            c["sample_id"]: c["gating_id"]
+            for c in self.corrections()
+            if c["action"] == "accept" and c["gating_id"] is not None
+        }
+
+    def newest_gatings(self) -> dict[int, int]:
+        """Sample → id of its newest gating (failed ones included)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(GatingRow.sample_id, func.max(GatingRow.id)).group_by(GatingRow.sample_id)
+            ).all()
+        return dict(rows)
+
+    def sample_paths(self, sample_id: int) -> list[str]:
+        """Every path under which a sample's file was seen, newest first."""
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(FileName.path)
+                    .join(SampleRow, SampleRow.file_id == FileName.file_id)
+                    .where(SampleRow.id == sample_id)
+                    .order_by(FileName.id.desc())
+                )
+            )
+
+    def sample_identity(self, sha256: str) -> dict[str, Any] | None:
+        """The stored identity of a file's sample (id, patient, timepoint, …)."""
+        with self._sessions() as session:
+            sample = session.scalar(
+                select(SampleRow)
+                .join(FcsFileRow, SampleRow.file_id == FcsFileRow.id)
+                .where(FcsFileRow.sha256 == sha256)
+            )
+            if sample is None:
+                return None
+            return {name: getattr(sample, name) for name in (*IDENTITY_FIELDS, "id")}
+
+    def update_identity(
+        self,
+        sample_id: int,
+        changes: dict[str, tuple[Any, Any]],
+        reason: str,
+        by: str,
+        source: str | None = None,
+    ) -> int:
+        """Apply a changed identity (field → (old, new)) to a sample and audit it, in one
+        transaction; returns the audit entry's id."""
+        with self.transaction() as session:
+            sample = session.get(SampleRow, sample_id)
+            for name, (_old, new) in changes.items():
+                setattr(sample, name, new)
+            if source is not None:
+                sample.identity_source = source
+            row = CorrectionRow(
+                sample_id=sample_id,
+                action="manifest",
+                target=", ".join(changes),
+                old={k: _json_value(v[0]) for k, v in changes.items()},
+                new={k: _json_value(v[1]) for k, v in changes.items()},
+                reason=reason,
+                by=by,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
 
     def _latest_gatings(self):
         """Subquery: the newest successful gating of each sample."""
@@ -682,8 +901,10 @@ class Store:
         )
 
     def latest_counts(self) -> list[dict[str, Any]]:
-        """Each sample's population counts from its newest gating, with its identity."""
+        """Each sample's population counts from its newest gating, with its identity
+        (samples under an active exclusion left out)."""
         latest = self._latest_gatings()
+        excluded = self.excluded_samples()
         with self._sessions() as session:
             rows = session.execute(
                 select(PopulationRow, GatingRow, SampleRow, FcsFileRow.sha256, FcsFileRow.name)
@@ -691,6 +912,7 @@ class Store:
                 .join(latest, GatingRow.id == latest.c.gating_id)
                 .join(SampleRow, GatingRow.sample_id == SampleRow.id)
                 .join(FcsFileRow, SampleRow.file_id == FcsFileRow.id)
+                .where(SampleRow.id.not_in(excluded))
                 .order_by(PopulationRow.id)
             ).all()
         return [
@@ -736,6 +958,22 @@ class Store:
         for sample_id, flag in rows:
             flags.setdefault(sample_id, []).append(flag)
         return flags
+
+    def fallback_reasons(self) -> dict[tuple[int, str], str]:
+        """(sample, cut) → why the cut fell back, in each sample's newest gating."""
+        newest = (
+            select(func.max(GatingRow.id).label("gating_id"))
+            .group_by(GatingRow.sample_id)
+            .subquery()
+        )
+        with self._sessions() as session:
+            rows = session.execute(
+                select(GatingRow.sample_id, GateRow.gate, GateRow.evidence)
+                .join(GateRow, GateRow.gating_id == GatingRow.id)
+                .join(newest, GatingRow.id == newest.c.gating_id)
+                .where(GateRow.fallback.is_(True))
+            ).all()
+        return {(i, gate): str((evidence or {}).get("reason")) for i, gate, evidence in rows}
 
     def record_kinetics(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Store one run's kinetic summaries (patient, population, metric, value, …) at once."""
@@ -830,8 +1068,27 @@ class Store:
                                 select(PopulationRow).where(PopulationRow.gating_id == gating.id)
                             )
                         },
+                        "corrections_key": gating.corrections_key,
+                        "populations": [
+                            {
+                                "population": p.population,
+                                "parent": p.parent,
+                                "count": p.count,
+                                "parent_count": p.parent_count,
+                            }
+                            for p in session.scalars(
+                                select(PopulationRow)
+                                .where(PopulationRow.gating_id == gating.id)
+                                .order_by(PopulationRow.id)
+                            )
+                        ],
                         "cuts": {
-                            g.gate: {"value": g.value, "method": g.method, "fallback": g.fallback}
+                            g.gate: {
+                                "value": g.value,
+                                "method": g.method,
+                                "fallback": g.fallback,
+                                "evidence": g.evidence,
+                            }
                             for g in session.scalars(
                                 select(GateRow).where(GateRow.gating_id == gating.id)
                             )
@@ -865,6 +1122,9 @@ class Store:
                 },
                 "ingest": run_info(session, sample.run_id),
                 "gatings": trail,
+                "blood_volume_ul": sample.blood_volume_ul,
+                "beads_per_tube": sample.beads_per_tube,
+                "corrections": self.corrections(sample_id),
             }
 
     def snapshot(self) -> dict[str, list[tuple]]:

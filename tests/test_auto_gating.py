@@ -506,3 +506,24 @@ def test_a_lymphocyte_gate_keeping_nothing_is_flagged(cohort):
     moved = _gate(fcs, panel, events)
     assert moved.result.count("lymphocytes") <= 0.002 * moved.result.count("leukocytes")
     assert "implausible:lymphocytes" in moved.placed.flags
+
+
+@pytest.mark.parametrize("tube", ["memory", "function", "bcell"])
+@pytest.mark.parametrize(("fsc", "ssc"), [(1.3, 4.0), (0.6, 0.3), (1.0, 0.25)])
+def test_scatter_clusters_started_on_the_data_assume_no_instruments_positions(
+    cohort, tmp_path, tube, fsc, ssc
+):
+    """With ``start: data`` the template's scatter clusters are only a layout, started on
+    the sample's own scatter: the same sample recorded with other scatter gains keeps the
+    same events in every population, with no flag."""
+    fcs, panel, _ = _load(cohort, "D11", tube)
+    on_data = _template_with(tmp_path, tube, "    clusters:\n", "    start: data\n    clusters:\n")
+    events = fcs.events.astype(np.float64)
+    for channel, scale in (("FSC-A", fsc), ("FSC-H", fsc), ("SSC-A", ssc)):
+        events[:, fcs.channel_names.index(channel)] *= scale
+    alone = _gate(fcs, panel, fcs.events, template=on_data)
+    moved = _gate(fcs, panel, events, template=on_data)
+    assert moved.placed.flags == alone.placed.flags
+    for population in alone.placed.populations:
+        before, after = alone.result.count(population), moved.result.count(population)
+        assert abs(after - before) <= max(2, 0.002 * before), (population, before, after)

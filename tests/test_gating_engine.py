@@ -7,7 +7,9 @@
   intersecting with the parent;
 - hostile or broken XML is refused with a GatingError naming the file, before FlowKit sees it;
 - export to Gating-ML and import again keeps the model and every event's membership;
-- compensation, polygons and 'FCS' compensation agree with flowutils / an explicit reference.
+- compensation, polygons and 'FCS' compensation agree with flowutils / an explicit reference;
+- polygons and ellipsoids, tested only on the events within their extent, select what testing
+  every event selects.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gating.compensation import compensate
-from gating.engine import Evaluator, evaluate, points_in_polygon
+from gating.engine import Evaluator, evaluate, points_in_ellipsoid, points_in_polygon
 from gating.errors import GatingError
 from gating.gatingml import MAX_DOCUMENT_BYTES, export_gatingml, load_gatingml
 from gating.model import (
@@ -206,6 +208,50 @@ def test_logicle_range_in_raw_space_equals_transformed(transform, channel, low, 
 )
 def test_every_scale_transform_range_in_raw_space_equals_transformed(transform, channel, low, high):
     _check_range(transform, channel, low, high)
+
+
+# shapes: only events within a shape's extent are tested, which must change nothing
+
+
+@settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    transform=st.one_of(logicle(), hyperlog(), fasinh(), flog(), flin()),
+    channels=st.permutations(CHANNELS).map(lambda c: c[:2]),
+    corners=st.lists(st.integers(0, 13_366), min_size=3, max_size=6),
+    stretch=st.floats(0.2, 3.0),
+)
+def test_shapes_on_transformed_axes_equal_testing_every_event(
+    transform, channels, corners, stretch
+):
+    """A polygon whose vertices and an ellipsoid whose extent sit exactly on events'
+    transformed values select what testing every event's transformed values selects."""
+    events, names = _data()
+    values = [transform.apply(_column(c)) for c in channels]
+    vertices = tuple((float(values[0][i]), float(values[1][i])) for i in corners)
+    assume(all(math.isfinite(v) for vertex in vertices for v in vertex))
+    assume(len({v[0] for v in vertices}) > 1 and len({v[1] for v in vertices}) > 1)
+    centre = np.mean(vertices, axis=0)
+    # the ellipse's extent on the first axis ends exactly at the first corner's value
+    half = abs(vertices[0][0] - centre[0])
+    assume(half > 0)
+    covariance = ((half**2, 0.0), (0.0, (stretch * half) ** 2))
+    axes = tuple(_dimension(c, "T") for c in channels)
+    gate_set = GateSet(
+        (
+            PolygonGate("p", None, axes, vertices),
+            EllipsoidGate("e", None, axes, tuple(centre), covariance, 1.0),
+        ),
+        {"T": transform},
+        {"MySpill": MY_SPILL},
+    )
+    result = evaluate(gate_set, events, names)
+    with np.errstate(invalid="ignore"):
+        expected_p = points_in_polygon(values[0], values[1], vertices)
+        expected_e = points_in_ellipsoid(values, centre, covariance, 1.0)
+    assert np.array_equal(result.mask("p"), expected_p)
+    assert np.array_equal(result.mask("e"), expected_e)
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ def test_degenerate_comparisons_do_not_raise():
     assert compare_groups([1.0, 1.0, 1.0], ["a", "b", "c"]).note
 
 
-def test_counts_use_fisher_for_2x2_and_chi_square_beyond():
+def test_counts_use_fisher_for_2x2_and_freeman_halton_beyond():
     rows = ["t"] * 4 + ["c"] * 4
     cols = [True, True, True, False, True, False, False, False]
     fisher = compare_counts(cols, rows, "event", "arm")
@@ -142,7 +142,9 @@ def test_counts_use_fisher_for_2x2_and_chi_square_beyond():
     assert fisher.p == pytest.approx(stats.fisher_exact([[1, 3], [3, 1]]).pvalue)
     assert fisher.counts == {"c": {"no": 3, "yes": 1}, "t": {"no": 1, "yes": 3}}
     bigger = compare_counts(list("abcabcabcabc"), list("xxxxxxyyyyyy"))
-    assert bigger.test == "chi-square" and bigger.dof == 2
+    assert bigger.test == "Fisher-Freeman-Halton exact" and bigger.dof == 2
+    assert bigger.p == pytest.approx(1.0)  # the balanced table is the most probable one
+    assert "expected count 2" in bigger.note
 
 
 # --- ROC cut-points ---------------------------------------------------------------------------
@@ -211,12 +213,12 @@ def test_bootstrap_auc_interval_is_seeded_and_brackets_the_auc():
 def test_config_yaml_overrides_and_errors(tmp_path):
     path = tmp_path / "analysis.yaml"
     path.write_text(
-        "variables: [auc14_car_t]\nhorizon_days: 180\ncensor_at_hsct: true\n"
+        "variables: [car_t_auc14]\nhorizon_days: 180\ncensor_at_hsct: true\n"
         "cox_covariates: [burden_after_class, bridging]\nreference_levels: {bridging: chemo}\n",
         encoding="utf-8",
     )
     config = load_outcome_config(path)
-    assert config.variables == ("auc14_car_t",)
+    assert config.variables == ("car_t_auc14",)
     assert (config.horizon_days, config.censor_at_hsct) == (180.0, True)
     assert config.reference_levels == {"bridging": "chemo"}
     assert load_outcome_config(None) == OutcomeConfig()
@@ -240,9 +242,9 @@ def patient_table(truth: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "patient": truth["patient"],
-            "cmax_car_t_per_ul": truth["peak_car_t_per_ul"],
-            "tmax_day": truth["peak_day"],
-            "auc14_car_t": truth["auc14_car_t"],
+            "car_t_cmax": truth["peak_car_t_per_ul"],
+            "car_t_tmax_day": truth["peak_day"],
+            "car_t_auc14": truth["auc14_car_t"],
             "scm_pct_of_cd8_car_at_peak": 100 * truth["scm_fraction_cd8_car_at_peak"],
         }
     )
@@ -267,11 +269,11 @@ def effects(cohort, tmp_path_factory):
     summary, truth = cohort
     config = OutcomeConfig(
         variables=(
-            "cmax_car_t_per_ul",
-            "auc14_car_t",
+            "car_t_cmax",
+            "car_t_auc14",
             "scm_pct_of_cd8_car_at_peak",
             "tumour_burden_after_pct",
-            "persistence_day",
+            "car_t_persistence_day",
         ),
         groupings=("bridging", "burden_after_class", "hematotox_risk", "expanded"),
         bootstrap=500,
@@ -286,7 +288,7 @@ def test_ino_bridging_lowers_burden_and_expansion_and_raises_scm(effects):
     burden = effects.comparison("bridging", "tumour_burden_after_pct")
     assert burden.group("InO").median < burden.group("chemo").median
     assert burden.effect < 0.35 and burden.p < 0.05
-    peak = effects.comparison("bridging", "cmax_car_t_per_ul")
+    peak = effects.comparison("bridging", "car_t_cmax")
     assert peak.test == "Mann-Whitney U"
     assert peak.group("InO").median < peak.group("chemo").median and peak.effect < 0.5
     scm = effects.comparison("bridging", "scm_pct_of_cd8_car_at_peak")
@@ -318,7 +320,7 @@ def test_multivariable_model_and_notes(effects):
     (efs,) = [r for r in effects.cox_multivariable if r.endpoint == "efs"]
     assert efs.covariates == ("burden_after_class", "scm_pct_of_cd8_car_at_peak")
     assert efs.term("burden_after_class", "high").hr > 1
-    assert any("persistence_day" in n for n in effects.notes)  # missing variable: skipped
+    assert any("car_t_persistence_day" in n for n in effects.notes)  # missing variable: skipped
     assert any("expanded derived" in n for n in effects.notes)
 
 
@@ -335,7 +337,7 @@ def test_endpoints_and_followup_agree_with_truth(effects, cohort):
 def test_hsct_censoring_changes_only_efs(cohort, tmp_path):
     summary, truth = cohort
     base = OutcomeConfig(
-        variables=("auc14_car_t",), groupings=("bridging",), figures=False, bootstrap=100
+        variables=("car_t_auc14",), groupings=("bridging",), figures=False, bootstrap=100
     )
     plain = run_outcomes(summary.clinical, patient_table(truth), tmp_path / "a", base)
     censored = run_outcomes(
@@ -353,7 +355,7 @@ def test_hsct_censoring_changes_only_efs(cohort, tmp_path):
 
 def test_patient_ids_read_from_a_file_stay_text(tmp_path):
     table = tmp_path / "patients.csv"
-    table.write_text("patient,auc14_car_t\n001,420\n010,35.5\n", encoding="utf-8")
+    table.write_text("patient,car_t_auc14\n001,420\n010,35.5\n", encoding="utf-8")
     assert read_patient_table(table)["patient"].tolist() == ["001", "010"]
 
 
@@ -364,7 +366,7 @@ def test_stage_writes_tables_json_and_figures(cohort, tmp_path):
     )
     config_path = tmp_path / "analysis.yaml"
     config_path.write_text(
-        "variables: [auc14_car_t, scm_pct_of_cd8_car_at_peak]\ngroupings: [bridging]\n"
+        "variables: [car_t_auc14, scm_pct_of_cd8_car_at_peak]\ngroupings: [bridging]\n"
         "bootstrap: 200\nhorizon_days: 365\n",
         encoding="utf-8",
     )
@@ -390,7 +392,7 @@ def test_stage_writes_tables_json_and_figures(cohort, tmp_path):
     for stem in (
         "km_efs_overall",
         "km_os_bridging",
-        "km_efs_auc14_car_t_cut",
+        "km_efs_car_t_auc14_cut_landmark28",  # measured after infusion: from the D28 landmark
         "box_bridging",
         "roc_efs",
         "expansion_bridging",
@@ -398,33 +400,36 @@ def test_stage_writes_tables_json_and_figures(cohort, tmp_path):
         assert (out / f"{stem}.png").stat().st_size > 0
         assert (out / f"{stem}.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
     payload = json.loads((out / "outcomes.json").read_text(encoding="utf-8"))
-    assert payload["config"]["variables"] == ["auc14_car_t", "scm_pct_of_cd8_car_at_peak"]
+    assert payload["config"]["variables"] == ["car_t_auc14", "scm_pct_of_cd8_car_at_peak"]
     assert payload["hematotox_table"]["verified"] is False
     assert payload["cutpoints"][0]["label"] == EXPLORATORY
     assert payload["survival"][0]["groups"][0]["n"] == EFFECT_PATIENTS
     assert len(payload["patients"]) == EFFECT_PATIENTS
-    assert {"efs_days", "hematotox_score", "auc14_car_t_cut"} <= set(payload["patients"][0])
+    assert {"efs_days", "hematotox_score", "car_t_auc14_cut"} <= set(payload["patients"][0])
     assert set(payload["tables"]) >= {"cox", "km_estimates", "expansion_summary"}
     assert len(payload["figures"]) == len(report.figures)
     km = pd.read_csv(out / "km_estimates.csv")
     assert set(km["grouping"]) == {
         "overall",
         "bridging",
-        "auc14_car_t_cut",
+        "car_t_auc14_cut",
         "scm_pct_of_cd8_car_at_peak_cut",
     }
 
 
 def test_json_has_no_nan(cohort, tmp_path):
     summary, truth = cohort
-    table = patient_table(truth).assign(auc14_car_t=np.nan)  # nothing to analyse: NaN everywhere
+    table = patient_table(truth).assign(car_t_auc14=np.nan)  # nothing to analyse: NaN everywhere
     config = OutcomeConfig(
-        variables=("auc14_car_t", "tmax_day"), groupings=("bridging",), figures=False, bootstrap=50
+        variables=("car_t_auc14", "car_t_tmax_day"),
+        groupings=("bridging",),
+        figures=False,
+        bootstrap=50,
     )
     report = run_outcomes(summary.clinical, table, tmp_path, config)
     text = report.json_path.read_text(encoding="utf-8")
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in outcomes.json"))
-    assert any("auc14_car_t has no numeric values" in n for n in report.notes)
+    assert any("car_t_auc14 has no numeric values" in n for n in report.notes)
 
 
 # --- bad input never crashes ------------------------------------------------------------------
@@ -459,10 +464,13 @@ def test_bad_patient_table_is_an_input_error(cohort, tmp_path):
 def test_patients_missing_on_either_side_are_notes(cohort, tmp_path):
     summary, truth = cohort
     table = pd.concat(
-        [patient_table(truth).iloc[1:], pd.DataFrame({"patient": ["GHOST"], "tmax_day": [7.0]})]
+        [
+            patient_table(truth).iloc[1:],
+            pd.DataFrame({"patient": ["GHOST"], "car_t_tmax_day": [7.0]}),
+        ]
     )
     config = OutcomeConfig(
-        variables=("tmax_day",), groupings=("bridging",), figures=False, bootstrap=50
+        variables=("car_t_tmax_day",), groupings=("bridging",), figures=False, bootstrap=50
     )
     report = run_outcomes(summary.clinical, table, tmp_path, config)
     assert report.n_patients == EFFECT_PATIENTS

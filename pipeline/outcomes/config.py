@@ -11,16 +11,18 @@ import yaml
 
 from pipeline.errors import YamlPlaces, yaml_problem
 from pipeline.outcomes.common import OutcomeInputError, _jsonable
+from pipeline.patient_variables import DEFAULT_VARIABLES as PATIENT_VARIABLES
+from pipeline.patient_variables import PatientVariable, VariableSpecError, parse_variables
 
 DEFAULT_VARIABLES: tuple[str, ...] = (
-    "cmax_car_t_per_ul",
-    "tmax_day",
-    "auc14_car_t",
-    "auc28_car_t",
+    "car_t_cmax",
+    "car_t_tmax_day",
+    "car_t_auc14",
+    "car_t_auc28",
     "scm_pct_of_cd8_car_at_peak",
     "car_pct_of_cd3_at_peak",
-    "persistence_day",
-    "b_cell_aplasia_duration_days",
+    "car_neg_cd8_scm_per_ul_d28",
+    "car_neg_cd8_scm_per_ul_d90",
 )
 DEFAULT_GROUPINGS: tuple[str, ...] = (
     "bridging",
@@ -30,7 +32,60 @@ DEFAULT_GROUPINGS: tuple[str, ...] = (
     "hematotox_risk",
     "hematotox_risk3",
     "expanded",
+    "car_t_detected_d90",
 )
+# pairs of groupings where one is defined from the other: never tested against each other
+DEFINITIONAL_PAIRS: tuple[tuple[str, str], ...] = (
+    ("burden_before_class", "burden_dynamics"),
+    ("burden_after_class", "burden_dynamics"),
+    ("burden_after_class", "hematotox_risk"),
+    ("burden_after_class", "hematotox_risk3"),
+    ("hematotox_risk", "hematotox_risk3"),
+    ("expanded", "car_t_detected_d90"),
+)
+TABLE1_VARIABLES: tuple[str, ...] = (
+    "tumour_burden_before_pct",
+    "burden_before_class",
+    "tumour_burden_after_pct",
+    "burden_after_class",
+    "burden_dynamics",
+    "anc_per_nl",
+    "platelets_per_nl",
+    "haemoglobin_g_dl",
+    "crp_mg_l",
+    "hematotox_score",
+    "hematotox_risk",
+)
+TABLE3_VARIABLES: tuple[str, ...] = (
+    "car_t_cmax",
+    "car_t_tmax_day",
+    "car_t_auc14",
+    "car_t_auc28",
+    "car_pct_of_cd3_at_peak",
+    "cd8_pct_of_car_at_peak",
+    "cd4_pct_of_car_at_peak",
+    "naive_pct_of_cd8_car_at_peak",
+    "scm_pct_of_cd8_car_at_peak",
+    "cm_pct_of_cd8_car_at_peak",
+    "em_pct_of_cd8_car_at_peak",
+    "temra_pct_of_cd8_car_at_peak",
+    "pd1_pct_of_cd8_car_at_peak",
+    "lag3_pct_of_cd8_car_at_peak",
+    "ki67_pct_of_cd8_car_at_peak",
+    "cd71_pct_of_cd8_car_at_peak",
+    "ki67_pct_of_cd4_car_at_peak",
+    "car_neg_cd8_scm_per_ul_d28",
+    "car_neg_cd8_scm_per_ul_d90",
+)
+# names analysis.yaml used before kinetics.csv's names were adopted everywhere
+RENAMED: dict[str, str] = {
+    "cmax_car_t_per_ul": "car_t_cmax",
+    "tmax_day": "car_t_tmax_day",
+    "auc14_car_t": "car_t_auc14",
+    "auc28_car_t": "car_t_auc28",
+    "persistence_day": "car_t_persistence_day",
+}
+TIME_UNITS = {"days": 1.0, "months": 365.25 / 12}
 DEFAULT_CATEGORICAL: tuple[str, ...] = ("efs_event", "os_event", "hsct", "cd19_negative_relapse")
 FIGURE_FORMATS = frozenset({"png", "svg", "pdf"})
 
@@ -47,10 +102,16 @@ class OutcomeConfig:
     estimate_days: float = 365.0  # Kaplan-Meier estimates reported at this day (12 months)
     censor_at_hsct: bool = False
     burden_threshold_pct: float = 5.0
-    expansion_variable: str = "cmax_car_t_per_ul"
+    expansion_variable: str = "car_t_cmax"
     expansion_threshold_per_ul: float = 5.0
     cox_covariates: tuple[str, ...] = ("burden_after_class", "scm_pct_of_cd8_car_at_peak")
-    log10_variables: tuple[str, ...] = ("cmax_car_t_per_ul", "auc14_car_t", "auc28_car_t")
+    log10_variables: tuple[str, ...] = (
+        "car_t_cmax",
+        "car_t_auc14",
+        "car_t_auc28",
+        "car_neg_cd8_scm_per_ul_d28",
+        "car_neg_cd8_scm_per_ul_d90",
+    )
     reference_levels: Mapping[str, str] = field(default_factory=dict)
     roc_min_auc: float = 0.70
     bootstrap: int = 2000
@@ -60,9 +121,28 @@ class OutcomeConfig:
     hematotox_table: Path | None = None
     figures: bool = True
     figure_formats: tuple[str, ...] = ("png", "svg")
+    # variables measured after infusion enter survival analyses only from a landmark day by
+    # which they are known, among patients event-free and followed at that day
+    landmark_days: tuple[float, ...] = (28.0, 90.0)
+    expansion_known_by_day: float = 28.0  # the CAR-T peak and values at it
+    definitional_pairs: tuple[tuple[str, str], ...] = DEFINITIONAL_PAIRS
+    patient_variables: tuple[PatientVariable, ...] = PATIENT_VARIABLES
+    subgroups: Mapping[str, str] = field(
+        default_factory=lambda: {"low_burden": "burden_after_class == low"}
+    )
+    table_grouping: str = "bridging"
+    table1_variables: tuple[str, ...] = TABLE1_VARIABLES
+    table3_variables: tuple[str, ...] = TABLE3_VARIABLES
+    table3_subgroups: tuple[str, ...] = ("low_burden",)
+    early_recovery_days: float = 180.0  # Table 2: B-cell recovery in remission up to this day
+    time_unit: str = "days"  # or months (days / 30.44) for time axes and estimates
+    rmst_horizon_days: float = 365.0  # restricted mean EFS/OS up to this day
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        """Every setting as plain values, in the form analysis.yaml takes them."""
+        values = _jsonable(self)
+        values["patient_variables"] = {v.name: v.to_yaml() for v in self.patient_variables}
+        return values
 
 
 _TUPLE_FIELDS = {
@@ -73,6 +153,9 @@ _TUPLE_FIELDS = {
     "cox_covariates",
     "log10_variables",
     "figure_formats",
+    "table1_variables",
+    "table3_variables",
+    "table3_subgroups",
 }
 
 
@@ -95,7 +178,40 @@ def _config_value(name: str, value: Any, source: str) -> Any:
             raise OutcomeInputError(source, f"{name}: {unknown} not among {sorted(FIGURE_FORMATS)}")
         return formats
     if name in _TUPLE_FIELDS:
-        return _names(name, value, source)
+        names = _names(name, value, source)
+        renamed = {n: RENAMED[n] for n in names if n in RENAMED}
+        if renamed:
+            listed = ", ".join(f"{old} → {new}" for old, new in renamed.items())
+            raise OutcomeInputError(source, f"{name}: renamed (kinetics.csv's names): {listed}")
+        return names
+    if name == "patient_variables":
+        try:  # declared in addition to the defaults; a default's name may be redefined
+            declared = parse_variables(value or {}, str(source))
+        except VariableSpecError as exc:
+            raise OutcomeInputError(source, str(exc)) from None
+        mine = {v.name for v in declared}
+        return (*(v for v in PATIENT_VARIABLES if v.name not in mine), *declared)
+    if name == "landmark_days":
+        try:
+            return tuple(sorted(float(v) for v in value))
+        except (TypeError, ValueError):
+            raise OutcomeInputError(source, f"{name}: expected a list of days") from None
+    if name == "definitional_pairs":
+        if not all(isinstance(p, list | tuple) and len(p) == 2 for p in value or []):
+            raise OutcomeInputError(source, f"{name}: expected a list of [grouping, grouping]")
+        return tuple((str(a), str(b)) for a, b in value or [])
+    if name == "subgroups":
+        if not isinstance(value, dict):
+            raise OutcomeInputError(source, f"{name}: expected a mapping name → 'column == level'")
+        from pipeline.outcomes.subsets import parse_where
+
+        for text in value.values():
+            parse_where(str(text), source)
+        return {str(k): str(v) for k, v in value.items()}
+    if name == "time_unit":
+        if value not in TIME_UNITS:
+            raise OutcomeInputError(source, f"{name}: {value!r} is not one of {list(TIME_UNITS)}")
+        return value
     if name == "reference_levels":
         if not isinstance(value, dict):
             raise OutcomeInputError(source, f"{name}: expected a mapping column → level")

@@ -46,6 +46,7 @@ class CoxResult:
     likelihood_ratio_p: float = math.nan
     ties: str = "efron"
     note: str | None = None
+    landmark_day: float = 0.0  # time counted from this day, among patients at risk then
 
     def term(self, covariate: str, level: str | None = None) -> CoxTerm:
         return next(t for t in self.terms if t.covariate == covariate and level in (None, t.level))

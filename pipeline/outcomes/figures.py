@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.outcomes.common import ENDPOINTS, EXPLORATORY, as_groups
+from pipeline.outcomes.config import TIME_UNITS
 from pipeline.outcomes.groups import GroupComparison
 from pipeline.outcomes.stage import OutcomeReport
-from pipeline.outcomes.survival import KmSummary, fit_km
+from pipeline.outcomes.survival import KmSummary, fit_km, landmark_frame
 from pipeline.outputs import write_csv
 
 TIMEPOINT_COLUMNS = ("patient", "nominal_day", "car_t_per_ul")
@@ -68,6 +69,8 @@ def km_figure(
 
     plt = _pyplot()
     days, event = ENDPOINTS[summary.endpoint]
+    scale = TIME_UNITS.get(summary.time_unit, 1.0)
+    data = landmark_frame(data, days, summary.landmark_day)
     overall = summary.grouping == "overall"
     groups = as_groups(pd.Series("all", index=data.index) if overall else data[summary.grouping])
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -75,7 +78,7 @@ def km_figure(
     for level in summary.groups:
         mask = (groups == level.level) & data[days].notna()
         kmf = fit_km(
-            data.loc[mask, days].to_numpy(float),
+            data.loc[mask, days].to_numpy(float) / scale,
             data.loc[mask, event].to_numpy(bool),
             level.level,
             confidence,
@@ -85,8 +88,14 @@ def km_figure(
     if fitters:
         add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
     test = f", log-rank {_p_text(summary.logrank.p)}" if summary.logrank else ""
-    ax.set_title(f"{summary.endpoint.upper()} by {summary.grouping}{test}")
-    ax.set_xlabel("days since infusion")
+    title = f"{summary.endpoint.upper()} by {summary.grouping}{test}"
+    if summary.grouping.endswith("_cut"):
+        title += f"\n{EXPLORATORY} cut-off"
+    start = f"day {summary.landmark_day:g} (landmark)" if summary.landmark_day else "infusion"
+    if summary.landmark_day:
+        title += f"; patients at risk on day {summary.landmark_day:g}"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"{summary.time_unit} since {start}")
     ax.set_ylabel(f"{summary.endpoint.upper()} probability")
     ax.set_ylim(0, 1.05)
     return save_figure(fig, stem, formats)
@@ -164,6 +173,14 @@ def roc_figure(report: OutcomeReport, stem: Path, formats: Sequence[str] = ("png
 # --- expansion --------------------------------------------------------------------------------
 
 
+def car_t_points(timepoints: pd.DataFrame) -> pd.DataFrame:
+    """CAR-T cells/µL per patient and nominal day from a timepoint table (or as given)."""
+    if "population" not in timepoints or "car_t_per_ul" in timepoints:
+        return timepoints
+    car = timepoints[(timepoints.tube == "memory") & (timepoints.population == "CAR")]
+    return car.rename(columns={"cells_per_ul": "car_t_per_ul"})
+
+
 def expansion_summary(timepoints: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     """Median and IQR of CAR-T/µL per group and nominal day (patient medians first)."""
     per_patient = timepoints.groupby(["patient", "nominal_day"], as_index=False)[
@@ -200,6 +217,7 @@ def expansion_figure(
 
 
 def _expansion(report, groupings, timepoints, tables, notes) -> list[Path]:
+    timepoints = car_t_points(timepoints)
     missing = [c for c in TIMEPOINT_COLUMNS if c not in timepoints.columns]
     if missing:
         notes.append(f"timepoints table lacks {missing}: expansion figures skipped")
@@ -235,7 +253,8 @@ def write_figures(
     paths: list[Path] = []
     for summary in report.survival:
         if summary.groups:
-            stem = out / f"km_{summary.endpoint}_{_slug(summary.grouping)}"
+            landmark = f"_landmark{summary.landmark_day:g}" if summary.landmark_day else ""
+            stem = out / f"km_{summary.endpoint}_{_slug(summary.grouping)}{landmark}"
             paths += km_figure(report.patients, summary, stem, formats, report.config.confidence)
     for grouping in groupings:
         comparisons = [c for c in report.comparisons if c.grouping == grouping]

@@ -1,4 +1,4 @@
-"""Group comparisons: medians with CIs, Mann-Whitney / Kruskal-Wallis, Fisher / chi-square."""
+"""Group comparisons: medians with CIs, Mann-Whitney / Kruskal-Wallis, Fisher exact (r×c too)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from pipeline.outcomes.common import _alpha, _float, _levels, _series, as_groups
+from pipeline.outcomes.exact import fisher_freeman_halton
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,10 @@ def compare_groups(
 
 @dataclass(frozen=True)
 class CountTest:
-    """A cross-table of two categorical columns with Fisher's exact (2×2) or chi-square test.
+    """A cross-table of two categorical columns with Fisher's exact test (2×2) or the exact
+    Fisher–Freeman–Halton test (r×c; Monte Carlo when the enumeration is too large).
 
-    ``statistic`` is the odds ratio for Fisher's test and χ² otherwise.
+    ``statistic`` is the odds ratio of a 2×2 table (NaN otherwise).
     """
 
     grouping: str
@@ -152,13 +154,18 @@ class CountTest:
 
 
 def _table_test(table: pd.DataFrame) -> _Test:
+    table = table.loc[table.sum(axis=1) > 0, table.sum(axis=0) > 0]
     if table.shape[0] < 2 or table.shape[1] < 2:
         return _Test(None, note="needs at least two levels on each side")
     if table.shape == (2, 2):
         result = stats.fisher_exact(table.to_numpy())
         return _Test("Fisher exact", _float(result.statistic), _float(result.pvalue), dof=1)
-    result = stats.chi2_contingency(table.to_numpy())
-    return _Test("chi-square", _float(result.statistic), _float(result.pvalue), dof=int(result.dof))
+    expected = stats.contingency.expected_freq(table.to_numpy())
+    exact = fisher_freeman_halton(table.to_numpy())
+    name = "Fisher-Freeman-Halton exact" + (" (Monte Carlo)" if exact.method != "exact" else "")
+    note = f"smallest expected count {expected.min():.2g}" if expected.min() < 5 else None
+    dof = (table.shape[0] - 1) * (table.shape[1] - 1)
+    return _Test(name, math.nan, exact.p, dof=dof, note=note)
 
 
 def compare_counts(
@@ -167,7 +174,7 @@ def compare_counts(
     variable: str = "value",
     grouping: str = "group",
 ) -> CountTest:
-    """Counts of a categorical variable per group; Fisher exact for 2×2, chi-square beyond."""
+    """Counts of a categorical variable per group; Fisher exact for 2×2, Freeman-Halton beyond."""
     v, g = as_groups(_series(values)), as_groups(_series(groups))
     keep = v.notna() & g.notna()
     table = pd.crosstab(g[keep], v[keep], dropna=False)
