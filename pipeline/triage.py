@@ -322,11 +322,12 @@ def peak_items(
 ):
     """Percentages that feed the kinetics at each patient's peak day that are not evaluable
     (parent under the LLOQ) or rest on fewer events than the LOD."""
-    from pipeline.kinetics import PERCENT_AT_PEAK
+    from pipeline.patient_variables import DEFAULT_VARIABLES
 
     if timepoints is None or timepoints.empty:
         return
-    for metric, (tube, population) in PERCENT_AT_PEAK.items():
+    at_peak = [v for v in DEFAULT_VARIABLES if v.measure == "percent" and v.when == "peak"]
+    for metric, tube, population in ((v.name, v.tube, v.population) for v in at_peak):
         wanted = timepoints[(timepoints.tube == tube) & (timepoints.population == population)]
         for row in wanted.itertuples(index=False):
             if peaks.get(row.patient) != row.nominal_day:
