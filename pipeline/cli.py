@@ -890,6 +890,7 @@ def review(
     from pipeline.timepoints import TimepointSettings, timepoint_table
 
     settings = _count_settings(lod_events, lloq_events, "zero")
+    lab = _lab_config(config)  # a bad configuration stops the command before any work
     try:
         store = Store(db, existing=True)
     except CartflowError as exc:
@@ -901,7 +902,7 @@ def review(
             store.latest_counts(), settings=TimepointSettings(counts=settings)
         )
         queue = review_state(
-            store, timepoints, counts=settings, patient=patient, config=_lab_config(config)
+            store, timepoints, counts=settings, patient=patient, config=lab
         )
     finally:
         store.close()
@@ -965,6 +966,7 @@ def override(
     next `run` recomputes timepoints, kinetics, outcomes and the report)."""
     from pipeline.store import Store
 
+    lab = _lab_config(config)  # a bad configuration stops the command before any work
     try:
         store = Store(db, existing=True)
     except CartflowError as exc:
@@ -982,7 +984,7 @@ def override(
             raise _fail("give one of --cut, --gates, --exclude or --revoke")
         if gates is not None:
             _set_gates(store, sample, gates, reason, _by(by))
-        _correct(store, sample, cut or [], exclude, revoke, reason, _by(by), _lab_config(config))
+        _correct(store, sample, cut or [], exclude, revoke, reason, _by(by), lab)
     finally:
         store.close()
 
