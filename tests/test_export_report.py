@@ -19,6 +19,7 @@ from pipeline.cli import app
 from pipeline.export import DICTIONARY
 from pipeline.report import write_report
 from pipeline.store import Store
+from tests.chromium import CHROMIUM, FLAGS, dump_dom
 from tests.conftest import FIXTURE_COHORT
 
 runner = CliRunner()
@@ -137,17 +138,6 @@ def test_every_number_has_a_trail(finished_run):
     assert missing.exit_code == 1 and "no sample 99999" in missing.output
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.skipif(
@@ -164,22 +154,7 @@ def test_report_pages_load_in_chromium(finished_run, tmp_path):
         for src in re.findall(r'src="([^"]+)"', html):
             assert (page.parent / src).is_file(), (page, src)
         profile = tmp_path / f"profile-{page.stem}"
-        done = subprocess.run(
-            [
-                CHROMIUM,
-                *FLAGS,
-                f"--user-data-dir={profile}",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--virtual-time-budget=3000",
-                "--dump-dom",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+        done = dump_dom(page, profile, "--enable-logging=stderr", "--v=0")
         console_errors = [
             line
             for line in done.stderr.splitlines()

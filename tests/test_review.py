@@ -21,6 +21,7 @@ from pipeline.cli import app
 from pipeline.simulate import SimulationConfig, simulate_cohort
 from pipeline.store import Store
 from pipeline.triage import FLAG_KINDS, NEEDS_REVIEW, flag_kind, flag_table_markdown, severity
+from tests.chromium import CHROMIUM, FLAGS, dump_dom
 from tests.fcs_mutate import build_fcs, split_fcs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -349,36 +350,12 @@ def test_overrides_are_applied_again_after_a_template_change(cohort, tmp_path):
         store.close()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCM_LINE = ("T", "CAR", "CAR_CD8", "CAR_CD8_SCM")
 """The phenotype gates that define SCM, from the T cells down."""
 
 
 def _dom(page: Path, profile: Path) -> str:
-    done = subprocess.run(
-        [
-            CHROMIUM,
-            *CHROME_FLAGS,
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return dump_dom(page, profile).stdout
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (package chromium)")
@@ -435,7 +412,7 @@ def test_sample_page_in_chromium_draws_every_gate_defining_scm_with_its_evidence
         subprocess.run(
             [
                 CHROMIUM,
-                *CHROME_FLAGS,
+                *FLAGS,
                 f"--user-data-dir={tmp_path / 'shot'}",
                 "--window-size=1300,2600",
                 f"--screenshot={Path(keep) / 'sample-page.png'}",
