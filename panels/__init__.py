@@ -219,7 +219,10 @@ def read_marker_names(directory: Path = PANEL_DIR) -> MarkerNames:
         if not isinstance(name, str) or not name.strip():
             raise fluor_places.error(f"[{i}]", f"{name!r} is not a fluorochrome name")
     names = {_squash(str(n)) for n in fluors}
-    return MarkerNames(aliases, tuple(sorted(names, key=len, reverse=True)), tuple(read_as))
+    # longest first, so that a name within a longer one is tried after it; then alphabetical,
+    # so the order (and every hash over it) is the same in every process
+    ordered = tuple(sorted(names, key=lambda name: (-len(name), name)))
+    return MarkerNames(aliases, ordered, tuple(read_as))
 
 
 load_marker_names = cache(read_marker_names)

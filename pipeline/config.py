@@ -123,7 +123,7 @@ class LabConfig:
             },
             # spellings, read_as entries among them, of the tube's markers
             "spellings": sorted([s, m] for s, m in self.names.aliases.items() if m in markers),
-            "fluorochromes": list(self.names.fluorochromes),
+            "fluorochromes": sorted(self.names.fluorochromes),
         }
         return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode("utf-8")).hexdigest()
 

@@ -71,6 +71,25 @@ def test_run_writes_tables_and_report_and_is_incremental(tmp_path, store_url):
     store.close()
 
 
+def test_a_rerun_in_another_process_gates_nothing(tmp_path):
+    """What keys a gating (template, panel and marker names, corrections) hashes the same in
+    every process: a second `cartflow run`, with another string-hash seed, gates nothing."""
+    batch = _batch(tmp_path / "batch", prefixes=("CART-001 D11_",))
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    outputs = []
+    for seed in ("1", "2"):
+        done = subprocess.run(
+            _cli(*_run_args(batch, url, tmp_path / "out")),
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert f"{len(list(batch.glob('*.fcs')))} gated" in outputs[0]
+    assert "0 gated" in outputs[1], outputs[1]
+
+
 def test_dask_cluster_gives_the_same_results(tmp_path):
     from dask.distributed import LocalCluster
 
