@@ -460,3 +460,46 @@ def test_rmst_and_its_standard_error_without_censoring_are_the_sample_mean_and_i
     group = summary.groups[0]
     assert group.rmst == pytest.approx(clipped.mean())
     assert group.rmst_se == pytest.approx(clipped.std(ddof=0) / np.sqrt(len(clipped)))
+
+
+def _all_hematotox(clinical: pd.DataFrame) -> pd.Series:
+    """ALL-Hematotox computed here from its definition (CAR-HEMATOTOX's ANC, platelet,
+    haemoglobin and CRP points, marrow blasts in place of ferritin), not from the shipped
+    table: ANC < 1.2/nL 1; platelets < 75/nL 2, 75–175/nL 1; haemoglobin < 9.0 g/dL 1;
+    CRP > 3.0 mg/dL 1; marrow blasts > 25 % 2, > 5 % 1."""
+    platelets = clinical["platelets_per_nl"]
+    blasts = clinical["tumour_burden_after_pct"]
+    score = (
+        (clinical["anc_per_nl"] < 1.2).astype(int)
+        + np.select([platelets < 75, platelets <= 175], [2, 1], 0)
+        + (clinical["haemoglobin_g_dl"] < 9.0).astype(int)
+        + (clinical["crp_mg_l"] > 30).astype(int)
+        + np.select([blasts > 25, blasts > 5], [2, 1], 0)
+    )
+    inputs = ["anc_per_nl", "platelets_per_nl", "haemoglobin_g_dl", "crp_mg_l",
+              "tumour_burden_after_pct"]  # fmt: skip
+    return score.where(clinical[inputs].notna().all(axis=1))
+
+
+def test_table1_hematotox_rows_against_an_independent_score(study):
+    """Table 1's ALL-Hematotox score (median, IQR, range, Mann-Whitney by bridging) and its
+    risk groups (low ≤ 3, high ≥ 4: n (%) and Fisher) from the score computed here."""
+    table = pd.read_csv(study / "outcomes" / "table1.csv")
+    clinical = _clinical(study)
+    score = _all_hematotox(clinical)
+    assert score.notna().sum() >= PATIENTS - 2 and score.nunique() >= 3  # a real spread
+    rows = table[table.variable == "hematotox_score"].set_index("column")
+    for level, part in [("overall", score), *score.groupby(clinical["bridging"])]:
+        values = part.dropna().to_numpy(float)
+        median, q1, q3 = _median_iqr(values)
+        row = rows.loc[level]
+        assert row["n"] == len(values), level
+        numbers = [row["median"], row["q1"], row["q3"], row["min"], row["max"]]
+        assert numbers == pytest.approx([median, q1, q3, values.min(), values.max()]), level
+    groups = [g.dropna() for _, g in score.groupby(clinical["bridging"])]
+    assert rows["p"].iloc[0] == pytest.approx(stats.mannwhitneyu(*groups).pvalue)
+    known = score.notna()
+    risk = pd.Series(np.where(score[known] >= 4, "high (≥4)", "low (<4)"))
+    risk_rows = table[table.variable == "hematotox_risk"]
+    assert set(risk_rows["level"]) == set(risk)
+    _check_counts(risk_rows, risk, clinical.loc[known, "bridging"].reset_index(drop=True))
