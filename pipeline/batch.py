@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,7 +35,7 @@ from pipeline.kinetics import KineticsOptions, patient_kinetics
 from pipeline.outputs import remove_folder, write_csv, write_parquet
 from pipeline.report import plots_dir, write_report
 from pipeline.review import review_exports, write_batch_workspace
-from pipeline.store import GateRecord, PopulationRecord, Store
+from pipeline.store import GateRecord, PopulationRecord, Store, corrections_key
 from pipeline.timepoints import TimepointSettings, timepoint_table
 
 
@@ -118,19 +119,19 @@ class SampleCorrections:
     gates: FixedGates | None = None
 
 
-def sample_corrections(store: Store, sample_id: int) -> SampleCorrections:
-    """A sample's corrections key, its active cut overrides (the newest of each cut) and its
-    newest active fixed gates."""
+def sample_corrections(trail: Sequence[Mapping[str, Any]]) -> SampleCorrections:
+    """From a sample's audit trail (oldest first): its corrections key, its active cut
+    overrides (the newest of each cut) and its newest active fixed gates."""
     newest: dict[str, Override] = {}
     gates = None
-    for c in store.corrections(sample_id):
+    for c in trail:
         if c["active"] and c["action"] == "cut":
             newest[c["target"]] = Override(
                 c["target"], float(c["new"]), c["id"], c["by"], c["reason"]
             )
         if c["active"] and c["action"] == "gates":
             gates = FixedGates(c["new"]["file"], c["new"]["content"], c["id"])
-    return SampleCorrections(store.corrections_key(sample_id), tuple(newest.values()), gates)
+    return SampleCorrections(corrections_key(trail), tuple(newest.values()), gates)
 
 
 def _gate_fixed_work(item: PendingFile, base: dict) -> GateWork:
@@ -257,6 +258,10 @@ def pending_gating(
     resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
     panel_shas: dict[str, str] = {}
     by_sha = {s["sha256"]: s for s in store.samples()}
+    trails: dict[int, list[dict[str, Any]]] = {}
+    for entry in store.corrections():
+        trails.setdefault(entry["sample_id"], []).append(entry)
+    tried = store.gating_keys()
     pending = []
     for path, sha in files:
         sample = by_sha.get(sha)
@@ -270,12 +275,10 @@ def pending_gating(
             panel_sha = panel_shas[tube] = resolving.panel_sha256(tube)
         else:
             panel_sha = panel_shas[tube]
-        corrections = sample_corrections(store, sample["sample_id"])
+        corrections = sample_corrections(trails.get(sample["sample_id"], []))
         try:
             gating_sha = lab.sha256 if lab else _template(tube, config).sha256
-            done = store.has_gating(
-                sample["sample_id"], gating_sha, panel_sha, corrections.key
-            )
+            done = (sample["sample_id"], gating_sha, panel_sha, corrections.key) in tried
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:

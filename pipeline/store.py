@@ -7,10 +7,11 @@ one transaction, so an interrupted write leaves all of them or none.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -149,6 +150,10 @@ class SampleRow(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
+KEY_LENGTH = 64
+"""Characters of a gating's corrections key (its column's width)."""
+
+
 class GatingRow(Base):
     """One sample gated with one template, panel and state of its hand corrections: at most
     once, however many runs try at once."""
@@ -165,7 +170,7 @@ class GatingRow(Base):
     panel_sha256: Mapped[str] = mapped_column(String(64), default="")
     """SHA-256 of the tube's panels and the marker names resolving them, as gated ('' for a
     lab's fixed gates, which use no panel)."""
-    corrections_key: Mapped[str] = mapped_column(String(64), default="")
+    corrections_key: Mapped[str] = mapped_column(String(KEY_LENGTH), default="")
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
@@ -295,6 +300,17 @@ OVERRIDES = ("cut", "gates", "exclude")
 """Correction actions that change a sample's numbers until revoked."""
 REGATING = ("cut", "gates")
 """Those that need the sample gated again."""
+
+
+def corrections_key(trail: Sequence[Mapping[str, Any]]) -> str:
+    """What of a sample's corrections (its audit trail, oldest first) its gating depends on:
+    the ids of every cut or gates override and of every revocation of one ('' when there is
+    none), so each change makes one new gating and a revocation goes back to automatic
+    values. Longer than the key column holds: the SHA-256 of those ids."""
+    regating = {c["id"] for c in trail if c["action"] in REGATING}
+    ids = ",".join(str(c["id"]) for c in trail if c["id"] in regating or c["revokes"] in regating)
+    return ids if len(ids) <= KEY_LENGTH else hashlib.sha256(ids.encode()).hexdigest()
+
 
 TABLES = (
     "gatings",
@@ -726,25 +742,19 @@ class Store:
                 FlagRow(gating_id=gating_id, flag=f) for f in dict.fromkeys(flags) if f not in known
             )
 
-    def has_gating(
-        self,
-        sample_id: int,
-        template_sha256: str,
-        panel_sha256: str = "",
-        corrections_key: str = "",
-    ) -> bool:
-        """Whether a sample was already gated (or tried) with this exact template, panel and
-        state of its corrections."""
+    def gating_keys(self) -> set[tuple[int, str, str, str]]:
+        """(sample, template, panel, corrections key) of every gating tried (or done): a
+        sample with the same four is not gated again."""
         with self._sessions() as session:
-            found = session.scalar(
-                select(GatingRow.id).where(
-                    GatingRow.sample_id == sample_id,
-                    GatingRow.template_sha256 == template_sha256,
-                    GatingRow.panel_sha256 == panel_sha256,
-                    GatingRow.corrections_key == corrections_key,
+            rows = session.execute(
+                select(
+                    GatingRow.sample_id,
+                    GatingRow.template_sha256,
+                    GatingRow.panel_sha256,
+                    GatingRow.corrections_key,
                 )
             )
-            return found is not None
+            return {tuple(row) for row in rows}
 
     def add_correction(
         self,
@@ -808,13 +818,8 @@ class Store:
         ]
 
     def corrections_key(self, sample_id: int) -> str:
-        """What of a sample's corrections its gating depends on: the ids of every cut or
-        gates override and of every revocation of one ('' when there is none), so each
-        change makes one new gating and a revocation goes back to automatic values."""
-        trail = self.corrections(sample_id)
-        regating = {c["id"] for c in trail if c["action"] in REGATING}
-        ids = [c["id"] for c in trail if c["id"] in regating or c["revokes"] in regating]
-        return ",".join(map(str, ids))
+        """What of a sample's corrections its gating depends on (:func:`corrections_key`)."""
+        return corrections_key(self.corrections(sample_id))
 
     def excluded_samples(self) -> set[int]:
         """Samples under an exclusion nobody revoked."""

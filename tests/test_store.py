@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from pipeline import __version__
 from pipeline.errors import StoreError
 from pipeline.store import (
+    KEY_LENGTH,
     TABLES,
     FcsFileRow,
     FileRecord,
@@ -22,6 +23,7 @@ from pipeline.store import (
     SampleRecord,
     SampleRow,
     Store,
+    corrections_key,
     normalise_url,
 )
 
@@ -324,3 +326,17 @@ def test_a_read_only_store_opens_for_reading(tmp_path):
         store.close()
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_long_corrections_key_still_fits_its_column():
+    """Each cut override and revocation enters a sample's gating key; past the column's
+    width the key is their SHA-256, still different for a different trail."""
+
+    def trail(count: int, first: int = 1) -> list[dict]:
+        return [{"id": first + i, "action": "cut", "revokes": None} for i in range(count)]
+
+    short = corrections_key([*trail(2), {"id": 9, "action": "accept", "revokes": None}])
+    assert short == "1,2"
+    long = corrections_key(trail(40))
+    assert len(long) == KEY_LENGTH and long != corrections_key(trail(40, first=2))
+    assert corrections_key(trail(40)) == long
