@@ -199,7 +199,7 @@ def _usable(timepoints: pd.DataFrame) -> pd.DataFrame:
 
 def _below_lod(rows: pd.DataFrame) -> pd.Series:
     flag = rows["below_lod"] if "below_lod" in rows else pd.Series(False, index=rows.index)
-    return flag.fillna(False).astype(bool)
+    return flag.astype("boolean").fillna(False).astype(bool)
 
 
 def peak_days(timepoints: pd.DataFrame) -> pd.Series:
