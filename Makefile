@@ -5,7 +5,7 @@ REF_VENV := .venv-fcsparser
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test check lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev $(REF_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# the fast tier for iteration: everything but the tests marked slow (simulated cohorts,
+# calibration, killed and concurrent runs); `make test` stays the whole suite
+check: $(VENV)/.installed-dev $(REF_VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

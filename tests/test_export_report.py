@@ -68,6 +68,7 @@ def _text_files(folder: Path):
             yield path
 
 
+@pytest.mark.slow
 def test_export_tables_with_dictionary(finished_run, tmp_path):
     _, db, _ = finished_run
     for fmt in ("csv", "parquet"):
@@ -276,6 +277,7 @@ def test_a_report_into_a_new_folder_without_gating_plots(finished_run, tmp_path)
     assert flagged and not any("below_lloq" in text or "below_lod" in text for text in flagged)
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_new_draws_no_plot(finished_run, tmp_path):
     """Each gated sample's plots are drawn once (by the worker that gated it); a re-run over
     the same files draws none and its pages still show every plot."""

@@ -81,6 +81,7 @@ def _csv_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.csv"))
 
 
+@pytest.mark.slow
 def test_every_csv_writer_neutralises_formula_cells(hostile):
     assert hostile["run"].exit_code == 2, hostile["run"].output
     assert hostile["export"].exit_code == 0, hostile["export"].output

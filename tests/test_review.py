@@ -358,6 +358,7 @@ def _dom(page: Path, profile: Path) -> str:
     return dump_dom(page, profile).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (package chromium)")
 def test_sample_page_in_chromium_draws_every_gate_defining_scm_with_its_evidence(cohort, tmp_path):
     one = tmp_path / "batch"

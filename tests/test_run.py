@@ -71,6 +71,7 @@ def test_run_writes_tables_and_report_and_is_incremental(tmp_path, store_url):
     store.close()
 
 
+@pytest.mark.slow
 def test_a_rerun_in_another_process_gates_nothing(tmp_path):
     """What keys a gating (template, panel and marker names, corrections) hashes the same in
     every process: a second `cartflow run`, with another string-hash seed, gates nothing."""
@@ -90,6 +91,7 @@ def test_a_rerun_in_another_process_gates_nothing(tmp_path):
     assert "0 gated" in outputs[1], outputs[1]
 
 
+@pytest.mark.slow
 def test_dask_cluster_gives_the_same_results(tmp_path):
     from dask.distributed import LocalCluster
 
@@ -118,6 +120,7 @@ def _reference(tmp_path: Path, batch: Path, url: str) -> dict:
     return snapshot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.8, 2.0, 3.5, 5.0])
 def test_kill_and_rerun_gives_the_same_store(tmp_path, store_url, delay):
     """SIGKILL a real run at some moment, run again: the store equals an uninterrupted run's."""
@@ -195,6 +198,7 @@ def _count(path: Path, table: str) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
     first = _batch(tmp_path / "first", prefixes=("CART-001 D7_", "CART-001 D11_", "CART-003 D11_"))
     second = _batch(
@@ -227,6 +231,7 @@ def test_two_runs_at_once_on_overlapping_batches(tmp_path, store_url):
     store.close()
 
 
+@pytest.mark.slow
 def test_watch_takes_files_once_complete_and_survives_bad_ones(tmp_path):
     folder = tmp_path / "exports"
     folder.mkdir()
@@ -269,6 +274,7 @@ def test_watch_takes_files_once_complete_and_survives_bad_ones(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_detection_limits_and_the_below_lod_interval_are_options_kept_with_the_run(tmp_path):
     """`run --lod-events/--lloq-events` set the limits every concentration is judged by, and
     `kinetics --below-lod-interval exact` gives a below-LOD count its exact Poisson interval."""
@@ -315,6 +321,7 @@ def test_detection_limits_and_the_below_lod_interval_are_options_kept_with_the_r
     assert bad.exit_code != 0 and "--lloq-events 50 is below --lod-events 60" in bad.output
 
 
+@pytest.mark.slow
 def test_a_batch_ingested_under_another_path_is_still_gated(tmp_path, monkeypatch):
     """Ingest, then run the same folder named another way: its files are copies of stored
     content under new names, and the run gates them (it gated nothing)."""
@@ -370,6 +377,7 @@ def _kill_workers(parent: subprocess.Popen, count: int, deadline: float) -> list
     return killed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kills", [1, 2])
 def test_a_killed_worker_is_tried_again_then_quarantined(tmp_path, kills):
     """A worker killed once costs nothing (its file is gated again); killed again, its file
@@ -421,6 +429,7 @@ def test_killing_the_run_kills_its_workers(tmp_path):
     assert not alive
 
 
+@pytest.mark.slow
 def test_watch_ends_with_one_complete_sample_when_a_copy_fills_data_late(tmp_path):
     """A copier that sets the full size first and fills the bytes in later, with pauses:
     no partial content is stored as a sample; the finished file is, once."""

@@ -64,6 +64,7 @@ def _median_iqr(values: np.ndarray) -> tuple[float, float, float]:
     return median, q1, q3
 
 
+@pytest.mark.slow
 def test_tables_exist_and_are_in_the_report(study):
     outcomes = study / "outcomes"
     for name in ("table1", "table2_aplasia", "table3_expansion"):
@@ -118,6 +119,7 @@ def _check_counts(rows: pd.DataFrame, labels: pd.Series, groups: pd.Series) -> N
     assert rows["p"].iloc[0] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_table1_against_the_clinical_table(study):
     table = pd.read_csv(study / "outcomes" / "table1.csv")
     clinical = _clinical(study)
@@ -186,6 +188,7 @@ def _check_continuous(rows: pd.DataFrame, values: pd.Series, groups: pd.Series) 
         assert rows["p"].iloc[0] == pytest.approx(stats.mannwhitneyu(*parts).pvalue)
 
 
+@pytest.mark.slow
 def test_table3_against_the_timepoints(study):
     """Every marker at the peak and the CAR-T peak itself, overall, by bridging and within the
     low-burden patients, recomputed from timepoints.csv and clinical.csv."""
@@ -224,6 +227,7 @@ def test_table3_against_the_timepoints(study):
     assert rows.set_index("column").loc["overall", "n"] == PATIENTS
 
 
+@pytest.mark.slow
 def test_table2_against_clinical_events_and_counts(study):
     table = pd.read_csv(study / "outcomes" / "table2_aplasia.csv")
     patients = pd.read_csv(study / "outcomes" / "aplasia_patients.csv", dtype={"patient": str})
@@ -293,6 +297,7 @@ def test_table2_against_clinical_events_and_counts(study):
     _check_counts(rows, labels, clinical["bridging"].loc[labels.index])
 
 
+@pytest.mark.slow
 def test_non_expanders_stay_in_the_peak_analyses(study):
     kinetics = pd.read_csv(study / "kinetics.csv", dtype={"patient": str})
     assert (kinetics["car_t_cmax"] == 0).any(), "the cohort should hold a non-expander"
@@ -312,6 +317,7 @@ def test_non_expanders_stay_in_the_peak_analyses(study):
     assert roc.roc_n == PATIENTS - unknown.sum() and roc.excluded == unknown.sum()
 
 
+@pytest.mark.slow
 def test_landmark_km_and_logrank_for_persistence_at_day_90(study):
     """CAR-T detected on day 90 (from timepoints.csv: a count at or above the LOD), compared
     only among patients event-free and followed beyond day 90, time counted from day 90."""
@@ -368,6 +374,7 @@ BASELINE = {
 }
 
 
+@pytest.mark.slow
 def test_survival_analyses_from_infusion_use_only_baseline_predictors(study):
     """Every Kaplan-Meier, log-rank and Cox row that counts time from infusion (landmark 0)
     uses a predictor known at infusion; nothing measured later enters there."""
@@ -386,6 +393,7 @@ def test_survival_analyses_from_infusion_use_only_baseline_predictors(study):
     assert {"car_t_detected_d90", "car_t_cmax_cut"} <= set(landmarked)
 
 
+@pytest.mark.slow
 def test_cox_rows_of_post_infusion_variables_are_landmarked(study):
     cox = pd.read_csv(study / "outcomes" / "cox.csv")
     for covariate in ("car_t_cmax", "scm_pct_of_cd8_car_at_peak", "car_t_auc14"):
@@ -395,6 +403,7 @@ def test_cox_rows_of_post_infusion_variables_are_landmarked(study):
     )
 
 
+@pytest.mark.slow
 def test_q_values_are_statsmodels_bh(study):
     from statsmodels.stats.multitest import multipletests
 
@@ -419,6 +428,7 @@ def test_q_values_are_statsmodels_bh(study):
     assert counts.loc["cox_univariable", "tests"] == len(cox)
 
 
+@pytest.mark.slow
 def test_exact_rxc_matches_the_published_job_satisfaction_value():
     # R's fisher.test documentation (Agresti 2002, job satisfaction by income): p = 0.7827
     job = np.array([[1, 2, 1, 0], [3, 3, 6, 1], [10, 10, 14, 9], [6, 7, 12, 11]]).T
@@ -440,6 +450,7 @@ def test_unknown_and_renamed_names_are_errors():
     assert declared.patient_variables[-1].known_by_day == 14
 
 
+@pytest.mark.slow
 def test_unknown_variable_in_a_run_is_an_error(study, tmp_path):
     from pipeline.outcomes import run_outcomes
 
@@ -481,6 +492,7 @@ def _all_hematotox(clinical: pd.DataFrame) -> pd.Series:
     return score.where(clinical[inputs].notna().all(axis=1))
 
 
+@pytest.mark.slow
 def test_table1_hematotox_rows_against_an_independent_score(study):
     """Table 1's ALL-Hematotox score (median, IQR, range, Mann-Whitney by bridging) and its
     risk groups (low ≤ 3, high ≥ 4: n (%) and Fisher) from the score computed here."""
