@@ -1608,7 +1608,7 @@ def _print_config(report) -> None:
         )
     identity = config.identity_file or "default rules"
     console.print(f"  identity: {identity}")
-    console.print(f"  hematotox: {config.hematotox or 'built-in table'}")
+    console.print(f"  hematotox: {config.hematotox or 'the shipped table (panels/hematotox.yaml)'}")
     console.print(f"  analysis: {config.analysis or 'defaults'}")
 
 

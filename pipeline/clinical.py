@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from panels import PANEL_DIR
 from pipeline.errors import CartflowError, YamlPlaces, first_line, yaml_problem
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -507,65 +508,9 @@ def burden_dynamics(before: pd.Series, after: pd.Series) -> pd.Series:
 
 # --- ALL-Hematotox ----------------------------------------------------------------------------
 
-HEMATOTOX_PATH = Path(__file__).resolve().parent.parent / "panels" / "hematotox.yaml"
+HEMATOTOX_PATH = PANEL_DIR / "hematotox.yaml"
+"""The shipped point table (ALL-Hematotox, unverified: its file says so)."""
 
-DEFAULT_HEMATOTOX_YAML = """\
-# ALL-Hematotox point table (configuration, not verified clinical truth).
-#
-# Source: Nair et al., ALL-Hematotox, Blood 2025 (title and authors to be confirmed).
-# ALL-Hematotox is CAR-HEMATOTOX (Rejeski et al., Blood 2021) with bone-marrow disease
-# burden in place of ferritin. The points below follow CAR-HEMATOTOX for ANC, platelets,
-# haemoglobin and CRP, and score marrow blasts > 5 % and > 25 %.
-#
-# WARNING: these cut-offs, points and risk groups have NOT been checked against the
-# publication. They must be verified against Nair et al. (Blood 2025) before any clinical use.
-id: all-hematotox
-version: 1
-name: ALL-Hematotox
-verified: false
-source: >-
-  Nair et al., ALL-Hematotox, Blood 2025 (CAR-HEMATOTOX with bone-marrow burden in place of
-  ferritin).
-caveat: >-
-  Cut-offs not verified against the publication; check them before clinical use.
-# Each item: the clinical-table column it reads, its unit, and rules "<op> <number>: points"
-# tried in order (first match wins); 'otherwise' applies when no rule matches.
-items:
-  - name: anc
-    column: anc_per_nl
-    unit: 10^9/L (per nL)
-    rules: [["< 1.2", 1]]
-    otherwise: 0
-  - name: platelets
-    column: platelets_per_nl
-    unit: 10^9/L (per nL)
-    rules: [["< 75", 2], ["<= 175", 1]]
-    otherwise: 0
-  - name: haemoglobin
-    column: haemoglobin_g_dl
-    unit: g/dL
-    rules: [["< 9.0", 1]]
-    otherwise: 0
-  - name: crp
-    column: crp_mg_l
-    unit: mg/L (3.0 mg/dL = 30 mg/L)
-    rules: [["> 30", 1]]
-    otherwise: 0
-  - name: marrow_blasts
-    column: tumour_burden_after_pct  # marrow blasts before lymphodepletion (after bridging)
-    unit: "% blasts in bone marrow"
-    rules: [["> 25", 2], ["> 5", 1]]
-    otherwise: 0
-# Risk groups of the total score: bands tried in order, 'max' inclusive, last band open.
-risk_groups:
-  hematotox_risk:
-    - {max: 3, label: low (<4)}
-    - {label: high (≥4)}
-  hematotox_risk3:
-    - {max: 2, label: ≤2}
-    - {max: 4, label: 3–4}
-    - {label: ">4"}
-"""
 
 _RULE = re.compile(r"^\s*(<=|>=|<|>)\s*([+-]?\d+(?:\.\d+)?)\s*$")
 _OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
@@ -615,7 +560,7 @@ class HematotoxTable:
     verified: bool
     items: tuple[ScoreItem, ...]
     risk_groups: Mapping[str, tuple[RiskBand, ...]]
-    origin: str = "built-in"
+    origin: str = "<text>"
 
     def to_dict(self) -> dict:
         return {
@@ -694,8 +639,8 @@ def _parse_bands(places: YamlPlaces, name: str, raw: object) -> tuple[RiskBand, 
     return bands
 
 
-def parse_hematotox(text: str, origin: str = "built-in") -> HematotoxTable:
-    """Parse a point table from YAML text (schema as in DEFAULT_HEMATOTOX_YAML); each problem
+def parse_hematotox(text: str, origin: str = "<text>") -> HematotoxTable:
+    """Parse a point table from YAML text (schema as in panels/hematotox.yaml); each problem
     names the origin and line."""
     try:
         raw = yaml.safe_load(text)
@@ -725,11 +670,8 @@ def parse_hematotox(text: str, origin: str = "built-in") -> HematotoxTable:
 
 
 def load_hematotox(path: Path | None = None) -> HematotoxTable:
-    """The point table from a YAML file; without one, panels/hematotox.yaml or the built-in."""
-    if path is None:
-        path = HEMATOTOX_PATH if HEMATOTOX_PATH.is_file() else None
-    if path is None:
-        return parse_hematotox(DEFAULT_HEMATOTOX_YAML)
+    """The point table from a YAML file; without one, the shipped panels/hematotox.yaml."""
+    path = HEMATOTOX_PATH if path is None else path
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

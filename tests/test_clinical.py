@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from pipeline.clinical import (
-    DEFAULT_HEMATOTOX_YAML,
     HEMATOTOX_PATH,
     ClinicalTableError,
     DeriveOptions,
@@ -357,7 +356,9 @@ def test_hematotox_risk_boundaries():
 
 
 def test_hematotox_table_is_configurable(tmp_path):
-    text = DEFAULT_HEMATOTOX_YAML.replace('rules: [["< 1.2", 1]]', 'rules: [["< 0.5", 3]]')
+    shipped = HEMATOTOX_PATH.read_text(encoding="utf-8")
+    text = shipped.replace('rules: [["< 1.2", 1]]', 'rules: [["< 0.5", 3]]')
+    assert text != shipped
     path = tmp_path / "h.yaml"
     path.write_text(text, encoding="utf-8")
     table = load_hematotox(path)
@@ -381,11 +382,10 @@ def test_bad_hematotox_tables_are_errors(text, message):
         parse_hematotox(text, "h.yaml")
 
 
-def test_shipped_hematotox_file_if_present_parses():
-    if not HEMATOTOX_PATH.is_file():
-        pytest.skip(f"{HEMATOTOX_PATH.name} not shipped; the built-in table is used")
-    table = load_hematotox(HEMATOTOX_PATH)
-    assert table.items and not table.verified
+def test_the_shipped_hematotox_table_is_the_default_and_says_it_is_unverified():
+    table = load_hematotox()
+    assert table.origin == str(HEMATOTOX_PATH)
+    assert table.items and not table.verified and "not verified" in table.caveat.lower()
 
 
 def test_derive_patients_combines_everything(simulated_cohort):
