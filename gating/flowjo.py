@@ -625,11 +625,26 @@ def batch_workspace(
     group: str,
     groups: Mapping[str, Sequence[int]] | None = None,
 ) -> None:
-    """Write one FlowJo 10 workspace holding several samples, each given as the path of its
-    FCS file and its one-sample document (from :func:`workspace_bytes`). Every sample is in
-    the group ``group``; ``groups`` adds more (name → positions in ``samples``, e.g. one
-    per patient). FCS paths are written relative to the workspace, so the folder holding
-    both can be moved."""
+    """Write :func:`batch_workspace_bytes` to ``out``."""
+    data = batch_workspace_bytes(samples, out, group, groups)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    except OSError as exc:
+        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
+
+
+def batch_workspace_bytes(
+    samples: Sequence[tuple[Path, bytes]],
+    out: Path,
+    group: str,
+    groups: Mapping[str, Sequence[int]] | None = None,
+) -> bytes:
+    """One FlowJo 10 workspace, to be written at ``out``, holding several samples, each given
+    as the path of its FCS file and its one-sample document (from :func:`workspace_bytes`).
+    Every sample is in the group ``group``; ``groups`` adds more (name → positions in
+    ``samples``, e.g. one per patient). FCS paths are relative to the workspace, so the
+    folder holding both can be moved."""
     from urllib.parse import quote
 
     if not samples:
@@ -661,12 +676,7 @@ def batch_workspace(
         sample.find("DataSet").set("sampleID", str(number))
         sample.find("SampleNode").set("sampleID", str(number))
         sample_list.append(sample)
-    data = etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
-    except OSError as exc:
-        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
+    return etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
 
 
 def export_flowjo(

@@ -457,20 +457,29 @@ def with_xml_ids(gate_set: GateSet) -> GateSet:
 
 
 def export_gatingml(gate_set: GateSet, path: str | Path) -> None:
-    """Write ``gate_set`` as a Gating-ML 2.0 document (FlowKit's writer); ids that are not
-    valid XML ids are rewritten with :func:`xml_id`."""
+    """Write :func:`gatingml_bytes` of ``gate_set`` to ``path``."""
+    path = Path(path)
+    data = gatingml_bytes(gate_set, path)
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise GatingError(path, f"cannot be written: {exc.strerror or exc}") from exc
+
+
+def gatingml_bytes(gate_set: GateSet, path: str | Path = "gates") -> bytes:
+    """``gate_set`` as a Gating-ML 2.0 document (FlowKit's writer), to be written at ``path``
+    (named in errors); ids that are not valid XML ids are rewritten with :func:`xml_id`."""
+    import io
+
     import flowkit
 
-    path = Path(path)
     try:
         strategy = to_flowkit(with_xml_ids(gate_set))
     except GatingError as exc:
         raise GatingError(path, f"cannot export: {exc.source}: {exc.problem}") from exc
-    try:
-        with path.open("wb") as fh:
-            flowkit.export_gatingml(strategy, fh)
-    except OSError as exc:
-        raise GatingError(path, f"cannot be written: {exc.strerror or exc}") from exc
+    buffer = io.BytesIO()
+    flowkit.export_gatingml(strategy, buffer)
+    return buffer.getvalue()
 
 
 def to_flowkit(gate_set: GateSet) -> flowkit.GatingStrategy:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import CartflowError
+from pipeline.outputs import write_bytes
 from pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -19,11 +20,11 @@ def review_exports(gated, folder: Path) -> bytes:
     """Write the sample's placed gates as Gating-ML (``folder/gatingml/<file>.xml``) and
     return its one-sample FlowJo workspace, each cut's evidence as a sample keyword."""
     from gating.flowjo import workspace_bytes
-    from gating.gatingml import export_gatingml
+    from gating.gatingml import gatingml_bytes
 
-    (folder / "gatingml").mkdir(parents=True, exist_ok=True)
     gate_set = gated.placed.gate_set
-    export_gatingml(gate_set, folder / "gatingml" / f"{gated.fcs.path.stem}.xml")
+    target = folder / "gatingml" / f"{gated.fcs.path.stem}.xml"
+    write_bytes(target, gatingml_bytes(gate_set, target))
     spill = gated.spillover
     keywords = {"CARTFLOW TEMPLATE": gated.template.id}
     for name, decision in gated.placed.decisions.items():
@@ -46,7 +47,7 @@ def write_batch_workspace(
 ) -> Path | None:
     """One FlowJo 10 workspace of every sample this run gated (``folder/<batch>.wsp``),
     grouped by patient and by tube as well."""
-    from gating.flowjo import batch_workspace
+    from gating.flowjo import batch_workspace_bytes
 
     works = sorted(
         (w for w in gated if w.flowjo is not None and not w.error), key=lambda w: w.path.name
@@ -61,7 +62,8 @@ def write_batch_workspace(
             if sample.get(key):
                 groups.setdefault(f"{prefix}{sample[key]}", []).append(position)
     out = folder / f"{batch}.wsp"
-    batch_workspace([(w.path, w.flowjo) for w in works], out, batch, dict(sorted(groups.items())))
+    samples = [(w.path, w.flowjo) for w in works]
+    write_bytes(out, batch_workspace_bytes(samples, out, batch, dict(sorted(groups.items()))))
     return out
 
 
@@ -72,7 +74,7 @@ def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], lis
     and a note for each sample left out (its file gone or changed, gated by a lab's gates,
     or its template changed since). ``config`` is the lab configuration the samples were
     gated with (None: the shipped one)."""
-    from gating.flowjo import batch_workspace
+    from gating.flowjo import batch_workspace_bytes
     from pipeline.gate import gate_file, template_for
 
     notes: list[str] = []
@@ -108,7 +110,8 @@ def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], lis
         for position, (_, _, tube) in enumerate(samples):
             tubes.setdefault(f"tube {tube}", []).append(position)
         target = out / f"{_file_safe(patient)}.wsp"
-        batch_workspace([(p, d) for p, d, _ in samples], target, f"patient {patient}", tubes)
+        members = [(p, d) for p, d, _ in samples]
+        write_bytes(target, batch_workspace_bytes(members, target, f"patient {patient}", tubes))
         written.append(target)
     return written, notes
 
