@@ -229,12 +229,23 @@ def _overlay(gates, axes: list[Dimension]) -> Overlay:
     return Overlay(tuple(x_cuts), tuple(y_cuts), tuple(outlines))
 
 
+def _gating_evaluator(gated: SampleGating) -> Evaluator:
+    """The evaluator that gated the sample, or one with its gates evaluated again."""
+    if gated.evaluator is not None:
+        return gated.evaluator
+    gate_set = gated.placed.gate_set
+    evaluator = Evaluator(gate_set.transforms, gate_set.compensations, gated.fcs.events,
+                          gated.fcs.channel_names, _spill(gated))  # fmt: skip
+    for gate in gate_set.gates:
+        evaluator.add(gate, checked=True)
+    return evaluator
+
+
 def sample_panels(gated: SampleGating) -> PanelSet:
     """One plot per population: its parent's events as a binned density on the population's
     gate axes (a histogram on one axis), the gate drawn over it."""
     gate_set = gated.placed.gate_set
-    evaluator = Evaluator(gate_set.transforms, gate_set.compensations, gated.fcs.events,
-                          gated.fcs.channel_names, _spill(gated))  # fmt: skip
+    evaluator = _gating_evaluator(gated)
     binned: dict[Dimension, tuple[str, AxisBins]] = {}
 
     def axis_bins(axis: Dimension) -> tuple[str, AxisBins]:
@@ -243,22 +254,16 @@ def sample_panels(gated: SampleGating) -> PanelSet:
             binned[axis] = (_label(gated, axis), AxisBins.of(evaluator.raw_values(axis), scale))
         return binned[axis]
 
-    def passing(gates, pair: list[Dimension], events: np.ndarray) -> np.ndarray:
-        """Those of ``events`` inside the gates' ranges on the axes of ``pair``."""
-        keep = np.ones(events.size, dtype=bool)
-        for gate in gates:
-            for axis, low, high in _cuts(gate):
-                if axis not in pair:
-                    continue
-                scale = gate_set.transforms[axis.transform] if axis.transform else None
-                raw = evaluator.raw_values(axis)[events].astype(np.float64)
-                values = raw if scale is None else np.asarray(scale.apply(raw))
-                with np.errstate(invalid="ignore"):
-                    if low is not None:
-                        keep &= values >= low
-                    if high is not None:
-                        keep &= values < high
-        return events[keep]
+    def passing(gates, axes: list[Dimension], parent: str | None) -> np.ndarray:
+        """The parent's events inside the gates' ranges on ``axes`` (as the gates decide)."""
+        bounds = [
+            bound
+            for gate in gates
+            if isinstance(gate, RangeGate | RectangleGate)
+            for bound in gate.bounds
+            if bound.axis in axes
+        ]
+        return evaluator.within(bounds, parent)
 
     panels = PanelSet()
     everything = np.arange(gated.result.event_count)
@@ -272,7 +277,7 @@ def sample_panels(gated: SampleGating) -> PanelSet:
         steps = _gate_steps(gated, population, gates)
         for step, axes in enumerate(steps):
             if step:  # each further pair on the events that passed the pairs before
-                events = passing(gates, steps[step - 1], events)
+                events = passing(gates, [a for pair in steps[:step] for a in pair], parent)
                 title = f"{population} ({step + 1} of {len(steps)}): on {events.size:,} events"
             elif len(steps) > 1:
                 title = f"{title}; 1 of {len(steps)}"
