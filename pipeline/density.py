@@ -62,41 +62,41 @@ class Panel:
     y_label: str | None = None
     y_range: tuple[float, float] | None = None
     row: int | None = None
-    """Which image of the sample's stacked PNG (2-D plots)."""
-    histogram: tuple[float, ...] = ()
-    """Bar heights over the x bins, the tallest 1 (1-D plots)."""
+    """Which image of the sample's stacked PNG (a density, or a histogram's bars)."""
     overlay: Overlay = Overlay()
     notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        """A JSON-ready form, numbers to 5 significant digits (:func:`panel_from_dict`)."""
+        """A JSON-ready form, numbers to 5 significant digits (outlines 4: a tenth of a
+        pixel), without what a 1-D plot or one without notes lacks (:func:`panel_from_dict`)."""
         overlay = self.overlay
+        second = {}
+        if self.y_range:
+            second = {"y_label": self.y_label, "y_range": _rounded(self.y_range)}
         return {
             "name": self.name,
             "title": self.title,
             "x_label": self.x_label,
             "x_range": _rounded(self.x_range),
-            "y_label": self.y_label,
-            "y_range": _rounded(self.y_range) if self.y_range else None,
+            **second,
             "row": self.row,
-            "histogram": list(self.histogram),
             "overlay": {
                 "x_cuts": _rounded(overlay.x_cuts),
                 "y_cuts": _rounded(overlay.y_cuts),
-                "outlines": [_rounded(np.asarray(o, dtype=np.float64)).tolist()
+                "outlines": [_rounded(np.asarray(o, dtype=np.float64), 4).tolist()
                              for o in overlay.outlines],
             },
-            "notes": list(self.notes),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }  # fmt: skip
 
 
-def _rounded(values) -> np.ndarray | list[float]:
-    """Numbers to 5 significant digits (a list; an array when given an array)."""
+def _rounded(values, digits: int = 5) -> np.ndarray | list[float]:
+    """Numbers to ``digits`` significant digits (a list; an array when given an array)."""
     if not isinstance(values, np.ndarray):
-        return [float(f"{v:.5g}") for v in values]
+        return [float(f"{v:.{digits}g}") for v in values]
     with np.errstate(divide="ignore", invalid="ignore"):
-        digits = 4 - np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
-    scale = 10.0 ** np.nan_to_num(digits)
+        places = digits - 1 - np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
+    scale = 10.0 ** np.nan_to_num(places)
     return np.round(values * scale) / scale
 
 
@@ -111,7 +111,6 @@ def panel_from_dict(data: dict) -> Panel:
         y_label=data.get("y_label"),
         y_range=tuple(data["y_range"]) if data.get("y_range") else None,
         row=data.get("row"),
-        histogram=tuple(data.get("histogram") or ()),
         overlay=Overlay(
             x_cuts=tuple(overlay.get("x_cuts", ())),
             y_cuts=tuple(overlay.get("y_cuts", ())),
@@ -185,11 +184,17 @@ def density_levels(x: np.ndarray, y: np.ndarray, bins: int = BINS) -> np.ndarray
     return np.where(counts > 0, np.maximum(np.ceil(scaled), 1), 0).astype(np.uint8)
 
 
-def histogram(x: np.ndarray, bins: int = BINS) -> tuple[float, ...]:
-    """Bar heights of the events' bins (the tallest 1)."""
+BAR = LEVELS
+"""Palette index of a histogram's bars."""
+
+
+def histogram_bars(x: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """A bins x bins image (row 0 at the top) of the events' bins as bars, the tallest 95 %
+    of the height; 0 above the bars."""
     counts = np.bincount(x[x >= 0], minlength=bins)[:bins]
     top = counts.max() if counts.size else 0
-    return tuple(np.round(counts / top, 4).tolist()) if top else (0.0,) * bins
+    heights = np.round(counts / top * 0.95 * bins) if top else np.zeros(bins)
+    return np.where(np.arange(bins)[::-1, None] < heights, BAR, 0).astype(np.uint8)
 
 
 VIRIDIS = ("#440154", "#481b6d", "#46327e", "#3f4788", "#365c8d", "#2e6e8e", "#277f8e",
@@ -199,7 +204,7 @@ VIRIDIS = ("#440154", "#481b6d", "#46327e", "#3f4788", "#365c8d", "#2e6e8e", "#2
 
 
 def _palette() -> list[int]:
-    colours = ("#ffffff", *VIRIDIS)
+    colours = ("#ffffff", *VIRIDIS, "#888888")  # ... and BAR
     return [int(c[i : i + 2], 16) for c in colours for i in (1, 3, 5)]
 
 
@@ -217,10 +222,12 @@ def stacked_png(images: Sequence[np.ndarray]) -> bytes:
 
 @dataclass
 class PanelSet:
-    """Panels of one sample as they are drawn: 2-D images collected for one stacked PNG."""
+    """Panels of one sample as they are drawn: images collected for one stacked PNG (an
+    image drawn again, e.g. the same parent on the same markers, is one row)."""
 
     panels: list[Panel] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
+    rows: dict[bytes, int] = field(default_factory=dict)
 
     def add(
         self,
@@ -243,16 +250,24 @@ class PanelSet:
             "notes": tuple(notes),
         }
         if y is None:
-            panel = Panel(**common, histogram=histogram(x_bins.codes[events]))
+            panel = Panel(**common, row=self._row(histogram_bars(x_bins.codes[events])))
         else:
             y_label, y_bins = y
-            self.images.append(density_levels(x_bins.codes[events], y_bins.codes[events]))
+            image = density_levels(x_bins.codes[events], y_bins.codes[events])
             panel = Panel(
                 **common, y_label=y_label, y_range=(y_bins.low, y_bins.high),
-                row=len(self.images) - 1,
+                row=self._row(image),
             )  # fmt: skip
         self.panels.append(panel)
         return panel
+
+    def _row(self, image: np.ndarray) -> int:
+        """The row of the stacked PNG showing ``image`` (added unless already there)."""
+        key = image.tobytes()
+        if key not in self.rows:
+            self.rows[key] = len(self.images)
+            self.images.append(image)
+        return self.rows[key]
 
     def png(self) -> bytes:
         return stacked_png(self.images)
@@ -263,46 +278,43 @@ class PanelSet:
 
 def _scale(value: float, low: float, high: float, flip: bool = False) -> float:
     share = (value - low) / (high - low) if high > low else 0.5
-    return round(BINS * (1.0 - share if flip else share), 2)
+    return round(BINS * (1.0 - share if flip else share), 1)
 
 
-def panel_svg(panel: Panel, image: str, rows: int, size: int = DISPLAY) -> str:
+PLOT_CSS = (
+    f"svg.plot{{display:block;width:{DISPLAY}px;height:{DISPLAY}px;background:#fff;"
+    "border:1px solid #999;box-sizing:border-box}"
+    "svg.plot image{image-rendering:pixelated}"
+    "svg.plot .gate{stroke:#d00;stroke-width:1.4;fill:none;vector-effect:non-scaling-stroke}"
+)
+"""How the page draws :func:`panel_svg`'s plots (in the report's style sheet, not in each)."""
+
+
+def panel_svg(panel: Panel, image: str, rows: int) -> str:
     """SVG markup of one plot: its image cropped from the stacked PNG ``image`` (``rows``
-    images high), or its histogram, and the gate drawn over it."""
+    images high) and the gate drawn over it (styled by PLOT_CSS; named by its caption)."""
     x0, x1 = panel.x_range
-    parts = [
-        f'<svg class="plot" viewBox="0 0 {BINS} {BINS}" width="{size}" height="{size}" '
-        f'role="img" aria-label="{_escape(panel.title)}">',
-        f'<rect width="{BINS}" height="{BINS}" fill="#fff" stroke="#999" '
-        'vector-effect="non-scaling-stroke"/>',
-    ]
+    parts = [f'<svg class="plot" viewBox="0 0 {BINS} {BINS}">']
     if panel.row is not None:
         parts.append(
-            f'<image href="{_escape(image)}" x="0" y="{-panel.row * BINS}" width="{BINS}" '
-            f'height="{rows * BINS}" preserveAspectRatio="none" '
-            'style="image-rendering:pixelated"/>'
+            f'<image href="{_escape(image)}" y="{-panel.row * BINS}" width="{BINS}" '
+            f'height="{rows * BINS}"/>'
         )
-    elif panel.histogram:
-        step = BINS / len(panel.histogram)
-        bars = "".join(
-            f"H{i * step:.4g}V{BINS * (1 - h * 0.95):.4g}" for i, h in enumerate(panel.histogram)
-        )
-        parts.append(f'<path d="M0,{BINS}{bars}H{BINS}V{BINS}Z" fill="#888"/>')
     y0, y1 = panel.y_range or (0.0, 1.0)
-    line = 'stroke="#d00" stroke-width="1.4" fill="none" vector-effect="non-scaling-stroke"'
-    for cut in panel.overlay.x_cuts:
-        if x0 <= cut <= x1:
-            px = _scale(cut, x0, x1)
-            parts.append(f'<path d="M{px},0V{BINS}" {line}/>')
-    for cut in panel.overlay.y_cuts:
-        if panel.y_range and y0 <= cut <= y1:
-            py = _scale(cut, y0, y1, flip=True)
-            parts.append(f'<path d="M0,{py}H{BINS}" {line}/>')
+    cuts = [f"M{_scale(c, x0, x1)},0V{BINS}" for c in panel.overlay.x_cuts if x0 <= c <= x1]
+    if panel.y_range:
+        cuts += [
+            f"M0,{_scale(c, y0, y1, flip=True)}H{BINS}"
+            for c in panel.overlay.y_cuts
+            if y0 <= c <= y1
+        ]
+    if cuts:
+        parts.append(f'<path class="gate" d="{"".join(cuts)}"/>')
     for outline in panel.overlay.outlines:
         points = " ".join(
-            f"{_scale(px, x0, x1)},{_scale(py, y0, y1, flip=True)}" for px, py in outline
+            f"{_scale(px, x0, x1):g},{_scale(py, y0, y1, flip=True):g}" for px, py in outline
         )
-        parts.append(f'<polygon points="{points}" {line}/>')
+        parts.append(f'<polygon class="gate" points="{points}"/>')
     parts.append("</svg>")
     return "".join(parts)
 

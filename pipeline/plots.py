@@ -34,7 +34,7 @@ from pipeline.outputs import write_bytes
 
 PLOT_EVENTS = 20_000
 
-PLOTS_VERSION = 2
+PLOTS_VERSION = 3
 """Raised when the report's sample plots change, so that cached ones are drawn again."""
 
 
@@ -221,7 +221,7 @@ def _overlay(gates, axes: list[Dimension]) -> Overlay:
         if isinstance(gate, PolygonGate) and list(gate.axes) == axes:
             outlines.append(tuple((float(x), float(y)) for x, y in gate.vertices))
         if isinstance(gate, EllipsoidGate) and (outline := _ellipse(gate, axes)) is not None:
-            outlines.append(tuple((float(x), float(y)) for x, y in outline[::4]))
+            outlines.append(tuple((float(x), float(y)) for x, y in outline[::8]))  # 16 sides
         for axis, low, high in _cuts(gate):
             if axis in axes:
                 kept = x_cuts if axis == axes[0] else y_cuts
@@ -321,7 +321,8 @@ def plots_key(gated: SampleGating, sha256: str) -> str:
 
 def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     """Draw a sample's plots into ``folder`` unless those of the same file and gating are
-    there already: ``<sha>.json`` (the panels) and ``<sha>-<key>.png`` (their images).
+    there already: ``<sha>.json`` (the panels, their notes numbered into the record's
+    ``notes``) and ``<sha>-<key>.png`` (their images).
     Returns whether anything was drawn."""
     key = plots_key(gated, sha256)
     index = folder / f"{sha256[:16]}.json"
@@ -335,18 +336,28 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     panels = sample_panels(gated)
     write_bytes(folder / image, panels.png())
     heading = f"{gated.panel.id}, {gated.template.id}"  # no file name: it may carry PHI
+    notes = list(dict.fromkeys(n for p in panels.panels for n in p.notes))
+    number = {n: i for i, n in enumerate(notes)}
     record = {
         "key": key,
+        "version": PLOTS_VERSION,
         "image": image,
         "rows": len(panels.images),
         "heading": heading,
-        "panels": [p.as_dict() for p in panels.panels],
+        "notes": notes,  # each written once; a panel's notes are numbers into this list
+        "panels": [_numbered(p.as_dict(), number) for p in panels.panels],
     }
-    write_bytes(index, json.dumps(record).encode())
+    write_bytes(index, json.dumps(record, separators=(",", ":")).encode())
     old = known.get("image")
     if old and old != image:
         (folder / old).unlink(missing_ok=True)
     return True
+
+
+def _numbered(panel: dict, number: Mapping[str, int]) -> dict:
+    if "notes" in panel:
+        panel["notes"] = [number[n] for n in panel["notes"]]
+    return panel
 
 
 KINETICS_SERIES = ((("memory", "CAR"), "#d62728", "CAR-T cells/µL"),

@@ -20,9 +20,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from pipeline import __version__
-from pipeline.density import panel_from_dict, panel_svg
+from pipeline.density import PLOT_CSS, panel_from_dict, panel_svg
 from pipeline.outputs import restore, write_bytes, write_text
-from pipeline.plots import kinetics_svg
+from pipeline.plots import PLOTS_VERSION, kinetics_svg
+from pipeline.sample_page import DENSITY_CSS
 from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
@@ -45,18 +46,21 @@ def plots_dir(report_dir: Path) -> Path:
 
 def sample_plots(report_dir: Path, sha256: str) -> tuple[str, list[dict]]:
     """A sample's drawn plots, ready for its page: (heading, [{svg, title, …}]); nothing
-    when none were drawn for it."""
+    when none were drawn for it (or they were drawn by an older PLOTS_VERSION: drawn again
+    when the sample is gated again)."""
     try:
         record = json.loads(
             (plots_dir(report_dir) / f"{sha256[:16]}.json").read_text(encoding="utf-8")
         )
     except (OSError, ValueError):
         return "", []
-    if not (plots_dir(report_dir) / record["image"]).is_file():
-        return "", []
+    drawn = plots_dir(report_dir) / record["image"]
+    if record.get("version") != PLOTS_VERSION or not drawn.is_file():
+        return "", []  # none, or drawn the way an older version drew them
     plots = []
+    notes = record.get("notes", [])
     for data in record["panels"]:
-        panel = panel_from_dict(data)
+        panel = panel_from_dict({**data, "notes": [notes[i] for i in data.get("notes", ())]})
         plots.append(
             {
                 "name": panel.name,
@@ -139,6 +143,7 @@ def write_report(
                 root="../",
                 sample=sample,
                 heading=heading,
+                plot_css=Markup(PLOT_CSS + DENSITY_CSS),
                 rows=[_population_row(r) for r in rows.itertuples(index=False)],
                 **_sample_evidence(store, sample, rows, plots, config),
                 **common,
@@ -229,7 +234,7 @@ def _sample_evidence(
     flags with their severity, the corrections of its audit trail."""
     from pipeline.errors import CartflowError
     from pipeline.gate import template_for
-    from pipeline.sample_page import flag_rows, population_sections
+    from pipeline.sample_page import density_symbols, flag_rows, population_sections
     from pipeline.triage import reported_gates
 
     trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
@@ -246,6 +251,7 @@ def _sample_evidence(
     )
     return {
         "sections": sections,
+        "densities": density_symbols(sections),
         "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"], config)),
         "corrections": trail["corrections"],
     }
