@@ -83,8 +83,8 @@ class Panel:
             "overlay": {
                 "x_cuts": _rounded(overlay.x_cuts),
                 "y_cuts": _rounded(overlay.y_cuts),
-                "outlines": [_rounded(np.asarray(o, dtype=np.float64), 4).tolist()
-                             for o in overlay.outlines],
+                **({"outlines": [_rounded(np.asarray(o, dtype=np.float64), 4).tolist()
+                                 for o in overlay.outlines]} if overlay.outlines else {}),
             },
             **({"notes": list(self.notes)} if self.notes else {}),
         }  # fmt: skip
@@ -134,7 +134,7 @@ class AxisBins:
         usable = np.isfinite(raw)
         if scale is not None and scale.domain_min > -math.inf:  # flog: only above 0
             usable &= raw > scale.domain_min
-        low, high = _span(raw[usable], scale)
+        low, high = _span(raw, usable, scale)
         edges = np.linspace(low, high, bins + 1)
         raw_edges = edges if scale is None else np.asarray(scale.inverse(edges), dtype=np.float64)
         raw_edges = np.maximum.accumulate(np.nan_to_num(raw_edges, nan=-np.inf))
@@ -142,9 +142,11 @@ class AxisBins:
             raw_edges = _ceil32(raw_edges)
         # one comparison pass per edge: faster than a binary search for 65 edges
         codes = np.full(raw.shape, -1, dtype=np.int8)  # bins < 127
+        above = np.empty(raw.shape, dtype=bool)
         with np.errstate(invalid="ignore"):
             for edge in raw_edges:
-                codes += raw >= edge
+                np.greater_equal(raw, edge, out=above)
+                np.add(codes, above, out=codes, casting="unsafe")
         codes[(codes >= bins) | ~usable] = -1
         return cls(low, high, codes)
 
@@ -156,13 +158,15 @@ def _ceil32(values: np.ndarray) -> np.ndarray:
     return np.where(rounded < values, np.nextafter(rounded, np.float32(np.inf)), rounded)
 
 
-def _span(values: np.ndarray, scale: ScaleTransform | None) -> tuple[float, float]:
-    """The plotted range on the transformed scale: central percentiles (of at most
-    RANGE_EVENTS evenly spread events), padded."""
+def _span(
+    raw: np.ndarray, usable: np.ndarray, scale: ScaleTransform | None
+) -> tuple[float, float]:
+    """The plotted range on the transformed scale: central percentiles of the usable ones
+    of at most RANGE_EVENTS evenly spread events, padded."""
+    step = max(1, raw.size // RANGE_EVENTS)
+    values = raw[::step][usable[::step]]
     if values.size == 0:
         return 0.0, 1.0
-    if values.size > RANGE_EVENTS:
-        values = values[:: values.size // RANGE_EVENTS]
     low, high = np.percentile(values, RANGE_QUANTILES)
     if scale is not None:
         low, high = scale.apply(np.array([low, high], dtype=np.float64))

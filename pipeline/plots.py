@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 
@@ -321,8 +321,8 @@ def plots_key(gated: SampleGating, sha256: str) -> str:
 
 def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     """Draw a sample's plots into ``folder`` unless those of the same file and gating are
-    there already: ``<sha>.json`` (the panels, their notes numbered into the record's
-    ``notes``) and ``<sha>-<key>.png`` (their images).
+    there already: ``<sha>.json`` (the panels, their notes and labels numbered into the
+    record's ``notes``: :func:`unnumbered`) and ``<sha>-<key>.png`` (their images).
     Returns whether anything was drawn."""
     key = plots_key(gated, sha256)
     index = folder / f"{sha256[:16]}.json"
@@ -336,7 +336,9 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     panels = sample_panels(gated)
     write_bytes(folder / image, panels.png())
     heading = f"{gated.panel.id}, {gated.template.id}"  # no file name: it may carry PHI
-    notes = list(dict.fromkeys(n for p in panels.panels for n in p.notes))
+    texts = [*(n for p in panels.panels for n in p.notes),
+             *(p.x_label for p in panels.panels), *(p.y_label or "" for p in panels.panels)]
+    notes = list(dict.fromkeys(texts))
     number = {n: i for i, n in enumerate(notes)}
     record = {
         "key": key,
@@ -344,9 +346,9 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
         "image": image,
         "rows": len(panels.images),
         "heading": heading,
-        "notes": notes,  # each written once; a panel's notes are numbers into this list
+        "notes": notes,  # each text once; a panel's notes and labels are numbers into it
         "panels": [_numbered(p.as_dict(), number) for p in panels.panels],
-    }
+    }  # fmt: skip
     write_bytes(index, json.dumps(record, separators=(",", ":")).encode())
     old = known.get("image")
     if old and old != image:
@@ -355,9 +357,19 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
 
 
 def _numbered(panel: dict, number: Mapping[str, int]) -> dict:
+    """A panel's notes and axis labels as numbers into its record's list of texts."""
+    for label in ("x_label", "y_label"):
+        if label in panel:
+            panel[label] = number[panel[label]]
     if "notes" in panel:
         panel["notes"] = [number[n] for n in panel["notes"]]
     return panel
+
+
+def unnumbered(panel: dict, texts: Sequence[str]) -> dict:
+    """A panel of a plots record with its texts back in place (:func:`_numbered`)."""
+    labels = {k: texts[panel[k]] for k in ("x_label", "y_label") if panel.get(k) is not None}
+    return {**panel, **labels, "notes": [texts[i] for i in panel.get("notes", ())]}
 
 
 KINETICS_SERIES = ((("memory", "CAR"), "#d62728", "CAR-T cells/µL"),

@@ -22,7 +22,7 @@ from markupsafe import Markup
 from pipeline import __version__
 from pipeline.density import PLOT_CSS, panel_from_dict, panel_svg
 from pipeline.outputs import restore, write_bytes, write_text
-from pipeline.plots import PLOTS_VERSION, kinetics_svg
+from pipeline.plots import PLOTS_VERSION, kinetics_svg, unnumbered
 from pipeline.sample_page import DENSITY_CSS
 from pipeline.store import Store
 
@@ -58,9 +58,8 @@ def sample_plots(report_dir: Path, sha256: str) -> tuple[str, list[dict]]:
     if record.get("version") != PLOTS_VERSION or not drawn.is_file():
         return "", []  # none, or drawn the way an older version drew them
     plots = []
-    notes = record.get("notes", [])
     for data in record["panels"]:
-        panel = panel_from_dict({**data, "notes": [notes[i] for i in data.get("notes", ())]})
+        panel = panel_from_dict(unnumbered(data, record["notes"]))
         plots.append(
             {
                 "name": panel.name,
@@ -123,15 +122,17 @@ def write_report(
     flags = store.sample_flags()
     samples = store.samples()
     timepoints = timepoints if timepoints is not None else pd.DataFrame()
+    trails: dict[int, list[dict]] = {}  # the audit trail read once, then by sample
+    for correction in store.corrections():
+        trails.setdefault(correction["sample_id"], []).append(correction)
+    counted: dict[int, list[dict]] = {}  # the timepoint rows read once, then by sample
+    for row in timepoints.itertuples(index=False) if len(timepoints) else ():
+        counted.setdefault(row.sample_id, []).append(_population_row(row))
     for sample in samples:
         sample["flags"] = flags.get(sample["sample_id"], [])
         heading, plots = sample_plots(report_dir, sample["sha256"])
-        rows = (
-            timepoints[timepoints.sample_id == sample["sample_id"]]
-            if len(timepoints)
-            else pd.DataFrame()
-        )
-        if not plots and rows.empty:
+        rows = counted.get(sample["sample_id"], [])
+        if not plots and not rows:
             sample["page"] = None
             continue
         page = f"{SAMPLE_IMAGE_DIR}/{sample['sha256'][:16]}.html"
@@ -144,8 +145,10 @@ def write_report(
                 sample=sample,
                 heading=heading,
                 plot_css=Markup(PLOT_CSS + DENSITY_CSS),
-                rows=[_population_row(r) for r in rows.itertuples(index=False)],
-                **_sample_evidence(store, sample, rows, plots, config),
+                rows=rows,
+                **_sample_evidence(
+                    store, sample, rows, plots, config, trails.get(sample["sample_id"], [])
+                ),
                 **common,
             ),
         )
@@ -228,32 +231,30 @@ def _population_row(row) -> dict:
 
 
 def _sample_evidence(
-    store: Store, sample: dict, rows: pd.DataFrame, plots: list[dict], config=None
+    store: Store,
+    sample: dict,
+    rows: list[dict],
+    plots: list[dict],
+    config=None,
+    corrections: Sequence[dict] = (),
 ) -> dict:
     """A sample page's evidence: each population with its gate plots and defining cuts, the
-    flags with their severity, the corrections of its audit trail."""
+    flags with their severity, the corrections of its audit trail (``corrections``)."""
     from pipeline.errors import CartflowError
     from pipeline.gate import template_for
     from pipeline.sample_page import density_symbols, flag_rows, population_sections
     from pipeline.triage import reported_gates
 
-    trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
-    done = [g for g in trail["gatings"] if g["status"] == "ok"]
     try:
         template = config.template(sample["tube"]) if config else template_for(sample["tube"])
     except CartflowError:
         template = None
-    counted = [
-        {"population": r.population, **_population_row(r)} for r in rows.itertuples(index=False)
-    ]
-    sections = population_sections(
-        template, counted, done[-1]["cuts"] if done else {}, plots
-    )
+    sections = population_sections(template, rows, store.latest_cuts(sample["sample_id"]), plots)
     return {
         "sections": sections,
         "densities": density_symbols(sections),
         "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"], config)),
-        "corrections": trail["corrections"],
+        "corrections": corrections,
     }
 
 
