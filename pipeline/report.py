@@ -28,6 +28,8 @@ from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 SAMPLE_IMAGE_DIR = "samples"
+STYLE = "report.css"
+"""The pages' one style sheet (the template's, with the plots' rules)."""
 READABLE_FLAGS = {"below_lod": "below LOD", "below_lloq": "below LLOQ"}
 
 
@@ -114,6 +116,8 @@ def write_report(
     populations shown."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
+    style = (TEMPLATES / STYLE).read_text(encoding="utf-8")
+    write_text(report_dir / STYLE, f"{style}{PLOT_CSS}\n{DENSITY_CSS}\n")
     common = {
         "version": __version__,
         "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -144,7 +148,6 @@ def write_report(
                 root="../",
                 sample=sample,
                 heading=heading,
-                plot_css=Markup(PLOT_CSS + DENSITY_CSS),
                 rows=rows,
                 **_sample_evidence(
                     store, sample, rows, plots, config, trails.get(sample["sample_id"], [])

@@ -86,8 +86,10 @@ def density_drawing(
         return height - pad - (height - 2 * pad) * v / top
 
     step = -(-len(grid) // DENSITY_POINTS)  # a point every few pixels is smooth enough
-    points = " ".join(
-        f"{x(g):.0f},{y(d):.0f}" for g, d in zip(grid[::step], density[::step], strict=True)
+    px = [round(x(g)) for g in grid[::step]]
+    py = [round(y(d)) for d in density[::step]]
+    moves = " ".join(  # each point from the one before: short numbers, the same pixels
+        f"{px[i] - px[i - 1]},{py[i] - py[i - 1]}" for i in range(1, len(px))
     )
     parts = []
     if bounds:
@@ -96,7 +98,8 @@ def density_drawing(
             f'height="{height}" fill="#2ca02c" fill-opacity="0.12"><title>template bounds '
             f"{bounds[0]:.3g} – {bounds[1]:.3g}</title></rect>"
         )
-    parts.append(f'<polyline points="{points}" fill="none" stroke="#444"/>')
+    line = f"M{px[0]},{py[0]}" + (f"l{moves}" if moves else "")
+    parts.append(f'<path d="{line}" fill="none" stroke="#444"/>')
     if value is not None:
         dash = ' stroke-dasharray="4 2"' if fallback else ""
         parts.append(
