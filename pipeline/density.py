@@ -167,13 +167,25 @@ def _span(
     values = raw[::step][usable[::step]]
     if values.size == 0:
         return 0.0, 1.0
-    low, high = np.percentile(values, RANGE_QUANTILES)
+    low, high = _percentiles(values.astype(np.float64), RANGE_QUANTILES)
     if scale is not None:
         low, high = scale.apply(np.array([low, high], dtype=np.float64))
     if not (math.isfinite(low) and math.isfinite(high)):
         return 0.0, 1.0
     pad = RANGE_PAD * (high - low) or 1.0
     return float(low - pad), float(high + pad)
+
+
+def _percentiles(values: np.ndarray, quantiles: Sequence[float]) -> list[float]:
+    """``np.percentile`` (linear) of a few quantiles by one partition, without its overhead."""
+    at = [q / 100 * (values.size - 1) for q in quantiles]
+    ranks = sorted({r for a in at for r in (math.floor(a), math.ceil(a))})
+    part = np.partition(values, ranks)
+    below = [part[math.floor(a)] for a in at]
+    return [
+        float(low + (a - math.floor(a)) * (part[math.ceil(a)] - low))
+        for a, low in zip(at, below, strict=True)
+    ]
 
 
 def density_levels(x: np.ndarray, y: np.ndarray, bins: int = BINS) -> np.ndarray:
