@@ -224,6 +224,14 @@ def _palette() -> list[int]:
     return [int(c[i : i + 2], 16) for c in colours for i in (1, 3, 5)]
 
 
+def load_png_writer() -> None:
+    """Import and set up the PNG writer now: done before workers are forked, each of them
+    has it already instead of importing it again."""
+    from PIL import Image
+
+    Image.preinit()
+
+
 def stacked_png(images: Sequence[np.ndarray]) -> bytes:
     """The density images one above the other in one indexed PNG (empty bins transparent)."""
     from PIL import Image
