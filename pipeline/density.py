@@ -7,8 +7,9 @@ edges, chosen on the transformed scale, are mapped back to raw (compensated) val
 axis and each event's bin is found there, once per axis and sample. Each plot then costs one
 ``bincount`` of its events' bin codes.
 
-All 2-D images of a sample go into one PNG (stacked, one palette, transparent where empty),
-so a sample's plots are one small file; :func:`panel_svg` crops one plot out of it.
+All images of a sample (densities, and histograms as grey bars) go into one PNG (stacked,
+one palette, transparent where empty, an image drawn twice stored once), so a sample's
+plots are one small file; :func:`panel_svg` crops one plot out of it, styled by PLOT_CSS.
 """
 
 from __future__ import annotations
