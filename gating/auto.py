@@ -142,6 +142,22 @@ def place(
     compensation multiply), where waking a second thread costs more than it saves (the
     values do not depend on the thread count).
     """
+    placed, result, _ = place_evaluated(
+        template, events, channel_names, channels, spill, fixed_cuts
+    )
+    return placed, result
+
+
+def place_evaluated(
+    template: Template,
+    events: np.ndarray,
+    channel_names: Sequence[str],
+    channels: ChannelMap,
+    spill: tuple[Sequence[str], np.ndarray] | None = None,
+    fixed_cuts: Mapping[str, float | ThresholdDecision | Placement] | None = None,
+) -> tuple[PlacedGating, GatingResult, Evaluator]:
+    """:func:`place`, with the evaluator that gated the sample (its compensated columns and
+    each cut's sides kept, for drawing the sample without computing them again)."""
     with _thread_pools().limit(limits=1):
         return _place(template, events, channel_names, channels, spill, fixed_cuts)
 
@@ -168,7 +184,7 @@ def _place(
     channels: ChannelMap,
     spill: tuple[Sequence[str], np.ndarray] | None,
     fixed_cuts: Mapping[str, float | ThresholdDecision | Placement] | None,
-) -> tuple[PlacedGating, GatingResult]:
+) -> tuple[PlacedGating, GatingResult, Evaluator]:
     flags = []
     bad = _non_finite_events(events)
     if bad:
@@ -189,4 +205,4 @@ def _place(
         approximations=dict(placer.approximations),
         flags=(*flags, *placer.flags),
     )
-    return placed, evaluator.result()
+    return placed, evaluator.result(), evaluator

@@ -810,6 +810,14 @@ class Evaluator:
         idx = self._evaluation.positions(population)
         return np.arange(self._columns.n) if idx is None else idx
 
+    def within(self, bounds: Sequence[Bound], population: str | None = None) -> np.ndarray:
+        """Indices of a population's events (None: all events) with min <= value < max on
+        every bound, decided as a range gate's are (each side of a cut computed once and
+        shared with the gates that use it)."""
+        evaluation = self._evaluation
+        mask, _ = _bounds_mask(bounds, evaluation.bits(population), evaluation._side)
+        return np.flatnonzero(np.unpackbits(mask, count=self.event_count).view(bool))
+
     def raw_values(self, axis: Axis, population: str | None = None) -> np.ndarray:
         """Compensated, untransformed values of an axis, as stored (float32 or float64), on
         a population's events (None: every event; that column is computed once and kept,

@@ -373,6 +373,10 @@ def gate_in_processes(pending: Sequence[PendingFile], workers: int) -> Iterator[
     dies (kill -9, out of memory) costs only its file: tried once more, then reported as a
     failed work with ``worker_died``; workers die with this process."""
     context = multiprocessing.get_context("fork")
+    if any(item.plots is not None for item in pending):
+        from pipeline.density import load_png_writer
+
+        load_png_writer()  # here once, not in each forked worker
     queue = deque((item, 1) for item in pending)
     running: dict = {}  # receiving end -> (process, item, attempt)
     try:

@@ -7,8 +7,9 @@ edges, chosen on the transformed scale, are mapped back to raw (compensated) val
 axis and each event's bin is found there, once per axis and sample. Each plot then costs one
 ``bincount`` of its events' bin codes.
 
-All 2-D images of a sample go into one PNG (stacked, one palette, transparent where empty),
-so a sample's plots are one small file; :func:`panel_svg` crops one plot out of it.
+All images of a sample (densities, and histograms as grey bars) go into one PNG (stacked,
+one palette, transparent where empty, an image drawn twice stored once), so a sample's
+plots are one small file; :func:`panel_svg` crops one plot out of it, styled by PLOT_CSS.
 """
 
 from __future__ import annotations
@@ -62,41 +63,41 @@ class Panel:
     y_label: str | None = None
     y_range: tuple[float, float] | None = None
     row: int | None = None
-    """Which image of the sample's stacked PNG (2-D plots)."""
-    histogram: tuple[float, ...] = ()
-    """Bar heights over the x bins, the tallest 1 (1-D plots)."""
+    """Which image of the sample's stacked PNG (a density, or a histogram's bars)."""
     overlay: Overlay = Overlay()
     notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        """A JSON-ready form, numbers to 5 significant digits (:func:`panel_from_dict`)."""
+        """A JSON-ready form, numbers to 5 significant digits (outlines 4: a tenth of a
+        pixel), without what a 1-D plot or one without notes lacks (:func:`panel_from_dict`)."""
         overlay = self.overlay
+        second = {}
+        if self.y_range:
+            second = {"y_label": self.y_label, "y_range": _rounded(self.y_range)}
         return {
             "name": self.name,
             "title": self.title,
             "x_label": self.x_label,
             "x_range": _rounded(self.x_range),
-            "y_label": self.y_label,
-            "y_range": _rounded(self.y_range) if self.y_range else None,
+            **second,
             "row": self.row,
-            "histogram": list(self.histogram),
             "overlay": {
                 "x_cuts": _rounded(overlay.x_cuts),
                 "y_cuts": _rounded(overlay.y_cuts),
-                "outlines": [_rounded(np.asarray(o, dtype=np.float64)).tolist()
-                             for o in overlay.outlines],
+                **({"outlines": [_rounded(np.asarray(o, dtype=np.float64), 4).tolist()
+                                 for o in overlay.outlines]} if overlay.outlines else {}),
             },
-            "notes": list(self.notes),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }  # fmt: skip
 
 
-def _rounded(values) -> np.ndarray | list[float]:
-    """Numbers to 5 significant digits (a list; an array when given an array)."""
+def _rounded(values, digits: int = 5) -> np.ndarray | list[float]:
+    """Numbers to ``digits`` significant digits (a list; an array when given an array)."""
     if not isinstance(values, np.ndarray):
-        return [float(f"{v:.5g}") for v in values]
+        return [float(f"{v:.{digits}g}") for v in values]
     with np.errstate(divide="ignore", invalid="ignore"):
-        digits = 4 - np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
-    scale = 10.0 ** np.nan_to_num(digits)
+        places = digits - 1 - np.floor(np.log10(np.abs(np.where(values == 0, 1.0, values))))
+    scale = 10.0 ** np.nan_to_num(places)
     return np.round(values * scale) / scale
 
 
@@ -111,7 +112,6 @@ def panel_from_dict(data: dict) -> Panel:
         y_label=data.get("y_label"),
         y_range=tuple(data["y_range"]) if data.get("y_range") else None,
         row=data.get("row"),
-        histogram=tuple(data.get("histogram") or ()),
         overlay=Overlay(
             x_cuts=tuple(overlay.get("x_cuts", ())),
             y_cuts=tuple(overlay.get("y_cuts", ())),
@@ -135,7 +135,7 @@ class AxisBins:
         usable = np.isfinite(raw)
         if scale is not None and scale.domain_min > -math.inf:  # flog: only above 0
             usable &= raw > scale.domain_min
-        low, high = _span(raw[usable], scale)
+        low, high = _span(raw, usable, scale)
         edges = np.linspace(low, high, bins + 1)
         raw_edges = edges if scale is None else np.asarray(scale.inverse(edges), dtype=np.float64)
         raw_edges = np.maximum.accumulate(np.nan_to_num(raw_edges, nan=-np.inf))
@@ -143,9 +143,11 @@ class AxisBins:
             raw_edges = _ceil32(raw_edges)
         # one comparison pass per edge: faster than a binary search for 65 edges
         codes = np.full(raw.shape, -1, dtype=np.int8)  # bins < 127
+        above = np.empty(raw.shape, dtype=bool)
         with np.errstate(invalid="ignore"):
             for edge in raw_edges:
-                codes += raw >= edge
+                np.greater_equal(raw, edge, out=above)
+                np.add(codes, above, out=codes, casting="unsafe")
         codes[(codes >= bins) | ~usable] = -1
         return cls(low, high, codes)
 
@@ -157,20 +159,34 @@ def _ceil32(values: np.ndarray) -> np.ndarray:
     return np.where(rounded < values, np.nextafter(rounded, np.float32(np.inf)), rounded)
 
 
-def _span(values: np.ndarray, scale: ScaleTransform | None) -> tuple[float, float]:
-    """The plotted range on the transformed scale: central percentiles (of at most
-    RANGE_EVENTS evenly spread events), padded."""
+def _span(
+    raw: np.ndarray, usable: np.ndarray, scale: ScaleTransform | None
+) -> tuple[float, float]:
+    """The plotted range on the transformed scale: central percentiles of the usable ones
+    of at most RANGE_EVENTS evenly spread events, padded."""
+    step = max(1, raw.size // RANGE_EVENTS)
+    values = raw[::step][usable[::step]]
     if values.size == 0:
         return 0.0, 1.0
-    if values.size > RANGE_EVENTS:
-        values = values[:: values.size // RANGE_EVENTS]
-    low, high = np.percentile(values, RANGE_QUANTILES)
+    low, high = _percentiles(values.astype(np.float64), RANGE_QUANTILES)
     if scale is not None:
         low, high = scale.apply(np.array([low, high], dtype=np.float64))
     if not (math.isfinite(low) and math.isfinite(high)):
         return 0.0, 1.0
     pad = RANGE_PAD * (high - low) or 1.0
     return float(low - pad), float(high + pad)
+
+
+def _percentiles(values: np.ndarray, quantiles: Sequence[float]) -> list[float]:
+    """``np.percentile`` (linear) of a few quantiles by one partition, without its overhead."""
+    at = [q / 100 * (values.size - 1) for q in quantiles]
+    ranks = sorted({r for a in at for r in (math.floor(a), math.ceil(a))})
+    part = np.partition(values, ranks)
+    below = [part[math.floor(a)] for a in at]
+    return [
+        float(low + (a - math.floor(a)) * (part[math.ceil(a)] - low))
+        for a, low in zip(at, below, strict=True)
+    ]
 
 
 def density_levels(x: np.ndarray, y: np.ndarray, bins: int = BINS) -> np.ndarray:
@@ -185,11 +201,17 @@ def density_levels(x: np.ndarray, y: np.ndarray, bins: int = BINS) -> np.ndarray
     return np.where(counts > 0, np.maximum(np.ceil(scaled), 1), 0).astype(np.uint8)
 
 
-def histogram(x: np.ndarray, bins: int = BINS) -> tuple[float, ...]:
-    """Bar heights of the events' bins (the tallest 1)."""
+BAR = LEVELS
+"""Palette index of a histogram's bars."""
+
+
+def histogram_bars(x: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """A bins x bins image (row 0 at the top) of the events' bins as bars, the tallest 95 %
+    of the height; 0 above the bars."""
     counts = np.bincount(x[x >= 0], minlength=bins)[:bins]
     top = counts.max() if counts.size else 0
-    return tuple(np.round(counts / top, 4).tolist()) if top else (0.0,) * bins
+    heights = np.round(counts / top * 0.95 * bins) if top else np.zeros(bins)
+    return np.where(np.arange(bins)[::-1, None] < heights, BAR, 0).astype(np.uint8)
 
 
 VIRIDIS = ("#440154", "#481b6d", "#46327e", "#3f4788", "#365c8d", "#2e6e8e", "#277f8e",
@@ -199,8 +221,16 @@ VIRIDIS = ("#440154", "#481b6d", "#46327e", "#3f4788", "#365c8d", "#2e6e8e", "#2
 
 
 def _palette() -> list[int]:
-    colours = ("#ffffff", *VIRIDIS)
+    colours = ("#ffffff", *VIRIDIS, "#888888")  # ... and BAR
     return [int(c[i : i + 2], 16) for c in colours for i in (1, 3, 5)]
+
+
+def load_png_writer() -> None:
+    """Import and set up the PNG writer now: done before workers are forked, each of them
+    has it already instead of importing it again."""
+    from PIL import Image
+
+    Image.preinit()
 
 
 def stacked_png(images: Sequence[np.ndarray]) -> bytes:
@@ -217,10 +247,12 @@ def stacked_png(images: Sequence[np.ndarray]) -> bytes:
 
 @dataclass
 class PanelSet:
-    """Panels of one sample as they are drawn: 2-D images collected for one stacked PNG."""
+    """Panels of one sample as they are drawn: images collected for one stacked PNG (an
+    image drawn again, e.g. the same parent on the same markers, is one row)."""
 
     panels: list[Panel] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
+    rows: dict[bytes, int] = field(default_factory=dict)
 
     def add(
         self,
@@ -243,16 +275,24 @@ class PanelSet:
             "notes": tuple(notes),
         }
         if y is None:
-            panel = Panel(**common, histogram=histogram(x_bins.codes[events]))
+            panel = Panel(**common, row=self._row(histogram_bars(x_bins.codes[events])))
         else:
             y_label, y_bins = y
-            self.images.append(density_levels(x_bins.codes[events], y_bins.codes[events]))
+            image = density_levels(x_bins.codes[events], y_bins.codes[events])
             panel = Panel(
                 **common, y_label=y_label, y_range=(y_bins.low, y_bins.high),
-                row=len(self.images) - 1,
+                row=self._row(image),
             )  # fmt: skip
         self.panels.append(panel)
         return panel
+
+    def _row(self, image: np.ndarray) -> int:
+        """The row of the stacked PNG showing ``image`` (added unless already there)."""
+        key = image.tobytes()
+        if key not in self.rows:
+            self.rows[key] = len(self.images)
+            self.images.append(image)
+        return self.rows[key]
 
     def png(self) -> bytes:
         return stacked_png(self.images)
@@ -263,46 +303,43 @@ class PanelSet:
 
 def _scale(value: float, low: float, high: float, flip: bool = False) -> float:
     share = (value - low) / (high - low) if high > low else 0.5
-    return round(BINS * (1.0 - share if flip else share), 2)
+    return round(BINS * (1.0 - share if flip else share), 1)
 
 
-def panel_svg(panel: Panel, image: str, rows: int, size: int = DISPLAY) -> str:
+PLOT_CSS = (
+    f"svg.plot{{display:block;width:{DISPLAY}px;height:{DISPLAY}px;background:#fff;"
+    "border:1px solid #999;box-sizing:border-box}"
+    "svg.plot image{image-rendering:pixelated}"
+    "svg.plot .gate{stroke:#d00;stroke-width:1.4;fill:none;vector-effect:non-scaling-stroke}"
+)
+"""How the page draws :func:`panel_svg`'s plots (in the report's style sheet, not in each)."""
+
+
+def panel_svg(panel: Panel, image: str, rows: int) -> str:
     """SVG markup of one plot: its image cropped from the stacked PNG ``image`` (``rows``
-    images high), or its histogram, and the gate drawn over it."""
+    images high) and the gate drawn over it (styled by PLOT_CSS; named by its caption)."""
     x0, x1 = panel.x_range
-    parts = [
-        f'<svg class="plot" viewBox="0 0 {BINS} {BINS}" width="{size}" height="{size}" '
-        f'role="img" aria-label="{_escape(panel.title)}">',
-        f'<rect width="{BINS}" height="{BINS}" fill="#fff" stroke="#999" '
-        'vector-effect="non-scaling-stroke"/>',
-    ]
+    parts = [f'<svg class="plot" viewBox="0 0 {BINS} {BINS}">']
     if panel.row is not None:
         parts.append(
-            f'<image href="{_escape(image)}" x="0" y="{-panel.row * BINS}" width="{BINS}" '
-            f'height="{rows * BINS}" preserveAspectRatio="none" '
-            'style="image-rendering:pixelated"/>'
+            f'<image href="{_escape(image)}" y="{-panel.row * BINS}" width="{BINS}" '
+            f'height="{rows * BINS}"/>'
         )
-    elif panel.histogram:
-        step = BINS / len(panel.histogram)
-        bars = "".join(
-            f"H{i * step:.4g}V{BINS * (1 - h * 0.95):.4g}" for i, h in enumerate(panel.histogram)
-        )
-        parts.append(f'<path d="M0,{BINS}{bars}H{BINS}V{BINS}Z" fill="#888"/>')
     y0, y1 = panel.y_range or (0.0, 1.0)
-    line = 'stroke="#d00" stroke-width="1.4" fill="none" vector-effect="non-scaling-stroke"'
-    for cut in panel.overlay.x_cuts:
-        if x0 <= cut <= x1:
-            px = _scale(cut, x0, x1)
-            parts.append(f'<path d="M{px},0V{BINS}" {line}/>')
-    for cut in panel.overlay.y_cuts:
-        if panel.y_range and y0 <= cut <= y1:
-            py = _scale(cut, y0, y1, flip=True)
-            parts.append(f'<path d="M0,{py}H{BINS}" {line}/>')
+    cuts = [f"M{_scale(c, x0, x1)},0V{BINS}" for c in panel.overlay.x_cuts if x0 <= c <= x1]
+    if panel.y_range:
+        cuts += [
+            f"M0,{_scale(c, y0, y1, flip=True)}H{BINS}"
+            for c in panel.overlay.y_cuts
+            if y0 <= c <= y1
+        ]
+    if cuts:
+        parts.append(f'<path class="gate" d="{"".join(cuts)}"/>')
     for outline in panel.overlay.outlines:
         points = " ".join(
-            f"{_scale(px, x0, x1)},{_scale(py, y0, y1, flip=True)}" for px, py in outline
+            f"{_scale(px, x0, x1):g},{_scale(py, y0, y1, flip=True):g}" for px, py in outline
         )
-        parts.append(f'<polygon points="{points}" {line}/>')
+        parts.append(f'<polygon class="gate" points="{points}"/>')
     parts.append("</svg>")
     return "".join(parts)
 

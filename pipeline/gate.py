@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gating.auto import PlacedGating, place
+from gating.auto import PlacedGating, place_evaluated
 from gating.engine import Evaluator, GatingResult
 from gating.model import FCS_SPILL, Dimension, GateSet
 from gating.placement import ThresholdDecision
@@ -43,6 +43,8 @@ class SampleGating:
     result: GatingResult
     spillover: Spillover | None = None
     """The matrix the sample was compensated with (the file's own or an override)."""
+    evaluator: Evaluator | None = field(default=None, repr=False, compare=False)
+    """The evaluator that gated the sample (its columns and cut sides), for its plots."""
 
     def panel_markers(self) -> dict[str, str]:
         """Marker → detector of the sample's panel."""
@@ -143,14 +145,14 @@ def gate_fcs(
         )
     spill = (list(matrix.channels), matrix.matrix) if matrix else None
     events = fcs.events
-    placed, result = place(
+    placed, result, evaluator = place_evaluated(
         template, events, fcs.channel_names, channel_map(panel, fcs), spill, fixed_cuts
     )
     if spill is None:
         placed = _with_flag(placed, "no_spillover_matrix")
     elif spillover is not None:
         placed = _with_flag(placed, f"spillover_{spillover.keyword}")
-    return SampleGating(fcs, panel, template, placed, result, matrix)
+    return SampleGating(fcs, panel, template, placed, result, matrix, evaluator)
 
 
 def _with_flag(placed: PlacedGating, flag: str) -> PlacedGating:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from pipeline.outputs import write_bytes
 
 PLOT_EVENTS = 20_000
 
-PLOTS_VERSION = 2
+PLOTS_VERSION = 3
 """Raised when the report's sample plots change, so that cached ones are drawn again."""
 
 
@@ -221,7 +221,7 @@ def _overlay(gates, axes: list[Dimension]) -> Overlay:
         if isinstance(gate, PolygonGate) and list(gate.axes) == axes:
             outlines.append(tuple((float(x), float(y)) for x, y in gate.vertices))
         if isinstance(gate, EllipsoidGate) and (outline := _ellipse(gate, axes)) is not None:
-            outlines.append(tuple((float(x), float(y)) for x, y in outline[::4]))
+            outlines.append(tuple((float(x), float(y)) for x, y in outline[::8]))  # 16 sides
         for axis, low, high in _cuts(gate):
             if axis in axes:
                 kept = x_cuts if axis == axes[0] else y_cuts
@@ -229,12 +229,23 @@ def _overlay(gates, axes: list[Dimension]) -> Overlay:
     return Overlay(tuple(x_cuts), tuple(y_cuts), tuple(outlines))
 
 
+def _gating_evaluator(gated: SampleGating) -> Evaluator:
+    """The evaluator that gated the sample, or one with its gates evaluated again."""
+    if gated.evaluator is not None:
+        return gated.evaluator
+    gate_set = gated.placed.gate_set
+    evaluator = Evaluator(gate_set.transforms, gate_set.compensations, gated.fcs.events,
+                          gated.fcs.channel_names, _spill(gated))  # fmt: skip
+    for gate in gate_set.gates:
+        evaluator.add(gate, checked=True)
+    return evaluator
+
+
 def sample_panels(gated: SampleGating) -> PanelSet:
     """One plot per population: its parent's events as a binned density on the population's
     gate axes (a histogram on one axis), the gate drawn over it."""
     gate_set = gated.placed.gate_set
-    evaluator = Evaluator(gate_set.transforms, gate_set.compensations, gated.fcs.events,
-                          gated.fcs.channel_names, _spill(gated))  # fmt: skip
+    evaluator = _gating_evaluator(gated)
     binned: dict[Dimension, tuple[str, AxisBins]] = {}
 
     def axis_bins(axis: Dimension) -> tuple[str, AxisBins]:
@@ -243,22 +254,16 @@ def sample_panels(gated: SampleGating) -> PanelSet:
             binned[axis] = (_label(gated, axis), AxisBins.of(evaluator.raw_values(axis), scale))
         return binned[axis]
 
-    def passing(gates, pair: list[Dimension], events: np.ndarray) -> np.ndarray:
-        """Those of ``events`` inside the gates' ranges on the axes of ``pair``."""
-        keep = np.ones(events.size, dtype=bool)
-        for gate in gates:
-            for axis, low, high in _cuts(gate):
-                if axis not in pair:
-                    continue
-                scale = gate_set.transforms[axis.transform] if axis.transform else None
-                raw = evaluator.raw_values(axis)[events].astype(np.float64)
-                values = raw if scale is None else np.asarray(scale.apply(raw))
-                with np.errstate(invalid="ignore"):
-                    if low is not None:
-                        keep &= values >= low
-                    if high is not None:
-                        keep &= values < high
-        return events[keep]
+    def passing(gates, axes: list[Dimension], parent: str | None) -> np.ndarray:
+        """The parent's events inside the gates' ranges on ``axes`` (as the gates decide)."""
+        bounds = [
+            bound
+            for gate in gates
+            if isinstance(gate, RangeGate | RectangleGate)
+            for bound in gate.bounds
+            if bound.axis in axes
+        ]
+        return evaluator.within(bounds, parent)
 
     panels = PanelSet()
     everything = np.arange(gated.result.event_count)
@@ -272,7 +277,7 @@ def sample_panels(gated: SampleGating) -> PanelSet:
         steps = _gate_steps(gated, population, gates)
         for step, axes in enumerate(steps):
             if step:  # each further pair on the events that passed the pairs before
-                events = passing(gates, steps[step - 1], events)
+                events = passing(gates, [a for pair in steps[:step] for a in pair], parent)
                 title = f"{population} ({step + 1} of {len(steps)}): on {events.size:,} events"
             elif len(steps) > 1:
                 title = f"{title}; 1 of {len(steps)}"
@@ -316,7 +321,8 @@ def plots_key(gated: SampleGating, sha256: str) -> str:
 
 def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     """Draw a sample's plots into ``folder`` unless those of the same file and gating are
-    there already: ``<sha>.json`` (the panels) and ``<sha>-<key>.png`` (their images).
+    there already: ``<sha>.json`` (the panels, their notes and labels numbered into the
+    record's ``notes``: :func:`unnumbered`) and ``<sha>-<key>.png`` (their images).
     Returns whether anything was drawn."""
     key = plots_key(gated, sha256)
     index = folder / f"{sha256[:16]}.json"
@@ -330,18 +336,40 @@ def render_sample_plots(gated: SampleGating, sha256: str, folder: Path) -> bool:
     panels = sample_panels(gated)
     write_bytes(folder / image, panels.png())
     heading = f"{gated.panel.id}, {gated.template.id}"  # no file name: it may carry PHI
+    texts = [*(n for p in panels.panels for n in p.notes),
+             *(p.x_label for p in panels.panels), *(p.y_label or "" for p in panels.panels)]
+    notes = list(dict.fromkeys(texts))
+    number = {n: i for i, n in enumerate(notes)}
     record = {
         "key": key,
+        "version": PLOTS_VERSION,
         "image": image,
         "rows": len(panels.images),
         "heading": heading,
-        "panels": [p.as_dict() for p in panels.panels],
-    }
-    write_bytes(index, json.dumps(record).encode())
+        "notes": notes,  # each text once; a panel's notes and labels are numbers into it
+        "panels": [_numbered(p.as_dict(), number) for p in panels.panels],
+    }  # fmt: skip
+    write_bytes(index, json.dumps(record, separators=(",", ":")).encode())
     old = known.get("image")
     if old and old != image:
         (folder / old).unlink(missing_ok=True)
     return True
+
+
+def _numbered(panel: dict, number: Mapping[str, int]) -> dict:
+    """A panel's notes and axis labels as numbers into its record's list of texts."""
+    for label in ("x_label", "y_label"):
+        if label in panel:
+            panel[label] = number[panel[label]]
+    if "notes" in panel:
+        panel["notes"] = [number[n] for n in panel["notes"]]
+    return panel
+
+
+def unnumbered(panel: dict, texts: Sequence[str]) -> dict:
+    """A panel of a plots record with its texts back in place (:func:`_numbered`)."""
+    labels = {k: texts[panel[k]] for k in ("x_label", "y_label") if panel.get(k) is not None}
+    return {**panel, **labels, "notes": [texts[i] for i in panel.get("notes", ())]}
 
 
 KINETICS_SERIES = ((("memory", "CAR"), "#d62728", "CAR-T cells/µL"),

@@ -20,13 +20,16 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from pipeline import __version__
-from pipeline.density import panel_from_dict, panel_svg
+from pipeline.density import PLOT_CSS, panel_from_dict, panel_svg
 from pipeline.outputs import restore, write_bytes, write_text
-from pipeline.plots import kinetics_svg
+from pipeline.plots import PLOTS_VERSION, kinetics_svg, unnumbered
+from pipeline.sample_page import DENSITY_CSS
 from pipeline.store import Store
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 SAMPLE_IMAGE_DIR = "samples"
+STYLE = "report.css"
+"""The pages' one style sheet (the template's, with the plots' rules)."""
 READABLE_FLAGS = {"below_lod": "below LOD", "below_lloq": "below LLOQ"}
 
 
@@ -45,18 +48,20 @@ def plots_dir(report_dir: Path) -> Path:
 
 def sample_plots(report_dir: Path, sha256: str) -> tuple[str, list[dict]]:
     """A sample's drawn plots, ready for its page: (heading, [{svg, title, …}]); nothing
-    when none were drawn for it."""
+    when none were drawn for it (or they were drawn by an older PLOTS_VERSION: drawn again
+    when the sample is gated again)."""
     try:
         record = json.loads(
             (plots_dir(report_dir) / f"{sha256[:16]}.json").read_text(encoding="utf-8")
         )
     except (OSError, ValueError):
         return "", []
-    if not (plots_dir(report_dir) / record["image"]).is_file():
-        return "", []
+    drawn = plots_dir(report_dir) / record["image"]
+    if record.get("version") != PLOTS_VERSION or not drawn.is_file():
+        return "", []  # none, or drawn the way an older version drew them
     plots = []
     for data in record["panels"]:
-        panel = panel_from_dict(data)
+        panel = panel_from_dict(unnumbered(data, record["notes"]))
         plots.append(
             {
                 "name": panel.name,
@@ -111,6 +116,8 @@ def write_report(
     populations shown."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
+    style = (TEMPLATES / STYLE).read_text(encoding="utf-8")
+    write_text(report_dir / STYLE, f"{style}{PLOT_CSS}\n{DENSITY_CSS}\n")
     common = {
         "version": __version__,
         "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -119,15 +126,17 @@ def write_report(
     flags = store.sample_flags()
     samples = store.samples()
     timepoints = timepoints if timepoints is not None else pd.DataFrame()
+    trails: dict[int, list[dict]] = {}  # the audit trail read once, then by sample
+    for correction in store.corrections():
+        trails.setdefault(correction["sample_id"], []).append(correction)
+    counted: dict[int, list[dict]] = {}  # the timepoint rows read once, then by sample
+    for row in timepoints.itertuples(index=False) if len(timepoints) else ():
+        counted.setdefault(row.sample_id, []).append(_population_row(row))
     for sample in samples:
         sample["flags"] = flags.get(sample["sample_id"], [])
         heading, plots = sample_plots(report_dir, sample["sha256"])
-        rows = (
-            timepoints[timepoints.sample_id == sample["sample_id"]]
-            if len(timepoints)
-            else pd.DataFrame()
-        )
-        if not plots and rows.empty:
+        rows = counted.get(sample["sample_id"], [])
+        if not plots and not rows:
             sample["page"] = None
             continue
         page = f"{SAMPLE_IMAGE_DIR}/{sample['sha256'][:16]}.html"
@@ -139,8 +148,10 @@ def write_report(
                 root="../",
                 sample=sample,
                 heading=heading,
-                rows=[_population_row(r) for r in rows.itertuples(index=False)],
-                **_sample_evidence(store, sample, rows, plots, config),
+                rows=rows,
+                **_sample_evidence(
+                    store, sample, rows, plots, config, trails.get(sample["sample_id"], [])
+                ),
                 **common,
             ),
         )
@@ -223,31 +234,30 @@ def _population_row(row) -> dict:
 
 
 def _sample_evidence(
-    store: Store, sample: dict, rows: pd.DataFrame, plots: list[dict], config=None
+    store: Store,
+    sample: dict,
+    rows: list[dict],
+    plots: list[dict],
+    config=None,
+    corrections: Sequence[dict] = (),
 ) -> dict:
     """A sample page's evidence: each population with its gate plots and defining cuts, the
-    flags with their severity, the corrections of its audit trail."""
+    flags with their severity, the corrections of its audit trail (``corrections``)."""
     from pipeline.errors import CartflowError
     from pipeline.gate import template_for
-    from pipeline.sample_page import flag_rows, population_sections
+    from pipeline.sample_page import density_symbols, flag_rows, population_sections
     from pipeline.triage import reported_gates
 
-    trail = store.provenance(sample["sample_id"]) or {"gatings": [], "corrections": []}
-    done = [g for g in trail["gatings"] if g["status"] == "ok"]
     try:
         template = config.template(sample["tube"]) if config else template_for(sample["tube"])
     except CartflowError:
         template = None
-    counted = [
-        {"population": r.population, **_population_row(r)} for r in rows.itertuples(index=False)
-    ]
-    sections = population_sections(
-        template, counted, done[-1]["cuts"] if done else {}, plots
-    )
+    sections = population_sections(template, rows, store.latest_cuts(sample["sample_id"]), plots)
     return {
         "sections": sections,
+        "densities": density_symbols(sections),
         "flag_rows": flag_rows(sample["flags"], reported_gates(sample["tube"], config)),
-        "corrections": trail["corrections"],
+        "corrections": corrections,
     }
 
 

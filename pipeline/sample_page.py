@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from gating.template import Template
 from pipeline.triage import flag_kind, severity
@@ -28,6 +28,9 @@ class CutEvidence:
     events: int | None
     source: str | None
     density: Markup | None
+    """Where the cut's density is shown (the page's one drawing of it, used again)."""
+    drawing: Markup | None = None
+    """The density drawn (SVG markup), once per page (:func:`density_symbols`)."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,24 @@ def cut_names(template: Template, population: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def density_svg(
-    evidence: Mapping[str, Any], value: float | None, fallback: bool, width: int = 240
-) -> Markup | None:
-    """A small inline SVG of the density a cut was placed on, its bounds shaded and the cut
-    drawn (dashed when it fell back); None without a stored density."""
+DENSITY_SIZE = (240, 56)
+"""Width and height of a cut's density drawing (CSS pixels)."""
+
+DENSITY_CSS = f"svg.density{{width:{DENSITY_SIZE[0]}px;height:{DENSITY_SIZE[1]}px}}"
+
+DENSITY_POINTS = 64
+"""At most this many points of a stored density are drawn (one every 3–4 pixels)."""
+
+
+def density_drawing(
+    evidence: Mapping[str, Any], value: float | None, fallback: bool
+) -> str | None:
+    """The density a cut was placed on, its bounds shaded and the cut drawn (dashed when it
+    fell back), as SVG markup in a DENSITY_SIZE box; None without a stored density."""
     grid, density = evidence.get("grid"), evidence.get("density")
     if not grid or not density or len(grid) != len(density):
         return None
-    height, pad = 56, 2
+    (width, height), pad = DENSITY_SIZE, 2
     bounds = evidence.get("bounds")
     lo = min(grid[0], *(bounds or [grid[0]]), value if value is not None else grid[0])
     hi = max(grid[-1], *(bounds or [grid[-1]]), value if value is not None else grid[-1])
@@ -73,28 +85,58 @@ def density_svg(
     def y(v: float) -> float:
         return height - pad - (height - 2 * pad) * v / top
 
-    points = " ".join(f"{x(g):.1f},{y(d):.1f}" for g, d in zip(grid, density, strict=True))
-    parts = [f'<svg class="density" width="{width}" height="{height}" role="img">']
+    step = -(-len(grid) // DENSITY_POINTS)  # a point every few pixels is smooth enough
+    px = [round(x(g)) for g in grid[::step]]
+    py = [round(y(d)) for d in density[::step]]
+    moves = " ".join(  # each point from the one before: short numbers, the same pixels
+        f"{px[i] - px[i - 1]},{py[i] - py[i - 1]}" for i in range(1, len(px))
+    )
+    parts = []
     if bounds:
         parts.append(
-            f'<rect x="{x(bounds[0]):.1f}" y="0" width="{x(bounds[1]) - x(bounds[0]):.1f}" '
+            f'<rect x="{x(bounds[0]):.1f}" width="{x(bounds[1]) - x(bounds[0]):.1f}" '
             f'height="{height}" fill="#2ca02c" fill-opacity="0.12"><title>template bounds '
             f"{bounds[0]:.3g} – {bounds[1]:.3g}</title></rect>"
         )
-    parts.append(f'<polyline points="{points}" fill="none" stroke="#444" stroke-width="1"/>')
+    line = f"M{px[0]},{py[0]}" + (f"l{moves}" if moves else "")
+    parts.append(f'<path d="{line}" fill="none" stroke="#444"/>')
     if value is not None:
         dash = ' stroke-dasharray="4 2"' if fallback else ""
         parts.append(
-            f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="0" y2="{height}" '
-            f'stroke="#c00" stroke-width="1.5"{dash}><title>cut {value:.4g}</title></line>'
+            f'<path d="M{x(value):.1f},0V{height}" stroke="#c00" stroke-width="1.5"{dash}>'
+            f"<title>cut {value:.4g}</title></path>"
         )
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    return "".join(parts)
+
+
+def _density_id(name: str) -> str:
+    return "cut-" + escape(name)
+
+
+def density_use(name: str) -> Markup:
+    """A cut's density where a table shows it: the page's one drawing of it, used again
+    (:func:`density_symbols`)."""
+    return Markup(f'<svg class="density"><use href="#{_density_id(name)}"/></svg>')
+
+
+def density_symbols(sections: Sequence[PopulationSection]) -> Markup:
+    """Each cut's density drawn once for the whole page (hidden; shown where used), however
+    many populations list the cut."""
+    drawings = {c.name: c.drawing for s in sections for c in s.cuts if c.drawing}
+    if not drawings:
+        return Markup("")
+    width, height = DENSITY_SIZE
+    symbols = "".join(
+        f'<symbol id="{_density_id(name)}" viewBox="0 0 {width} {height}">{drawing}</symbol>'
+        for name, drawing in drawings.items()
+    )
+    return Markup(f'<svg width="0" height="0" style="position:absolute">{symbols}</svg>')
 
 
 def cut_evidence(name: str, cut: Mapping[str, Any]) -> CutEvidence:
     evidence = cut.get("evidence") or {}
     bounds = evidence.get("bounds")
+    drawing = density_drawing(evidence, cut.get("value"), bool(cut.get("fallback")))
     return CutEvidence(
         name=name,
         value=cut.get("value"),
@@ -105,7 +147,8 @@ def cut_evidence(name: str, cut: Mapping[str, Any]) -> CutEvidence:
         estimated_on=evidence.get("estimated_on"),
         events=evidence.get("events"),
         source=evidence.get("source"),
-        density=density_svg(evidence, cut.get("value"), bool(cut.get("fallback"))),
+        density=density_use(name) if drawing else None,
+        drawing=Markup(drawing) if drawing else None,
     )
 
 
@@ -118,6 +161,7 @@ def population_sections(
     """Each counted population of a sample with its gate plots (``plots``: the sample's
     drawn panels, by population ``name``) and the cuts defining it."""
     sections = []
+    evidence: dict[str, CutEvidence] = {}  # a cut shared by populations: read once
     for row in rows:
         population = row["population"]
         definition, names = "", []
@@ -131,16 +175,35 @@ def population_sections(
                 names = cut_names(template, population)
                 if not spec.phenotype:  # a shape gate: the decisions named after it
                     names = [n for n in cuts if n == population or n.startswith(population + ".")]
+        listed = tuple(_evidence(evidence, n, cuts[n]) for n in names if n in cuts)
         sections.append(
             PopulationSection(
                 population,
                 row,
                 definition,
-                tuple(p for p in plots if p.get("name") == population),
-                tuple(cut_evidence(n, cuts[n]) for n in names if n in cuts),
+                _captioned(plots, population, {c.name for c in listed}),
+                listed,
             )
         )
     return sections
+
+
+def _captioned(
+    plots: Sequence[Mapping[str, Any]], population: str, listed: set[str]
+) -> tuple[Mapping[str, Any], ...]:
+    """A population's plots, each noting the cuts on its axes but those its section's
+    table lists (with value, method and evidence) already."""
+    return tuple(
+        {**p, "notes": tuple(n for n in p.get("notes", ()) if n.split(":")[0] not in listed)}
+        for p in plots
+        if p.get("name") == population
+    )
+
+
+def _evidence(known: dict[str, CutEvidence], name: str, cut: Mapping[str, Any]) -> CutEvidence:
+    if name not in known:
+        known[name] = cut_evidence(name, cut)
+    return known[name]
 
 
 def flag_rows(flags: Sequence[str], reported: frozenset[str] | None) -> list[dict[str, str]]:

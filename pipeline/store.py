@@ -980,6 +980,22 @@ class Store:
             ).all()
         return {(i, gate): str((evidence or {}).get("reason")) for i, gate, evidence in rows}
 
+    def latest_cuts(self, sample_id: int) -> dict[str, dict[str, Any]]:
+        """A sample's cuts in its newest successful gating (as :meth:`provenance` gives
+        them), by one query; empty when it has none."""
+        newest = (
+            select(func.max(GatingRow.id))
+            .where(GatingRow.sample_id == sample_id, GatingRow.status == "ok")
+            .scalar_subquery()
+        )
+        with self._sessions() as session:
+            rows = session.scalars(select(GateRow).where(GateRow.gating_id == newest)).all()
+        return {
+            g.gate: {"value": g.value, "method": g.method, "fallback": g.fallback,
+                     "evidence": g.evidence}
+            for g in rows
+        }  # fmt: skip
+
     def record_kinetics(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Store one run's kinetic summaries (patient, population, metric, value, …) at once."""
         with self.transaction() as session:
