@@ -51,6 +51,13 @@ def test_the_shipped_templates_start_on_the_data_and_the_shipped_panels_on_the_a
         assert placed.population("cells").options.clusters == (
             template.population("cells").options.clusters
         )
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    shown = CliRunner().invoke(app, ["config", "check", str(config.directory)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("    gate options for cells: start: anchors\n") == 6
 
 
 def test_a_shipped_file_is_gated_with_its_panels_options_and_without_them_from_the_data(
