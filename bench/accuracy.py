@@ -1,7 +1,9 @@
 """Automated gating against the simulator's per-event truth: F1 per population, CAR-T counts.
 
 Simulates a cohort (or reads one already simulated), gates every file of the chosen tubes
-with its panel's template and compares each population with the truth labels:
+with its panel's template (the panel's ``gate_options`` set over it, as every gating does;
+``--config DIR``: a lab configuration's panels and templates instead of the shipped ones)
+and compares each population with the truth labels:
 - F1 per population and sample, reported as min / median over samples with at least
   ``--min-events`` true events (the acceptance reads 200);
 - CAR+ coverage: the share of samples whose gated CAR count lies in the exact Poisson 95 %
@@ -12,7 +14,7 @@ gate, cells included. Populations the panel approximates (a marker it omits) are
 apart and not counted; populations it skips are absent.
 
 Usage: python bench/accuracy.py --patients N --seed S --events E [--cytometer 'FACSCanto II']
-       [--tubes memory function bcell] [--cohort DIR] [--csv rows.csv]
+       [--tubes memory function bcell] [--cohort DIR] [--config DIR] [--csv rows.csv]
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from pipeline.config import LabConfig
 
 LYMPH = "leukocytes/lymphocytes/"
 MIN_EVENTS = 200
@@ -157,12 +163,13 @@ def _f1(true: np.ndarray, gated: np.ndarray) -> float:
     return 2 * int(np.count_nonzero(true & gated)) / total if total else 1.0
 
 
-def score_file(path: Path, tube: str) -> SampleScore:
-    """Gate one simulated file and compare every population with the truth labels."""
+def score_file(path: Path, tube: str, config: LabConfig | None = None) -> SampleScore:
+    """Gate one simulated file (with the shipped configuration, or ``config``) and compare
+    every population with the truth labels."""
     from pipeline.gate import gate_file
 
     start = time.perf_counter()
-    gated = gate_file(path, tube=tube)
+    gated = gate_file(path, tube=tube, config=config)
     seconds = time.perf_counter() - start
     truth_table = pd.read_parquet(path.parent / "truth" / f"{path.stem}.parquet")
     labels = truth_table["population"].astype(str)
@@ -218,12 +225,17 @@ def score_file(path: Path, tube: str) -> SampleScore:
     )
 
 
-def score_cohort(root: Path, tubes: Iterable[str]) -> list[SampleScore]:
-    """Score every file of the given tubes listed in a simulated cohort's manifest."""
+def score_cohort(
+    root: Path, tubes: Iterable[str], config: LabConfig | None = None
+) -> list[SampleScore]:
+    """Score every file of the given tubes listed in a simulated cohort's manifest (gated
+    with the shipped configuration, or ``config``)."""
     with (root / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         manifest = list(csv.DictReader(fh))
     wanted = set(tubes)
-    return [score_file(root / r["file"], r["tube"]) for r in manifest if r["tube"] in wanted]
+    return [
+        score_file(root / r["file"], r["tube"], config) for r in manifest if r["tube"] in wanted
+    ]
 
 
 def table(scores: Iterable[SampleScore]) -> pd.DataFrame:
@@ -328,6 +340,7 @@ def main() -> None:
     parser.add_argument("--cytometer", default="FACSLyric")
     parser.add_argument("--tubes", nargs="+", default=["memory", "function", "bcell"])
     parser.add_argument("--cohort", type=Path, help="score this simulated cohort instead")
+    parser.add_argument("--config", type=Path, help="gate with this configuration folder")
     parser.add_argument("--min-events", type=int, default=MIN_EVENTS)
     parser.add_argument("--csv", type=Path, help="write one row per file and population")
     args = parser.parse_args()
@@ -336,7 +349,12 @@ def main() -> None:
         root = args.cohort or simulate(
             Path(tmp), args.patients, args.seed, args.events, args.cytometer, tubes
         )
-        scores = score_cohort(root, tubes)
+        config = None
+        if args.config:
+            from pipeline.config import load_config
+
+            config = load_config(args.config)
+        scores = score_cohort(root, tubes, config)
     if args.csv:
         table(scores).to_csv(args.csv, index=False)
     print(report(scores, args.min_events))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -33,9 +34,11 @@ MARKER_NAME = re.compile(r"^[^\s+]+$")
 ``TCRγδ``, ``Live/Dead``, ``HLA-DR``)."""
 PANEL_FIELDS = frozenset(
     {"id", "version", "tube", "tube_names", "cytometer", "description", "scatter", "time",
-     "beads", "omitted", "channels", "layouts", "spillover", "marker_labels"}
+     "beads", "omitted", "channels", "layouts", "spillover", "marker_labels", "gate_options"}
 )  # fmt: skip
-LAYOUT_FIELDS = frozenset({"id", "cytometer", "scatter", "time", "channels", "spillover"})
+LAYOUT_FIELDS = frozenset(
+    {"id", "cytometer", "scatter", "time", "channels", "spillover", "gate_options"}
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,15 @@ class Panel:
     """Whether each detector's $PnS must name its marker (``marker_labels: required``); with
     ``optional`` a detector without a label is taken to carry the panel's marker (a label
     that is there must still agree)."""
+    gate_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """This cytometer's settings for the tube's template: population id → options of its
+    gate (``{cells: {start: anchors}}``), set over the template's own when a file is gated;
+    checked against the template when the configuration is read."""
+    gate_option_lines: Mapping[tuple[str, str], int] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """The line of each ``gate_options`` entry: ``(population, option)``, option ``""`` for
+    the population's own line."""
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -267,6 +279,35 @@ def _channels(where: _Located, raw, key: str, names: MarkerNames) -> tuple[Panel
     return tuple(channels)
 
 
+def _gate_options(
+    where: _Located, raw: dict, layout: dict, key: str
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+    """A layout's ``gate_options`` (the file's, each population's options updated by the
+    layout's own) and the line of each entry; only their shape is checked here, their
+    names and values against the tube's template when the configuration is read."""
+    merged: dict[str, dict[str, Any]] = {}
+    lines: dict[tuple[str, str], int] = {}
+    for prefix, entry in (("", raw), *(((f"{key}.", layout),) if key else ())):
+        given = entry.get("gate_options")
+        if given is None:
+            continue
+        at = f"{prefix}gate_options"
+        if not isinstance(given, dict):
+            raise where.error(at, "gate_options must map population ids to their options")
+        for population, options in given.items():
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise where.error(
+                    f"{at}.{population}",
+                    f"gate_options {population}: expected a mapping of option: value "
+                    "(e.g. {start: anchors})",
+                )
+            merged.setdefault(str(population), {}).update(options)
+            lines[(str(population), "")] = where.line(f"{at}.{population}")
+            for option in options:
+                lines[(str(population), option)] = where.line(f"{at}.{population}.{option}")
+    return merged, lines
+
+
 def load_panel_layouts(path: Path, names: MarkerNames | None = None) -> tuple[Panel, ...]:
     """Load and validate one panel YAML file: one Panel per layout (a file without
     ``layouts`` is one layout). Each problem names the file and line."""
@@ -286,7 +327,7 @@ def load_panel_layouts(path: Path, names: MarkerNames | None = None) -> tuple[Pa
         raise where.error("", f"missing field(s): {', '.join(missing)}")
     layouts = raw.get("layouts")
     if layouts is None:
-        entries = [("", {k: raw.get(k) for k in (*layout_keys, "spillover")})]
+        entries = [("", {k: raw.get(k) for k in (*layout_keys, "spillover")}, raw)]
     elif not isinstance(layouts, list) or not layouts:
         raise where.error("layouts", "layouts must be a list of {id, cytometer, channels, …}")
     else:
@@ -302,7 +343,7 @@ def load_panel_layouts(path: Path, names: MarkerNames | None = None) -> tuple[Pa
             absent = [k for k in layout_keys if k != "time" and merged[k] is None]
             if absent:
                 raise where.error(key, f"{key} misses {', '.join(absent)}")
-            entries.append((key, merged | {"id": str(layout["id"])}))
+            entries.append((key, merged | {"id": str(layout["id"])}, layout))
     try:
         version = int(raw.get("version", 1))
     except (TypeError, ValueError):
@@ -315,8 +356,9 @@ def load_panel_layouts(path: Path, names: MarkerNames | None = None) -> tuple[Pa
         raise where.error("marker_labels", "marker_labels must be 'required' or 'optional'")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     panels = []
-    for key, entry in entries:
+    for key, entry, own in entries:
         prefix = f"{key}." if key else ""
+        gate_options, option_lines = _gate_options(where, raw, own, key)
         scatter = entry["scatter"]
         if not isinstance(scatter, list) or len(scatter) != 3:
             raise where.error(f"{prefix}scatter", "scatter must list [FSC-A, FSC-H, SSC-A]")
@@ -338,6 +380,8 @@ def load_panel_layouts(path: Path, names: MarkerNames | None = None) -> tuple[Pa
                 source=str(path),
                 spillover=str(entry["spillover"]) if entry.get("spillover") else None,
                 labels_required=labels == "required",
+                gate_options=gate_options,
+                gate_option_lines=option_lines,
             )
         )
     return tuple(panels)

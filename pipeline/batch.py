@@ -181,6 +181,7 @@ def gate_one(item: PendingFile) -> GateWork:
         template = _template(item.tube, item.config)
     except CartflowError as exc:
         return GateWork(**base, template_id="", template_sha256="", error=exc.problem)
+    # the template file's hash; the options a panel sets over it are in item.panel_sha256
     base |= {"template_id": template.id, "template_sha256": template.sha256}
     if item.fixed_gates is not None:
         return _gate_fixed_work(item, base)

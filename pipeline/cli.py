@@ -1595,6 +1595,9 @@ def _print_config(report) -> None:
         )
         for marker, reason in panel.omitted.items():
             console.print(f"    omitted {marker}: {reason}")
+        for population, options in panel.gate_options.items():
+            given = ", ".join(f"{name}: {value}" for name, value in options.items())
+            console.print(f"    gate options for {population}: {given}", soft_wrap=True)
     for entry in config.names.read_as:
         console.print(
             f"  read as: {entry.antigen} is read as {entry.marker} ({entry.where})",

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from gating.template import Template, load_template
+from gating.errors import GatingError
+from gating.template import OptionsError, Template, load_template
 from panels import (
     PANEL_DIR,
     MarkerNames,
@@ -108,7 +109,9 @@ class LabConfig:
         as written and as resolved, with their spillover matrices), the spellings and
         ``read_as`` entries of their markers, and the fluorochrome names stripped from
         labels. It keys a sample's gating with the template's hash, so that a change to
-        any of these re-gates that tube's samples and no other."""
+        any of these re-gates that tube's samples and no other. A panel's hash is that of
+        its file as written, so its ``gate_options`` (the options its cytometer sets on the
+        template's gates) are part of it."""
         panels = sorted((p for p in self.panels if p.tube == tube), key=lambda p: p.id)
         markers = {m for p in panels for m in (*p.markers, *p.omitted)}
         spillovers = {p.spillover: self.spillover_path(p) for p in panels if p.spillover}
@@ -129,6 +132,44 @@ class LabConfig:
 
     def provenance(self) -> dict[str, str]:
         return {"config": str(self.directory), "config_sha256": self.sha256}
+
+
+def gate_options_problem(panel: Panel, template: Template) -> ConfigError | None:
+    """Whether a panel's ``gate_options`` fit its tube's template: None, or the problem
+    (:func:`options_error`)."""
+    try:
+        template.with_options(panel.gate_options)
+    except OptionsError as exc:
+        return options_error(panel, template, exc)
+    return None
+
+
+def options_error(panel: Panel, template: Template, exc: OptionsError) -> ConfigError:
+    """A panel's ``gate_options`` that do not fit a template, naming the panel file, the
+    line of the entry and what the template allows."""
+    lines = panel.gate_option_lines
+    option = exc.option.split(".")[0]
+    line = lines.get((exc.population, option)) or lines.get((exc.population, "")) or 1
+    return ConfigError(
+        f"{panel.source} line {line}",
+        f"gate_options {exc.population}: {exc.problem} (template {template.source})",
+    )
+
+
+def _check_panel_options(directory: Path, panels: tuple[Panel, ...]) -> None:
+    """Every panel's ``gate_options`` against its tube's template (a panel without them, or
+    whose tube's template is missing or unreadable, is left to gating to report)."""
+    for panel in panels:
+        path = directory / TEMPLATE_FOLDER / f"{panel.tube}.yaml"
+        if not panel.gate_options or not path.is_file():
+            continue
+        try:
+            template = _template(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        except GatingError:
+            continue
+        problem = gate_options_problem(panel, template)
+        if problem is not None:
+            raise problem
 
 
 @cache
@@ -186,6 +227,7 @@ def load_config(directory: Path | None = None) -> LabConfig:
         _optional(directory, "hematotox.yaml"),
         _optional(directory, "analysis.yaml"),
     )
+    _check_panel_options(directory, panels)
     if hematotox:  # read now, so that a bad one stops a command before any work
         _read_hematotox(hematotox)
     if analysis:
@@ -327,6 +369,9 @@ def _cross_checks(directory, panels, templates, names) -> list[str]:
                     f"that template {template.source} places cuts on (add them, or list them "
                     "under omitted: with the reason)"
                 )
+            options = gate_options_problem(panel, template)
+            if options is not None:
+                problems.append(str(options))
         path = directory / panel.spillover if panel.spillover else None
         if path is not None:
             try:  # its detectors are checked against each file when it is gated

@@ -15,7 +15,7 @@ from gating.engine import Evaluator, GatingResult
 from gating.model import FCS_SPILL, Dimension, GateSet
 from gating.placement import ThresholdDecision
 from gating.placer import FLUOR, ChannelMap, scales_for, transforms_for
-from gating.template import Template, load_template
+from gating.template import OptionsError, Template, load_template
 from panels import PANEL_DIR, Panel, load_panels, match_panel
 from pipeline.errors import CartflowError
 from pipeline.fcs import FcsFile, Spillover, read_fcs, read_spillover
@@ -113,9 +113,12 @@ def gate_fcs(
     """Place the template on one read file (events scaled, not yet compensated); cuts named
     in ``fixed_cuts`` (a value or a decision, e.g. pooled) are used as given, and
     ``spillover`` replaces the file's own matrix (flagged). Without a template, the tube's
-    template of ``config`` (default: the shipped configuration) is used."""
+    template of ``config`` (default: the shipped configuration) is used; the panel's
+    ``gate_options`` (its cytometer's settings) are set over the template's own, and the
+    gating's ``template`` is the template so placed."""
     if template is None:
         template = config.template(panel.tube) if config else template_for(panel.tube)
+    template = with_panel_options(template, panel)
     missing = [
         m for m in template.markers
         if m not in panel.markers and m not in panel.omitted and m not in fcs.channel_names
@@ -153,6 +156,19 @@ def gate_fcs(
     elif spillover is not None:
         placed = _with_flag(placed, f"spillover_{spillover.keyword}")
     return SampleGating(fcs, panel, template, placed, result, matrix, evaluator)
+
+
+def with_panel_options(template: Template, panel: Panel) -> Template:
+    """The template as the panel's cytometer places it (its ``gate_options`` set over the
+    template's own); options that do not fit the template are a :class:`GateStageError`
+    naming the panel file and line."""
+    from pipeline.config import options_error
+
+    try:
+        return template.with_options(panel.gate_options)
+    except OptionsError as exc:
+        problem = options_error(panel, template, exc)
+        raise GateStageError(problem.source, problem.problem) from None
 
 
 def _with_flag(placed: PlacedGating, flag: str) -> PlacedGating:

@@ -84,11 +84,12 @@ def pool_cuts(
     for name in names:
         first.cut(name)  # an unknown cut name fails before anything is pooled
     for sample in gated[1:]:
-        if sample.template.sha256 != first.sha256:
+        if sample.template.sha256 != first.sha256:  # as placed: its panel's options set over it
             raise GateStageError(
                 sample.fcs.path,
-                f"is gated with template {sample.template.id}, not {first.id} like "
-                f"{gated[0].fcs.path.name}: cuts are pooled within one template",
+                f"is gated with template {sample.template.id} as panel {sample.panel.id} sets "
+                f"it, not {first.id} as panel {gated[0].panel.id} does for "
+                f"{gated[0].fcs.path.name}: cuts are pooled within one template and its options",
             )
     cuts: dict[str, ThresholdDecision] = {}
     for name in names:
@@ -154,8 +155,9 @@ def pool_gates(
         if sample.template.sha256 != first.template.sha256 or not same_layout:
             raise GateStageError(
                 sample.fcs.path,
-                f"differs from {first.fcs.path.name} in template or channels: gates are "
-                "pooled within one template and one channel layout",
+                f"differs from {first.fcs.path.name} in template (or the options its panel "
+                "sets over it) or channels: gates are pooled within one template and one "
+                "channel layout",
             )
     placements: dict[str, Placement] = {}
     for population in populations:

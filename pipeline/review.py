@@ -91,6 +91,8 @@ def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], lis
                 raise CartflowError(name, "gated by a lab's fixed gates, not placed")
             tube = trail["tube"]
             template = config.template(tube) if config is not None else template_for(tube)
+            # the store keys a gating by the template file's hash (its panel's gate_options
+            # by the panel hash); gate_file sets the panel's options over it again
             if template.sha256 != gating["template_sha256"]:
                 raise CartflowError(name, f"template {template.id} changed since it was gated")
             path = _existing(trail["file"]["names"], trail["file"]["sha256"])

@@ -479,9 +479,9 @@ def test_the_brightest_cd45_band_keeps_its_lymphocytes(tmp_path):
 
 def test_scatter_gates_follow_another_instruments_scatter_scale(cohort):
     """The same sample as another cytometer would record it (side scatter 30 times lower,
-    as a FACSAria's; forward scatter 0.8 times): the shipped anchors keep too little, the
-    fit starts again from the sample's own scatter and the lymphocyte gate moves its SSC
-    bounds with it, so every population keeps the same events."""
+    as a FACSAria's; forward scatter 0.8 times): the anchors the shipped panels start from
+    keep too little, the fit starts again from the sample's own scatter and the lymphocyte
+    gate moves its SSC bounds with it, so every population keeps the same events."""
     fcs, panel, _ = _load(cohort, "D11", "memory")
     events = fcs.events.astype(np.float64)
     for channel, scale in (("FSC-A", 0.8), ("FSC-H", 0.8), ("SSC-A", 0.03)):
@@ -511,19 +511,40 @@ def test_a_lymphocyte_gate_keeping_nothing_is_flagged(cohort):
 @pytest.mark.parametrize("tube", ["memory", "function", "bcell"])
 @pytest.mark.parametrize(("fsc", "ssc"), [(1.3, 4.0), (0.6, 0.3), (1.0, 0.25)])
 def test_scatter_clusters_started_on_the_data_assume_no_instruments_positions(
-    cohort, tmp_path, tube, fsc, ssc
+    cohort, tube, fsc, ssc
 ):
-    """With ``start: data`` the template's scatter clusters are only a layout, started on
-    the sample's own scatter: the same sample recorded with other scatter gains keeps the
-    same events in every population, with no flag."""
+    """The shipped templates start their scatter clusters on the data (``start: data``):
+    with a panel that sets nothing over it (no ``gate_options``) the clusters are only a
+    layout, started on the sample's own scatter, and the same sample recorded with other
+    scatter gains keeps the same events in every population, with no flag."""
     fcs, panel, _ = _load(cohort, "D11", tube)
-    on_data = _template_with(tmp_path, tube, "    clusters:\n", "    start: data\n    clusters:\n")
+    plain = replace(panel, gate_options={})
     events = fcs.events.astype(np.float64)
     for channel, scale in (("FSC-A", fsc), ("FSC-H", fsc), ("SSC-A", ssc)):
         events[:, fcs.channel_names.index(channel)] *= scale
-    alone = _gate(fcs, panel, fcs.events, template=on_data)
-    moved = _gate(fcs, panel, events, template=on_data)
+    alone = _gate(fcs, plain, fcs.events)
+    assert "anchored_on_data" in alone.placed.decisions["cells"].evidence
+    moved = _gate(fcs, plain, events)
     assert moved.placed.flags == alone.placed.flags
     for population in alone.placed.populations:
         before, after = alone.result.count(population), moved.result.count(population)
         assert abs(after - before) <= max(2, 0.002 * before), (population, before, after)
+
+
+def test_a_fit_started_on_the_data_keeping_too_little_is_flagged(cohort, tmp_path):
+    """The share a cells fit must keep holds for a start on the data as for anchors: the
+    same data-started fit (the shipped template, a panel setting nothing over it) passes at
+    the default (20 % of the singlets) and is flagged ``implausible:cells`` when more is
+    asked than it keeps; the flag changes no event."""
+    fcs, panel, _ = _load(cohort, "D11", "memory")
+    plain = replace(panel, gate_options={})
+    gated = _gate(fcs, plain, fcs.events)
+    evidence = gated.placed.decisions["cells"].evidence
+    share = evidence["kept_share"]
+    assert 0.2 <= share < 0.99 and evidence["anchored_on_data"]["share"] == share
+    assert "implausible:cells" not in gated.placed.flags
+    old = "    start: data\n"
+    strict = _template_with(tmp_path, "memory", old, f"{old}    min_share: 0.99\n")
+    flagged = _gate(fcs, plain, fcs.events, template=strict)
+    assert "implausible:cells" in flagged.placed.flags
+    assert flagged.result.count("cells") == gated.result.count("cells")
