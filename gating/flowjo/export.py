@@ -26,7 +26,7 @@ def workspace_bytes(
     group: str = "cartflow",
     keywords: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The FlowJo 10 workspace document for one sample (see the module docstring);
+    """The FlowJo 10 workspace document for one sample (see :mod:`gating.flowjo`);
     ``keywords`` are added to the sample's keywords (e.g. the evidence of each cut)."""
     import flowkit
 
