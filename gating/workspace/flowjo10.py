@@ -1,15 +1,4 @@
-"""A lab's gating as its software saved it: FlowJo 10 workspaces (read through FlowKit).
-
-Each gate is addressed by its full path from the sample root (``Time/Singlets/CD3+/CD8+``),
-so equal names under different parents stay distinct. Every population the workspace holds
-for a sample is checked to have arrived: one FlowKit could not read is an error naming its
-path and what FlowJo calls it, never a silent omission. FlowJo's own counts are kept with
-each population, so what cartflow counts can be compared with them.
-
-A data file is matched to its workspace sample by name (the sample name or its file's
-name), then by ``$FIL``, then by event count when exactly one sample has it; otherwise the
-error names the file and the workspace's samples.
-"""
+"""FlowJo 10 workspaces read through FlowKit: samples, groups, stored populations, gates."""
 
 from __future__ import annotations
 
@@ -37,6 +26,7 @@ from gating.model import (
     RectangleGate,
 )
 from gating.transforms import Hyperlog
+from gating.workspace.sources import WorkspaceGroup, match_sample
 
 FLOWKIT_RESERVED = (".", "..")
 """Gate names FlowKit's gate tree cannot hold; read under a stand-in and given back."""
@@ -185,29 +175,6 @@ class FlowJoWorkspace:
         return gate_set
 
 
-def match_sample(samples, source: Path, file_name: str, fil: str | None, event_count: int | None):
-    """The one sample (of a workspace or experiment) a data file belongs to: by name, then
-    ``$FIL``, then a unique event count; else a :class:`GatingError` naming the file and
-    the samples."""
-    matched = [s for s in samples if file_name in (s.name, s.file_name)]
-    if not matched and fil:
-        matched = [s for s in samples if s.keywords.get("$FIL") == fil]
-    if not matched and event_count is not None:
-        matched = [s for s in samples if s.event_count == event_count]
-    if len(matched) == 1:
-        return matched[0]
-    if matched:
-        raise GatingError(
-            file_name,
-            f"matches several samples of {source.name}: " + ", ".join(s.name for s in matched),
-        )
-    listed = ", ".join(s.name for s in samples) or "none"
-    raise GatingError(
-        file_name,
-        f"matches no sample of {source.name} by name, $FIL or event count (its samples: {listed})",
-    )
-
-
 def _original_name(name: str) -> str:
     for i, reserved in enumerate(FLOWKIT_RESERVED):
         if name == _STAND_IN.format(i):
@@ -217,145 +184,6 @@ def _original_name(name: str) -> str:
 
 def _stand_in(name: str) -> str:
     return _STAND_IN.format(FLOWKIT_RESERVED.index(name)) if name in FLOWKIT_RESERVED else name
-
-
-MAX_WORKSPACE_BYTES = 200 * 2**20
-"""Workspaces larger than this (200 MiB) are refused unread."""
-
-
-@dataclass(frozen=True)
-class TemplateSource:
-    """What a file is gated with when one set of gates serves every file: its name; no
-    counts of the lab's software to compare with."""
-
-    name: str
-
-    def stored_counts(self) -> dict[str, int]:
-        """None stored (the gates were not drawn on this file)."""
-        return {}
-
-
-@dataclass(frozen=True)
-class GatingMLGates:
-    """A Gating-ML 2.0 document: the same gates for every data file."""
-
-    path: Path
-    gates: GateSet
-
-    def match(self, file_name: str, fil: str | None = None, event_count: int | None = None):
-        """Every file is gated by the document itself."""
-        return TemplateSource(self.path.name)
-
-    def gates_for(
-        self, file_name: str, fil: str | None = None, event_count: int | None = None
-    ) -> GateSet:
-        """The gates (one set for every file)."""
-        return self.gates
-
-
-@dataclass(frozen=True)
-class WorkspaceGroup:
-    """A FlowJo sample group's own gates: the same gates for every data file."""
-
-    path: Path
-    name: str
-    gates: GateSet
-
-    def match(self, file_name: str, fil: str | None = None, event_count: int | None = None):
-        """Every file is gated by the group's gates."""
-        return TemplateSource(f"group {self.name}")
-
-    def gates_for(
-        self, file_name: str, fil: str | None = None, event_count: int | None = None
-    ) -> GateSet:
-        """The group's gates (one set for every file)."""
-        return self.gates
-
-
-def load_lab_gates(path: str | Path):
-    """A lab's fixed gates: a Gating-ML 2.0 document, a FlowJo 10 workspace or a FACSDiva
-    experiment export, told apart by their content; ``lab.wsp#GROUP`` names a sample group
-    of a FlowJo 10 workspace, whose own gates then serve every file. Any other format is
-    refused with its name and the way forward."""
-    from gating.gatingml import load_gatingml
-
-    path = Path(path)
-    if not path.exists() and "#" in path.name:
-        file, _, group = str(path).rpartition("#")
-        workspace = load_lab_gates(file)
-        if not isinstance(workspace, FlowJoWorkspace):
-            raise GatingError(
-                file, f"is not a FlowJo 10 workspace: it has no sample group {group!r}"
-            )
-        return workspace.group(group)
-    root, document = _parse_document(path)
-    if root == "Workspace":
-        if not _is_flowjo10(document):
-            from gating.flowjo9 import Flowjo9Workspace
-
-            return Flowjo9Workspace(path, document)
-        return read_flowjo_workspace(path, document)
-    if root == "bdfacs":
-        from gating.diva import DivaExperiment
-
-        return DivaExperiment(path, document)
-    if root.endswith("}Gating-ML"):
-        return GatingMLGates(path, load_gatingml(path))
-    raise GatingError(
-        path,
-        f"is neither Gating-ML 2.0, a FlowJo 10 workspace nor a FACSDiva export (its root "
-        f"element is <{root}>)",
-    )
-
-
-def _is_flowjo10(document: etree._Element) -> bool:
-    """FlowJo 10 writes workspace version 20 and up (FlowJo 9 wrote 1.x and 2.0)."""
-    try:
-        return float(document.get("version", "0")) >= 20
-    except ValueError:
-        return document.get("flowJoVersion", "").startswith("10")
-
-
-def _parse_document(path: Path) -> tuple[str, etree._Element | None]:
-    """The root element's name and, for a workspace or DIVA export, the parsed document.
-
-    Parsed without DTDs, entities or network; FlowJo 9's bare ``<!DOCTYPE Workspace>`` is
-    let through, any other DOCTYPE or an entity reference is refused."""
-    from gating.gatingml import (
-        DoctypeFoundError,
-        DoctypeGuard,
-        TooManyGatesError,
-        read_bounded,
-        safe_parser,
-    )
-
-    data = read_bounded(path, MAX_WORKSPACE_BYTES)
-    guard = DoctypeGuard()
-    try:
-        etree.fromstring(data, safe_parser(target=guard))
-    except DoctypeFoundError as exc:
-        if str(exc) != "Workspace":
-            raise GatingError(
-                path, "has a DOCTYPE declaration; such documents are refused"
-            ) from exc
-    except TooManyGatesError as exc:
-        raise GatingError(path, str(exc)) from exc
-    except etree.XMLSyntaxError as exc:
-        raise GatingError(path, f"is not well-formed XML: {exc}") from exc
-    root = guard.root or ""
-    if root.endswith("}Gating-ML"):
-        return root, None
-    try:
-        document = etree.fromstring(data, safe_parser())
-    except etree.XMLSyntaxError as exc:
-        raise GatingError(path, f"is not well-formed XML: {exc}") from exc
-    tree = document.getroottree()
-    internal = tree.docinfo.internalDTD
-    if next(document.iter(etree.Entity), None) is not None or (
-        internal is not None and (internal.entities() or internal.elements())
-    ):
-        raise GatingError(path, "declares or references entities; such documents are refused")
-    return document.tag, document
 
 
 def read_flowjo_workspace(path: Path, document: etree._Element) -> FlowJoWorkspace:
@@ -494,9 +322,6 @@ def _gate_axes(gate) -> tuple:
     if isinstance(gate, QuadrantGate):
         return tuple(d.axis for d in gate.dividers)
     return tuple(gate.axes)
-
-
-# ------------------------------------------------------------------- the document itself
 
 
 def _samples(document: etree._Element) -> Iterator[WorkspaceSample]:

@@ -1,45 +1,16 @@
-"""FlowJo 10 workspace (.wsp) export of one sample's gates, through FlowKit.
-
-FlowKit writes the workspace around the sample (its keywords, group and spillover matrix) and
-reads workspaces back; the gate tree is written here, because FlowKit's writer knows only
-polygon and rectangle gates on linear and logicle scales. Each gate becomes FlowJo
-populations as follows:
-
-- range and rectangle gates: FlowJo range (1-D) or rectangle (2-D) gates; a box on more
-  than two axes is a chain of nested rectangles, the last one named after the gate;
-- polygons stay polygons; a 2-D ellipsoid becomes a polygon with enough vertices that every
-  event of its parent population lies on the same side as for the ellipse;
-- a quadrant gate becomes one rectangle population per quadrant;
-- an 'and' of gates drawn on its own parent is nested (its first part, the others inside);
-  any other boolean is a FlowJo And/Or/Not node, a complemented reference a Not node.
-
-Compensated dimensions carry FlowJo's ``Comp-`` prefix and the matrix is stored in the
-sample, where FlowJo and FlowKit look for it. Scales: flin, flog, logicle and fasinh have
-FlowJo equivalents (flog as FlowJo's log, which clips below its offset); a range on another
-scale is written at its raw cut, which selects the same events. Before anything is written
-each gate is checked on the sample: on its parent's events, FlowKit's reading of the
-workspace gate must select exactly the events the gate selects, or a :class:`GatingError`
-names the gate. Gates a workspace cannot hold (fratio dimensions, polygons on a hyperlog
-scale, 3-D ellipsoids, several compensation matrices) are refused the same way.
-"""
+"""A gate set turned into FlowJo populations, each checked on the sample's events."""
 
 from __future__ import annotations
 
-import copy
-import io
 import math
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
-from lxml import etree
 
 from gating.engine import Evaluator
 from gating.errors import GatingError
-from gating.gatingml import GATING_NS
+from gating.flowjo.nodes import COMP_PREFIX, FILE_MATRIX, _Node, _Scale, _scale_for
 from gating.model import (
     FCS_SPILL,
     Axis,
@@ -55,86 +26,12 @@ from gating.model import (
     RatioDimension,
     RectangleGate,
 )
-from gating.transforms import Fasinh, Flin, Flog, FlowJoBiex, FlowJoLog, Logicle, ScaleTransform
+from gating.transforms import ScaleTransform
 
-COMP_PREFIX = "Comp-"
-"""FlowJo's name prefix of a compensated parameter."""
-FILE_MATRIX = "Acquisition-defined"
-"""FlowJo's name of the data file's own spillover matrix."""
 MIN_VERTICES = 64
 MAX_VERTICES = 16_384
 """An ellipse becomes a polygon of MIN_VERTICES, doubled until it selects the same events."""
-
-DATATYPE_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"
-TRANSFORM_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
 USE_GATINGML = "export Gating-ML instead"
-
-NodeKind = Literal["rectangle", "polygon", "and", "or", "not"]
-
-
-@dataclass(frozen=True)
-class _Scale:
-    """A FlowJo parameter transformation: its element, attributes and FlowKit reading."""
-
-    tag: str
-    attrs: tuple[tuple[str, float], ...]
-
-    def flowkit(self) -> Any:
-        """The transformation FlowKit builds when it reads this element."""
-        from flowkit import transforms as fkt
-
-        a = dict(self.attrs)
-        if self.tag == "linear":
-            return fkt.LinearTransform(a["maxRange"], a["minRange"])
-        if self.tag == "log":
-            return fkt.WSPLogTransform(a["offset"], a["decades"])
-        if self.tag == "logicle":
-            return fkt.LogicleTransform(a["T"], a["W"], a["M"], a["A"])
-        if self.tag == "biex":
-            return fkt.WSPBiexTransform(a["neg"], a["width"], a["pos"], a["maxRange"])
-        return fkt.AsinhTransform(a["T"], a["M"], a["A"])
-
-
-def _scale_for(transform: ScaleTransform | None) -> _Scale | None:
-    """The FlowJo equivalent of a scale transformation, or None if it has none."""
-    match transform:
-        case Flin(t=t, a=a):
-            low = -a if t - a > 0 else 0.0  # FlowJo's minRange is the display minimum, -A
-            return _Scale("linear", (("minRange", low), ("maxRange", t)))
-        case Flog(t=t, m=m):
-            return _Scale("log", (("offset", t / 10**m), ("decades", m)))
-        case Logicle(t=t, w=w, m=m, a=a):
-            return _Scale("logicle", (("T", t), ("W", w), ("M", m), ("A", a), ("length", 256)))
-        case Fasinh(t=t, m=m, a=a):
-            return _Scale("fasinh", (("T", t), ("M", m), ("A", a), ("length", 256)))
-        case FlowJoLog(offset=offset, decades=decades):
-            return _Scale("log", (("offset", offset), ("decades", decades)))
-        case FlowJoBiex(negative=neg, width=width, positive=pos, max_value=top):
-            return _Scale(
-                "biex",
-                (("neg", neg), ("width", width), ("pos", pos), ("maxRange", top), ("length", 256)),
-            )
-    return None
-
-
-@dataclass(frozen=True)
-class _Node:
-    """One FlowJo population: a gate on parameters (raw coordinates) or a boolean node."""
-
-    name: str
-    parent: str | None
-    kind: NodeKind
-    params: tuple[str, ...] = ()
-    limits: tuple[tuple[float | None, float | None], ...] = ()
-    vertices: tuple[tuple[float, float], ...] = ()
-    refs: tuple[str, ...] = ()
-    label: str | None = None
-    """The name FlowJo shows, when not ``name`` (unique among its siblings only)."""
-
-    @property
-    def shown(self) -> str:
-        """The population's name in the workspace."""
-        return self.label or self.name
 
 
 HELPER_MARK = "::"
@@ -479,218 +376,9 @@ class _Workspace:
         return float(scale.flowkit().apply(np.array([[number]]))[0, 0])
 
 
-def _paths(nodes: dict[str, _Node]) -> dict[str, str]:
-    """Each node's FlowJo path (names from the sample root, '/'-separated)."""
-    paths: dict[str, str] = {}
-    for node in nodes.values():
-        parent = paths.get(node.parent) if node.parent else None
-        paths[node.name] = node.shown if parent is None else f"{parent}/{node.shown}"
-    return paths
-
-
-def _write_tree(nodes: dict[str, _Node], root: etree._Element) -> None:
-    """Add every node under ``root`` (the sample's Subpopulations element)."""
-    paths = _paths(nodes)
-    elements: dict[str | None, etree._Element] = {None: root}
-    gate_ids: dict[str, str] = {}
-    for number, node in enumerate(nodes.values(), start=1):
-        parent_el = elements[node.parent]
-        if node.parent is not None:
-            subpops = parent_el.find("Subpopulations")
-            if subpops is None:
-                subpops = etree.SubElement(parent_el, "Subpopulations")
-            parent_el = subpops
-        if node.kind in ("and", "or", "not"):
-            element = etree.SubElement(parent_el, f"{node.kind.capitalize()}Node")
-            _population_attrs(element, node.shown)
-            deps = etree.SubElement(element, "Dependents")
-            for ref in node.refs:
-                etree.SubElement(deps, "Dependent").set("name", paths[ref])
-        else:
-            element = etree.SubElement(parent_el, "Population")
-            _population_attrs(element, node.shown)
-            gate_id = f"ID{number}"
-            gate_ids[node.name] = gate_id
-            _write_gate(element, node, gate_id, gate_ids.get(node.parent or ""))
-        elements[node.name] = element
-
-
-def _write_gate(
-    population: etree._Element, node: _Node, gate_id: str, parent_id: str | None
-) -> None:
-    holder = etree.SubElement(population, "Gate")
-    holder.set(f"{{{GATING_NS}}}id", gate_id)
-    tag = "RectangleGate" if node.kind == "rectangle" else "PolygonGate"
-    gate = etree.SubElement(holder, f"{{{GATING_NS}}}{tag}")
-    if node.kind == "rectangle":
-        gate.set("percentX", "0")
-        gate.set("percentY", "0")
-    else:
-        gate.set("quadID", "-1")
-        gate.set("gateResolution", "256")
-    gate.set(f"{{{GATING_NS}}}id", gate_id)
-    if parent_id is not None:
-        holder.set(f"{{{GATING_NS}}}parent_id", parent_id)
-        gate.set(f"{{{GATING_NS}}}parent_id", parent_id)
-    for i, param in enumerate(node.params):
-        dimension = etree.SubElement(gate, f"{{{GATING_NS}}}dimension")
-        if node.kind == "rectangle":
-            low, high = node.limits[i]
-            if low is not None:
-                dimension.set(f"{{{GATING_NS}}}min", repr(float(low)))
-            if high is not None:
-                dimension.set(f"{{{GATING_NS}}}max", repr(float(high)))
-        fcs = etree.SubElement(dimension, f"{{{DATATYPE_NS}}}fcs-dimension")
-        fcs.set(f"{{{DATATYPE_NS}}}name", param)
-    for vertex in node.vertices:
-        vertex_el = etree.SubElement(gate, f"{{{GATING_NS}}}vertex")
-        for value in vertex:
-            coordinate = etree.SubElement(vertex_el, f"{{{GATING_NS}}}coordinate")
-            coordinate.set(f"{{{DATATYPE_NS}}}value", repr(float(value)))
-
-
-def _write_scales(scales: dict[str, _Scale | None], transformations: etree._Element) -> None:
-    """One transformation per parameter; a compensated one also under its detector name,
-    which is where FlowKit looks it up."""
-    written: set[str] = set()
-    for param, scale in scales.items():
-        if scale is None:
-            continue
-        names = [param]
-        if param.startswith(COMP_PREFIX):
-            names.append(param.removeprefix(COMP_PREFIX))
-        for name in names:
-            if name in written:
-                continue
-            written.add(name)
-            element = etree.SubElement(transformations, f"{{{TRANSFORM_NS}}}{scale.tag}")
-            for key, value in scale.attrs:
-                element.set(f"{{{TRANSFORM_NS}}}{key}", repr(float(value)))
-            parameter = etree.SubElement(element, f"{{{DATATYPE_NS}}}parameter")
-            parameter.set(f"{{{DATATYPE_NS}}}name", name)
-
-
-def _population_attrs(element: etree._Element, name: str) -> None:
-    element.set("name", name)
-    element.set("annotation", "")
-    element.set("owningGroup", "")
-
-
 def _axes(gate: Gate) -> tuple[Axis, ...]:
     if isinstance(gate, QuadrantGate):
         return tuple(d.axis for d in gate.dividers)
     if isinstance(gate, BooleanGate):
         return ()
     return tuple(gate.axes)
-
-
-def workspace_bytes(
-    gate_set: GateSet,
-    fcs_path: Path,
-    events: np.ndarray,
-    channel_names: Sequence[str],
-    spill: tuple[Sequence[str], np.ndarray] | None,
-    group: str = "cartflow",
-    keywords: Mapping[str, str] | None = None,
-) -> bytes:
-    """The FlowJo 10 workspace document for one sample (see the module docstring);
-    ``keywords`` are added to the sample's keywords (e.g. the evidence of each cut)."""
-    import flowkit
-
-    tree = _Workspace(gate_set, events, channel_names, spill)
-    strategy = flowkit.GatingStrategy()
-    if tree.matrix is not None:
-        name, detectors, matrix = tree.matrix
-        strategy.add_comp_matrix(name, flowkit.Matrix(matrix, list(detectors), list(detectors)))
-    session = flowkit.Session(gating_strategy=strategy, fcs_samples=[flowkit.Sample(str(fcs_path))])
-    buffer = io.BytesIO()
-    session.export_wsp(buffer, group)
-    document = etree.fromstring(buffer.getvalue(), etree.XMLParser(remove_blank_text=True))
-    sample = document.find("SampleList/Sample")
-    dataset = sample.find("DataSet")
-    dataset.set("uri", Path(fcs_path).resolve().as_uri())
-    for matrix_el in document.findall("Matrices/*"):
-        dataset.addnext(copy.deepcopy(matrix_el))  # FlowJo and FlowKit read it from the sample
-    _write_scales(tree.scales, sample.find("Transformations"))
-    _write_tree(tree.nodes, sample.find("SampleNode/Subpopulations"))
-    listed = sample.find("Keywords")
-    for name, value in (keywords or {}).items():
-        etree.SubElement(listed, "Keyword", name=name, value=value)
-    return etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
-
-
-def batch_workspace(
-    samples: Sequence[tuple[Path, bytes]],
-    out: Path,
-    group: str,
-    groups: Mapping[str, Sequence[int]] | None = None,
-) -> None:
-    """Write :func:`batch_workspace_bytes` to ``out``."""
-    data = batch_workspace_bytes(samples, out, group, groups)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
-    except OSError as exc:
-        raise GatingError(out, f"cannot be written: {exc.strerror or exc}") from exc
-
-
-def batch_workspace_bytes(
-    samples: Sequence[tuple[Path, bytes]],
-    out: Path,
-    group: str,
-    groups: Mapping[str, Sequence[int]] | None = None,
-) -> bytes:
-    """One FlowJo 10 workspace, to be written at ``out``, holding several samples, each given
-    as the path of its FCS file and its one-sample document (from :func:`workspace_bytes`).
-    Every sample is in the group ``group``; ``groups`` adds more (name → positions in
-    ``samples``, e.g. one per patient). FCS paths are relative to the workspace, so the
-    folder holding both can be moved."""
-    from urllib.parse import quote
-
-    if not samples:
-        raise GatingError(out, "no sample to write")
-    parser = etree.XMLParser(remove_blank_text=True)
-    document = etree.fromstring(samples[0][1], parser)
-    sample_list = document.find("SampleList")
-    for child in list(sample_list):
-        sample_list.remove(child)
-    first = document.find("Groups/GroupNode")
-    for child in list(first.find("Group/SampleRefs")):
-        first.find("Group/SampleRefs").remove(child)
-    template = copy.deepcopy(first)
-    members = {group: range(len(samples)), **(groups or {})}
-    for number, (name, positions) in enumerate(members.items()):
-        node = first if number == 0 else copy.deepcopy(template)
-        if number:
-            first.getparent().append(node)
-        node.set("name", name)
-        node.set("owningGroup", name)
-        node.find("Group").set("name", name)
-        for position in positions:
-            etree.SubElement(node.find("Group/SampleRefs"), "SampleRef", sampleID=str(position + 1))
-    folder = out.resolve().parent
-    for number, (fcs_path, one) in enumerate(samples, start=1):
-        sample = etree.fromstring(one, parser).find("SampleList/Sample")
-        relative = Path(os.path.relpath(Path(fcs_path).resolve(), folder)).as_posix()
-        sample.find("DataSet").set("uri", quote(relative))
-        sample.find("DataSet").set("sampleID", str(number))
-        sample.find("SampleNode").set("sampleID", str(number))
-        sample_list.append(sample)
-    return etree.tostring(document, xml_declaration=True, encoding="utf-8", pretty_print=True)
-
-
-def export_flowjo(
-    gate_set: GateSet, fcs_path: str | Path, out: str | Path, group: str = "cartflow"
-) -> None:
-    """Write a FlowJo 10 workspace holding the sample ``fcs_path`` gated by ``gate_set``
-    (its FCS path relative to the workspace).
-
-    Raises :class:`GatingError` naming the gate when a gate cannot be written exactly, and
-    naming ``out`` when the file cannot be written.
-    """
-    from pipeline.fcs import read_fcs
-
-    fcs = read_fcs(Path(fcs_path))
-    spill = (list(fcs.spillover.channels), fcs.spillover.matrix) if fcs.spillover else None
-    data = workspace_bytes(gate_set, Path(fcs_path), fcs.events, fcs.channel_names, spill, group)
-    batch_workspace([(Path(fcs_path), data)], Path(out), group)
