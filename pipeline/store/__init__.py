@@ -1,0 +1,43 @@
+"""The results store (its schema module still holds every part)."""
+
+from pipeline.store.schema import (
+    DEFAULT_DB,
+    IDENTITY_FIELDS,
+    KEY_LENGTH,
+    MAKE_ONE,
+    NO_STORE,
+    OVERRIDES,
+    REGATING,
+    STORED_KEYWORDS,
+    TABLES,
+    Base,
+    CorrectionRow,
+    FcsFileRow,
+    FileName,
+    FileRecord,
+    FlagRow,
+    GateRecord,
+    GateRow,
+    GatingRow,
+    KineticsRow,
+    PopulationRecord,
+    PopulationRow,
+    QuarantineRow,
+    ReplacementRow,
+    Run,
+    RunOwner,
+    SampleRecord,
+    SampleRow,
+    Store,
+    corrections_key,
+    normalise_url,
+    stored_keywords,
+)
+
+__all__ = [
+    "DEFAULT_DB", "IDENTITY_FIELDS", "KEY_LENGTH", "MAKE_ONE", "NO_STORE", "OVERRIDES", "REGATING",
+    "STORED_KEYWORDS", "TABLES", "Base", "CorrectionRow", "FcsFileRow", "FileName", "FileRecord",
+    "FlagRow", "GateRecord", "GateRow", "GatingRow", "KineticsRow", "PopulationRecord",
+    "PopulationRow", "QuarantineRow", "ReplacementRow", "Run", "RunOwner", "SampleRecord",
+    "SampleRow", "Store", "corrections_key", "normalise_url", "stored_keywords",
+]
