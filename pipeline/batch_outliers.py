@@ -21,7 +21,7 @@ from gating.deviation import DeviationSettings, cut_deviations, harmless
 from pipeline.store import Store
 
 if TYPE_CHECKING:
-    from pipeline.batch import GateWork
+    from pipeline.batch.work import GateWork
 
 PLACED_CUTS = frozenset(CUT_METHODS) - {"fixed"}
 """Cut methods that place from the data (a fixed or fallen-back cut is not compared)."""

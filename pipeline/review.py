@@ -13,7 +13,7 @@ from pipeline.outputs import write_bytes
 from pipeline.store import Store
 
 if TYPE_CHECKING:
-    from pipeline.batch import GateWork
+    from pipeline.batch.work import GateWork
 
 
 def review_exports(gated, folder: Path) -> bytes:

@@ -308,7 +308,7 @@ def test_an_ellipse_is_drawn_on_its_own_axes_in_either_order():
     """A core ellipse is outlined where its Mahalanobis distance meets its limit, whichever
     of its axes the plot puts first; on other axes it is not drawn."""
     from gating.model import Dimension, EllipsoidGate
-    from pipeline.plots import _ellipse
+    from pipeline.plots.shapes import _ellipse
 
     cd45, cd3, fsc = Dimension("BV510-A"), Dimension("APC-H7-A"), Dimension("FSC-A")
     cov = np.array([[0.0004, 0.0001], [0.0001, 0.0025]])
@@ -328,7 +328,7 @@ def test_plot_notes_tell_a_core_from_a_cut(tmp_path):
 
     from gating.template import load_template
     from pipeline.gate import TEMPLATE_DIR
-    from pipeline.plots import _matplotlib, draw_population
+    from pipeline.plots.gate_figures import _matplotlib, draw_population
     from pipeline.simulate import SimulationConfig, simulate_cohort
 
     text = (TEMPLATE_DIR / "memory.yaml").read_text(encoding="utf-8")

@@ -9,7 +9,8 @@ runs every analysis its :class:`OutcomeConfig` names and writes CSV tables, figu
 ``outcomes.json``. Data-derived cut-points are labelled exploratory.
 
 Modules: ``config`` (what is analysed), ``groups``, ``roc``, ``survival``, ``cox`` (the
-analyses), ``stage`` (the stage itself), ``tables`` and ``figures`` (what it writes).
+analyses), ``results`` (what the stage hands on), ``study_tables``, ``tables`` and ``figures``
+(what it writes), ``stage`` (the stage itself); each imports only those before it.
 """
 
 from pipeline.outcomes.common import ENDPOINTS, EXPLORATORY, OutcomeInputError, as_groups
@@ -23,10 +24,9 @@ from pipeline.outcomes.groups import (
     compare_groups,
     median_ci,
 )
+from pipeline.outcomes.results import OutcomeReport, PreparedPatients
 from pipeline.outcomes.roc import CutPoint, Roc, bootstrap_auc_ci, cutpoint, horizon_outcome, roc
 from pipeline.outcomes.stage import (
-    OutcomeReport,
-    PreparedPatients,
     analyse,
     prepare_patients,
     read_patient_table,

@@ -263,3 +263,23 @@ def load_outcome_config(path: Path | None) -> OutcomeConfig:
     if not isinstance(raw, dict):
         raise OutcomeInputError(places.where(), "an analysis configuration must be a mapping")
     return outcome_config(raw, str(path), places)
+
+
+def known_names(config: OutcomeConfig) -> set[str]:
+    """Every name an analysis may use besides the columns of the data themselves."""
+    from pipeline.clinical import BOOL_COLUMNS, DATE_COLUMNS, NUMERIC_COLUMNS
+    from pipeline.kinetics import KINETICS_COLUMNS
+
+    derived = {
+        *("efs_days", "efs_event", "efs_event_type", "os_days", "os_event", "hsct"),
+        *("followup_days", "burden_before_class", "burden_after_class", "burden_dynamics"),
+        *("hematotox_score", "hematotox_risk", "hematotox_risk3", "expanded", "bridging"),
+    }
+    return (
+        set(KINETICS_COLUMNS)
+        | {v.name for v in config.patient_variables}
+        | set(NUMERIC_COLUMNS)
+        | set(BOOL_COLUMNS)
+        | set(DATE_COLUMNS)
+        | derived
+    )

@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline.outcomes.common import ENDPOINTS, EXPLORATORY, as_groups
 from pipeline.outcomes.config import TIME_UNITS
 from pipeline.outcomes.groups import GroupComparison
-from pipeline.outcomes.stage import OutcomeReport
+from pipeline.outcomes.results import OutcomeReport
 from pipeline.outcomes.survival import KmSummary, fit_km, landmark_frame
 from pipeline.outputs import write_csv
 

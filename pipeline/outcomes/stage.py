@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Iterable
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
@@ -14,101 +14,23 @@ from pipeline.clinical import (
     ClinicalTable,
     DeriveOptions,
     EndpointOptions,
-    HematotoxTable,
     derive_patients,
     load_clinical,
     load_hematotox,
 )
 from pipeline.errors import first_line
 from pipeline.outcomes.common import ENDPOINTS, OutcomeInputError, as_groups
-from pipeline.outcomes.config import TIME_UNITS, OutcomeConfig, load_outcome_config
+from pipeline.outcomes.config import TIME_UNITS, OutcomeConfig, known_names, load_outcome_config
 from pipeline.outcomes.cox import CoxResult, cox
-from pipeline.outcomes.groups import CountTest, GroupComparison, compare_counts, compare_groups
+from pipeline.outcomes.figures import write_figures
+from pipeline.outcomes.groups import CountTest, compare_counts, compare_groups
+from pipeline.outcomes.results import OutcomeReport, PreparedPatients
 from pipeline.outcomes.roc import CutPoint, cutpoint, horizon_outcome
-from pipeline.outcomes.survival import (
-    FollowUp,
-    KmSummary,
-    km_summary,
-    landmark_frame,
-    median_followup,
-)
+from pipeline.outcomes.study_tables import study_tables
+from pipeline.outcomes.survival import KmSummary, km_summary, landmark_frame, median_followup
 from pipeline.outcomes.tables import write_json, write_tables
 from pipeline.outputs import restore
 from pipeline.patient_variables import BELOW_LOD_RULE, derive_variables
-
-
-def left_out(
-    data: pd.DataFrame,
-    reasons: pd.DataFrame | None,
-    columns: Iterable[str],
-    rows: pd.Index | None = None,
-) -> str:
-    """'patient: why' for each patient (of ``rows``) missing any of ``columns``."""
-    frame = data if rows is None else data.loc[rows]
-    columns = [c for c in columns if c in frame]
-    parts = []
-    for index, row in frame[columns].iterrows():
-        missing = [c for c in columns if pd.isna(row[c])]
-        if not missing:
-            continue
-        patient = data.at[index, "patient"]
-        why = []
-        for c in missing:
-            reason = None
-            if reasons is not None and c in reasons and patient in reasons.index:
-                reason = reasons.at[patient, c]
-            why.append(f"{c} {reason}" if isinstance(reason, str) else f"{c} missing")
-        parts.append(f"{patient}: {', '.join(why)}")
-    return "; ".join(parts)
-
-
-@dataclass(frozen=True)
-class OutcomeReport:
-    """Everything the outcome stage computed, where it wrote it, and what it skipped."""
-
-    out_dir: Path
-    n_patients: int
-    patients: pd.DataFrame
-    comparisons: tuple[GroupComparison, ...]
-    count_tests: tuple[CountTest, ...]
-    cutpoints: tuple[CutPoint, ...]
-    survival: tuple[KmSummary, ...]
-    followup: FollowUp
-    cox_univariable: tuple[CoxResult, ...]
-    cox_multivariable: tuple[CoxResult, ...]
-    tables: Mapping[str, Path]
-    figures: tuple[Path, ...]
-    json_path: Path
-    notes: tuple[str, ...]
-    config: OutcomeConfig
-    groupings: tuple[str, ...] = ()
-    reasons: pd.DataFrame | None = None  # patient × column: why a value is missing
-    study_tables: Mapping[str, pd.DataFrame] | None = None
-
-    def left_out(self, columns: Iterable[str], rows: pd.Index | None = None) -> str:
-        """Who lacks any of ``columns`` (among ``rows``) and why, e.g. 'P1: no samples'."""
-        return left_out(self.patients, self.reasons, columns, rows)
-
-    def comparison(self, grouping: str, variable: str) -> GroupComparison:
-        return next(
-            c for c in self.comparisons if c.grouping == grouping and c.variable == variable
-        )
-
-    def km(self, endpoint: str, grouping: str = "overall", landmark_day: float | None = None):
-        return next(
-            k
-            for k in self.survival
-            if k.endpoint == endpoint
-            and k.grouping == grouping
-            and landmark_day in (None, k.landmark_day)
-        )
-
-    def cut(self, variable: str) -> CutPoint:
-        return next(c for c in self.cutpoints if c.variable == variable)
-
-    def cox(self, endpoint: str, covariate: str, model: str = "univariable") -> CoxResult:
-        pool = self.cox_univariable if model == "univariable" else self.cox_multivariable
-        return next(r for r in pool if r.endpoint == endpoint and covariate in r.covariates)
 
 
 def _check_patient_table(patient_table: pd.DataFrame) -> pd.DataFrame:
@@ -150,26 +72,6 @@ def _add_expanded(data: pd.DataFrame, config: OutcomeConfig, notes: list[str]) -
         f"expanded derived as {config.expansion_variable} > {config.expansion_threshold_per_ul:g}"
     )
     return data.assign(expanded=expanded)
-
-
-def known_names(config: OutcomeConfig) -> set[str]:
-    """Every name an analysis may use besides the columns of the data themselves."""
-    from pipeline.clinical import BOOL_COLUMNS, DATE_COLUMNS, NUMERIC_COLUMNS
-    from pipeline.kinetics import KINETICS_COLUMNS
-
-    derived = {
-        *("efs_days", "efs_event", "efs_event_type", "os_days", "os_event", "hsct"),
-        *("followup_days", "burden_before_class", "burden_after_class", "burden_dynamics"),
-        *("hematotox_score", "hematotox_risk", "hematotox_risk3", "expanded", "bridging"),
-    }
-    return (
-        set(KINETICS_COLUMNS)
-        | {v.name for v in config.patient_variables}
-        | set(NUMERIC_COLUMNS)
-        | set(BOOL_COLUMNS)
-        | set(DATE_COLUMNS)
-        | derived
-    )
 
 
 def _present(
@@ -366,16 +268,6 @@ def _cut_variables(
     return {v: variables[v] for v in named if v in variables}
 
 
-@dataclass(frozen=True)
-class PreparedPatients:
-    """Per-patient analysis data with the clinical table and point table it came from."""
-
-    data: pd.DataFrame
-    clinical: ClinicalTable
-    hematotox: HematotoxTable
-    reasons: pd.DataFrame | None = None
-
-
 def _declared(
     data: pd.DataFrame, timepoints: pd.DataFrame | None, config: OutcomeConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -473,9 +365,6 @@ def run_outcomes(
     Raises ClinicalTableError (every problem of the clinical table, with row and column) and
     OutcomeInputError (unusable patient table or configuration).
     """
-    from pipeline.outcomes.figures import write_figures
-    from pipeline.outcomes.study_tables import study_tables
-
     notes: list[str] = []
     prepared = prepare_patients(
         clinical, patient_table, config, known_patients, notes, timepoints

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.outcomes.common import as_groups
+from pipeline.outcomes.config import known_names
 from pipeline.outcomes.groups import compare_counts, compare_groups
 from pipeline.outcomes.multiplicity import q_values
 from pipeline.outcomes.subsets import parse_where
 from pipeline.outcomes.survival import km_summary
 
 if TYPE_CHECKING:
-    from pipeline.outcomes.stage import OutcomeReport, PreparedPatients
+    from pipeline.outcomes.results import OutcomeReport, PreparedPatients
 
 OVERALL = "overall"
 APLASIA_CATEGORIES = (
@@ -132,8 +133,6 @@ def table1(report: OutcomeReport) -> pd.DataFrame:
 def table3(report: OutcomeReport, notes: list[str]) -> pd.DataFrame:
     """Table 3 overall and within each of ``table3_subgroups``; a subgroup on a known column
     that this clinical table does not give (e.g. no tumour burden) is skipped with a note."""
-    from pipeline.outcomes.stage import known_names
-
     config, data = report.config, report.patients
     parts = [describe(data, config.table3_variables, config.table_grouping, "all")]
     for name in config.table3_subgroups:

@@ -15,11 +15,12 @@ from pipeline.outcomes.cox import CoxResult
 from pipeline.outcomes.groups import CountTest, GroupComparison
 from pipeline.outcomes.multiplicity import METHOD, number_of_tests, with_q
 from pipeline.outcomes.roc import CutPoint
+from pipeline.outcomes.study_tables import formatted
 from pipeline.outcomes.survival import KmSummary
 from pipeline.outputs import write_csv, write_text
 
 if TYPE_CHECKING:
-    from pipeline.outcomes.stage import OutcomeReport
+    from pipeline.outcomes.results import OutcomeReport
 
 
 def _rows(items: Iterable[Any], drop: Collection[str] = ()) -> list[dict[str, Any]]:
@@ -184,8 +185,6 @@ TITLES = {
 def _fragments(report: OutcomeReport, frames, hematotox: Mapping) -> dict[str, Path]:
     """HTML fragments the report shows first: study tables, caveats, notes, multiplicity."""
     from html import escape
-
-    from pipeline.outcomes.study_tables import formatted
 
     paths = {}
     for name, title in TITLES.items():
