@@ -29,7 +29,7 @@ app = typer.Typer(
 console = Console(highlight=False, markup=False)  # text from data is printed as it is
 errors = Console(stderr=True, highlight=False, markup=False)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_COHORT = REPO_ROOT / "fixtures" / "cohort"
 
 DbOption = Annotated[
@@ -1741,6 +1741,3 @@ def main() -> None:
         errors.print(f"error: the store failed: {problem}", soft_wrap=True)
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    main()
