@@ -6,8 +6,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import wait as wait_for
 
 from pipeline.batch.one_file import gate_one
@@ -40,15 +42,34 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 """Held back while a worker is forked: a stop arriving mid-fork would land in the fork's
 own hooks, where Python ignores the exception it raises, and the run would go on."""
+
+
+@contextmanager
+def _stops_held():
+    """Stops that arrive inside the block are noted and delivered when it ends. The handlers
+    are swapped, not the signal mask: a mask holds only this thread, and the kernel may hand
+    a stop to any other thread (a BLAS pool), whose handler then runs mid-fork all the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    handlers = {stop: signal.signal(stop, lambda signum, _frame: arrived.append(signum))
+                for stop in _STOP_SIGNALS}  # fmt: skip
+    try:
+        yield
+    finally:
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)
+        for stop in dict.fromkeys(arrived):
+            signal.raise_signal(stop)
 
 
 def _gate_in_worker(item: PendingFile, sender, parent_pid: int) -> None:
     for stop in _STOP_SIGNALS:  # a stopped worker ends quietly, not with a traceback
         signal.signal(stop, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent_pid)
     _one_thread_each()
     sender.send(gate_one(item))
@@ -82,11 +103,8 @@ def gate_in_processes(pending: Sequence[PendingFile], workers: int) -> Iterator[
                 process = context.Process(
                     target=_gate_in_worker, args=(item, sender, os.getpid()), daemon=True
                 )
-                held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-                try:
+                with _stops_held():  # a stop that came meanwhile is delivered after it
                     process.start()
-                finally:  # a stop that came meanwhile is delivered here
-                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 sender.close()
                 running[receiver] = (process, item, attempt)
             for receiver in wait_for(list(running)):
