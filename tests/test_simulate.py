@@ -15,9 +15,14 @@ import pandas as pd
 import pytest
 
 from panels import load_panels, match_panel
-from pipeline.cohort_model import CohortEffects, draw_patient
 from pipeline.fcs import read_fcs
-from pipeline.simulate import SimulationConfig, simulate_cohort, tube_labels
+from pipeline.simulate import (
+    CohortEffects,
+    SimulationConfig,
+    draw_patient,
+    simulate_cohort,
+    tube_labels,
+)
 from tests import fcsparser_reference
 
 TIMEPOINTS = ("D5", "D7", "D11", "D14", "M3")
