@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.accuracy import MIN_EVENTS, score_cohort, table
+from pipeline.simulate.accuracy import MIN_EVENTS, score_cohort, table
 
 TUBES = ("memory", "function", "bcell")
 CLUSTERS = re.compile(r"^    clusters:\n(?:      .*\n)+", re.MULTILINE)

@@ -20,8 +20,8 @@ ACTIVATION = SHARED / "real-data" / "activation"
 @pytest.fixture(scope="module")
 def activation() -> dict[int, dict]:
     """Each Activation file's placed cut decisions, every file gated on its own (one batch)."""
-    from bench.real_gating import FILES, write_lab_config
     from pipeline.config import load_config
+    from pipeline.expert_accuracy import FILES, write_lab_config
     from pipeline.gate import gate_file
 
     require_shared(ACTIVATION)

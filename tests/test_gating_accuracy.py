@@ -19,7 +19,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.accuracy import car_coverage, f1_summary, score_cohort, simulate, table
+from pipeline.simulate import SimulationConfig, simulate_cohort
+from pipeline.simulate.accuracy import car_coverage, f1_summary, score_cohort, table
 
 TARGET_F1 = 0.97
 TARGET_COVERAGE = 0.90
@@ -37,7 +38,10 @@ pytestmark = pytest.mark.slow
 def scored(request, tmp_path_factory) -> tuple[str, list]:
     cytometer, seed = request.param
     root = tmp_path_factory.mktemp(f"accuracy-{seed}")
-    simulate(root, PATIENTS, seed, EVENTS, cytometer, TUBES)
+    config = SimulationConfig(
+        patients=PATIENTS, seed=seed, events=EVENTS, cytometer=cytometer, tubes=TUBES
+    )
+    simulate_cohort(root, config)
     return f"{cytometer} (seed {seed})", score_cohort(root, TUBES)
 
 

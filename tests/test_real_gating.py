@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.real_gating import (
+from pipeline.expert_accuracy import (
     JUDGED,
     SMALL,
     STAINED,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import math
@@ -15,10 +16,17 @@ import pandas as pd
 import pytest
 
 from panels import load_panels, match_panel
-from pipeline.cohort_model import CohortEffects, draw_patient
 from pipeline.fcs import read_fcs
-from pipeline.simulate import SimulationConfig, simulate_cohort, tube_labels
+from pipeline.simulate import (
+    CohortEffects,
+    SimulationConfig,
+    draw_patient,
+    simulate_cohort,
+    tube_labels,
+)
+from pipeline.simulate.accuracy import score_file, table
 from tests import fcsparser_reference
+from tests.conftest import FIXTURE_COHORT
 
 TIMEPOINTS = ("D5", "D7", "D11", "D14", "M3")
 NAME = re.compile(r"^(CART-\d{3}) (\w+)_(CAR-T memory|CAR-T function|BCELL COUNT)_(\d{3})\.fcs$")
@@ -433,3 +441,40 @@ def test_kinetics_expand_contract_and_b_cells_follow_persistence(population):
             assert b_cells > 1.0
     non_expanders = [p for p in population if not p.expander]
     assert max(p.peak for p in non_expanders) <= 5.0
+
+
+def test_accuracy_scoring_compares_each_gated_population_with_the_truth():
+    """The scoring tests and bench/ share: F1 per population of one gated fixture file."""
+    score = score_file(FIXTURE_COHORT / "CART-001 D11_CAR-T memory_007.fcs", "memory")
+    rows = table([score]).set_index("population")
+    assert {"singlets", "T", "CAR", "CARneg", "CAR_CD8_SCM"} <= set(rows.index)
+    assert (rows["tp"] <= rows[["true", "gated"]].min(axis=1)).all()
+    f1 = 2 * rows["tp"] / (rows["true"] + rows["gated"])
+    assert np.allclose(rows["f1"], f1)
+    assert rows.loc["T", "f1"] > 0.97 and rows.loc["CAR", "f1"] > 0.97
+    assert (score.car_true, score.car_gated) == (rows.loc["CAR", "true"], rows.loc["CAR", "gated"])
+    assert score.car_covered
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_no_test_imports_the_benchmarks():
+    """Scoring lives in the package (pipeline.simulate.accuracy, pipeline.expert_accuracy);
+    bench/ scripts import it from there and no test imports bench/."""
+    tests = sorted(Path(__file__).parent.glob("*.py"))
+    assert Path(__file__) in tests
+    found = [
+        f"{path.name}:{line} imports {module}"
+        for path in tests
+        for line, module in _imported_modules(path)
+        if module == "bench" or module.startswith("bench.")
+    ]
+    assert not found, found

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.real_gating import channel_map
 from gating.auto import place
 from gating.errors import GatingError
 from gating.template import load_template
+from pipeline.expert_accuracy import channel_map
 from pipeline.fcs import read_fcs
 from tests.conftest import SHARED, require_shared
 

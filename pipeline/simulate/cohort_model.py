@@ -1,8 +1,8 @@
 """Patient-level model of a synthetic CAR-T cohort: clinical course, kinetics and blood counts.
 
 Every quantity here is a *true* value (cells/µL of blood, days after infusion); the event-level
-simulation in :mod:`pipeline.simulate` samples FCS files from it. Each patient draws from its
-own random stream, so a patient is the same whatever the cohort size.
+simulation in :mod:`pipeline.simulate.acquire` samples FCS files from it. Each patient draws
+from its own random stream, so a patient is the same whatever the cohort size.
 """
 
 from __future__ import annotations
