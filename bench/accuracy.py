@@ -13,7 +13,7 @@ Events acquired in a disturbed-flow window (a clog) count as rightly removed by 
 gate, cells included. Populations the panel approximates (a marker it omits) are reported
 apart and not counted; populations it skips are absent.
 
-The scoring lives in :mod:`pipeline.simulate.accuracy` (tests use it too).
+The scoring lives in :mod:`cartflow.simulate.accuracy` (tests use it too).
 
 Usage: python bench/accuracy.py --patients N --seed S --events E [--cytometer 'FACSCanto II']
        [--tubes memory function bcell] [--cohort DIR] [--config DIR] [--csv rows.csv]
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.simulate.accuracy import (
+from cartflow.simulate.accuracy import (
     MIN_EVENTS,
     SampleScore,
     car_coverage,
@@ -68,7 +68,7 @@ def simulate(
     out_dir: Path, patients: int, seed: int, events: int, cytometer: str, tubes: tuple[str, ...]
 ) -> Path:
     """Write a simulated cohort into out_dir."""
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     config = SimulationConfig(
         patients=patients, seed=seed, events=events, cytometer=cytometer, tubes=tubes
@@ -96,7 +96,7 @@ def main() -> None:
         )
         config = None
         if args.config:
-            from pipeline.config import load_config
+            from cartflow.panels.config import load_config
 
             config = load_config(args.config)
         scores = score_cohort(root, tubes, config)

@@ -32,8 +32,8 @@ def _cartflow(batch: Path, workers: int, db: str) -> tuple[float, int]:
     code = (
         "import json, resource, sys, time\n"
         "from pathlib import Path\n"
-        "from pipeline.batch import RunSettings, run_batch\n"
-        "from pipeline.store import Store\n"
+        "from cartflow.run.batch import RunSettings, run_batch\n"
+        "from cartflow.store import Store\n"
         "batch, workers, db = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]\n"
         "store = Store(db)\n"
         "start = time.perf_counter()\n"
@@ -59,8 +59,8 @@ def _cartflow(batch: Path, workers: int, db: str) -> tuple[float, int]:
 def _flowkit(files: list[Path]) -> float:
     import flowkit
 
-    from gating.gatingml import export_gatingml
-    from pipeline.gate import gate_file
+    from cartflow.gating.gatingml import export_gatingml
+    from cartflow.pipeline.gate import gate_file
 
     total = 0.0
     for path in files:
@@ -88,7 +88,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import flowkit  # noqa: F401 - imports stay out of the timings
 
-    import pipeline.batch  # noqa: F401
+    import cartflow.run.batch  # noqa: F401
 
     print(
         f"{'files':>6} {'events':>10} {'cartflow s':>11} {'flowkit s':>10} {'ratio':>7} "

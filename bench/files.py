@@ -12,8 +12,8 @@ KEPT_KEYWORDS = {"$CYT", "$SPILLOVER", "$TIMESTEP", "TUBE NAME", "$DATE"}
 def base_events(folder: Path, events: int):
     """One simulated memory-tube file, its rows tiled to ``events`` when the tube held fewer
     (time shifted so that it keeps increasing)."""
-    from pipeline.fcs import read_fcs
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.io.fcs import read_fcs
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     config = SimulationConfig(
         patients=1, seed=11, events=events, tubes=("memory",), timepoints=("D11",)

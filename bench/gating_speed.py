@@ -28,7 +28,7 @@ def _one_file(folder: Path, events: int) -> Path:
 
 
 def _ours(path: Path):
-    from pipeline.gate import gate_file
+    from cartflow.pipeline.gate import gate_file
 
     return gate_file(path, tube="memory")
 
@@ -53,8 +53,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import flowkit  # noqa: F401
 
-    import pipeline.gate  # noqa: F401 - imports stay out of the timings
-    from gating.gatingml import export_gatingml, xml_id
+    import cartflow.pipeline.gate  # noqa: F401 - imports stay out of the timings
+    from cartflow.gating.gatingml import export_gatingml, xml_id
 
     print(
         f"{'events':>10} {'cartflow s':>11} {'M events/s':>11} {'flowkit s':>10} {'ratio':>7} "

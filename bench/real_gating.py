@@ -11,7 +11,7 @@ files (openCyto's groupBy, as the expert drew one dead-cell gate on the pooled f
 dying cells' smear between live and dead grows with stimulation, so a valley edge placed
 per file moves with it, while the stain's live/dead line is one for the batch.
 
-The scoring lives in :mod:`pipeline.expert_accuracy` (tests use it too).
+The scoring lives in :mod:`cartflow.pipeline.expert_accuracy` (tests use it too).
 
 Usage: python bench/real_gating.py [--data ../shared/real-data/activation]
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.expert_accuracy import JUDGED, gate_all, small_counts, table
+from cartflow.pipeline.expert_accuracy import JUDGED, gate_all, small_counts, table
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "real-data" / "activation"
 

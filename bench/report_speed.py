@@ -40,7 +40,7 @@ def _simulate(folder: Path, patients: int, events: int) -> Path:
 
 
 def _cartflow() -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli"]
+    return [sys.executable, "-m", "cartflow.cli"]
 
 
 def _cpu_of_children() -> float:

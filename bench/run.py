@@ -57,7 +57,7 @@ def bench_read(events: int, repeat: int) -> None:
     import flowio
     import flowkit
 
-    from pipeline.fcs import read_fcs
+    from cartflow.io.fcs import read_fcs
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.fcs"
@@ -78,7 +78,7 @@ def bench_read(events: int, repeat: int) -> None:
 
 def bench_simulate(patients: int, events: int) -> None:
     """Cohort generation time (target: 24 patients x 9 timepoints x 3 tubes at 50k in < 60 s)."""
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -17,7 +17,7 @@ shipped configuration folder:
 
 Usage: python bench/scatter_start.py --cohort DIR [--cohort DIR ...] [--margin 0.001]
        (cohorts simulated as tests/test_gating_accuracy.py does, e.g. with
-       ``pipeline.simulate.simulate_cohort``)
+       ``cartflow.simulate.simulate_cohort``)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.simulate.accuracy import MIN_EVENTS, score_cohort, table
+from cartflow.simulate.accuracy import MIN_EVENTS, score_cohort, table
 
 TUBES = ("memory", "function", "bcell")
 CLUSTERS = re.compile(r"^    clusters:\n(?:      .*\n)+", re.MULTILINE)
@@ -50,7 +50,7 @@ def _rewrite(path: Path, change: Callable[[str], str]) -> None:
 
 def start_on_data(folder: Path) -> None:
     """The configuration with every panel's ``gate_options`` left out."""
-    from panels import panel_files
+    from cartflow.panels import panel_files
 
     for path in panel_files(folder):
         _rewrite(path, lambda text: PANEL_OPTIONS.sub("", text))
@@ -79,7 +79,7 @@ VARIANTS: dict[str, Edit] = {
 
 def variant_config(edit: Edit, folder: Path):
     """A copy of the shipped configuration in ``folder``, edited, read."""
-    from pipeline.config import init_config, load_config
+    from cartflow.panels.config import init_config, load_config
 
     init_config(folder)
     edit(folder)

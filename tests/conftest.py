@@ -10,10 +10,14 @@ import pytest
 from hypothesis import settings
 from sqlalchemy import create_engine, text
 
-from pipeline.store import Store, normalise_url
+from cartflow.store import Store, normalise_url
 from tests import fcsparser_reference
 
 REPO = Path(__file__).resolve().parent.parent
+# commands the tests start as processes (`python -m cartflow.cli …`) run this checkout's code
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p
+)
 SHARED = REPO.parent / "shared"
 QUIRKS = SHARED / "fcs-quirks"
 GATINGML = SHARED / "gatingml2-compliance"

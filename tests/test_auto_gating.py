@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gating.auto import METHODS
-from gating.placer import SSC_LOG
-from gating.template import SHAPE_GATES, load_template
-from panels import load_panels, match_panel
-from pipeline.fcs import FcsFile, read_fcs
-from pipeline.gate import TEMPLATE_DIR, GateStageError, SampleGating, gate_fcs, gate_file
-from pipeline.simulate import SimulationConfig, simulate_cohort
+from cartflow.gating.auto import METHODS
+from cartflow.gating.placer import SSC_LOG
+from cartflow.gating.template import SHAPE_GATES, load_template
+from cartflow.io.fcs import FcsFile, read_fcs
+from cartflow.panels import load_panels, match_panel
+from cartflow.pipeline.gate import TEMPLATE_DIR, GateStageError, SampleGating, gate_fcs, gate_file
+from cartflow.simulate import SimulationConfig, simulate_cohort
 
 LYMPH = "leukocytes/lymphocytes/"
 
@@ -217,13 +217,13 @@ def test_a_file_written_back_with_flowio_gates_like_the_matrix(cohort, tmp_path)
 
 
 def _logicle():
-    from gating.transforms import Logicle
+    from cartflow.gating.transforms import Logicle
 
     return Logicle(t=262_144.0, w=0.5, m=4.5, a=0.0)
 
 
 def test_balance_without_positives_cuts_above_the_negatives():
-    from gating.placement import Bounds, balance_threshold
+    from cartflow.gating.placement import Bounds, balance_threshold
 
     scale = _logicle()
     negatives = scale.apply(np.random.default_rng(0).normal(40.0, 120.0, 20_000))
@@ -234,7 +234,7 @@ def test_balance_without_positives_cuts_above_the_negatives():
 
 
 def test_balance_counts_a_smear_that_runs_into_the_negatives():
-    from gating.placement import Bounds, balance_threshold
+    from cartflow.gating.placement import Bounds, balance_threshold
 
     rng = np.random.default_rng(1)
     scale = _logicle()
@@ -253,7 +253,12 @@ def test_balance_counts_a_smear_that_runs_into_the_negatives():
 
 @pytest.mark.parametrize("values", [np.full(1000, np.nan), np.zeros(10), np.array([])])
 def test_estimators_fall_back_on_hopeless_values(values):
-    from gating.placement import Bounds, balance_threshold, gaussian_clusters, valley_threshold
+    from cartflow.gating.placement import (
+        Bounds,
+        balance_threshold,
+        gaussian_clusters,
+        valley_threshold,
+    )
 
     bounds = Bounds(0.2, 0.55, 0.35)
     scale = _logicle()
@@ -445,8 +450,8 @@ def test_every_shape_gate_a_template_may_name_has_a_placer():
 
 
 def test_a_single_event_is_too_few_not_a_dead_channel():
-    from gating.placer import place_threshold
-    from gating.template import load_template
+    from cartflow.gating.placer import place_threshold
+    from cartflow.gating.template import load_template
 
     spec = load_template(TEMPLATE_DIR / "memory.yaml").thresholds["CAR"].positive
     one = place_threshold(spec, np.array([0.4], dtype=np.float32), None)

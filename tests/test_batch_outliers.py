@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gating.cuts import CUT_METHODS
-from gating.deviation import DeviationSettings, cut_deviations, harmless
+from cartflow.gating.cuts import CUT_METHODS
+from cartflow.gating.deviation import DeviationSettings, cut_deviations, harmless
 from tests.conftest import SHARED, require_shared
 
 ACTIVATION = SHARED / "real-data" / "activation"
@@ -20,9 +20,9 @@ ACTIVATION = SHARED / "real-data" / "activation"
 @pytest.fixture(scope="module")
 def activation() -> dict[int, dict]:
     """Each Activation file's placed cut decisions, every file gated on its own (one batch)."""
-    from pipeline.config import load_config
-    from pipeline.expert_accuracy import FILES, write_lab_config
-    from pipeline.gate import gate_file
+    from cartflow.panels.config import load_config
+    from cartflow.pipeline.expert_accuracy import FILES, write_lab_config
+    from cartflow.pipeline.gate import gate_file
 
     require_shared(ACTIVATION)
     cuts = {}
@@ -84,10 +84,10 @@ def test_a_far_move_across_an_empty_gap_is_harmless_one_into_a_mode_is_not():
 
 
 def test_a_simulated_batch_stores_the_flag_of_a_cut_forced_far(tmp_path):
-    from pipeline.batch import RunSettings, run_batch
-    from pipeline.batch_outliers import flag_batch_outliers
-    from pipeline.simulate import SimulationConfig, simulate_cohort
-    from pipeline.store import Store
+    from cartflow.run.batch import RunSettings, run_batch
+    from cartflow.run.batch_outliers import flag_batch_outliers
+    from cartflow.simulate import SimulationConfig, simulate_cohort
+    from cartflow.store import Store
 
     cohort = simulate_cohort(
         tmp_path / "cohort",

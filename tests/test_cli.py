@@ -10,7 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from cartflow.cli import app
 from tests.conftest import FIXTURE_COHORT, QUIRKS, corpus_files, require_shared
 
 runner = CliRunner()
@@ -162,8 +162,8 @@ def test_out_of_range_numbers_are_usage_errors_naming_the_option(tmp_path):
 
 
 def test_a_folder_given_as_the_store_is_named_as_such(tmp_path):
-    from pipeline.errors import StoreError
-    from pipeline.store import Store
+    from cartflow.io.errors import StoreError
+    from cartflow.store import Store
 
     with pytest.raises(StoreError, match="is a folder, not a store file"):
         Store(tmp_path)
@@ -184,7 +184,7 @@ def test_run_checks_its_scheduler_and_haematology_table_before_any_work(tmp_path
 def test_an_error_about_a_file_with_a_newline_in_its_name_stays_one_line(tmp_path):
     odd = tmp_path / "two\nlines.fcs"
     odd.write_text("not an FCS file", encoding="utf-8")
-    command = [sys.executable, "-m", "pipeline.cli", "inspect", str(odd)]
+    command = [sys.executable, "-m", "cartflow.cli", "inspect", str(odd)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1 and "two\\nlines.fcs" in done.stderr
@@ -200,7 +200,7 @@ def test_a_fifo_is_one_line_error_without_blocking(tmp_path, where):
     if where == "gates":
         args = ["gate", str(fcs), "--gates", str(fifo)]
     done = subprocess.run(  # a blocked read would hit the timeout and fail the test
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cartflow.cli", *args], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines() or done.stdout.strip().splitlines()

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.clinical import (
+from cartflow.io.errors import CartflowError
+from cartflow.pipeline.clinical import (
     HEMATOTOX_PATH,
     ClinicalTableError,
     DeriveOptions,
@@ -25,8 +26,7 @@ from pipeline.clinical import (
     parse_hematotox,
     validate_clinical,
 )
-from pipeline.errors import CartflowError
-from pipeline.simulate import SimulationConfig, simulate_cohort
+from cartflow.simulate import SimulationConfig, simulate_cohort
 
 HEADER = (
     "patient,infusion_date,bridging,tumour_burden_before_pct,tumour_burden_after_pct,"

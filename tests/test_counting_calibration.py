@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.counts import bead_concentration
-from pipeline.errors import CartflowError
-from pipeline.simulate import SimulationConfig, simulate_cohort
-from pipeline.timepoints import timepoint_table
+from cartflow.io.errors import CartflowError
+from cartflow.pipeline.counts import bead_concentration
+from cartflow.pipeline.timepoints import timepoint_table
+from cartflow.simulate import SimulationConfig, simulate_cohort
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_missing_beads_give_no_concentration():
 
 
 def test_dual_platform_from_a_haematology_table(tmp_path):
-    from pipeline.timepoints import load_haematology
+    from cartflow.pipeline.timepoints import load_haematology
 
     table = tmp_path / "haematology.csv"
     table.write_text("patient,date,alc_per_ul\nP1,2025-03-09,1500\n", encoding="utf-8")
@@ -149,7 +149,7 @@ def _run_cohort(root: Path, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One memory-tube cohort through the whole chain with `cartflow run`, joined to its truth."""
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from cartflow.cli import app
 
     batch, out = root / "batch", root / "out"
     config = SimulationConfig(patients=E2E_PATIENTS, seed=seed, events=100_000,

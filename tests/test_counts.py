@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.counts import (
+from cartflow.pipeline.counts import (
     CountSettings,
     bead_concentration,
     clopper_pearson,

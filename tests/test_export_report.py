@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.export import DICTIONARY
-from pipeline.report import write_report
-from pipeline.store import Store
+from cartflow.cli import app
+from cartflow.report.export import DICTIONARY
+from cartflow.report.pages import write_report
+from cartflow.store import Store
 from tests.chromium import CHROMIUM, FLAGS, dump_dom
 from tests.conftest import FIXTURE_COHORT
 
@@ -210,7 +210,7 @@ def test_outcome_tables_in_the_report_keep_patient_ids_and_may_be_empty(tmp_path
 def _store_with_car_t_counts(url: str, per_ul: dict[int, float]) -> None:
     """A store holding one patient's memory tubes: CAR-T and bead events giving ``per_ul``
     (5,000 bead events of 50,000 per tube in 50 µL of blood: cells/µL = events / 5)."""
-    from pipeline.store import FileRecord, PopulationRecord, SampleRecord
+    from cartflow.store import FileRecord, PopulationRecord, SampleRecord
 
     store = Store(url)
     try:

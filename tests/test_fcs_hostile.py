@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import FcsError
-from pipeline.fcs import read_fcs
+from cartflow.io.errors import FcsError
+from cartflow.io.fcs import read_fcs
 from tests.conftest import QUIRKS, require_shared
 from tests.fcs_mutate import rewrite
 

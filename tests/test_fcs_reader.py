@@ -7,8 +7,8 @@ import flowio
 import numpy as np
 import pytest
 
-from pipeline.errors import FcsError
-from pipeline.fcs import read_fcs
+from cartflow.io.errors import FcsError
+from cartflow.io.fcs import read_fcs
 from tests import fcsparser_reference
 from tests.conftest import FCSPARSER_DATA, QUIRKS, corpus_files, require_shared
 

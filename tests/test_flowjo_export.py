@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gating.errors import GatingError
-from gating.flowjo import export_flowjo
-from gating.gatingml import load_gatingml
-from gating.model import (
+from cartflow.cli import app
+from cartflow.gating.errors import GatingError
+from cartflow.gating.flowjo import export_flowjo
+from cartflow.gating.gatingml import load_gatingml
+from cartflow.gating.model import (
     FCS_SPILL,
     BooleanGate,
     Bound,
@@ -29,11 +30,10 @@ from gating.model import (
     QuadrantGate,
     RangeGate,
 )
-from gating.transforms import Logicle
-from pipeline.cli import app
-from pipeline.fcs import read_fcs
-from pipeline.gate import gate_file
-from pipeline.simulate import SimulationConfig, simulate_cohort
+from cartflow.gating.transforms import Logicle
+from cartflow.io.fcs import read_fcs
+from cartflow.pipeline.gate import gate_file
+from cartflow.simulate import SimulationConfig, simulate_cohort
 from tests.conftest import FIXTURE_COHORT, GATINGML, require_shared
 
 RUNNER = CliRunner()
@@ -62,7 +62,7 @@ def _flowkit_counts(wsp: Path, fcs: Path) -> dict[str, int]:
 def _folded_helpers(gate_set) -> set[str]:
     """Helper gates (``X::CD62L+``) an 'and' of the set uses: the workspace folds them into
     the chain of the population they serve."""
-    from gating.model import BooleanGate
+    from cartflow.gating.model import BooleanGate
 
     return {
         r.gate
@@ -179,7 +179,7 @@ def _hand_made(path: Path) -> tuple[GateSet, Path]:
 
 
 def test_other_gate_kinds_round_trip(tmp_path):
-    from gating.engine import evaluate
+    from cartflow.gating.engine import evaluate
 
     path = sorted(FIXTURE_COHORT.glob("CART-001 D11_CAR-T memory_*.fcs"))[0]
     gate_set, _ = _hand_made(path)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from gating.errors import GatingError
-from gating.template import OptionsError, load_template
-from panels import load_panel_layouts
-from pipeline.config import ConfigError, check_config, init_config, load_config
-from pipeline.errors import PanelError
-from pipeline.fcs import read_fcs
-from pipeline.gate import TEMPLATE_DIR, GateStageError, gate_fcs, gate_file
+from cartflow.gating.errors import GatingError
+from cartflow.gating.template import OptionsError, load_template
+from cartflow.io.errors import PanelError
+from cartflow.io.fcs import read_fcs
+from cartflow.panels import load_panel_layouts
+from cartflow.panels.config import ConfigError, init_config, load_config
+from cartflow.pipeline.config_check import check_config
+from cartflow.pipeline.gate import TEMPLATE_DIR, GateStageError, gate_fcs, gate_file
 from tests.conftest import FIXTURE_COHORT
 
 MEMORY = FIXTURE_COHORT / "CART-001 D11_CAR-T memory_007.fcs"
@@ -53,7 +54,7 @@ def test_the_shipped_templates_start_on_the_data_and_the_shipped_panels_on_the_a
         )
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from cartflow.cli import app
 
     shown = CliRunner().invoke(app, ["config", "check", str(config.directory)])
     assert shown.exit_code == 0, shown.output

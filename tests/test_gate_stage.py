@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gating.engine import evaluate
-from gating.gatingml import export_gatingml, load_gatingml, xml_id
-from pipeline.cli import app
-from pipeline.gate import gate_file, gate_records
-from pipeline.ingest import ingest_batch, sha256_of
+from cartflow.cli import app
+from cartflow.gating.engine import evaluate
+from cartflow.gating.gatingml import export_gatingml, load_gatingml, xml_id
+from cartflow.pipeline.gate import gate_file, gate_records
+from cartflow.run.ingest import ingest_batch, sha256_of
 from tests.conftest import FIXTURE_COHORT
 
 runner = CliRunner()
@@ -169,7 +169,7 @@ def _spill_csv(path: Path, channels, matrix, corner: bool = True) -> Path:
 
 
 def test_a_spillover_override_replaces_the_files_matrix(memory_file, gated, tmp_path):
-    from pipeline.fcs import read_spillover
+    from cartflow.io.fcs import read_spillover
 
     own = gated.fcs.spillover
     same = read_spillover(_spill_csv(tmp_path / "same.csv", own.channels, own.matrix))
@@ -190,8 +190,8 @@ def test_a_spillover_override_replaces_the_files_matrix(memory_file, gated, tmp_
 
 
 def test_a_bad_spillover_override_is_named(memory_file, gated, tmp_path):
-    from pipeline.errors import CartflowError
-    from pipeline.fcs import read_spillover
+    from cartflow.io.errors import CartflowError
+    from cartflow.io.fcs import read_spillover
 
     own = gated.fcs.spillover
     (tmp_path / "ragged.csv").write_text(",A,B\nA,1,0.1\nB,0.2\n", encoding="utf-8")
@@ -250,7 +250,7 @@ def test_gate_refuses_options_that_would_be_ignored(memory_file, tmp_path):
 
 
 def test_gate_json_is_one_object_and_names_approximations(tmp_path):
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     cohort = tmp_path / "canto"
     config = SimulationConfig(patients=1, seed=3, events=3000, cytometer="FACSCanto II",
@@ -258,7 +258,7 @@ def test_gate_json_is_one_object_and_names_approximations(tmp_path):
     simulate_cohort(cohort, config)
     path = next(cohort.glob("*memory*.fcs"))
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "gate", str(path), "--json",
+        [sys.executable, "-m", "cartflow.cli", "gate", str(path), "--json",
          "--membership", str(tmp_path / "m.parquet")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -272,8 +272,8 @@ def test_the_lymphocyte_plot_shows_its_events(tmp_path):
     """The lymphocyte gate is a boolean of booleans; its plot still finds its axes."""
     from PIL import Image
 
-    from pipeline.plots import gate_plots
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.report.plots import gate_plots
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     config = SimulationConfig(patients=1, seed=7, events=20_000, tubes=("memory",),
                               timepoints=("D14",))  # fmt: skip
@@ -288,7 +288,7 @@ def test_the_lymphocyte_plot_shows_its_events(tmp_path):
 
 
 def test_a_relabelled_file_is_judged_against_its_own_tubes_panel(memory_file, tmp_path):
-    from pipeline.fcs import read_fcs
+    from cartflow.io.fcs import read_fcs
     from tests.fcs_mutate import rewrite
 
     channels = read_fcs(memory_file, events=False).channels
@@ -307,8 +307,8 @@ def test_a_relabelled_file_is_judged_against_its_own_tubes_panel(memory_file, tm
 def test_an_ellipse_is_drawn_on_its_own_axes_in_either_order():
     """A core ellipse is outlined where its Mahalanobis distance meets its limit, whichever
     of its axes the plot puts first; on other axes it is not drawn."""
-    from gating.model import Dimension, EllipsoidGate
-    from pipeline.plots.shapes import _ellipse
+    from cartflow.gating.model import Dimension, EllipsoidGate
+    from cartflow.report.plots.shapes import _ellipse
 
     cd45, cd3, fsc = Dimension("BV510-A"), Dimension("APC-H7-A"), Dimension("FSC-A")
     cov = np.array([[0.0004, 0.0001], [0.0001, 0.0025]])
@@ -326,10 +326,10 @@ def test_plot_notes_tell_a_core_from_a_cut(tmp_path):
     quantile) is a cut, and a core that could not be fitted says why there is none."""
     from dataclasses import replace
 
-    from gating.template import load_template
-    from pipeline.gate import TEMPLATE_DIR
-    from pipeline.plots.gate_figures import _matplotlib, draw_population
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.gating.template import load_template
+    from cartflow.pipeline.gate import TEMPLATE_DIR
+    from cartflow.report.plots.gate_figures import _matplotlib, draw_population
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     text = (TEMPLATE_DIR / "memory.yaml").read_text(encoding="utf-8")
     old = "CD62L: {method: [valley, balance], estimate_on: [CAR_CD8, T], bounds: [0.2, 0.55],"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.simulate import SimulationConfig, simulate_cohort
-from pipeline.simulate.accuracy import car_coverage, f1_summary, score_cohort, table
+from cartflow.simulate import SimulationConfig, simulate_cohort
+from cartflow.simulate.accuracy import car_coverage, f1_summary, score_cohort, table
 
 TARGET_F1 = 0.97
 TARGET_COVERAGE = 0.90

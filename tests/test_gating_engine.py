@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from gating.compensation import compensate
-from gating.engine import Evaluator, evaluate, points_in_ellipsoid, points_in_polygon
-from gating.errors import GatingError
-from gating.gatingml import MAX_DOCUMENT_BYTES, export_gatingml, load_gatingml
-from gating.model import (
+from cartflow.gating.compensation import compensate
+from cartflow.gating.engine import Evaluator, evaluate, points_in_ellipsoid, points_in_polygon
+from cartflow.gating.errors import GatingError
+from cartflow.gating.gatingml import MAX_DOCUMENT_BYTES, export_gatingml, load_gatingml
+from cartflow.gating.model import (
     BooleanGate,
     Bound,
     Dimension,
@@ -47,8 +47,8 @@ from gating.model import (
     RectangleGate,
     SpectrumMatrix,
 )
-from gating.transforms import Fasinh, Flin, Flog, Fratio, Hyperlog, Logicle
-from pipeline.fcs import read_fcs
+from cartflow.gating.transforms import Fasinh, Flin, Flog, Fratio, Hyperlog, Logicle
+from cartflow.io.fcs import read_fcs
 
 COMPLIANCE = Path(__file__).resolve().parents[1].parent / "shared" / "gatingml2-compliance"
 GML = COMPLIANCE / "gml"
@@ -700,7 +700,7 @@ def test_placed_memory_tube_counts_equal_the_exact_transformed_evaluation():
     """A committed file gated end to end (incremental placement, cuts mapped to raw values,
     small populations kept as event indices) gives every population the events that
     evaluating its placed gates afresh on transformed values gives."""
-    from pipeline.gate import gate_file
+    from cartflow.pipeline.gate import gate_file
     from tests.conftest import FIXTURE_COHORT
 
     gated = gate_file(FIXTURE_COHORT / "CART-001 D11_CAR-T memory_007.fcs", tube="memory")
@@ -720,8 +720,8 @@ def test_placed_memory_tube_counts_equal_the_exact_transformed_evaluation():
 
 def test_a_document_of_thousands_of_gates_is_refused_before_flowkit_reads_it(tmp_path):
     """FlowKit's parser takes minutes on 9,000 gates; the count is capped with a clear error."""
-    from gating.gatingml import MAX_GATES
-    from gating.workspace import load_lab_gates
+    from cartflow.gating.gatingml import MAX_GATES
+    from cartflow.gating.workspace import load_lab_gates
 
     gates = "".join(RANGE_GATE.replace('"R"', f'"R{i}"') for i in range(9000))
     (path := tmp_path / "many.xml").write_text(VALID.replace(RANGE_GATE, gates))

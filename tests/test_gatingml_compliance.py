@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gating.engine import GatingResult, evaluate
-from gating.errors import GatingError
-from gating.gatingml import load_gatingml
-from gating.model import GateSet, QuadrantGate
-from pipeline.fcs import read_fcs
+from cartflow.gating.engine import GatingResult, evaluate
+from cartflow.gating.errors import GatingError
+from cartflow.gating.gatingml import load_gatingml
+from cartflow.gating.model import GateSet, QuadrantGate
+from cartflow.io.fcs import read_fcs
 
 COMPLIANCE = Path(__file__).resolve().parents[1].parent / "shared" / "gatingml2-compliance"
 GML = COMPLIANCE / "gml"

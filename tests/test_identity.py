@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import CartflowError, IdentityError, ManifestError
-from pipeline.identity import (
+from cartflow.io.errors import CartflowError, IdentityError, ManifestError
+from cartflow.pipeline.identity import (
     IdentityRules,
     cross_check,
     identify,
@@ -168,10 +168,10 @@ def test_rules_of_the_wrong_shape_are_refused(tmp_path, text, fragment):
 
 
 def _yaml_loaders():
-    from gating.template import load_template
-    from panels import load_panel
-    from pipeline.clinical import load_hematotox
-    from pipeline.outcomes import load_outcome_config
+    from cartflow.gating.template import load_template
+    from cartflow.panels import load_panel
+    from cartflow.pipeline.clinical import load_hematotox
+    from cartflow.pipeline.outcomes import load_outcome_config
 
     return {
         "identity rules": IdentityRules.from_yaml,

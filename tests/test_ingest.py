@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.identity import IdentityRules, load_manifest
-from pipeline.ingest import ingest_batch, scan_batch, write_quarantine_report
-from pipeline.store import Store
+from cartflow.panels.identity_rules import IdentityRules
+from cartflow.pipeline.identity import load_manifest
+from cartflow.run.ingest import ingest_batch, scan_batch, write_quarantine_report
+from cartflow.store import Store
 from tests import fcsparser_reference
 from tests.conftest import FCSPARSER_DATA, FIXTURE_COHORT, QUIRKS, require_shared
 from tests.fcs_mutate import rewrite
@@ -133,7 +134,7 @@ def test_file_missing_a_marker_is_rejected_naming_it(cohort, store, tmp_path):
     name = next(n for n, r in rows.items() if r["tube"] == "memory")
     batch = tmp_path / "batch"
     batch.mkdir()
-    from pipeline.fcs import read_fcs
+    from cartflow.io.fcs import read_fcs
 
     fcs = read_fcs(cohort / name, events=False)
     index = next(c.index for c in fcs.channels if c.marker and c.marker.startswith("CD27"))
@@ -204,7 +205,7 @@ def test_sqlite_store_file_is_created_where_asked(tmp_path):
 
 
 def test_fixture_cohort_regenerates_byte_for_byte(cohort, tmp_path):
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     simulate_cohort(tmp_path / "again", SimulationConfig(patients=3, seed=20251121, events=1600))
     made = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.*"))
@@ -217,7 +218,7 @@ def test_fixture_cohort_regenerates_byte_for_byte(cohort, tmp_path):
 
 @pytest.mark.parametrize("cytometer", ["FACSCanto II", "FACSLyric"])
 def test_generated_cohorts_are_accepted_and_identified(cytometer, store, tmp_path):
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     summary = simulate_cohort(
         tmp_path / "c", SimulationConfig(patients=2, seed=5, events=2000, cytometer=cytometer)
@@ -269,7 +270,7 @@ def _shifted(source: Path, target: Path) -> Path:
 
 
 def _understated(source: Path, target: Path) -> Path:
-    from pipeline.fcs import read_fcs
+    from cartflow.io.fcs import read_fcs
 
     return rewrite(source, target, TOT=str(read_fcs(source, events=False).event_count - 100))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.kinetics import (
+from cartflow.pipeline.kinetics import (
     AUC14_DAYS,
     KineticsOptions,
     Observation,

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.store import Store
+from cartflow.cli import app
+from cartflow.store import Store
 from tests.conftest import SHARED, require_shared
 
 REAL = SHARED / "real-data"
@@ -176,7 +176,7 @@ def test_a_lab_file_from_draft_to_gated_batch(tube, tmp_path):
         store.close()
     assert {r["population"]: r["count"] for r in rows} == dict(counts)
     assert {r["panel_id"] for r in rows} == {tube}
-    from pipeline.config import load_config
+    from cartflow.panels.config import load_config
 
     with sqlite3.connect(db) as conn:  # the configuration's hash is kept with the run
         recorded = [json.loads(p) for (p,) in conn.execute("SELECT parameters FROM runs")]
@@ -268,8 +268,8 @@ def test_config_check_names_each_problem_with_file_and_line(tmp_path):
 def test_the_shipped_configuration_is_the_default_and_cartflow_config_names_another(
     tmp_path, monkeypatch
 ):
-    from panels import PANEL_DIR
-    from pipeline.config import content_hash, load_config
+    from cartflow.panels import PANEL_DIR
+    from cartflow.panels.config import content_hash, load_config
 
     shipped = load_config()
     assert shipped.directory == PANEL_DIR and shipped.sha256 == content_hash(PANEL_DIR)
@@ -327,7 +327,7 @@ def test_panel_check_names_the_closest_panel_and_what_differs(tmp_path):
 
 def test_an_antigen_read_as_another_only_when_declared_and_shown(tmp_path):
     """CCR7 is not CD62L: a lab reading one as the other declares it, and panel check says so."""
-    from pipeline.simulate import SimulationConfig, simulate_cohort
+    from cartflow.simulate import SimulationConfig, simulate_cohort
 
     simulate_cohort(tmp_path / "c", SimulationConfig(patients=1, seed=3, events=1000))
     memory = next((tmp_path / "c").rglob("*memory*.fcs"))
@@ -536,6 +536,6 @@ def test_kinetics_and_export_take_the_expansion_threshold_of_the_configuration(t
         parameters = connection.execute(
             "select parameters from runs where command = 'kinetics' order by id desc limit 1"
         ).fetchone()[0]
-    from pipeline.config import load_config
+    from cartflow.panels.config import load_config
 
     assert json.loads(parameters)["config_sha256"] == load_config(config).sha256

@@ -1,10 +1,10 @@
-"""The code's layout: no import cycle among the project's modules, no module over 500 lines.
+"""The code's layout: layers that import only downwards, no import cycle, no module over 500
+lines.
 
-The import graph is read with ``ast`` from every module of ``pipeline``, ``gating`` and
-``panels``, every import counted wherever it stands (in a function, under ``TYPE_CHECKING``).
-An import names the module it imports, not the packages above it: ``from pipeline.outcomes.
-common import X`` is an edge to ``pipeline.outcomes.common`` only, and ``from pipeline.
-outcomes import stage`` one to ``pipeline.outcomes.stage``.
+The import graph is read with ``ast`` from every module of the ``cartflow`` package, every import
+counted wherever it stands (in a function, under ``TYPE_CHECKING``). An import names the module
+it imports, not the packages above it: ``from cartflow.pipeline.outcomes.common import X`` is an
+edge to ``cartflow.pipeline.outcomes.common`` only.
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "gating", "panels")
+SOURCE = REPO / "src"
 MAX_LINES = 500
+LAYERS = ("io", "gating", "panels", "pipeline", "store", "report", "run", "simulate", "cli")
+"""The package's folders from the bottom up: a module imports only from its own layer or the
+ones below it (``cartflow/__init__.py``, the version, is below them all)."""
 
 
 def project_modules() -> dict[str, Path]:
     """Dotted module name → file, for every module of the project's packages."""
     modules = {}
-    for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            modules[".".join(parts)] = path
+    for path in sorted((SOURCE / "cartflow").rglob("*.py")):
+        parts = path.relative_to(SOURCE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
     return modules
 
 
@@ -146,7 +148,7 @@ def test_imports_inside_functions_and_relative_ones_are_edges(tmp_path):
 
 def test_the_project_has_no_import_cycle():
     modules = project_modules()
-    assert "pipeline.batch" in modules and "gating" in modules  # the walk found the packages
+    assert "cartflow.run.batch" in modules and "cartflow.gating" in modules  # the walk found them
     graph = import_graph(modules)
     found = [
         f"{' → '.join(_cycle_in(group, graph))} (group: {', '.join(sorted(group))})"
@@ -156,7 +158,7 @@ def test_the_project_has_no_import_cycle():
 
 
 def test_no_module_is_over_500_lines():
-    """Issue #24: every module of the project's packages at most MAX_LINES lines."""
+    """Every module of the package at most MAX_LINES lines."""
     lengths = {
         str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
         for path in project_modules().values()
@@ -165,3 +167,29 @@ def test_no_module_is_over_500_lines():
     assert not over, f"modules over {MAX_LINES} lines:\n" + "\n".join(
         f"{name}: {n}" for n, name in over
     )
+
+
+def layer_of(module: str) -> int:
+    """The rank of a module's layer (0: the package root)."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) + 1 if len(parts) > 1 else 0
+
+
+def test_every_module_lies_in_a_layer():
+    modules = project_modules()
+    strays = [m for m in modules if m != "cartflow" and m.split(".")[1] not in LAYERS]
+    assert not strays, f"modules outside the layers {LAYERS}: {strays}"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    """The gating library imports nothing of the application; the stages no store, report,
+    run or command line; the store no report or run; and so on up to the command line."""
+    graph = import_graph(project_modules())
+    name = {m: LAYERS[layer_of(m) - 1] if layer_of(m) else "root" for m in graph}
+    upward = sorted(
+        f"{module} ({name[module]}) imports {target} ({name[target]})"
+        for module, targets in graph.items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    )
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)

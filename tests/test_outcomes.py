@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline.clinical import ClinicalTableError
-from pipeline.outcomes import (
+from cartflow.pipeline.clinical import ClinicalTableError
+from cartflow.pipeline.outcomes import (
     EXPLORATORY,
     OutcomeConfig,
     OutcomeInputError,
@@ -32,7 +32,7 @@ from pipeline.outcomes import (
     run_outcomes,
     run_outcomes_from_files,
 )
-from pipeline.simulate import SimulationConfig, simulate_cohort
+from cartflow.simulate import SimulationConfig, simulate_cohort
 
 # --- reference values: R survival's aml data (Miller 1981) ------------------------------------
 

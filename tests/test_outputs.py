@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.outputs import OutputError, neutralise, neutralise_frame, write_csv
+from cartflow.cli import app
+from cartflow.io.outputs import OutputError, neutralise, neutralise_frame, write_csv
 from tests.conftest import FIXTURE_COHORT
 from tests.fcs_mutate import build_fcs, split_fcs
 

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from panels import PANEL_DIR, load_panel, load_panels, marker_from_label, match_panel
-from pipeline.errors import PanelError, PanelMismatchError
+from cartflow.io.errors import PanelError, PanelMismatchError
+from cartflow.panels import PANEL_DIR, load_panel, load_panels, marker_from_label, match_panel
 
 SCATTER = [("FSC-A", None), ("FSC-H", None), ("SSC-A", None), ("Time", None)]
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.errors import CartflowError
-from pipeline.gate import GateStageError, gate_file
-from pipeline.pooling import cut_values, pool_cuts, read_cuts
-from pipeline.simulate import SimulationConfig, simulate_cohort
+from cartflow.cli import app
+from cartflow.io.errors import CartflowError
+from cartflow.pipeline.gate import GateStageError, gate_file
+from cartflow.pipeline.pooling import cut_values, pool_cuts, read_cuts
+from cartflow.simulate import SimulationConfig, simulate_cohort
 from tests.conftest import FIXTURE_COHORT
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_a_cut_the_file_does_not_place_is_refused(tmp_path):
 def test_gates_pooled_over_one_file_are_the_files_own(patient_files):
     """Pooling a single file gives its own estimation events, so the pooled cells and
     lymphocyte gates select exactly what gating it alone selects."""
-    from pipeline.pooling import pool_gates
+    from cartflow.pipeline.pooling import pool_gates
 
     path = patient_files[0]
     alone = gate_file(path)
@@ -137,7 +137,7 @@ def test_gates_pooled_over_one_file_are_the_files_own(patient_files):
 
 
 def test_gates_pooled_over_timepoints_are_the_same_on_each(patient_files):
-    from pipeline.pooling import pool_gates
+    from cartflow.pipeline.pooling import pool_gates
 
     placements = pool_gates(patient_files, ["cells", "lymphocytes"])
     gate_sets = [gate_file(p, fixed_cuts=placements).placed.gate_set for p in patient_files]
@@ -149,7 +149,7 @@ def test_gates_pooled_over_timepoints_are_the_same_on_each(patient_files):
 
 
 def test_a_phenotype_is_pooled_as_cuts_not_as_a_gate(patient_files):
-    from pipeline.pooling import pool_gates
+    from cartflow.pipeline.pooling import pool_gates
 
     with pytest.raises(CartflowError, match="a phenotype, not a gate"):
         pool_gates(patient_files[:1], ["T"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.expert_accuracy import (
+from cartflow.pipeline.expert_accuracy import (
     JUDGED,
     SMALL,
     STAINED,
@@ -74,10 +74,10 @@ DIVA_COUNTS = {"singlets": 17_543, "live": 12_334, "CD8+": 1_160, "CD3+ of CD8+"
 def test_a_facsdiva_strategy_placed_from_the_data_matches_its_stored_counts():
     from pathlib import Path
 
-    from gating.auto import place
-    from gating.placer import ChannelMap
-    from gating.template import load_template
-    from pipeline.fcs import read_fcs
+    from cartflow.gating.auto import place
+    from cartflow.gating.placer import ChannelMap
+    from cartflow.gating.template import load_template
+    from cartflow.io.fcs import read_fcs
 
     fcs = read_fcs(require_shared(DIVA))
     template = load_template(Path(__file__).parents[1] / "docs" / "examples" / "diva-cd8.yaml")
@@ -99,10 +99,10 @@ def test_scatter_cells_start_from_the_data_when_the_anchors_do_not_fit():
     keeps most of them, and says so in its evidence."""
     from pathlib import Path
 
-    from gating.auto import place
-    from gating.placer import ChannelMap
-    from gating.template import load_template
-    from pipeline.fcs import read_fcs
+    from cartflow.gating.auto import place
+    from cartflow.gating.placer import ChannelMap
+    from cartflow.gating.template import load_template
+    from cartflow.io.fcs import read_fcs
 
     fcs = read_fcs(require_shared(ARIA))
     template = load_template(Path(__file__).parents[1] / "docs" / "examples" / "scatter-cells.yaml")
@@ -121,7 +121,7 @@ def test_the_cli_gates_the_activation_set_with_a_lab_configuration(tmp_path, res
 
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from cartflow.cli import app
 
     runner = CliRunner()
     lab = write_lab_config(tmp_path / "lab", DATA)

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from gating.transforms import Flog, Logicle
-from pipeline.density import BINS, AxisBins, panel_from_dict, panel_svg
-from pipeline.gate import gate_file
-from pipeline.plots import render_sample_plots
+from cartflow.gating.transforms import Flog, Logicle
+from cartflow.pipeline.gate import gate_file
+from cartflow.report.density import BINS, AxisBins, panel_from_dict, panel_svg
+from cartflow.report.plots import render_sample_plots
 from tests.conftest import FIXTURE_COHORT
 
 MEMORY = FIXTURE_COHORT / "CART-001 D11_CAR-T memory_007.fcs"
@@ -71,7 +71,7 @@ def test_plots_are_drawn_once_per_gating(tmp_path):
 def test_the_palette_is_viridis():
     from matplotlib import colormaps
 
-    from pipeline.density import LEVELS, VIRIDIS
+    from cartflow.report.density import LEVELS, VIRIDIS
 
     expected = colormaps["viridis"](np.linspace(0.0, 1.0, LEVELS - 1))[:, :3]
     drawn = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in VIRIDIS]) / 255

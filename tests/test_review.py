@@ -16,11 +16,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gating.template import load_template
-from pipeline.cli import app
-from pipeline.simulate import SimulationConfig, simulate_cohort
-from pipeline.store import Store
-from pipeline.triage import FLAG_KINDS, NEEDS_REVIEW, flag_kind, flag_table_markdown, severity
+from cartflow.cli import app
+from cartflow.gating.template import load_template
+from cartflow.pipeline.triage import (
+    FLAG_KINDS,
+    NEEDS_REVIEW,
+    flag_kind,
+    flag_table_markdown,
+    severity,
+)
+from cartflow.simulate import SimulationConfig, simulate_cohort
+from cartflow.store import Store
 from tests.chromium import CHROMIUM, FLAGS, dump_dom
 from tests.fcs_mutate import build_fcs, split_fcs
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.store import Store
+from cartflow.cli import app
+from cartflow.store import Store
 from tests.conftest import FIXTURE_COHORT
 
 runner = CliRunner()
@@ -32,7 +32,7 @@ def _batch(target: Path, prefixes=PATIENT_FILES, tubes=("memory", "BCELL")) -> P
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "cartflow.cli", *args]
 
 
 def _run_args(batch: Path, db: str, out: Path, *extra: str) -> list[str]:
@@ -306,7 +306,7 @@ def test_detection_limits_and_the_below_lod_interval_are_options_kept_with_the_r
     assert len(rare) and (rare.cells_ci_low_exact > 0).all()
     from sqlalchemy import select
 
-    from pipeline.store import Run
+    from cartflow.store import Run
 
     store = Store(db)
     try:
@@ -340,7 +340,7 @@ def test_a_batch_ingested_under_another_path_is_still_gated(tmp_path, monkeypatc
 def test_a_copy_that_stalled_is_taken_again_once_it_is_finished(tmp_path):
     """An unreadable file is handed over (to be quarantined) after it stops changing; when
     the copy then finishes, the complete file is handed over again."""
-    from pipeline.batch import ArrivalWatch
+    from cartflow.run.batch import ArrivalWatch
 
     source = sorted(FIXTURE_COHORT.glob("*memory*.fcs"))[0]
     folder = tmp_path / "incoming"

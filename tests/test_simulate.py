@@ -15,16 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from panels import load_panels, match_panel
-from pipeline.fcs import read_fcs
-from pipeline.simulate import (
+from cartflow.io.fcs import read_fcs
+from cartflow.panels import load_panels, match_panel
+from cartflow.simulate import (
     CohortEffects,
     SimulationConfig,
     draw_patient,
     simulate_cohort,
     tube_labels,
 )
-from pipeline.simulate.accuracy import score_file, table
+from cartflow.simulate.accuracy import score_file, table
 from tests import fcsparser_reference
 from tests.conftest import FIXTURE_COHORT
 
@@ -467,7 +467,7 @@ def _imported_modules(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_test_imports_the_benchmarks():
-    """Scoring lives in the package (pipeline.simulate.accuracy, pipeline.expert_accuracy);
+    """Scoring lives in the package (cartflow.simulate.accuracy, cartflow.pipeline.expert_accuracy);
     bench/ scripts import it from there and no test imports bench/."""
     tests = sorted(Path(__file__).parent.glob("*.py"))
     assert Path(__file__) in tests

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from pipeline import __version__
-from pipeline.errors import StoreError
-from pipeline.store import (
+from cartflow import __version__
+from cartflow.io.errors import StoreError
+from cartflow.store import (
     KEY_LENGTH,
     TABLES,
     FcsFileRow,
@@ -184,7 +184,7 @@ def test_an_unreachable_server_is_one_line_without_the_password():
 def test_the_command_line_reports_a_bad_store_in_one_line(tmp_path):
     path = tmp_path / "notes.sqlite"
     path.write_text("not a database", encoding="utf-8")
-    command = [sys.executable, "-m", "pipeline.cli", "kinetics", "--db", str(path)]
+    command = [sys.executable, "-m", "cartflow.cli", "kinetics", "--db", str(path)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 1
     assert (
@@ -194,7 +194,7 @@ def test_the_command_line_reports_a_bad_store_in_one_line(tmp_path):
 
 
 def test_a_run_whose_work_fails_is_marked_failed(store):
-    from pipeline.store import Run
+    from cartflow.store import Run
 
     with pytest.raises(RuntimeError), store.recording("kinetics", {}) as failing:
         raise RuntimeError("the work broke")
@@ -209,7 +209,7 @@ def test_a_store_that_fails_mid_command_is_one_line(tmp_path):
     path = tmp_path / "store.sqlite"
     Store(path).close()
     url = f"sqlite:///file:{path}?mode=ro&uri=true"  # readable, not writable
-    command = [sys.executable, "-m", "pipeline.cli", "kinetics", "--db", url, "--out", "k"]
+    command = [sys.executable, "-m", "cartflow.cli", "kinetics", "--db", url, "--out", "k"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: the store failed: attempt to write a readonly database"
@@ -230,7 +230,7 @@ def test_commands_that_read_results_do_not_make_a_store_at_a_mistyped_path(
 ):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from cartflow.cli import app
 
     typo = tmp_path / "typo" / "stroe.sqlite"
     monkeypatch.chdir(tmp_path)
@@ -258,7 +258,7 @@ def test_a_store_with_a_damaged_schema_is_one_line(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(StoreError, match="cannot be opened: database disk image is malformed"):
         Store(f"sqlite:///{path}", existing=True)
-    command = [sys.executable, "-m", "pipeline.cli", "export", "--format", "csv", "--db",
+    command = [sys.executable, "-m", "cartflow.cli", "export", "--format", "csv", "--db",
                str(path), "--out", str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 1
@@ -294,7 +294,7 @@ def test_a_run_whose_process_was_killed_is_marked_failed_on_the_next_start(tmp_p
 
     path = tmp_path / "store.sqlite"
     script = (
-        f"import time; from pipeline.store import Store; s = Store({str(path)!r}); "
+        f"import time; from cartflow.store import Store; s = Store({str(path)!r}); "
         "s.start_run('run', {}); print('started', flush=True); time.sleep(600)"
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

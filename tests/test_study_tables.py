@@ -14,17 +14,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline.outcomes import OutcomeConfig, OutcomeInputError, outcome_config
-from pipeline.outcomes.exact import fisher_freeman_halton
-from pipeline.outcomes.stage import landmark_day
-from pipeline.simulate import SimulationConfig, simulate_cohort
+from cartflow.pipeline.outcomes import OutcomeConfig, OutcomeInputError, outcome_config
+from cartflow.pipeline.outcomes.exact import fisher_freeman_halton
+from cartflow.pipeline.outcomes.stage import landmark_day
+from cartflow.simulate import SimulationConfig, simulate_cohort
 
 PATIENTS = 24
 
 
 def _cartflow(*arguments: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *arguments],
+        [sys.executable, "-m", "cartflow.cli", *arguments],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -452,7 +452,7 @@ def test_unknown_and_renamed_names_are_errors():
 
 @pytest.mark.slow
 def test_unknown_variable_in_a_run_is_an_error(study, tmp_path):
-    from pipeline.outcomes import run_outcomes
+    from cartflow.pipeline.outcomes import run_outcomes
 
     kinetics = pd.read_csv(study / "kinetics.csv", dtype={"patient": str})
     config = OutcomeConfig(variables=("no_such_variable",), figures=False, bootstrap=10)
@@ -463,7 +463,7 @@ def test_unknown_variable_in_a_run_is_an_error(study, tmp_path):
 def test_rmst_and_its_standard_error_without_censoring_are_the_sample_mean_and_its_se():
     # no censoring: the Kaplan-Meier area to the horizon is the mean of min(T, horizon), and its
     # standard error the plug-in (ddof=0) standard error of that mean
-    from pipeline.outcomes.survival import km_summary
+    from cartflow.pipeline.outcomes.survival import km_summary
 
     times = np.random.default_rng(5).exponential(200.0, 40).round(1)
     summary = km_summary(times, np.ones(40, bool), rmst_horizon=250.0)

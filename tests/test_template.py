@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gating.errors import GatingError
-from gating.template import load_template, parse_phenotype
-from panels import load_panels
-from pipeline.gate import TEMPLATE_DIR
+from cartflow.gating.errors import GatingError
+from cartflow.gating.template import load_template, parse_phenotype
+from cartflow.panels import load_panels
+from cartflow.pipeline.gate import TEMPLATE_DIR
 
 BASE = """\
 id: test

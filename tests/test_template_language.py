@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gating.auto import place
-from gating.errors import GatingError
-from gating.template import load_template
-from pipeline.expert_accuracy import channel_map
-from pipeline.fcs import read_fcs
+from cartflow.gating.auto import place
+from cartflow.gating.errors import GatingError
+from cartflow.gating.template import load_template
+from cartflow.io.fcs import read_fcs
+from cartflow.pipeline.expert_accuracy import channel_map
 from tests.conftest import SHARED, require_shared
 
 DATA = SHARED / "real-data" / "activation"
@@ -142,9 +142,9 @@ def test_load_errors_name_the_file_line_and_what_is_allowed(tmp_path, old, new, 
 def test_every_gate_of_the_language_exports_to_gatingml_and_flowjo(gated, tmp_path):
     """Booleans with complements, drawn and cluster gates, per-channel scales: read back
     from Gating-ML they select the same events; FlowJo's export checks each gate itself."""
-    from gating.engine import evaluate
-    from gating.flowjo import export_flowjo
-    from gating.gatingml import export_gatingml, load_gatingml, xml_id
+    from cartflow.gating.engine import evaluate
+    from cartflow.gating.flowjo import export_flowjo
+    from cartflow.gating.gatingml import export_gatingml, load_gatingml, xml_id
 
     fcs, placed, result = gated
     export_gatingml(placed.gate_set, tmp_path / "gates.xml")

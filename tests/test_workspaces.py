@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gating.engine import evaluate
-from gating.errors import GatingError
-from gating.model import Bound, Dimension, GateSet, RangeGate
-from gating.transforms import FlowJoBiex, FlowJoLog
-from gating.workspace import load_lab_gates
-from pipeline.cli import app
+from cartflow.cli import app
+from cartflow.gating.engine import evaluate
+from cartflow.gating.errors import GatingError
+from cartflow.gating.model import Bound, Dimension, GateSet, RangeGate
+from cartflow.gating.transforms import FlowJoBiex, FlowJoLog
+from cartflow.gating.workspace import load_lab_gates
 from tests.conftest import SHARED, require_shared
 
 REAL = SHARED / "real-data"
@@ -286,7 +286,7 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
     from the store, one workspace per patient, with the same counts."""
     import flowkit
 
-    from pipeline.store import Store
+    from cartflow.store import Store
 
     cohort = tmp_path / "cohort"
     assert (
@@ -447,7 +447,7 @@ def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp
 
     from sqlalchemy import select
 
-    from pipeline.store import GateRow, Store
+    from cartflow.store import GateRow, Store
 
     cohort = tmp_path / "cohort"
     assert (
@@ -533,7 +533,7 @@ def test_a_configuration_folder_gates_a_tube_with_its_gates_file(tmp_path):
               "--workers", "1", "--config", str(config)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    from pipeline.store import Store
+    from cartflow.store import Store
 
     store = Store(db, existing=True)
     try:
@@ -591,7 +591,7 @@ def test_a_hyperlog_scale_is_read_as_flowjo_drew_on_it(tmp_path):
     """FlowKit does not read FlowJo's hyperlog; cartflow does: the biex example with its
     two scales made hyperlog keeps its gate's data-value limits, so the same 50,605 events
     (FlowJo's count), and the gate is on a hyperlog scale."""
-    from gating.transforms import Hyperlog
+    from cartflow.gating.transforms import Hyperlog
 
     folder = require_shared(FLOWKIT / "simple_diamond_example")
     source = (folder / "test_data_diamond_biex_rect.wsp").read_text()
