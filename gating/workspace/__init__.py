@@ -11,6 +11,7 @@ name), then by ``$FIL``, then by event count when exactly one sample has it; oth
 error names the file and the workspace's samples.
 """
 
+from gating.samples import match_sample
 from gating.workspace.flowjo10 import (
     FLOWKIT_RESERVED,
     NODE_TAGS,
@@ -22,7 +23,7 @@ from gating.workspace.flowjo10 import (
     read_flowjo_workspace,
 )
 from gating.workspace.loading import MAX_WORKSPACE_BYTES, load_lab_gates
-from gating.workspace.sources import GatingMLGates, TemplateSource, WorkspaceGroup, match_sample
+from gating.workspace.sources import GatingMLGates, TemplateSource, WorkspaceGroup
 
 __all__ = [
     "FLOWKIT_RESERVED",

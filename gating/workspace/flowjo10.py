@@ -25,8 +25,9 @@ from gating.model import (
     RangeGate,
     RectangleGate,
 )
+from gating.samples import match_sample
 from gating.transforms import Hyperlog
-from gating.workspace.sources import WorkspaceGroup, match_sample
+from gating.workspace.sources import WorkspaceGroup
 
 FLOWKIT_RESERVED = (".", "..")
 """Gate names FlowKit's gate tree cannot hold; read under a stand-in and given back."""
