@@ -101,7 +101,7 @@ def test_a_core_fit_ignores_a_tenth_of_outliers_as_scikit_learns_mcd_does():
     where the plain mean and covariance are pulled towards the outliers."""
     from sklearn.covariance import MinCovDet
 
-    from cartflow.gating.scatter_gates import _robust_gaussian
+    from cartflow.gating.scatter_gates.core import _robust_gaussian
 
     rng = np.random.default_rng(5)
     cov = np.array([[1.0, 0.5, 0.2, 0.0], [0.5, 1.0, 0.0, 0.1], [0.2, 0.0, 1.0, -0.3],
@@ -127,7 +127,7 @@ def test_a_core_keeps_its_own_cells_as_the_readme_says(events, most):
     200), never a share that would matter beside the compartment's Poisson noise."""
     from scipy.stats import chi2
 
-    from cartflow.gating.scatter_gates import _mahalanobis, _robust_gaussian
+    from cartflow.gating.scatter_gates.core import _mahalanobis, _robust_gaussian
 
     rng, limit, dropped = np.random.default_rng(11), chi2.ppf(0.999, 2), []
     for _ in range(8_000 // events + 30):
@@ -142,7 +142,7 @@ def test_a_core_keeps_its_own_cells_as_the_readme_says(events, most):
 
 
 def test_a_core_fit_refuses_an_axis_that_does_not_vary():
-    from cartflow.gating.scatter_gates import _robust_gaussian
+    from cartflow.gating.scatter_gates.core import _robust_gaussian
 
     points = np.random.default_rng(1).normal(size=(100, 3))
     points[:, 1] = 4.0

@@ -38,6 +38,7 @@ from cartflow.gating.model import (
     RangeGate,
     RectangleGate,
 )
+from cartflow.gating.samples import match_sample
 from cartflow.gating.transforms import Flog, Logicle, ScaleTransform
 
 DIVA_TOP = 262144.0
@@ -87,8 +88,6 @@ class DivaExperiment:
 
     def match(self, file_name: str, fil: str | None = None, event_count: int | None = None):
         """The tube a data file belongs to (by name, then $FIL, then a unique event count)."""
-        from cartflow.gating.workspace import match_sample
-
         return match_sample(self.samples, self.path, file_name, fil, event_count)
 
     def gates_for(

@@ -21,6 +21,7 @@ from lxml import etree
 
 from cartflow.gating.errors import GatingError
 from cartflow.gating.model import Bound, Dimension, GateSet, PolygonGate, RangeGate, SpectrumMatrix
+from cartflow.gating.samples import match_sample
 from cartflow.gating.transforms import TableScale
 
 SAVE_IN_FLOWJO10 = "open the workspace in FlowJo 10 and save it again"
@@ -66,8 +67,6 @@ class Flowjo9Workspace:
 
     def match(self, file_name: str, fil: str | None = None, event_count: int | None = None):
         """The sample a data file belongs to (by $FIL name, then a unique event count)."""
-        from cartflow.gating.workspace import match_sample
-
         return match_sample(self.samples, self.path, file_name, fil, event_count)
 
     def gates_for(

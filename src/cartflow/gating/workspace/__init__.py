@@ -11,6 +11,7 @@ name), then by ``$FIL``, then by event count when exactly one sample has it; oth
 error names the file and the workspace's samples.
 """
 
+from cartflow.gating.samples import match_sample
 from cartflow.gating.workspace.flowjo10 import (
     FLOWKIT_RESERVED,
     NODE_TAGS,
@@ -22,12 +23,7 @@ from cartflow.gating.workspace.flowjo10 import (
     read_flowjo_workspace,
 )
 from cartflow.gating.workspace.loading import MAX_WORKSPACE_BYTES, load_lab_gates
-from cartflow.gating.workspace.sources import (
-    GatingMLGates,
-    TemplateSource,
-    WorkspaceGroup,
-    match_sample,
-)
+from cartflow.gating.workspace.sources import GatingMLGates, TemplateSource, WorkspaceGroup
 
 __all__ = [
     "FLOWKIT_RESERVED",

@@ -25,8 +25,9 @@ from cartflow.gating.model import (
     RangeGate,
     RectangleGate,
 )
+from cartflow.gating.samples import match_sample
 from cartflow.gating.transforms import Hyperlog
-from cartflow.gating.workspace.sources import WorkspaceGroup, match_sample
+from cartflow.gating.workspace.sources import WorkspaceGroup
 
 FLOWKIT_RESERVED = (".", "..")
 """Gate names FlowKit's gate tree cannot hold; read under a stand-in and given back."""

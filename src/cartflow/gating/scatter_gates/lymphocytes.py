@@ -1,261 +1,42 @@
-"""Scatter gates: intact cells (ellipses of scatter clusters fitted from template anchors, so
-debris and dead cells stay out), lymphocytes (low SSC, bright CD45, on the lymphocyte side
-of the dead cells; they read the cells gate's cluster fit, a declared input) and the robust
-core of a small compartment. Each is a placement method (:mod:`cartflow.gating.method`)."""
+"""The lymphocyte gate: low SSC and bright CD45, on the lymphocyte side of the dead cells;
+it reads the cells gate's cluster fit, a declared input."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
 
 from cartflow.gating.cuts import place_threshold
-from cartflow.gating.method import PART, SSC_LOG, Builder, Parent, Placement
+from cartflow.gating.method import PART, Builder, Parent, Placement
 from cartflow.gating.model import (
     BooleanGate,
     Bound,
     Dimension,
-    EllipsoidGate,
     Gate,
     GateRef,
     PolygonGate,
     RangeGate,
     RectangleGate,
 )
-from cartflow.gating.options import CellsOptions, CoreOptions, LymphocytesOptions
+from cartflow.gating.options import LymphocytesOptions
 from cartflow.gating.placement import (
     GRID_POINTS,
     MIN_EVENTS,
     Bounds,
-    ClusterFit,
     ThresholdDecision,
     density,
-    gaussian_clusters,
 )
+from cartflow.gating.scatter_gates.cells import MIN_CLUSTER, ScatterClusters
 from cartflow.gating.template import CutSpec
 
 NEAR_EMPTY = 0.002
 """A lymphocyte gate whose box keeps at most this share of its parent is implausible."""
-MIN_CLUSTER = 20
-"""Fewer fitted events than this and a scatter cluster counts as absent."""
 BLAST_WEIGHT_RATIO = 5.0
-POPULATED = 0.01
-"""A kept scatter cluster holding less than this share of the events is not found there."""
 """Lymphocytes outweigh a cluster of their own large cells at least this many times."""
-
-
-@dataclass(frozen=True)
-class ScatterClusters:
-    """What the cells gate fitted, for the gates that declare it as their input."""
-
-    fit: ClusterFit
-    kept: tuple[str, ...]
-    ssc_shift: float = 0.0
-    """How far (log SSC) the anchors were moved onto this sample's scatter: gates reading
-    the fit move their SSC bounds with it."""
-
-
-def cells(parent: Parent, options: CellsOptions) -> Placement:
-    """Intact leukocytes by scatter: the union of the kept clusters' ellipses.
-
-    Named clusters (debris, dead cells, lymphocytes, monocytes, granulocytes …) are fitted
-    by EM on FSC-A × log SSC-A from the template's anchors; the gate is the union of
-    ``radius``-sd ellipses of the clusters in ``keep``, so debris and dead cells, which
-    lie beside the leukocytes rather than below a single FSC cut, stay out. With
-    ``keep_large`` (default) it also keeps everything larger than the first kept cluster's
-    centre within the kept clusters' SSC span: blasts and activated cells.
-    """
-    anchors = options.clusters
-    if not anchors:
-        return _cells_by_size(parent, options)
-    keep, radius = options.keep, options.radius
-    fsc, ssc = parent.scatter_axes()
-    ssc_scale = parent.transform(SSC_LOG)
-    named = {
-        str(name): (float(a), float(ssc_scale.apply(np.array([float(b)]))[0]))
-        for name, (a, b) in anchors.items()
-    }
-    points = np.column_stack([parent.values(fsc), parent.values(ssc)])
-    anchored, shift = None, 0.0
-    if options.start == "data":
-        fit, kept, share = ClusterFit({}, True, "no start on the data fits", 0), [], 0.0
-    else:
-        fit, kept = _scatter_fit(points, named, options.spread, keep)
-        share = _kept_share(points, fit, kept, options)
-    if share < options.min_share or options.start == "data":
-        # started from the data, or the anchors do not fit this instrument's scatter: the
-        # anchors moved so that one kept cluster's sits on the densest scatter (lymphocytes
-        # in PBMC, granulocytes in lysed blood): the move whose fit explains the data best
-        best = _best_data_start(points, named, [n for n in keep if n in named], options)
-        if best is not None:
-            refit, rekept, reshare, anchored = best
-            if reshare > share:
-                fit, kept, share = refit, rekept, reshare
-                shift = anchored["ssc_shift"]
-    if fit.fallback or not kept:
-        reason = fit.reason or "no kept cluster has events"
-        return _cells_by_size(parent, options, reason)
-    first = fit.clusters[kept[0]]
-    edge = first.mean[0] - radius * first.sd(0)
-    evidence = dict(fit.evidence, keep=kept, radius=radius, kept_share=share)
-    evidence["absent"] = [n for n in keep if n not in kept]
-    if anchored is not None:
-        evidence["anchored_on_data"] = anchored
-    shapes: list[Gate] = [
-        EllipsoidGate(
-            f"{parent.id}{PART}{name}",
-            parent.population,
-            (fsc, ssc),
-            fit.clusters[name].mean,
-            fit.clusters[name].covariance,
-            radius * radius,
-        )
-        for name in kept
-    ]
-    if options.keep_large:
-        # large cells (activated lymphocytes, blasts) lie beyond the first cluster's
-        # ellipse on the FSC side, where nothing needs excluding: keep everything larger
-        # than its centre across the kept clusters' side-scatter span
-        low = first.mean[1] - radius * first.sd(1)
-        high = max(fit.clusters[n].mean[1] + radius * fit.clusters[n].sd(1) for n in kept)
-        span = (Bound(fsc, min=first.mean[0]), Bound(ssc, min=low, max=high))
-        shapes.append(RectangleGate(f"{parent.id}{PART}large", parent.population, span))
-        evidence["large"] = {"fsc_min": first.mean[0], "ssc_range": (low, high)}
-    if len(shapes) == 1:
-        shapes[0] = replace(shapes[0], id=parent.id)
-    out = Builder()
-    if share < options.min_share:
-        out.flags.append(f"implausible:{parent.id}")
-    edge_decision = ThresholdDecision(float(edge), "clusters", False, None, fit.events, evidence)
-    out.record(parent.id, edge_decision)
-    out.add(*shapes)
-    if len(shapes) > 1:
-        refs = tuple(GateRef(g.id) for g in shapes)
-        out.add(BooleanGate(parent.id, parent.population, "or", refs))
-    return out.done(fit=ScatterClusters(fit, tuple(kept), shift))
-
-
-def _scatter_fit(
-    points: np.ndarray,
-    anchors: dict[str, tuple[float, float]],
-    spread: tuple[float, ...],
-    keep: tuple[str, ...],
-) -> tuple[ClusterFit, list[str]]:
-    """The named clusters fitted from their anchors, and the kept ones that hold events and
-    stayed near their anchor."""
-    fit = gaussian_clusters(points, anchors, spread)
-    wandered = set(fit.evidence.get("wandered", ()))
-    kept = [
-        n
-        for n in keep
-        if n in fit.clusters and fit.clusters[n].events >= MIN_CLUSTER and n not in wandered
-    ]
-    return fit, kept
-
-
-def _best_data_start(
-    points: np.ndarray,
-    anchors: dict[str, tuple[float, float]],
-    references: list[str],
-    options: CellsOptions,
-) -> tuple[ClusterFit, list[str], float, dict] | None:
-    """The refit from anchors moved onto the data (:func:`_anchors_from_data`) with each
-    kept cluster in turn as the reference: the one that finds the most of the kept clusters
-    (each holding at least ``POPULATED`` of the events), then of highest likelihood in data
-    units. A layout moved one cluster off (monocytes' anchor on the granulocytes) fits
-    about as well, but leaves a kept cluster beyond the data empty."""
-    best = None
-    for reference in references:
-        start = _anchors_from_data(points, anchors, reference, options.spread)
-        if start is None:
-            continue
-        moved, spread, evidence = start
-        fit, kept = _scatter_fit(points, moved, spread, options.keep)
-        if fit.fallback or not kept:
-            continue
-        # the fit's mean log density is in spread units: back to data units
-        loglik = fit.evidence["loglik"] - float(np.log(spread[0] * spread[1]))
-        share = _kept_share(points, fit, kept, options)
-        found = sum(fit.clusters[n].events >= POPULATED * fit.events for n in kept)
-        evidence.update(reference=reference, share=share, loglik=loglik, found=found)
-        if best is None or (found, loglik) > (best[3]["found"], best[3]["loglik"]):
-            best = (fit, kept, share, evidence)
-    return best
-
-
-def _kept_share(
-    points: np.ndarray, fit: ClusterFit, kept: list[str], options: CellsOptions
-) -> float:
-    """Share of the (finite) estimation events the cells gate of this fit would keep."""
-    points = points[np.isfinite(points).all(axis=1)]
-    if fit.fallback or not kept or not len(points):
-        return 0.0
-    inside = np.zeros(len(points), dtype=bool)
-    limit = options.radius**2
-    for name in kept:
-        cluster = fit.clusters[name]
-        centred = points - np.asarray(cluster.mean)
-        inverse = np.linalg.inv(np.asarray(cluster.covariance))
-        inside |= np.einsum("ij,jk,ik->i", centred, inverse, centred) <= limit
-    if options.keep_large:
-        first = fit.clusters[kept[0]]
-        low = first.mean[1] - options.radius * first.sd(1)
-        high = max(fit.clusters[n].mean[1] + options.radius * fit.clusters[n].sd(1) for n in kept)
-        inside |= (points[:, 0] >= first.mean[0]) & (points[:, 1] >= low) & (points[:, 1] < high)
-    return float(inside.mean())
-
-
-def _anchors_from_data(
-    points: np.ndarray,
-    anchors: dict[str, tuple[float, float]],
-    reference: str,
-    spread: tuple[float, ...],
-) -> tuple[dict[str, tuple[float, float]], tuple[float, ...], dict] | None:
-    """Anchors moved onto this sample's scatter: FSC scaled and log SSC shifted so that the
-    ``reference`` anchor lands on the densest point of the events above the lowest FSC
-    tenth (debris); the FSC spread scales with them. None without enough such events."""
-    points = points[np.isfinite(points).all(axis=1)]
-    if len(points) < MIN_EVENTS:
-        return None
-    points = points[points[:, 0] > np.quantile(points[:, 0], 0.1)]
-    if len(points) < MIN_EVENTS or np.ptp(points[:, 0]) == 0 or np.ptp(points[:, 1]) == 0:
-        return None
-    counts, x_edges, y_edges = np.histogram2d(points[:, 0], points[:, 1], bins=64)
-    kernel = np.exp(-0.5 * np.arange(-3, 4) ** 2 / 2.0)
-    smooth = np.apply_along_axis(np.convolve, 0, counts, kernel, mode="same")
-    smooth = np.apply_along_axis(np.convolve, 1, smooth, kernel, mode="same")
-    i, j = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
-    mode = ((x_edges[i] + x_edges[i + 1]) / 2, (y_edges[j] + y_edges[j + 1]) / 2)
-    if not mode[0] > 0:
-        return None
-    fsc_factor = mode[0] / anchors[reference][0]
-    ssc_shift = mode[1] - anchors[reference][1]
-    moved = {n: (a * fsc_factor, b + ssc_shift) for n, (a, b) in anchors.items()}
-    evidence = {"mode": [float(v) for v in mode], "fsc_factor": float(fsc_factor),
-                "ssc_shift": float(ssc_shift)}  # fmt: skip
-    return moved, (spread[0] * fsc_factor, spread[1]), evidence
-
-
-def _cells_by_size(parent: Parent, options: CellsOptions, why: str | None = None) -> Placement:
-    """FSC-A above a valley (or the template default): the gate without scatter clusters."""
-    out = Builder()
-    axis = Dimension(parent.channels.fsc_area)
-    bounds = Bounds(*options.bounds, options.default)
-
-    def estimate() -> ThresholdDecision:
-        decision = place_threshold(CutSpec(("valley",), bounds), parent.values(axis), None)
-        if why is not None and decision.reason:
-            reason = f"scatter clusters: {why}; {decision.reason}"
-            return ThresholdDecision(
-                decision.value, decision.method, True, reason, decision.events,
-                decision.evidence,
-            )  # fmt: skip
-        return decision
-
-    cut = out.record(parent.id, parent.decide(parent.id, estimate)).value
-    out.add(RangeGate(parent.id, parent.population, Bound(axis, min=cut)))
-    return out.done()
+BRIGHT_KEEP = 0.995
+"""Share of the brightest CD45 band a dead-cell line keeps at least."""
 
 
 def lymphocytes(parent: Parent, options: LymphocytesOptions) -> Placement:
@@ -628,123 +409,3 @@ def _half_plane(
             share = fa / (fa - fb)
             kept.append((a[0] + share * (b[0] - a[0]), a[1] + share * (b[1] - a[1])))
     return tuple((float(x), float(y)) for x, y in kept)
-
-
-TRIM_QUANTILE = 0.975
-"""Reweighting of a core's fit: points beyond this Mahalanobis quantile are left out."""
-CORE_FIT_EVENTS = 2_000
-"""At most this many (evenly spaced) events of a compartment fit its core."""
-BRIGHT_KEEP = 0.995
-"""Share of the brightest CD45 band a dead-cell line keeps at least."""
-CONCENTRATION_STEPS = 50
-"""At most this many concentration steps (they stop when the chosen half repeats)."""
-
-
-def core_ellipses(parent: Parent, options: CoreOptions) -> Placement:
-    """Two ellipses keeping a small phenotype compartment to its robust core (``core``).
-
-    The lymphocyte gate is tuned for the whole lymphocyte cloud; the few dead cells and
-    monocytes it lets through are CD3-dim, so in the CD3- compartment (NK and B cells,
-    a few hundred events beside the expanding CAR-T cells) they become a large share.
-    Here the compartment's own Gaussian is fitted robustly (minimum covariance
-    determinant, which ignores such outliers) on FSC-A, log SSC-A and the two ``core``
-    markers, and the compartment keeps the events inside both its ``core_quantile``
-    ellipses: one on the markers, one on FSC-A × log SSC-A (dead cells: small, CD45-dim,
-    raised CD3 background; monocytes: large, CD45-dim). Two 2-D ellipses, so that
-    Gating-ML and FlowJo both hold them; they sit under the phenotype's gate (the parent
-    here). None with fewer than ``MIN_EVENTS`` events; a fit that fails falls back to none,
-    flagged.
-    """
-    from scipy.stats import chi2
-
-    out = Builder()
-    markers = [
-        m for m in options.core
-        if m in parent.channels.markers and m not in parent.degenerate
-    ]  # fmt: skip
-    if len(markers) < 2:
-        missing = [m for m in options.core if m not in markers]
-        scatter = f"{parent.channels.fsc_area} × {parent.channels.ssc_area}"
-        out.notes.append(f"core on {scatter} only: {', '.join(missing)} off the panel or silent")
-    axes = [*parent.scatter_axes(), *(parent.axis(m) for m in markers)]
-    # the compartment is small: all of its events
-    points = np.column_stack([parent.values(axis, limit=None) for axis in axes])
-    points = points[np.isfinite(points).all(axis=1)]
-    name = f"{parent.id}.core"
-    quantile = options.core_quantile
-    if len(points) < MIN_EVENTS:
-        out.notes.append(f"no core: {len(points)} events, a core needs {MIN_EVENTS}")
-        return out.done()
-    try:
-        location, covariance = _robust_gaussian(points[:: -(-len(points) // CORE_FIT_EVENTS)])
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        failed = ThresholdDecision(
-            0.0, "clusters", True, f"core not fitted: {exc}", len(points), {"quantile": quantile}
-        )
-        out.record(name, failed)  # never a given cut: nothing to apply it to
-        return out.done()
-    distance = float(chi2.ppf(quantile, 2))
-    evidence = {"axes": [axis.label for axis in axes], "mean": location.tolist(),
-                "covariance": covariance.tolist(), "quantile": quantile}  # fmt: skip
-    out.record(name, ThresholdDecision(distance, "clusters", False, None, len(points), evidence))
-    # the marker ellipse needs both markers (one off the panel or silent: scatter only);
-    # it comes first, so that plots show the compartment on its markers
-    pairs = ([("markers", [2, 3])] if len(axes) == 4 else []) + [("scatter", [0, 1])]
-    out.add(*(
-        EllipsoidGate(
-            PART.join((parent.id, "core", part)),
-            parent.population,
-            tuple(axes[i] for i in ix),
-            tuple(float(v) for v in location[ix]),
-            tuple(tuple(float(v) for v in row) for row in covariance[np.ix_(ix, ix)]),
-            distance,
-        )
-        for part, ix in pairs
-    ))  # fmt: skip
-    return out.done()
-
-
-def _robust_gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the bulk of ``points``, robust to a minority of outliers: the
-    minimum covariance determinant estimator from one deterministic start.
-
-    From the coordinate-wise median and MAD, concentration steps refit the Gaussian on the
-    half of the points nearest to it until that half no longer changes; one reweighting
-    step then refits on the points within the 97.5 % Mahalanobis quantile. Both fits are
-    corrected for their truncation. (scikit-learn's MinCovDet searches from 30 random
-    starts: 30-40 ms a file, a third of the whole gating of a 100,000-event file.)"""
-    from scipy.stats import chi2
-
-    n, dims = points.shape
-    mean = np.median(points, axis=0)
-    spread = 1.4826 * np.median(np.abs(points - mean), axis=0)
-    if not (spread > 0).all():
-        raise ValueError("an axis does not vary within the compartment")
-    covariance = np.diag(spread**2)
-    half = (n + dims + 1) // 2
-    chosen = np.zeros(0, dtype=np.intp)
-    for _ in range(CONCENTRATION_STEPS):
-        nearest = np.sort(np.argpartition(_mahalanobis(points, mean, covariance), half)[:half])
-        if np.array_equal(nearest, chosen):
-            break
-        chosen = nearest
-        mean, covariance = points[chosen].mean(axis=0), np.cov(points[chosen], rowvar=False)
-    covariance = covariance * _truncation(half / n, dims)
-    kept = _mahalanobis(points, mean, covariance) <= chi2.ppf(TRIM_QUANTILE, dims)
-    mean = points[kept].mean(axis=0)
-    covariance = np.cov(points[kept], rowvar=False) * _truncation(TRIM_QUANTILE, dims)
-    if not (np.linalg.eigvalsh(covariance) > 0).all():
-        raise ValueError("the fitted covariance is singular")
-    return mean, covariance
-
-
-def _mahalanobis(points: np.ndarray, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
-    centred = points - mean
-    return np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)
-
-
-def _truncation(share: float, dims: int) -> float:
-    """Factor restoring a Gaussian covariance fitted on its ``share`` nearest points."""
-    from scipy.stats import chi2
-
-    return share / float(chi2.cdf(chi2.ppf(share, dims), dims + 2))
