@@ -10,6 +10,7 @@ from typing import Any
 
 from cartflow.gating.placement import ThresholdDecision
 from cartflow.io.errors import CartflowError
+from cartflow.panels import Panel
 from cartflow.panels.config import DEFAULT_CONFIG_DIR, LabConfig, load_config
 from cartflow.pipeline.gate import LabGating, template_for
 from cartflow.report.pages import plots_dir
@@ -85,6 +86,9 @@ class PendingFile:
     overrides: tuple[Override, ...] = ()
     fixed_gates: FixedGates | None = None
     """Gates set on this sample by hand (they win over the tube's template or lab gates)."""
+    panel: Panel | None = None
+    """The panel the file was matched to at ingest, as the configuration holds it now (None:
+    gone or changed since, so the file is matched again)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,20 @@ def tube_template(tube: str, config: LabConfig | None):
     return config.template(tube) if config else template_for(tube)
 
 
+def stored_panel(
+    sample_panel: tuple[str, str] | None, tube: str, panels: Mapping[str, Panel]
+) -> Panel | None:
+    """The panel a sample was matched to at ingest (its id and SHA-256), when the
+    configuration still holds it unchanged for the sample's tube; None: match again."""
+    if sample_panel is None:
+        return None
+    panel_id, sha256 = sample_panel
+    panel = panels.get(panel_id)
+    if panel is None or panel.sha256 != sha256 or panel.tube != tube:
+        return None
+    return panel
+
+
 def pending_gating(
     store: Store,
     files: Sequence[tuple[Path, str]],
@@ -128,11 +146,14 @@ def pending_gating(
     template and panel (with the folder of their plots when a report is wanted, and the
     review folder when review exports are); a tube in ``lab_gates`` is gated by the lab's
     gates. A changed panel of a tube, or a changed marker name resolving it, re-gates that
-    tube's samples and no other."""
+    tube's samples and no other. Each file is gated with the panel it was matched to at
+    ingest, unless that panel is gone or changed since (then it is matched again)."""
     lab_gates = lab_gates or {}
     resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
+    panels = {p.id: p for p in resolving.panels}
     panel_shas: dict[str, str] = {}
     by_sha = {s["sha256"]: s for s in store.samples()}
+    matched = store.sample_panels()
     trails: dict[int, list[dict[str, Any]]] = {}
     for entry in store.corrections():
         trails.setdefault(entry["sample_id"], []).append(entry)
@@ -174,6 +195,7 @@ def pending_gating(
                     corrections.key,
                     corrections.cuts,
                     corrections.gates,
+                    stored_panel(matched.get(sample["sample_id"]), tube, panels),
                 )
             )
     return pending
