@@ -527,15 +527,14 @@ def test_a_batch_matches_each_file_to_its_panel_once(tmp_path, monkeypatch):
 def test_the_stored_panel_is_used_only_while_the_configuration_holds_it_unchanged():
     from dataclasses import replace
 
-    from cartflow.panels import load_panels
-    from cartflow.run.batch.work import stored_panel
+    from cartflow.panels.config import DEFAULT_CONFIG_DIR, load_config
 
-    panel = next(p for p in load_panels() if p.id == "memory-lyric")
-    panels = {p.id: p for p in load_panels()}
-    assert stored_panel((panel.id, panel.sha256), "memory", panels) is panel
-    assert stored_panel(None, "memory", panels) is None  # nothing stored: match
-    assert stored_panel(("memory-gone", panel.sha256), "memory", panels) is None
-    assert stored_panel((panel.id, "0" * 64), "memory", panels) is None  # changed since
-    assert stored_panel((panel.id, panel.sha256), "bcell", panels) is None
-    changed = panels | {panel.id: replace(panel, sha256="1" * 64)}
-    assert stored_panel((panel.id, panel.sha256), "memory", changed) is None
+    lab = load_config(DEFAULT_CONFIG_DIR)
+    panel = next(p for p in lab.panels if p.id == "memory-lyric")
+    assert lab.stored_panel(panel.id, panel.sha256, "memory") is panel
+    assert lab.stored_panel("memory-gone", panel.sha256, "memory") is None  # match again
+    assert lab.stored_panel(panel.id, "0" * 64, "memory") is None  # changed since
+    assert lab.stored_panel(panel.id, panel.sha256, "bcell") is None
+    changed = replace(lab, panels=tuple(replace(p, sha256="1" * 64) if p is panel else p
+                                        for p in lab.panels))  # fmt: skip
+    assert changed.stored_panel(panel.id, panel.sha256, "memory") is None

@@ -120,20 +120,6 @@ def tube_template(tube: str, config: LabConfig | None):
     return config.template(tube) if config else template_for(tube)
 
 
-def stored_panel(
-    sample_panel: tuple[str, str] | None, tube: str, panels: Mapping[str, Panel]
-) -> Panel | None:
-    """The panel a sample was matched to at ingest (its id and SHA-256), when the
-    configuration still holds it unchanged for the sample's tube; None: match again."""
-    if sample_panel is None:
-        return None
-    panel_id, sha256 = sample_panel
-    panel = panels.get(panel_id)
-    if panel is None or panel.sha256 != sha256 or panel.tube != tube:
-        return None
-    return panel
-
-
 def pending_gating(
     store: Store,
     files: Sequence[tuple[Path, str]],
@@ -150,7 +136,6 @@ def pending_gating(
     ingest, unless that panel is gone or changed since (then it is matched again)."""
     lab_gates = lab_gates or {}
     resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
-    panels = {p.id: p for p in resolving.panels}
     panel_shas: dict[str, str] = {}
     by_sha = {s["sha256"]: s for s in store.samples()}
     matched = store.sample_panels()
@@ -195,7 +180,7 @@ def pending_gating(
                     corrections.key,
                     corrections.cuts,
                     corrections.gates,
-                    stored_panel(matched.get(sample["sample_id"]), tube, panels),
+                    resolving.stored_panel(*matched.get(sample["sample_id"], ("", "")), tube),
                 )
             )
     return pending
