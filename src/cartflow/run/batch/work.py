@@ -143,6 +143,9 @@ def pending_gating(
     for entry in store.corrections():
         trails.setdefault(entry["sample_id"], []).append(entry)
     tried = store.gating_keys()
+    panels_gated: dict[int, set[str]] = {}
+    for sample_id, _, gated_panel_sha, _ in tried:
+        panels_gated.setdefault(sample_id, set()).add(gated_panel_sha)
     pending = []
     for path, sha in files:
         sample = by_sha.get(sha)
@@ -180,10 +183,28 @@ def pending_gating(
                     corrections.key,
                     corrections.cuts,
                     corrections.gates,
-                    resolving.stored_panel(*matched.get(sample["sample_id"], ("", "")), tube),
+                    _stored_panel(
+                        resolving, matched, panels_gated, sample["sample_id"], tube, panel_sha
+                    ),
                 )
             )
     return pending
+
+
+def _stored_panel(
+    config: LabConfig,
+    matched: dict[int, tuple[str, str]],
+    panels_gated: dict[int, set[str]],
+    sample_id: int,
+    tube: str,
+    panel_sha: str,
+) -> Panel | None:
+    """The panel the sample was matched to at ingest, unless it must be matched again: the
+    panel is gone or changed, or the sample was gated before under another resolution of its
+    tube's panels (a changed marker spelling may now resolve its labels differently)."""
+    if panels_gated.get(sample_id, {panel_sha}) - {panel_sha}:
+        return None
+    return config.stored_panel(*matched.get(sample_id, ("", "")), tube)
 
 
 def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
