@@ -460,3 +460,83 @@ def test_watch_ends_with_one_complete_sample_when_a_copy_fills_data_late(tmp_pat
     [(sha,)] = _rows(db, "select sha256 from files")
     assert sha == hashlib.sha256(raw).hexdigest()
     assert _count(db, "samples") == 1 and _count(db, "gatings") == 1
+
+
+def test_a_batch_matches_each_file_to_its_panel_once(tmp_path, monkeypatch):
+    """In one in-process run, each file is matched to its panel at ingest and gated with that
+    panel (counts as a fresh match gives); a changed panel matches, and re-gates, exactly
+    the files of its tube again."""
+    import cartflow.panels
+    import cartflow.panels.draft
+    import cartflow.pipeline.gate
+    import cartflow.run.ingest
+    from cartflow.panels.config import load_config
+
+    batch = _batch(tmp_path / "batch", ("CART-001 D11_", "CART-001 D14_"))
+    config, db = tmp_path / "lab", f"sqlite:///{tmp_path / 'store.sqlite'}"
+    assert runner.invoke(app, ["config", "init", str(config)]).exit_code == 0
+    matched: list[str] = []
+    real = cartflow.panels.match_panel
+
+    def spy(source, *args, **kwargs):
+        matched.append(Path(source).name)
+        return real(source, *args, **kwargs)
+
+    for module in (cartflow.panels, cartflow.panels.draft, cartflow.pipeline.gate,
+                   cartflow.run.ingest):  # fmt: skip
+        monkeypatch.setattr(module, "match_panel", spy)
+
+    def run() -> list[str]:
+        matched.clear()
+        result = runner.invoke(app, _run_args(batch, db, tmp_path / "out", "--workers", "1",
+                                              "--config", str(config)))  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return sorted(matched)
+
+    names = sorted(p.name for p in batch.glob("*.fcs"))
+    assert len(names) == 4
+    assert run() == names  # once each, at ingest; gating used the stored panel
+    store = Store(db)
+    counts: dict[str, dict[str, int]] = {}
+    for row in store.latest_counts():
+        counts.setdefault(Path(row["file"]).name, {})[row["population"]] = row["count"]
+    gatings = len(store.snapshot()["gatings"])
+    assert sorted(counts) == names and gatings == 4
+    lab = load_config(config)
+    for path in sorted(batch.glob("*.fcs")):  # a fresh match gives the stored counts
+        assert cartflow.pipeline.gate.gate_file(path, config=lab).counts() == counts[path.name]
+    assert run() == []  # nothing new: nothing read, matched or gated
+
+    panel = config / "bcell-lyric.yaml"
+    text = panel.read_text(encoding="utf-8")
+    assert "description: B-cell" in text
+    panel.write_text(text.replace("description: B-cell", "description: Our B-cell", 1),
+                     encoding="utf-8")  # fmt: skip
+    assert run() == [n for n in names if "BCELL" in n]  # matched again, as gated again
+    assert len(store.snapshot()["gatings"]) == gatings + 2
+    # a marker's new spelling re-gates its tube, each file matched again (its labels may now
+    # resolve otherwise); a later re-gate of that tube keeps matching again
+    markers = config / "markers.yaml"
+    text = markers.read_text(encoding="utf-8")
+    assert "CD27: [CD27]" in text
+    markers.write_text(text.replace("CD27: [CD27]", "CD27: [CD27, TNFRSF7]", 1), encoding="utf-8")
+    memory = [n for n in names if "memory" in n]
+    assert len(memory) == 2 and run() == memory
+    assert len(store.snapshot()["gatings"]) == gatings + 4
+    store.close()
+
+
+def test_the_stored_panel_is_used_only_while_the_configuration_holds_it_unchanged():
+    from dataclasses import replace
+
+    from cartflow.panels.config import DEFAULT_CONFIG_DIR, load_config
+
+    lab = load_config(DEFAULT_CONFIG_DIR)
+    panel = next(p for p in lab.panels if p.id == "memory-lyric")
+    assert lab.stored_panel(panel.id, panel.sha256, "memory") is panel
+    assert lab.stored_panel("memory-gone", panel.sha256, "memory") is None  # match again
+    assert lab.stored_panel(panel.id, "0" * 64, "memory") is None  # changed since
+    assert lab.stored_panel(panel.id, panel.sha256, "bcell") is None
+    changed = replace(lab, panels=tuple(replace(p, sha256="1" * 64) if p is panel else p
+                                        for p in lab.panels))  # fmt: skip
+    assert changed.stored_panel(panel.id, panel.sha256, "memory") is None

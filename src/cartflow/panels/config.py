@@ -71,6 +71,15 @@ class LabConfig:
     def is_default(self) -> bool:
         return self.directory == DEFAULT_CONFIG_DIR
 
+    def stored_panel(self, panel_id: str, sha256: str, tube: str) -> Panel | None:
+        """The panel a sample was matched to at ingest (its id and SHA-256 as stored), when
+        this configuration still holds it unchanged for the sample's tube; None: gone or
+        changed since, so the file is to be matched again."""
+        for panel in self.panels:
+            if panel.id == panel_id:
+                return panel if panel.sha256 == sha256 and panel.tube == tube else None
+        return None
+
     def template_path(self, tube: str) -> Path:
         return self.directory / TEMPLATE_FOLDER / f"{tube}.yaml"
 

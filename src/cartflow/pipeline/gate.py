@@ -186,18 +186,22 @@ def gate_file(
     fixed_cuts: Mapping[str, float | ThresholdDecision] | None = None,
     spillover: Spillover | None = None,
     config: LabConfig | None = None,
+    panel: Panel | None = None,
 ) -> SampleGating:
     """Read, match the panel and gate one FCS file (``fixed_cuts`` and ``spillover`` as in
     :func:`gate_fcs`). Panels, marker names, templates and identity rules come from
     ``config`` (default: the shipped configuration); a panel naming a spillover matrix is
-    compensated with it unless ``spillover`` is given."""
+    compensated with it unless ``spillover`` is given. A ``panel`` given (the one the file
+    was matched to at ingest, as the configuration holds it now) is used as it is: the
+    file is not matched again."""
     fcs = read_fcs(path)
-    pairs = [(c.name, c.marker) for c in fcs.channels]
-    tube = tube or (template.tube if template else None) or _tube_of(path, fcs, config)
-    if panels is None:
-        panels = config.panels if config else load_panels()
-    names = config.names if config else None
-    panel = match_panel(path, pairs, panels, tube, names).panel
+    if panel is None:
+        pairs = [(c.name, c.marker) for c in fcs.channels]
+        tube = tube or (template.tube if template else None) or _tube_of(path, fcs, config)
+        if panels is None:
+            panels = config.panels if config else load_panels()
+        names = config.names if config else None
+        panel = match_panel(path, pairs, panels, tube, names).panel
     if spillover is None and config is not None and panel.spillover:
         spillover = read_spillover(config.spillover_path(panel))
     return gate_fcs(fcs, panel, template, fixed_cuts, spillover, config)

@@ -75,8 +75,10 @@ def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], lis
     or its template changed since). ``config`` is the lab configuration the samples were
     gated with (None: the shipped one)."""
     from cartflow.gating.flowjo import batch_workspace_bytes
+    from cartflow.panels.config import DEFAULT_CONFIG_DIR, load_config
     from cartflow.pipeline.gate import gate_file, template_for
 
+    resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
     notes: list[str] = []
     by_patient: dict[str, list[tuple[Path, bytes, str]]] = {}
     newest: dict[int, dict[str, int]] = {}
@@ -96,7 +98,9 @@ def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], lis
             if template.sha256 != gating["template_sha256"]:
                 raise CartflowError(name, f"template {template.id} changed since it was gated")
             path = _existing(trail["file"]["names"], trail["file"]["sha256"])
-            gated = gate_file(path, template=template, tube=tube, config=config)
+            # with the panel matched at ingest while the configuration holds it unchanged
+            panel = resolving.stored_panel(trail["panel"]["id"], trail["panel"]["sha256"], tube)
+            gated = gate_file(path, template=template, tube=tube, config=config, panel=panel)
             if gated.counts() != counts:
                 raise CartflowError(path, "placed again, its gates do not give the stored counts")
             flowjo = review_exports(gated, out)

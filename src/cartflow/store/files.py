@@ -195,6 +195,14 @@ class Files(StoreCore):
             for s, sha, name in rows
         ]
 
+    def sample_panels(self) -> dict[int, tuple[str, str]]:
+        """Each sample's panel as matched at ingest: sample id → (panel id, panel SHA-256)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(SampleRow.id, SampleRow.panel_id, SampleRow.panel_sha256)
+            ).all()
+        return {sample_id: (panel_id, sha) for sample_id, panel_id, sha in rows}
+
     def quarantine(
         self, run_id: int, content_key: str, path: str, sha256: str | None, kind: str, reason: str
     ) -> bool:

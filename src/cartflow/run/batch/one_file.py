@@ -70,7 +70,7 @@ def gate_one(item: PendingFile) -> GateWork:
     try:
         gated = gate_file(
             item.path, template=template, tube=item.tube, config=item.config,
-            fixed_cuts=given or None,
+            fixed_cuts=given or None, panel=item.panel,
         )  # fmt: skip
     except CartflowError as exc:
         return GateWork(**base, error=f"{exc.kind}: {exc.problem}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from cartflow.gating.placement import ThresholdDecision
 from cartflow.io.errors import CartflowError
+from cartflow.panels import Panel
 from cartflow.panels.config import DEFAULT_CONFIG_DIR, LabConfig, load_config
 from cartflow.pipeline.gate import LabGating, template_for
 from cartflow.report.pages import plots_dir
@@ -85,6 +86,9 @@ class PendingFile:
     overrides: tuple[Override, ...] = ()
     fixed_gates: FixedGates | None = None
     """Gates set on this sample by hand (they win over the tube's template or lab gates)."""
+    panel: Panel | None = None
+    """The panel the file was matched to at ingest, as the configuration holds it now (None:
+    gone or changed since, so the file is matched again)."""
 
 
 @dataclass(frozen=True)
@@ -128,15 +132,20 @@ def pending_gating(
     template and panel (with the folder of their plots when a report is wanted, and the
     review folder when review exports are); a tube in ``lab_gates`` is gated by the lab's
     gates. A changed panel of a tube, or a changed marker name resolving it, re-gates that
-    tube's samples and no other."""
+    tube's samples and no other. Each file is gated with the panel it was matched to at
+    ingest, unless that panel is gone or changed since (then it is matched again)."""
     lab_gates = lab_gates or {}
     resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
     panel_shas: dict[str, str] = {}
     by_sha = {s["sha256"]: s for s in store.samples()}
+    matched = store.sample_panels()
     trails: dict[int, list[dict[str, Any]]] = {}
     for entry in store.corrections():
         trails.setdefault(entry["sample_id"], []).append(entry)
     tried = store.gating_keys()
+    panels_gated: dict[int, set[str]] = {}
+    for sample_id, _, gated_panel_sha, _ in tried:
+        panels_gated.setdefault(sample_id, set()).add(gated_panel_sha)
     pending = []
     for path, sha in files:
         sample = by_sha.get(sha)
@@ -174,9 +183,28 @@ def pending_gating(
                     corrections.key,
                     corrections.cuts,
                     corrections.gates,
+                    _stored_panel(
+                        resolving, matched, panels_gated, sample["sample_id"], tube, panel_sha
+                    ),
                 )
             )
     return pending
+
+
+def _stored_panel(
+    config: LabConfig,
+    matched: dict[int, tuple[str, str]],
+    panels_gated: dict[int, set[str]],
+    sample_id: int,
+    tube: str,
+    panel_sha: str,
+) -> Panel | None:
+    """The panel the sample was matched to at ingest, unless it must be matched again: the
+    panel is gone or changed, or the sample was gated before under another resolution of its
+    tube's panels (a changed marker spelling may now resolve its labels differently)."""
+    if panels_gated.get(sample_id, {panel_sha}) - {panel_sha}:
+        return None
+    return config.stored_panel(*matched.get(sample_id, ("", "")), tube)
 
 
 def write_gating(store: Store, run_id: int, work: GateWork) -> bool:
