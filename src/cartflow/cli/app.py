@@ -114,10 +114,16 @@ def _root(
 def _lab_config(config: Path | None):
     """The lab configuration folder read (the shipped one without ``--config``); a bad one
     fails in one line naming the file and line."""
-    from cartflow.pipeline.config_check import load_checked_config
+    return _lab_setup(config).config
+
+
+def _lab_setup(config: Path | None):
+    """:func:`_lab_config` with the analysis settings and ALL-Hematotox table it read, for
+    the command to hand down (a ``CheckedConfig``)."""
+    from cartflow.pipeline.config_check import load_checked_setup
 
     try:
-        return load_checked_config(config)
+        return load_checked_setup(config)
     except CartflowError as exc:
         raise _fail(f"{exc} (`cartflow config check DIR` lists every problem)") from None
 

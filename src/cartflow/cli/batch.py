@@ -14,6 +14,7 @@ from cartflow.cli.app import (
     _claim_out,
     _fail,
     _lab_config,
+    _lab_setup,
     _load_context,
     _progress,
     _writable,
@@ -35,6 +36,7 @@ from cartflow.cli.options import (
     ManifestOption,
     OutOption,
     RulesOption,
+    _analysis_settings,
     _count_settings,
     _kinetics_options,
 )
@@ -190,22 +192,25 @@ def run(
     file of a batch (exit 2 if any file was quarantined)."""
     from cartflow.run.batch import RunSettings
 
-    lab = _lab_config(config)  # a bad configuration stops the run before any work
+    setup = _lab_setup(config)  # a bad configuration stops the run before any work
+    lab = setup.config
     _claim_out(out, force)
+    settings_read = _analysis_settings(analysis, setup.analysis)
     settings = RunSettings(
         out=out,
         clinical=clinical,
-        kinetics=_kinetics_options(anchor_day0, log_down, analysis or lab.analysis),
+        kinetics=_kinetics_options(anchor_day0, log_down, settings_read),
         counts=_count_settings(lod_events, lloq_events, below_lod_interval),
         workers=workers,
         scheduler=scheduler,
         html_report=html_report,
-        analysis=analysis or lab.analysis,
+        analysis=settings_read,
         haematology=haematology,
         file_names=file_names,
         config=lab,
         review=review,
         lab_gates=_lab_gates(lab_gates or [], lab),
+        hematotox=setup.hematotox,
     )
     summary = _run_once(batch_dir, db, manifest, rules, settings)
     raise typer.Exit(summary.exit_code)
@@ -225,27 +230,27 @@ def _check_scheduler(address: str) -> None:
 
 
 def _run_once(batch_dir: Path, db, manifest, rules, settings, only=None):
-    """One run with progress bars and a printed summary."""
+    """One run with progress bars and a printed summary; its clinical and haematology tables
+    are read once, now (a bad haematology table stops it before any work), and handed down."""
     from dataclasses import replace
 
-    from cartflow.pipeline.timepoints import load_haematology
-    from cartflow.run.batch import run_batch
+    from cartflow.run.batch import read_run_inputs, run_batch
     from cartflow.store import Store
 
     if not batch_dir.is_dir():
         raise _fail(f"{batch_dir}: not a folder")
     _writable(settings.out, folder=True)
     if settings.config is None:
-        settings = replace(settings, config=_lab_config(None))
+        setup = _lab_setup(None)
+        settings = replace(settings, config=setup.config, hematotox=setup.hematotox)
     try:
         loaded_manifest, loaded_rules = _load_context(manifest, rules, settings.config)
-        if settings.haematology is not None:  # checked now, read again by the counts
-            load_haematology(settings.haematology)
+        inputs = read_run_inputs(settings.clinical, settings.haematology)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     if settings.scheduler:
         _check_scheduler(settings.scheduler)
-    settings = replace(settings, manifest=loaded_manifest, rules=loaded_rules)
+    settings = replace(settings, manifest=loaded_manifest, rules=loaded_rules, inputs=inputs)
     store = Store(db)
     try:
         with _progress() as progress:
@@ -318,18 +323,20 @@ def watch(
 
     from cartflow.run.batch import ArrivalWatch, RunSettings
 
-    lab = _lab_config(config)
+    setup = _lab_setup(config)
+    lab = setup.config
     if not folder.is_dir():
         raise _fail(f"{folder}: not a folder")
     _claim_out(out, force)
-    settings = RunSettings(
+    settings = RunSettings(  # each run reads the clinical table once (it may change meanwhile)
         out=out,
         clinical=clinical,
         workers=workers,
         html_report=html_report,
-        analysis=lab.analysis,
+        analysis=setup.analysis,
         config=lab,
         lab_gates=_lab_gates([], lab),
+        hematotox=setup.hematotox,
     )
     arrivals = ArrivalWatch(folder)
     look = 0

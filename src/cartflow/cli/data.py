@@ -11,7 +11,7 @@ import typer
 from cartflow.cli.app import (
     _claim_out,
     _fail,
-    _lab_config,
+    _lab_setup,
     _writable,
     app,
     console,
@@ -28,7 +28,10 @@ from cartflow.cli.options import (
     LodOption,
     LogDownOption,
     OutOption,
+    _analysis_settings,
+    _clinical_table,
     _count_settings,
+    _haematology,
     _kinetics_options,
 )
 from cartflow.io.errors import CartflowError
@@ -56,10 +59,12 @@ def kinetics(
     from cartflow.run.batch import follow_up
     from cartflow.store import Store
 
-    lab = _lab_config(config)
+    setup = _lab_setup(config)
+    lab = setup.config
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
-    options = _kinetics_options(anchor_day0, log_down, lab.analysis)
+    options = _kinetics_options(anchor_day0, log_down, setup.analysis)
     _claim_out(out, force)
+    table, haematology_counts = _clinical_table(clinical), _haematology(haematology)
     store = Store(db, existing=True)
     parameters = {"anchor_day0": anchor_day0, "log_down": log_down, "counts": counts.__dict__,
                   "kinetics": options.__dict__, **lab.provenance()}  # fmt: skip
@@ -69,9 +74,9 @@ def kinetics(
                 store,
                 run_id,
                 out,
-                clinical=clinical,
+                clinical=table,
                 options=options,
-                haematology=haematology,
+                haematology=haematology_counts,
                 count_settings=counts,
             )
     except CartflowError as exc:
@@ -111,35 +116,41 @@ def outcomes(
 
     The per-patient variables come from the store with the same count and AUC options as
     `kinetics`; the timepoints and kinetics tables they come from are written into --out."""
+    from cartflow.pipeline.clinical import load_clinical
     from cartflow.run.batch import follow_up, outcomes_stage
     from cartflow.store import Store
 
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
     hematotox = None
     if config is not None and config.is_dir():
-        lab = _lab_config(config)
-        analysis, hematotox = analysis or lab.analysis, lab.hematotox
-    elif config is not None:  # an analysis.yaml, as before configuration folders
+        setup = _lab_setup(config)  # its analysis.yaml and hematotox.yaml read once, here
+        settings = _analysis_settings(analysis, setup.analysis)
+        analysis = analysis or setup.config.analysis
+        hematotox = setup.hematotox
+    else:  # config: an analysis.yaml, as before configuration folders
         analysis = analysis or config
-    options = _kinetics_options(anchor_day0, log_down, analysis)
+        settings = _analysis_settings(analysis)
+    options = _kinetics_options(anchor_day0, log_down, settings)
     _writable(out, folder=True)
+    haematology_counts = _haematology(haematology)
     store = Store(db, existing=True)
     parameters = {"clinical": str(clinical), "config": str(config), "analysis": str(analysis),
                   "anchor_day0": anchor_day0, "log_down": log_down,
                   "counts": counts.__dict__}  # fmt: skip
     try:
         with store.recording("outcomes", parameters) as run_id:
+            known = {s["patient"] for s in store.samples()}  # each clinical row needs results
+            table = load_clinical(clinical, known)
             follow = follow_up(
                 store,
                 run_id,
                 out,
-                clinical=clinical,
+                clinical=table,
                 options=options,
-                haematology=haematology,
+                haematology=haematology_counts,
                 count_settings=counts,
             )
-            known = {s["patient"] for s in store.samples()}
-            report = outcomes_stage(follow, clinical, out, analysis, known, hematotox)
+            report = outcomes_stage(follow, table, out, settings, hematotox)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -186,9 +197,10 @@ def export(
     from cartflow.report.export import export as export_tables
     from cartflow.store import Store
 
-    lab = _lab_config(config)
+    setup = _lab_setup(config)
+    lab = setup.config
     counts = _count_settings(lod_events, lloq_events, below_lod_interval)
-    kinetics = _kinetics_options(anchor_day0, log_down, lab.analysis)
+    kinetics = _kinetics_options(anchor_day0, log_down, setup.analysis)
     key = None
     if pseudonymise:
         key = os.environ.get("CARTFLOW_PSEUDONYM_KEY")
@@ -197,9 +209,10 @@ def export(
     if review and pseudonymise:
         raise _fail("--review with --pseudonymise: workspaces carry the files' own keywords")
     _claim_out(out, force)
+    table = _clinical_table(clinical)
     store = Store(db, existing=True)
     try:
-        written = export_tables(store, out, fmt, key, clinical, counts, kinetics)
+        written = export_tables(store, out, fmt, key, table, counts, kinetics)
         workspaces, notes = [], []
         if review:
             from cartflow.run.review import export_review

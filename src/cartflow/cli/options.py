@@ -64,15 +64,53 @@ BelowLodOption = Annotated[
 ]
 
 
-def _kinetics_options(anchor_day0: bool, log_down: bool, analysis: Path | None = None):
-    """Kinetics options; the expansion threshold comes from the analysis settings given."""
-    from cartflow.pipeline.kinetics import KineticsOptions
-    from cartflow.pipeline.outcomes import load_outcome_config
+def _analysis_settings(path: Path | None, read=None):
+    """The analysis settings (an ``OutcomeConfig``) from the file ``path`` names, read once (a
+    bad one fails naming file and line); without a path ``read`` (settings already read, e.g.
+    the configuration's), else the defaults."""
+    from cartflow.pipeline.outcomes import OutcomeConfig, load_outcome_config
 
+    if path is None:
+        return read if read is not None else OutcomeConfig()
     try:
-        settings = load_outcome_config(analysis)
+        return load_outcome_config(path)
     except CartflowError as exc:
         raise _fail(str(exc)) from None
+
+
+def _clinical_table(path: Path | None, known_patients=None):
+    """The clinical table read once (None without one); a bad one fails listing its
+    problems."""
+    from cartflow.pipeline.clinical import load_clinical
+
+    if path is None:
+        return None
+    try:
+        return load_clinical(path, known_patients)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _haematology(path: Path | None):
+    """The haematology counts read once (None without a table); a bad one fails naming file
+    and row."""
+    from cartflow.pipeline.timepoints import load_haematology
+
+    if path is None:
+        return None
+    try:
+        return load_haematology(path)
+    except CartflowError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _kinetics_options(anchor_day0: bool, log_down: bool, settings=None):
+    """Kinetics options; the expansion threshold comes from the analysis settings given (an
+    ``OutcomeConfig`` as read; None: the defaults)."""
+    from cartflow.pipeline.kinetics import KineticsOptions
+    from cartflow.pipeline.outcomes import OutcomeConfig
+
+    settings = settings if settings is not None else OutcomeConfig()
     return KineticsOptions(
         anchor_day0=anchor_day0,
         method="linear-up/log-down" if log_down else "linear",

@@ -12,6 +12,7 @@ from cartflow.cli.app import (
     _claim_out,
     _fail,
     _lab_config,
+    _lab_setup,
     _writable,
     app,
     console,
@@ -114,7 +115,8 @@ def demo(
 ) -> None:
     """Run the whole chain on a freshly generated demo cohort (or the bundled one), gated
     and analysed with the configuration (default: the shipped CAR-T one)."""
-    lab = _lab_config(config)
+    setup = _lab_setup(config)
+    lab = setup.config
     _claim_out(out, force)
     if bundled and (FIXTURE_COHORT / "manifest.csv").is_file():
         batch = FIXTURE_COHORT
@@ -132,10 +134,11 @@ def demo(
         out=out,
         clinical=batch / "clinical.csv",
         workers=os.cpu_count() or 1,
-        kinetics=_kinetics_options(False, False, lab.analysis),
-        analysis=lab.analysis,
+        kinetics=_kinetics_options(False, False, setup.analysis),
+        analysis=setup.analysis,
         config=lab,
         lab_gates=_lab_gates([], lab),
+        hematotox=setup.hematotox,
     )
     summary = _run_once(batch, str(db_path), batch / "manifest.csv", None, settings)
     console.print(f"demo: results are in {out.resolve()} (store {db_path.resolve()})")

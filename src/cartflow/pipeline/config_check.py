@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cartflow.gating.template import Template, load_template
 from cartflow.io.errors import CartflowError
@@ -21,16 +22,36 @@ from cartflow.panels.config import (
 )
 from cartflow.panels.identity_rules import IdentityRules
 
+if TYPE_CHECKING:
+    from cartflow.pipeline.clinical import HematotoxTable
+    from cartflow.pipeline.outcomes import OutcomeConfig
+
 
 def load_checked_config(directory: Path | None = None) -> LabConfig:
     """:func:`load_config`, with the folder's ALL-Hematotox table and analysis settings read
     now (a bad one raises here, naming its file and line)."""
+    return load_checked_setup(directory).config
+
+
+@dataclass(frozen=True)
+class CheckedConfig:
+    """A configuration folder with its ALL-Hematotox table and analysis settings as read."""
+
+    config: LabConfig
+    hematotox: HematotoxTable | None
+    """The folder's point table (None: it has none, the shipped one applies)."""
+    analysis: OutcomeConfig
+    """The folder's analysis settings (the defaults when it has none)."""
+
+
+def load_checked_setup(directory: Path | None = None) -> CheckedConfig:
+    """:func:`load_checked_config` keeping what it read, for a command to hand down."""
+    from cartflow.pipeline.outcomes import OutcomeConfig
+
     config = load_config(directory)
-    if config.hematotox:
-        _read_hematotox(config.hematotox)
-    if config.analysis:
-        _read_analysis(config.analysis)
-    return config
+    hematotox = _read_hematotox(config.hematotox) if config.hematotox else None
+    analysis = _read_analysis(config.analysis) if config.analysis else OutcomeConfig()
+    return CheckedConfig(config, hematotox, analysis)
 
 
 @dataclass(frozen=True)
@@ -156,13 +177,13 @@ def _cross_checks(directory, panels, templates, names) -> list[str]:
     return problems
 
 
-def _read_hematotox(path: Path) -> None:
+def _read_hematotox(path: Path) -> HematotoxTable:
     from cartflow.pipeline.clinical import load_hematotox
 
-    load_hematotox(path)
+    return load_hematotox(path)
 
 
-def _read_analysis(path: Path) -> None:
+def _read_analysis(path: Path) -> OutcomeConfig:
     from cartflow.pipeline.outcomes import load_outcome_config
 
-    load_outcome_config(path)
+    return load_outcome_config(path)

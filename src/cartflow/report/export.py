@@ -17,7 +17,7 @@ import pandas as pd
 
 from cartflow.io.errors import CartflowError
 from cartflow.io.outputs import write_csv, write_parquet
-from cartflow.pipeline.clinical import infusion_dates
+from cartflow.pipeline.clinical import ClinicalTable, infusion_dates
 from cartflow.pipeline.counts import CountSettings
 from cartflow.pipeline.kinetics import KINETICS_COLUMNS, KineticsOptions, patient_kinetics
 from cartflow.pipeline.timepoints import TimepointSettings, timepoint_table
@@ -108,11 +108,11 @@ class Pseudonymiser:
 
 def tables(
     store: Store,
-    clinical: Path | None = None,
+    clinical: ClinicalTable | None = None,
     count_settings: CountSettings = CountSettings(),
     kinetics_options: KineticsOptions = KineticsOptions(),
 ) -> dict[str, pd.DataFrame]:
-    """The tidy tables from the store's newest gatings."""
+    """The tidy tables from the store's newest gatings (``clinical``: the table as read)."""
     counts = store.latest_counts()
     infusion, relapse = infusion_dates(clinical)
     settings = TimepointSettings(counts=count_settings)
@@ -155,7 +155,7 @@ def export(
     out_dir: Path,
     fmt: Format = "csv",
     key: str | None = None,
-    clinical: Path | None = None,
+    clinical: ClinicalTable | None = None,
     count_settings: CountSettings = CountSettings(),
     kinetics_options: KineticsOptions = KineticsOptions(),
 ) -> dict[str, Path]:

@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from cartflow import __version__
 from cartflow.io.outputs import restore, write_bytes, write_text
+from cartflow.pipeline.clinical import ClinicalTable
 from cartflow.report.density import PLOT_CSS, panel_from_dict, panel_svg
 from cartflow.report.plots import PLOTS_VERSION, kinetics_svg, unnumbered
 from cartflow.report.sample_page import DENSITY_CSS
@@ -104,16 +105,16 @@ def write_report(
     outcomes_dir: Path | None = None,
     file_names: bool = False,
     review: Sequence = (),
-    clinical: Path | None = None,
+    clinical: ClinicalTable | None = None,
     config=None,
 ) -> WrittenReport:
     """Write the report into ``report_dir``: its pages, and the patients' figures whose
     numbers changed (the samples' plots are drawn while gating). File names (which may
     carry patient names) are shown only with ``file_names``; otherwise a file is named by
     the start of its SHA-256. ``review`` is the review queue (first on index.html and on
-    review.html); ``clinical`` marks infusion, relapse, HSCT and last follow-up on the
-    patients' curves; ``config`` is the lab configuration whose templates define the
-    populations shown."""
+    review.html); ``clinical`` (the clinical table as read) marks infusion, relapse, HSCT
+    and last follow-up on the patients' curves; ``config`` is the lab configuration whose
+    templates define the populations shown."""
     (report_dir / SAMPLE_IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     env = _environment()
     style = (TEMPLATES / STYLE).read_text(encoding="utf-8")
@@ -269,17 +270,11 @@ CLINICAL_EVENTS = {
 """Clinical dates marked on a patient's curves (as days from infusion)."""
 
 
-def _clinical_days(clinical: Path | None) -> dict[str, dict[str, float]]:
+def _clinical_days(clinical: ClinicalTable | None) -> dict[str, dict[str, float]]:
     """Per patient: infusion (day 0) and the days of relapse, HSCT and last follow-up."""
     if clinical is None:
         return {}
-    from cartflow.io.errors import CartflowError
-    from cartflow.pipeline.clinical import load_clinical
-
-    try:
-        data = load_clinical(clinical).data
-    except CartflowError:  # the run reports the table's problems; the report goes without
-        return {}
+    data = clinical.data
     days: dict[str, dict[str, float]] = {}
     for row in data[data["infusion_date"].notna()].itertuples(index=False):
         marks = {"infusion": 0.0}

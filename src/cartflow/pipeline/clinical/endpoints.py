@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cartflow.pipeline.clinical.hematotox import HematotoxTable, hematotox_scores
 from cartflow.pipeline.clinical.table import ClinicalTable
-from cartflow.pipeline.clinical.validation import load_clinical
 
 
 @dataclass(frozen=True)
@@ -112,12 +110,14 @@ def derive_patients(
     return pd.concat([*parts, data[keep]], axis=1)
 
 
-def infusion_dates(clinical: Path | None) -> tuple[dict[str, date], dict[str, float]]:
+def infusion_dates(
+    clinical: ClinicalTable | None,
+) -> tuple[dict[str, date], dict[str, float]]:
     """Infusion dates and relapse days (from infusion) per patient, from the validated
-    clinical table (raises ClinicalTableError listing its problems)."""
+    clinical table (read once by the command)."""
     if clinical is None:
         return {}, {}
-    data = load_clinical(clinical).data
+    data = clinical.data
     known = data[data["infusion_date"].notna()]
     infusion = {p: d.date() for p, d in zip(known["patient"], known["infusion_date"], strict=True)}
     relapse = {}

@@ -16,6 +16,7 @@ from cartflow.pipeline.clinical import (
     ClinicalTable,
     DeriveOptions,
     EndpointOptions,
+    HematotoxTable,
     derive_patients,
     load_clinical,
     load_hematotox,
@@ -300,12 +301,17 @@ def prepare_patients(
     known_patients: Collection[str] | None = None,
     notes: list[str] | None = None,
     timepoints: pd.DataFrame | None = None,
+    hematotox: HematotoxTable | None = None,
 ) -> PreparedPatients:
-    """Validated clinical table → per-patient endpoints, classes, scores and variables."""
+    """Validated clinical table → per-patient endpoints, classes, scores and variables. A
+    clinical table or ``hematotox`` point table already read is used as it is (``known_patients``
+    then was the reader's business); without one it is read here (the configuration's
+    ``hematotox_table``, else the shipped one)."""
     notes = [] if notes is None else notes
     if not isinstance(clinical, ClinicalTable):
         clinical = load_clinical(clinical, known_patients)
-    hematotox = load_hematotox(config.hematotox_table)
+    if hematotox is None:
+        hematotox = load_hematotox(config.hematotox_table)
     options = DeriveOptions(EndpointOptions(config.censor_at_hsct), config.burden_threshold_pct)
     derived = _merge(derive_patients(clinical, hematotox, options), patient_table, notes)
     derived, reasons = _declared(derived, timepoints, config)
@@ -368,16 +374,18 @@ def run_outcomes(
     config: OutcomeConfig = OutcomeConfig(),
     timepoints: pd.DataFrame | None = None,
     known_patients: Collection[str] | None = None,
+    hematotox: HematotoxTable | None = None,
 ) -> OutcomeReport:
     """Run the outcome stage: derive endpoints, compare groups, cut-points, KM, Cox, the
-    study's Tables 1-3; write all. ``timepoints``: the counts stage's timepoint table.
+    study's Tables 1-3; write all. ``timepoints``: the counts stage's timepoint table;
+    ``hematotox``: the point table already read (None: read as :func:`prepare_patients` says).
 
     Raises ClinicalTableError (every problem of the clinical table, with row and column) and
     OutcomeInputError (unusable patient table or configuration).
     """
     notes: list[str] = []
     prepared = prepare_patients(
-        clinical, patient_table, config, known_patients, notes, timepoints
+        clinical, patient_table, config, known_patients, notes, timepoints, hematotox
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

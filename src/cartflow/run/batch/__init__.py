@@ -2,10 +2,12 @@
 tables into the output folder. Each stage is a module of its own; this package only wires them.
 
 Modules: ``work`` (what is gated and what gating produced), ``one_file`` (gating one file),
-``workers`` (gating in parallel), ``steps`` (the steps after gating), ``run`` (a run from
-start to end), ``watch`` (files that finished arriving); each imports only those before it.
+``workers`` (gating in parallel), ``steps`` (the steps after gating), ``inputs`` (the
+tables a run reads once at its start), ``run`` (a run from start to end), ``watch`` (files
+that finished arriving); each imports only those before it.
 """
 
+from cartflow.run.batch.inputs import RunInputs, read_run_inputs
 from cartflow.run.batch.one_file import gate_one, regate_sample
 from cartflow.run.batch.run import Advance, RunSettings, RunSummary, StageProgress, run_batch
 from cartflow.run.batch.steps import (
@@ -44,6 +46,7 @@ __all__ = [
     "GateWork",
     "Override",
     "PendingFile",
+    "RunInputs",
     "RunSettings",
     "RunSummary",
     "SampleCorrections",
@@ -56,6 +59,7 @@ __all__ = [
     "outcome_inputs",
     "outcomes_stage",
     "pending_gating",
+    "read_run_inputs",
     "regate_sample",
     "review_state",
     "run_batch",

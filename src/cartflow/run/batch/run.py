@@ -12,12 +12,14 @@ from cartflow.io.errors import CartflowError
 from cartflow.io.outputs import remove_folder
 from cartflow.panels.config import LabConfig
 from cartflow.panels.identity_rules import IdentityRules
-from cartflow.pipeline.clinical import infusion_dates
+from cartflow.pipeline.clinical import HematotoxTable, infusion_dates
 from cartflow.pipeline.counts import CountSettings
 from cartflow.pipeline.gate import LabGating
 from cartflow.pipeline.identity import Manifest
 from cartflow.pipeline.kinetics import KineticsOptions
+from cartflow.pipeline.outcomes import OutcomeConfig
 from cartflow.report.pages import WrittenReport, write_report
+from cartflow.run.batch.inputs import RunInputs, read_run_inputs
 from cartflow.run.batch.steps import (
     FollowUp,
     follow_up,
@@ -53,7 +55,8 @@ class RunSettings:
     workers: int = 1
     scheduler: str | None = None
     html_report: bool = True
-    analysis: Path | None = None
+    analysis: OutcomeConfig = field(default_factory=OutcomeConfig)
+    """The analysis settings, as read."""
     haematology: Path | None = None
     file_names: bool = False  # show file names in the HTML report (they may carry PHI)
     config: LabConfig | None = None
@@ -62,6 +65,11 @@ class RunSettings:
     """Write OUT/review: one FlowJo 10 workspace of the batch, Gating-ML per sample."""
     lab_gates: Mapping[str, LabGating] = field(default_factory=dict)
     """Tube → a lab's fixed gates that gate it instead of its template."""
+    hematotox: HematotoxTable | None = None
+    """The lab configuration's ALL-Hematotox table as read (None: the shipped one)."""
+    inputs: RunInputs | None = None
+    """``clinical`` and ``haematology`` as read at the run's start (None: :func:`run_batch`
+    reads them)."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,10 @@ def run_batch(
     only: list[Path] | None = None,
 ) -> RunSummary:
     """ingest → gate → counts → kinetics → report for every new file of a batch (or for the
-    files ``only`` names)."""
-    ingest = _ingest(batch_dir, store, settings, progress, only)
+    files ``only`` names). Each input table is read once, here or by the caller
+    (``settings.inputs``), and handed down."""
+    inputs = settings.inputs or _read_inputs(settings)
+    ingest = _ingest(batch_dir, store, inputs, settings, progress, only)
     quarantine_report = write_quarantine_report(ingest, settings.out)
     files = _files_to_gate(ingest)
     with store.recording("run", _run_parameters(batch_dir, settings)) as run_id:
@@ -116,21 +126,21 @@ def run_batch(
         review = _review_workspace(store, gated, batch_dir, settings)
         if quarantine_lost_workers(store, run_id, ingest, gated):
             quarantine_report = write_quarantine_report(ingest, settings.out)
-        clinical, clinical_error = _usable_clinical(settings.clinical)
         follow = follow_up(
             store,
             run_id,
             settings.out,
-            clinical=clinical,
+            clinical=inputs.clinical,
             options=settings.kinetics,
-            haematology=settings.haematology,
+            haematology=inputs.haematology,
             count_settings=settings.counts,
         )
-        outcomes, outcome_error = _outcomes(follow, clinical, settings, progress)
+        outcomes, outcome_error = _outcomes(follow, inputs, settings, progress)
         queue = review_state(
             store, follow.timepoints, settings.kinetics, settings.counts, config=settings.config
         )
-        written = _report(store, follow, queue, clinical, outcomes is not None, settings, progress)
+        with_outcomes = outcomes is not None
+        written = _report(store, follow, queue, inputs, with_outcomes, settings, progress)
     return RunSummary(
         run_id,
         ingest,
@@ -140,25 +150,28 @@ def run_batch(
         written.index if written else None,
         quarantine_report,
         outcomes,
-        clinical_error or outcome_error,
+        inputs.clinical_error or outcome_error,
         review,
         written.figures_drawn if written else 0,
         tuple(queue),
     )
 
 
+def _read_inputs(settings: RunSettings) -> RunInputs:
+    """The run's tables read from the paths its settings name."""
+    return read_run_inputs(settings.clinical, settings.haematology)
+
+
 def _ingest(
-    batch_dir: Path, store: Store, settings: RunSettings, progress: StageProgress,
-    only: list[Path] | None,
+    batch_dir: Path, store: Store, inputs: RunInputs, settings: RunSettings,
+    progress: StageProgress, only: list[Path] | None,
 ) -> IngestReport:  # fmt: skip
     """Ingest the batch's new files (or those ``only`` names), dated against the clinical
-    table's infusion dates when it can be read."""
+    table's infusion dates when it could be read (else its problems are reported with the
+    outcomes)."""
     candidates = scan_batch(batch_dir) if only is None else sorted(only)
     advance = progress("ingest", len(candidates))
-    try:
-        infusion, _ = infusion_dates(settings.clinical)
-    except CartflowError:  # reported with the outcomes; samples are not dated against it
-        infusion = {}
+    infusion, _ = infusion_dates(inputs.clinical)
     return ingest_batch(
         batch_dir,
         store,
@@ -229,29 +242,20 @@ def _review_workspace(
     return write_batch_workspace(gated, settings.out / "review", batch_dir.resolve().name, store)
 
 
-def _usable_clinical(clinical: Path | None) -> tuple[Path | None, str | None]:
-    """The clinical table and None, or None and why it cannot be used (a bad clinical table
-    must not stop the batch)."""
-    try:
-        infusion_dates(clinical)
-    except CartflowError as exc:
-        return None, str(exc)
-    return clinical, None
-
-
 def _outcomes(
-    follow: FollowUp, clinical: Path | None, settings: RunSettings, progress: StageProgress
+    follow: FollowUp, inputs: RunInputs, settings: RunSettings, progress: StageProgress
 ) -> tuple[object | None, str | None]:
     """The outcome stage into OUT/outcomes (an earlier run's outcomes removed first, so they
     never mix with this run's): its report and None, or None and why it failed."""
     outcome_dir = settings.out / "outcomes"
     remove_folder(outcome_dir)
-    if clinical is None or not len(follow.kinetics):
+    if inputs.clinical is None or not len(follow.kinetics):
         return None, None
     progress("outcomes", 1)
     try:
-        lab_table = settings.config.hematotox if settings.config else None
-        report = outcomes_stage(follow, clinical, outcome_dir, settings.analysis, None, lab_table)
+        report = outcomes_stage(
+            follow, inputs.clinical, outcome_dir, settings.analysis, settings.hematotox
+        )
     except CartflowError as exc:
         remove_folder(outcome_dir)
         return None, str(exc)
@@ -259,7 +263,7 @@ def _outcomes(
 
 
 def _report(
-    store: Store, follow: FollowUp, queue, clinical: Path | None, with_outcomes: bool,
+    store: Store, follow: FollowUp, queue, inputs: RunInputs, with_outcomes: bool,
     settings: RunSettings, progress: StageProgress,
 ) -> WrittenReport | None:  # fmt: skip
     """The HTML report, when asked for."""
@@ -274,6 +278,6 @@ def _report(
         settings.out / "outcomes" if with_outcomes else None,
         file_names=settings.file_names,
         review=queue,
-        clinical=clinical,
+        clinical=inputs.clinical,
         config=settings.config,
     )

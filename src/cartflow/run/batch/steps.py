@@ -6,18 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from cartflow.io.outputs import write_csv, write_parquet
 from cartflow.panels.config import LabConfig
-from cartflow.pipeline.clinical import infusion_dates
+from cartflow.pipeline.clinical import ClinicalTable, HematotoxTable, infusion_dates
 from cartflow.pipeline.counts import CountSettings
 from cartflow.pipeline.kinetics import KineticsOptions, patient_kinetics
-from cartflow.pipeline.timepoints import TimepointSettings, timepoint_table
+from cartflow.pipeline.timepoints import Haematology, TimepointSettings, timepoint_table
 from cartflow.run.batch.work import GateWork
 from cartflow.run.ingest import IngestReport
 from cartflow.store import Store
+
+if TYPE_CHECKING:
+    from cartflow.pipeline.outcomes import OutcomeConfig
 
 
 @dataclass(frozen=True)
@@ -34,20 +38,17 @@ def follow_up(
     run_id: int,
     out_dir: Path,
     *,
-    clinical: Path | None = None,
+    clinical: ClinicalTable | None = None,
     options: KineticsOptions = KineticsOptions(),
-    haematology: Path | None = None,
+    haematology: Haematology | None = None,
     count_settings: CountSettings = CountSettings(),
 ) -> FollowUp:
     """Counts per timepoint and kinetics per patient from the store; written as CSV and
     Parquet, and the kinetic summaries stored under ``run_id``. A haematology table gives
-    dual-platform counts for tubes without beads."""
-    from cartflow.pipeline.timepoints import load_haematology
-
+    dual-platform counts for tubes without beads; both tables come read (once per command)."""
     infusion, relapse = infusion_dates(clinical)
-    counts = load_haematology(haematology) if haematology else None
     settings = TimepointSettings(counts=count_settings)
-    timepoints = timepoint_table(store.latest_counts(), infusion, counts, settings)
+    timepoints = timepoint_table(store.latest_counts(), infusion, haematology, settings)
     kinetics, long_rows = patient_kinetics(timepoints, options=options, relapse_days=relapse)
     store.record_kinetics(run_id, long_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,31 +88,31 @@ def outcome_inputs(follow: FollowUp) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def outcomes_stage(
     follow: FollowUp,
-    clinical: Path,
+    clinical: ClinicalTable,
     out_dir: Path,
-    config_path: Path | None,
-    known_patients: set[str] | None = None,
-    hematotox: Path | None = None,
+    settings: OutcomeConfig,
+    hematotox: HematotoxTable | None = None,
 ):
-    """The outcome-correlation stage on this store's patients. With ``known_patients`` a
-    clinical row naming anyone else is an error (a batch run passes None: its store may not
-    hold every patient of the clinical table yet). ``hematotox`` is the lab configuration's
-    point table, used unless the analysis settings name one."""
+    """The outcome-correlation stage on this store's patients, with the tables the command
+    read: the clinical table (checked against the store's patients by the command that needs
+    it) and ``hematotox``, the lab configuration's point table, used unless the analysis
+    settings name one (read then by the stage; with neither, the shipped one)."""
     from dataclasses import replace
 
-    from cartflow.pipeline.outcomes import load_outcome_config, run_outcomes
+    from cartflow.pipeline.outcomes import run_outcomes
 
     patients, points = outcome_inputs(follow)
-    settings = load_outcome_config(config_path)
-    if settings.hematotox_table is None and hematotox is not None:
-        settings = replace(settings, hematotox_table=hematotox)
+    if settings.hematotox_table is None and hematotox is not None:  # recorded as in force
+        settings = replace(settings, hematotox_table=Path(hematotox.origin))
+    else:
+        hematotox = None
     return run_outcomes(
         clinical,
         patients,
         out_dir,
         settings,
         points if len(points) else None,
-        known_patients=known_patients,
+        hematotox=hematotox,
     )
 
 
