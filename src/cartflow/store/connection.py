@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from sqlalchemy import inspect
@@ -38,7 +39,7 @@ def _sqlite_pragmas(read_only: bool):
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.execute("PRAGMA foreign_keys=ON")
             if not read_only:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _switch_to_wal(cursor, sqlite3)
                 cursor.execute("PRAGMA synchronous=NORMAL")
         except UnicodeDecodeError as exc:
             raise sqlite3.DatabaseError(
@@ -48,6 +49,19 @@ def _sqlite_pragmas(read_only: bool):
             cursor.close()
 
     return set_up
+
+
+def _switch_to_wal(cursor, sqlite3, attempts: int = 50) -> None:
+    """WAL mode; on a new file that other processes open at the same moment, SQLite may
+    answer "locked" at once instead of waiting for the busy timeout: tried again briefly."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
 
 
 def _writable_file(path: Path) -> bool:
