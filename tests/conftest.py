@@ -1,15 +1,19 @@
-"""Shared test fixtures: real FCS corpora and stores on SQLite and PostgreSQL."""
+"""Shared test fixtures: real FCS corpora, stores on SQLite and PostgreSQL, and simulated
+cohorts generated once per session."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 from sqlalchemy import create_engine, text
 
+from cartflow.simulate import CohortSummary, SimulationConfig, simulate_cohort
 from cartflow.store import Store, normalise_url
 from tests import fcsparser_reference
 
@@ -80,3 +84,59 @@ def store(store_url):
     opened = Store(store_url)
     yield opened
     opened.close()
+
+
+# --- simulated cohorts, generated once per session ---------------------------------------------
+# Read-only by convention: a test that changes, adds or removes files copies the cohort first.
+# The convention is checked: every shared cohort must end the session as it was generated.
+CLI_COHORT_ARGS = ("--patients", "1", "--events", "3000", "--seed", "3")
+"""`cartflow simulate` options of ``cli_cohort``: one patient, every tube and timepoint."""
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _unchanged(folders: dict[Path, dict[str, str]]) -> None:
+    for folder, generated in folders.items():
+        now = _digest(folder)
+        changed = sorted(n for n in now.keys() | generated.keys() if now.get(n) != generated.get(n))
+        assert not changed, f"{folder}: a test changed a shared cohort: {changed[:5]}"
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory) -> Iterator[Callable[[SimulationConfig], CohortSummary]]:
+    """``simulated(config)``: the cohort of that configuration, simulated on the first request
+    of the session into a folder of its own; later requests of the same configuration, from
+    any module, get the same folder."""
+    made: dict[SimulationConfig, CohortSummary] = {}
+    digests: dict[Path, dict[str, str]] = {}
+
+    def get(config: SimulationConfig) -> CohortSummary:
+        if config not in made:
+            summary = simulate_cohort(tmp_path_factory.mktemp("simulated"), config)
+            made[config], digests[summary.out_dir] = summary, _digest(summary.out_dir)
+        return made[config]
+
+    yield get
+    _unchanged(digests)
+
+
+@pytest.fixture(scope="session")
+def cli_cohort(tmp_path_factory) -> Iterator[Path]:
+    """One patient, every tube and timepoint, 3000 events per file, written by the
+    `cartflow simulate` command."""
+    from typer.testing import CliRunner
+
+    from cartflow.cli import app
+
+    folder = tmp_path_factory.mktemp("cli-cohort") / "cohort"
+    result = CliRunner().invoke(app, ["simulate", str(folder), *CLI_COHORT_ARGS])
+    assert result.exit_code == 0, result.output
+    generated = _digest(folder)
+    yield folder
+    _unchanged({folder: generated})

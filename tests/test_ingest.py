@@ -217,12 +217,11 @@ def test_fixture_cohort_regenerates_byte_for_byte(cohort, tmp_path):
 
 
 @pytest.mark.parametrize("cytometer", ["FACSCanto II", "FACSLyric"])
-def test_generated_cohorts_are_accepted_and_identified(cytometer, store, tmp_path):
-    from cartflow.simulate import SimulationConfig, simulate_cohort
+def test_generated_cohorts_are_accepted_and_identified(cytometer, store, simulated):
+    from cartflow.simulate import SimulationConfig
 
-    summary = simulate_cohort(
-        tmp_path / "c", SimulationConfig(patients=2, seed=5, events=2000, cytometer=cytometer)
-    )
+    # one cohort per cytometer for both stores
+    summary = simulated(SimulationConfig(patients=2, seed=5, events=2000, cytometer=cytometer))
     report = ingest_batch(summary.out_dir, store)  # identity from keywords, no manifest
     assert report.exit_code == 0, [o.detail for o in report.with_status("quarantined")]
     rows = _manifest_rows(summary.out_dir)

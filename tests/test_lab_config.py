@@ -325,12 +325,9 @@ def test_panel_check_names_the_closest_panel_and_what_differs(tmp_path):
     assert re.search(r"detector '\S+' is not in the file", result.output)
 
 
-def test_an_antigen_read_as_another_only_when_declared_and_shown(tmp_path):
+def test_an_antigen_read_as_another_only_when_declared_and_shown(tmp_path, cli_cohort):
     """CCR7 is not CD62L: a lab reading one as the other declares it, and panel check says so."""
-    from cartflow.simulate import SimulationConfig, simulate_cohort
-
-    simulate_cohort(tmp_path / "c", SimulationConfig(patients=1, seed=3, events=1000))
-    memory = next((tmp_path / "c").rglob("*memory*.fcs"))
+    memory = next(cli_cohort.rglob("*memory*.fcs"))
     relabelled = tmp_path / "ccr7.fcs"
     data = memory.read_bytes()
     assert data.count(b"CD62L") == 1

@@ -279,7 +279,7 @@ def test_counts_of_every_example_workspace_are_flowjos():
 # ------------------------------------------------------------------------------ review exports
 
 
-def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
+def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path, cli_cohort):
     """`run --review`: one FlowJo 10 workspace of the batch, every sample in it; moved with
     its batch to another folder, FlowKit finds the FCS files and counts every population as
     cartflow stored it. Gating-ML per sample beside it. `export --review` writes the same
@@ -288,16 +288,9 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path):
 
     from cartflow.store import Store
 
-    cohort = tmp_path / "cohort"
-    assert (
-        RUNNER.invoke(
-            app, ["simulate", str(cohort), "--patients", "1", "--events", "3000", "--seed", "3"]
-        ).exit_code
-        == 0
-    )
     batch = tmp_path / "lab" / "batch"
     batch.mkdir(parents=True)
-    for fcs in sorted(cohort.glob("CART-001 D11_*.fcs")):
+    for fcs in sorted(cli_cohort.glob("CART-001 D11_*.fcs")):
         shutil.copy(fcs, batch / fcs.name)
     out, db = tmp_path / "lab" / "out", f"sqlite:///{tmp_path / 'store.sqlite'}"
     result = RUNNER.invoke(
@@ -438,7 +431,7 @@ def test_a_flowjo_9_gate_cartflow_cannot_read_is_named_with_the_way_forward(tmp_
 # ------------------------------------------------------------------------------ lab gates in run
 
 
-def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp_path):
+def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp_path, cli_cohort):
     """`run --gates memory=lab.wsp`: the memory tube is gated by the lab's fixed gates, the
     counts are those `gate --gates` gives, the store names the workspace, its SHA-256 and
     sample as the gating's source; a memory file the workspace does not hold fails alone,
@@ -449,16 +442,12 @@ def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp
 
     from cartflow.store import GateRow, Store
 
-    cohort = tmp_path / "cohort"
-    assert (
-        RUNNER.invoke(
-            app, ["simulate", str(cohort), "--patients", "1", "--events", "3000", "--seed", "4"]
-        ).exit_code
-        == 0
-    )
     batch = tmp_path / "batch"
     batch.mkdir()
-    chosen = [*cohort.glob("CART-001 D11_*.fcs"), *cohort.glob("CART-001 D14_CAR-T memory_*.fcs")]
+    chosen = [
+        *cli_cohort.glob("CART-001 D11_*.fcs"),
+        *cli_cohort.glob("CART-001 D14_CAR-T memory_*.fcs"),
+    ]
     for fcs in chosen:
         shutil.copy(fcs, batch / fcs.name)
     lab_file = next(batch.glob("CART-001 D11_CAR-T memory_*.fcs"))
@@ -502,19 +491,12 @@ def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp
         assert where["sha256"] == trail["template_sha256"]
 
 
-def test_a_configuration_folder_gates_a_tube_with_its_gates_file(tmp_path):
+def test_a_configuration_folder_gates_a_tube_with_its_gates_file(tmp_path, cli_cohort):
     """A lab configuration's `gates/memory.wsp` gates the memory tube in `run --config`
     (config check reads it), the other tubes keep their templates."""
-    cohort = tmp_path / "cohort"
-    assert (
-        RUNNER.invoke(
-            app, ["simulate", str(cohort), "--patients", "1", "--events", "3000", "--seed", "5"]
-        ).exit_code
-        == 0
-    )
     batch = tmp_path / "batch"
     batch.mkdir()
-    for fcs in cohort.glob("CART-001 D11_*.fcs"):
+    for fcs in cli_cohort.glob("CART-001 D11_*.fcs"):
         shutil.copy(fcs, batch / fcs.name)
     memory = next(batch.glob("*memory*.fcs"))
     config = tmp_path / "config"
