@@ -121,10 +121,10 @@ def test_fcs_patient_names_never_reach_report_or_exports(finished_run, tmp_path)
 def test_every_number_has_a_trail(finished_run):
     _, db, _ = finished_run
     store = Store(db)
-    sample = next(s for s in store.samples() if s["tube"] == "memory")
+    sample = next(s for s in store.samples() if s.tube == "memory")
     store.close()
     result = runner.invoke(
-        app, ["inspect", "--sample", str(sample["sample_id"]), "--db", db, "--json"]
+        app, ["inspect", "--sample", str(sample.sample_id), "--db", db, "--json"]
     )
     assert result.exit_code == 0, result.output
     trail = json.loads(result.output)
