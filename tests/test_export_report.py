@@ -128,7 +128,7 @@ def test_every_number_has_a_trail(finished_run):
     )
     assert result.exit_code == 0, result.output
     trail = json.loads(result.output)
-    assert trail["file"]["sha256"] == sample["sha256"]
+    assert trail["file"]["sha256"] == sample.sha256
     assert len(trail["panel"]["sha256"]) == 64
     assert trail["ingest"]["software_version"]
     [gating] = trail["gatings"]
@@ -137,8 +137,6 @@ def test_every_number_has_a_trail(finished_run):
     assert gating["counts"] and gating["cuts"]
     missing = runner.invoke(app, ["inspect", "--sample", "99999", "--db", db])
     assert missing.exit_code == 1 and "no sample 99999" in missing.output
-
-
 
 
 @pytest.mark.skipif(
