@@ -3,6 +3,7 @@ counts stage turns stored gatings into the timepoint table the kinetics read."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from cartflow.io.errors import CartflowError
 from cartflow.pipeline.counts import bead_concentration
+from cartflow.pipeline.records import PopulationCount
 from cartflow.pipeline.timepoints import timepoint_table
 from cartflow.simulate import SimulationConfig, simulate_cohort
 
@@ -42,40 +44,34 @@ def test_car_t_interval_covers_the_true_concentration(truth):
     assert 0.93 <= covered / samples <= 0.97, (covered, samples)
 
 
-def _rows(events: int, beads: int, *, population="CAR", parent_count=1000, nominal=7):
-    base = {
-        "sample_id": 1,
-        "run_id": 1,
-        "file": "f.fcs",
-        "sha256": "a" * 64,
-        "patient": "P1",
-        "timepoint": f"D{nominal}",
-        "nominal_day": nominal,
-        "tube": "memory",
-        "panel_id": "memory-lyric",
-        "blood_volume_ul": 100.0,
-        "beads_per_tube": 50_000.0,
-        "bead_lot": "L1",
-        "sample_date": date(2025, 3, 9),
-        "template_id": "cart-memory",
-        "template_sha256": "b" * 64,
-    }
+def _rows(
+    events: int, beads: int, *, population="CAR", parent_count=1000, nominal=7
+) -> list[PopulationCount]:
+    base = PopulationCount(
+        sample_id=1,
+        run_id=1,
+        file="f.fcs",
+        sha256="a" * 64,
+        patient="P1",
+        timepoint=f"D{nominal}",
+        nominal_day=nominal,
+        tube="memory",
+        panel_id="memory-lyric",
+        blood_volume_ul=100.0,
+        beads_per_tube=50_000.0,
+        bead_lot="L1",
+        sample_date=date(2025, 3, 9),
+        template_id="cart-memory",
+        template_sha256="b" * 64,
+        population="",
+        parent=None,
+        count=0,
+        parent_count=None,
+    )
     return [
-        {**base, "population": "beads", "parent": "singlets", "count": beads, "parent_count": 9000},
-        {
-            **base,
-            "population": "T",
-            "parent": "lymphocytes",
-            "count": parent_count,
-            "parent_count": 4000,
-        },
-        {
-            **base,
-            "population": population,
-            "parent": "T",
-            "count": events,
-            "parent_count": parent_count,
-        },
+        replace(base, population="beads", parent="singlets", count=beads, parent_count=9000),
+        replace(base, population="T", parent="lymphocytes", count=parent_count, parent_count=4000),
+        replace(base, population=population, parent="T", count=events, parent_count=parent_count),
     ]
 
 
@@ -99,7 +95,7 @@ def test_drift_and_not_evaluable_percentages():
 
 
 def test_missing_beads_give_no_concentration():
-    rows = [r for r in _rows(40, 2500) if r["population"] != "beads"]
+    rows = [r for r in _rows(40, 2500) if r.population != "beads"]
     table = timepoint_table(rows)
     assert table.cells_per_ul.isna().all()
     assert (table.count_flags == "no_counting_reference").all()
@@ -110,16 +106,9 @@ def test_dual_platform_from_a_haematology_table(tmp_path):
 
     table = tmp_path / "haematology.csv"
     table.write_text("patient,date,alc_per_ul\nP1,2025-03-09,1500\n", encoding="utf-8")
-    rows = [r for r in _rows(250, 0) if r["population"] != "beads"]
-    rows.append(
-        {
-            **rows[0],
-            "population": "lymphocytes",
-            "parent": "leukocytes",
-            "count": 10_000,
-            "parent_count": 20_000,
-        }
-    )
+    rows = [r for r in _rows(250, 0) if r.population != "beads"]
+    lymphocytes = replace(rows[0], population="lymphocytes", parent="leukocytes")
+    rows.append(replace(lymphocytes, count=10_000, parent_count=20_000))
     result = timepoint_table(rows, haematology=load_haematology(table))
     car = result[result.population == "CAR"].iloc[0]
     assert car.count_method == "dual-platform"
@@ -221,7 +210,7 @@ def test_timepoint_rows_follow_patient_day_and_tube_not_gating_order():
         )
     ]
     rows = [
-        {**row, "sample_id": sample_id, "patient": patient, "tube": tube}
+        replace(row, sample_id=sample_id, patient=patient, tube=tube)
         for sample_id, patient, day, tube in samples
         for row in _rows(40, 2500, nominal=day)
     ]

@@ -121,14 +121,14 @@ def test_fcs_patient_names_never_reach_report_or_exports(finished_run, tmp_path)
 def test_every_number_has_a_trail(finished_run):
     _, db, _ = finished_run
     store = Store(db)
-    sample = next(s for s in store.samples() if s["tube"] == "memory")
+    sample = next(s for s in store.samples() if s.tube == "memory")
     store.close()
     result = runner.invoke(
-        app, ["inspect", "--sample", str(sample["sample_id"]), "--db", db, "--json"]
+        app, ["inspect", "--sample", str(sample.sample_id), "--db", db, "--json"]
     )
     assert result.exit_code == 0, result.output
     trail = json.loads(result.output)
-    assert trail["file"]["sha256"] == sample["sha256"]
+    assert trail["file"]["sha256"] == sample.sha256
     assert len(trail["panel"]["sha256"]) == 64
     assert trail["ingest"]["software_version"]
     [gating] = trail["gatings"]
@@ -137,8 +137,6 @@ def test_every_number_has_a_trail(finished_run):
     assert gating["counts"] and gating["cuts"]
     missing = runner.invoke(app, ["inspect", "--sample", "99999", "--db", db])
     assert missing.exit_code == 1 and "no sample 99999" in missing.output
-
-
 
 
 @pytest.mark.skipif(

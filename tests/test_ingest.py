@@ -35,15 +35,15 @@ def test_cohort_is_ingested_and_identified(cohort, store):
     rows = _manifest_rows(cohort)
     assert report.exit_code == 0, [o.detail for o in report.with_status("quarantined")]
     assert len(report.with_status("accepted")) == len(rows) == len(scan_batch(cohort))
-    samples = {s["file"]: s for s in store.samples()}
+    samples = {s.file: s for s in store.samples()}
     for name, row in rows.items():
         sample = samples[Path(name).name]
-        assert (sample["patient"], sample["timepoint"], sample["tube"]) == (
+        assert (sample.patient, sample.timepoint, sample.tube) == (
             row["patient"],
             row["timepoint"],
             row["tube"],
         )
-        assert sample["panel_id"].startswith(row["tube"])
+        assert sample.panel_id.startswith(row["tube"])
 
 
 def test_identity_without_manifest_comes_from_keywords(cohort, store):
@@ -51,8 +51,8 @@ def test_identity_without_manifest_comes_from_keywords(cohort, store):
     assert report.exit_code == 0
     rows = _manifest_rows(cohort)
     for sample in store.samples():
-        row = rows[sample["file"]]
-        assert (sample["patient"], sample["timepoint"], sample["tube"]) == (
+        row = rows[sample.file]
+        assert (sample.patient, sample.timepoint, sample.tube) == (
             row["patient"],
             row["timepoint"],
             row["tube"],
@@ -229,13 +229,13 @@ def test_generated_cohorts_are_accepted_and_identified(cytometer, store, simulat
     assert len(samples) == len(rows) == len(summary.files)
     suffix = "canto" if cytometer == "FACSCanto II" else "lyric"
     for sample in samples:
-        row = rows[sample["file"]]
-        assert (sample["patient"], sample["timepoint"], sample["tube"]) == (
+        row = rows[sample.file]
+        assert (sample.patient, sample.timepoint, sample.tube) == (
             row["patient"],
             row["timepoint"],
             row["tube"],
         )
-        assert sample["panel_id"] == f"{row['tube']}-{suffix}"
+        assert sample.panel_id == f"{row['tube']}-{suffix}"
 
 
 def test_same_named_files_in_subfolders_are_not_given_one_manifest_row(cohort, store, tmp_path):
@@ -329,10 +329,10 @@ def test_a_file_that_changes_after_it_was_stored_replaces_its_sample(cohort, sto
     [outcome] = ingest_batch(batch, store).outcomes
     assert outcome.status == "accepted" and "replaces the sample" in outcome.detail
     [sample] = store.samples()
-    assert sample["sha256"] == outcome.sha256 != old_sha
+    assert sample.sha256 == outcome.sha256 != old_sha
     [replaced] = store.replacements()
     assert (replaced["old_sha256"], replaced["new_sha256"]) == (old_sha, outcome.sha256)
-    assert replaced["patient"] == sample["patient"]
+    assert replaced["patient"] == sample.patient
 
 
 def _swap_batch(cohort: Path, target: Path) -> tuple[Path, Path]:
@@ -363,7 +363,7 @@ def test_a_mislabelled_file_is_refused_with_both_values(cohort, store, tmp_path)
     for source in ("keyword PATIENT ID", "file name", "$FIL"):
         assert f"'CART-002' ({source})" in refused.detail
     assert "is day -256 after CART-001's infusion on 2024-02-22" in refused.detail
-    assert [s["file"] for s in store.samples()] == [own.name]
+    assert [s.file for s in store.samples()] == [own.name]
     assert report.exit_code == 2
 
 
@@ -377,7 +377,7 @@ def test_a_mislabelled_file_can_be_stored_for_review(cohort, store, tmp_path):
     assert "'CART-002' (keyword PATIENT ID)" in by_path[other].review
     assert f"is also {other}" in by_path[own].review  # both sides of the repeat
     assert f"is also {own}" in by_path[other].review
-    sources = {s["file"]: s for s in store.samples()}
+    sources = {s.file: s for s in store.samples()}
     assert len(sources) == 2 and report.exit_code == 2
 
 

@@ -174,8 +174,8 @@ def test_a_lab_file_from_draft_to_gated_batch(tube, tmp_path):
         rows = store.latest_counts()
     finally:
         store.close()
-    assert {r["population"]: r["count"] for r in rows} == dict(counts)
-    assert {r["panel_id"] for r in rows} == {tube}
+    assert {r.population: r.count for r in rows} == dict(counts)
+    assert {r.panel_id for r in rows} == {tube}
     from cartflow.panels.config import load_config
 
     with sqlite3.connect(db) as conn:  # the configuration's hash is kept with the run

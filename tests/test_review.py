@@ -131,7 +131,7 @@ def _review(db: str) -> list[dict]:
 
 
 def _timepoint(store: Store, sample_id: int) -> str:
-    return next(s["timepoint"] for s in store.samples() if s["sample_id"] == sample_id)
+    return next(s.timepoint for s in store.samples() if s.sample_id == sample_id)
 
 
 def test_review_lists_exactly_the_forced_problems_and_a_rerun_still_reports_them(cohort, tmp_path):
@@ -154,9 +154,7 @@ def test_review_lists_exactly_the_forced_problems_and_a_rerun_still_reports_them
 
 
 def _sample(store: Store, timepoint: str, tube: str = "memory") -> int:
-    return next(
-        s["sample_id"] for s in store.samples() if s["timepoint"] == timepoint and s["tube"] == tube
-    )
+    return next(s.sample_id for s in store.samples() if s.timepoint == timepoint and s.tube == tube)
 
 
 def _kinetics(out: Path) -> pd.Series:
@@ -174,7 +172,7 @@ def test_override_regates_one_sample_changes_kinetics_and_revoke_restores(
         before_gatings = store.newest_gatings()
         before_kinetics = _kinetics(out)
         before_counts = {
-            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
+            r.population: r.count for r in store.latest_counts() if r.sample_id == sample
         }
         result = runner.invoke(
             app,
@@ -195,9 +193,7 @@ def test_override_regates_one_sample_changes_kinetics_and_revoke_restores(
         after_gatings = store.newest_gatings()
         changed = {s for s in after_gatings if after_gatings[s] != before_gatings.get(s)}
         assert changed == {sample}
-        counts = {
-            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
-        }
+        counts = {r.population: r.count for r in store.latest_counts() if r.sample_id == sample}
         assert counts["CAR"] < before_counts["CAR"] and counts["T"] == before_counts["T"]
         [entry] = store.corrections(sample)
         assert (entry["action"], entry["target"], entry["by"]) == ("cut", "CAR", "A. Reviewer")
@@ -230,9 +226,7 @@ def test_override_regates_one_sample_changes_kinetics_and_revoke_restores(
             ],
         )
         assert result.exit_code == 0, result.output
-        restored = {
-            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
-        }
+        restored = {r.population: r.count for r in store.latest_counts() if r.sample_id == sample}
         assert restored == before_counts
         trail = store.corrections(sample)
         assert [c["action"] for c in trail] == ["cut", "revoke"]
@@ -306,9 +300,7 @@ def test_lab_gates_set_on_one_sample_are_used_for_it_and_audited(cohort, tmp_pat
     try:
         sample = _sample(store, "D7")
         before = store.newest_gatings()
-        automatic = {
-            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
-        }
+        automatic = {r.population: r.count for r in store.latest_counts() if r.sample_id == sample}
         result = runner.invoke(
             app,
             ["override", str(sample), "--gates", str(lab), "--reason", "lab gates", "--db", db],
@@ -316,9 +308,7 @@ def test_lab_gates_set_on_one_sample_are_used_for_it_and_audited(cohort, tmp_pat
         assert result.exit_code == 0, result.output
         after = store.newest_gatings()
         assert {s for s in after if after[s] != before[s]} == {sample}
-        counts = {
-            r["population"]: r["count"] for r in store.latest_counts() if r["sample_id"] == sample
-        }
+        counts = {r.population: r.count for r in store.latest_counts() if r.sample_id == sample}
         assert set(counts) >= {"CAR", "CAR_CD8_SCM", "beads"} and counts != automatic
         gating = store.provenance(sample)["gatings"][-1]
         assert gating["flags"] == ["override:gates=lab.xml"]
@@ -393,7 +383,7 @@ def test_sample_page_in_chromium_draws_every_gate_defining_scm_with_its_evidence
     dom = _dom(page, tmp_path / "profile")
     store = Store(db)
     [sample] = store.samples()
-    cuts = store.provenance(sample["sample_id"])["gatings"][-1]["cuts"]
+    cuts = store.provenance(sample.sample_id)["gatings"][-1]["cuts"]
     store.close()
     for population in SCM_LINE:
         section = dom.split(f'id="{population}"')[1].split("</section>")[0]

@@ -499,7 +499,7 @@ def test_a_batch_matches_each_file_to_its_panel_once(tmp_path, monkeypatch):
     store = Store(db)
     counts: dict[str, dict[str, int]] = {}
     for row in store.latest_counts():
-        counts.setdefault(Path(row["file"]).name, {})[row["population"]] = row["count"]
+        counts.setdefault(Path(row.file).name, {})[row.population] = row.count
     gatings = len(store.snapshot()["gatings"])
     assert sorted(counts) == names and gatings == 4
     lab = load_config(config)

@@ -88,7 +88,7 @@ def test_record_sample_once_per_content(store):
     assert store.add_file_name(run_id, first, "/other/name.fcs") is False
     assert store.row_counts()["file_names"] == 2
     [sample] = store.samples()
-    assert (sample["patient"], sample["timepoint"], sample["sha256"]) == ("CART-01", "D7", "a" * 64)
+    assert (sample.patient, sample.timepoint, sample.sha256) == ("CART-01", "D7", "a" * 64)
 
 
 def test_a_failed_write_leaves_nothing_of_the_file(store):

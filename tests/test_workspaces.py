@@ -330,7 +330,7 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path, cli
         stored = store.latest_counts()
     finally:
         store.close()
-    assert len({row["file"] for row in stored}) == 3
+    assert len({row.file for row in stored}) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         patient = flowkit.Workspace(
@@ -338,14 +338,14 @@ def test_run_writes_one_batch_workspace_flowkit_counts_as_cartflow(tmp_path, cli
         )
         patient.analyze_samples()
     for row in stored:
-        exported_report = patient.get_gating_results(row["file"]).report
+        exported_report = patient.get_gating_results(row.file).report
         exported_counts = dict(
             zip(exported_report["gate_name"], exported_report["count"], strict=True)
         )
-        assert exported_counts[row["population"]] == row["count"], row["population"]
-        report = workspace.get_gating_results(row["file"]).report
+        assert exported_counts[row.population] == row.count, row.population
+        report = workspace.get_gating_results(row.file).report
         counts = dict(zip(report["gate_name"], report["count"], strict=True))
-        assert counts[row["population"]] == row["count"], (row["file"], row["population"])
+        assert counts[row.population] == row.count, (row.file, row.population)
 
 
 # ------------------------------------------------------------------------------ FACSDiva, FlowJo 9
@@ -467,11 +467,10 @@ def test_run_gates_a_tube_with_a_labs_workspace_and_keeps_where_it_came_from(tmp
     assert f"gating failed: {other.name}" in output and "matches no sample of lab.wsp" in output
     store = Store(db, existing=True)
     try:
-        samples = {s["file"]: s for s in store.samples()}
-        trail = store.provenance(samples[lab_file.name]["sample_id"])["gatings"][-1]
-        template_trail = store.provenance(samples[next(batch.glob("*BCELL*")).name]["sample_id"])[
-            "gatings"
-        ][-1]
+        samples = {s.file: s for s in store.samples()}
+        trail = store.provenance(samples[lab_file.name].sample_id)["gatings"][-1]
+        bcell = samples[next(batch.glob("*BCELL*")).name]
+        template_trail = store.provenance(bcell.sample_id)["gatings"][-1]
         with store.engine.connect() as connection:
             evidence = connection.execute(
                 select(GateRow.gate, GateRow.evidence).where(
@@ -520,7 +519,7 @@ def test_a_configuration_folder_gates_a_tube_with_its_gates_file(tmp_path, cli_c
     store = Store(db, existing=True)
     try:
         used = {
-            s["tube"]: store.provenance(s["sample_id"])["gatings"][-1]["template_id"]
+            s.tube: store.provenance(s.sample_id)["gatings"][-1]["template_id"]
             for s in store.samples()
         }
     finally:

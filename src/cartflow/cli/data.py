@@ -139,7 +139,7 @@ def outcomes(
                   "counts": counts.__dict__}  # fmt: skip
     try:
         with store.recording("outcomes", parameters) as run_id:
-            known = {s["patient"] for s in store.samples()}  # each clinical row needs results
+            known = {s.patient for s in store.samples()}  # each clinical row needs results
             table = load_clinical(clinical, known)
             follow = follow_up(
                 store,

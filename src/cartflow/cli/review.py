@@ -212,7 +212,7 @@ def _set_gates(store, sample_id: int, gates: Path, reason: str, by: str) -> None
 
     from cartflow.pipeline.gate import load_fixed_gates
 
-    names = [s["file"] for s in store.samples() if s["sample_id"] == sample_id]
+    names = [s.file for s in store.samples() if s.sample_id == sample_id]
     if not names:
         raise _fail(f"no sample {sample_id} in {store.display_url}")
     try:

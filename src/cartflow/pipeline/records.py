@@ -1,4 +1,5 @@
-"""The typed records the stages hand to the store, and what of a file's keywords it keeps."""
+"""The typed records the stages hand to the store and read back from it, and what of a
+file's keywords it keeps."""
 
 from __future__ import annotations
 
@@ -66,6 +67,49 @@ class SampleRecord:
     beads_per_tube: float | None
     bead_lot: str | None
     sample_date: date | None
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """A stored sample with its file's name and SHA-256, as the store lists it."""
+
+    sample_id: int
+    file: str
+    sha256: str
+    patient: str
+    timepoint: str
+    nominal_day: int
+    tube: str
+    panel_id: str
+    blood_volume_ul: float | None
+    beads_per_tube: float | None
+    sample_date: date | None
+
+
+@dataclass(frozen=True)
+class PopulationCount:
+    """One population's count from a sample's newest gating, with the sample's identity,
+    file and the run and template that gated it (fields in the order of the tables)."""
+
+    sample_id: int
+    run_id: int
+    file: str
+    sha256: str
+    patient: str
+    timepoint: str
+    nominal_day: int
+    tube: str
+    panel_id: str
+    blood_volume_ul: float | None
+    beads_per_tube: float | None
+    bead_lot: str | None
+    sample_date: date | None
+    template_id: str
+    template_sha256: str
+    population: str
+    parent: str | None
+    count: int
+    parent_count: int | None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from cartflow.pipeline.counts import (
     dual_platform_concentration,
     percentage,
 )
+from cartflow.pipeline.records import PopulationCount
 
 DRIFT_DAYS = 2
 
@@ -114,7 +115,7 @@ def _number(value) -> float | None:
 
 
 def timepoint_table(
-    rows: list[dict],
+    rows: list[PopulationCount],
     infusion_dates: Mapping[str, date] | None = None,
     haematology: Haematology | None = None,
     settings: TimepointSettings = TimepointSettings(),

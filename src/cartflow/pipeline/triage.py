@@ -17,6 +17,7 @@ from typing import Literal
 import pandas as pd
 
 from cartflow.gating.template import Template
+from cartflow.pipeline.records import StoredSample
 
 Severity = Literal["info", "warning", "needs review"]
 INFO: Severity = "info"
@@ -257,7 +258,7 @@ def reported_gates(tube: str, config=None) -> frozenset[str] | None:
 
 
 def _gating_items(
-    samples: Mapping[int, dict],
+    samples: Mapping[int, StoredSample],
     flags: Mapping[int, list[str]],
     fallbacks: Mapping[tuple[int, str], str],
     config=None,
@@ -267,7 +268,7 @@ def _gating_items(
         sample = samples.get(sample_id)
         if sample is None:
             continue
-        tube = sample["tube"]
+        tube = sample.tube
         if tube not in reported_of:
             reported_of[tube] = reported_gates(tube, config)
         reported = reported_of[tube]
@@ -283,22 +284,22 @@ def _gating_items(
             yield _item(sample, level, kind.kind, flag, why)
 
 
-def _item(sample: Mapping, level: Severity, kind: str, flag: str, reason: str) -> ReviewItem:
+def _item(sample: StoredSample, level: Severity, kind: str, flag: str, reason: str) -> ReviewItem:
     return ReviewItem(
         level,
         kind,
         flag,
         reason,
-        sample["patient"],
-        sample["timepoint"],
-        sample["tube"],
-        sample["file"],
-        sample["sample_id"],
-        sample["sha256"],
+        sample.patient,
+        sample.timepoint,
+        sample.tube,
+        sample.file,
+        sample.sample_id,
+        sample.sha256,
     )
 
 
-def _count_items(samples: Mapping[int, dict], timepoints: pd.DataFrame):
+def _count_items(samples: Mapping[int, StoredSample], timepoints: pd.DataFrame):
     if timepoints is None or timepoints.empty:
         return
     for sample_id, rows in timepoints.groupby("sample_id", sort=False):
@@ -314,7 +315,7 @@ def _count_items(samples: Mapping[int, dict], timepoints: pd.DataFrame):
 
 
 def peak_items(
-    samples: Mapping[int, dict],
+    samples: Mapping[int, StoredSample],
     timepoints: pd.DataFrame,
     peaks: Mapping[str, int],
     lod_events: int,
@@ -358,7 +359,7 @@ def review_items(
     """Every flag of the store's current state as an item with its severity (quarantined
     files included), samples under an exclusion left out; ``config``: the lab configuration
     whose templates say which cuts define reported populations."""
-    samples = {s["sample_id"]: s for s in store.samples()}
+    samples = {s.sample_id: s for s in store.samples()}
     excluded = store.excluded_samples()
     samples = {i: s for i, s in samples.items() if i not in excluded}
     items = [*_gating_items(samples, store.sample_flags(), store.fallback_reasons(), config)]

@@ -125,7 +125,7 @@ def write_report(
         "store": store.display_url,
     }
     flags = store.sample_flags()
-    samples = store.samples()
+    samples = [asdict(s) for s in store.samples()]  # given their flags and page below
     timepoints = timepoints if timepoints is not None else pd.DataFrame()
     trails: dict[int, list[dict]] = {}  # the audit trail read once, then by sample
     for correction in store.corrections():

@@ -336,8 +336,8 @@ def _repeats(ready: list[tuple[Path, str, Checked]], store: Store) -> dict[Path,
     with a stored sample."""
     holders: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
     for sample in store.samples():
-        key = (sample["patient"], sample["timepoint"], sample["tube"])
-        holders.setdefault(key, []).append((sample["sha256"], f"{sample['file']} (stored)"))
+        key = (sample.patient, sample.timepoint, sample.tube)
+        holders.setdefault(key, []).append((sample.sha256, f"{sample.file} (stored)"))
     for path, sha, checked in ready:
         holders.setdefault(checked.key, []).append((sha, str(path)))
     found = {}

@@ -54,13 +54,15 @@ def write_batch_workspace(
     )
     if not works:
         return None
-    identity = {s["sample_id"]: s for s in store.samples()}
+    identity = {s.sample_id: s for s in store.samples()}
     groups: dict[str, list[int]] = {}
     for position, work in enumerate(works):
-        sample = identity.get(work.sample_id, {})
-        for key, prefix in (("patient", "patient "), ("tube", "tube ")):
-            if sample.get(key):
-                groups.setdefault(f"{prefix}{sample[key]}", []).append(position)
+        sample = identity.get(work.sample_id)
+        if sample is None:
+            continue
+        for value, prefix in ((sample.patient, "patient "), (sample.tube, "tube ")):
+            if value:
+                groups.setdefault(f"{prefix}{value}", []).append(position)
     out = folder / f"{batch}.wsp"
     samples = [(w.path, w.flowjo) for w in works]
     write_bytes(out, batch_workspace_bytes(samples, out, batch, dict(sorted(groups.items()))))
@@ -83,7 +85,7 @@ def export_review(store: Store, out: Path, config=None) -> tuple[list[Path], lis
     by_patient: dict[str, list[tuple[Path, bytes, str]]] = {}
     newest: dict[int, dict[str, int]] = {}
     for row in store.latest_counts():
-        newest.setdefault(row["sample_id"], {})[row["population"]] = row["count"]
+        newest.setdefault(row.sample_id, {})[row.population] = row.count
     for sample_id, counts in sorted(newest.items()):
         trail = store.provenance(sample_id)
         gating = trail["gatings"][-1] if trail and trail["gatings"] else None

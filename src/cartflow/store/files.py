@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from cartflow.pipeline.records import IDENTITY_FIELDS, FileRecord, SampleRecord
+from cartflow.pipeline.records import IDENTITY_FIELDS, FileRecord, SampleRecord, StoredSample
 from cartflow.store.core import StoreCore
 from cartflow.store.schema import (
     FcsFileRow,
@@ -170,7 +170,7 @@ class Files(StoreCore):
                 return None
             return {name: getattr(sample, name) for name in (*IDENTITY_FIELDS, "id")}
 
-    def samples(self) -> list[dict[str, Any]]:
+    def samples(self) -> list[StoredSample]:
         """All samples with their file's name and SHA-256."""
         with self._sessions() as session:
             rows = session.execute(
@@ -179,19 +179,19 @@ class Files(StoreCore):
                 )
             ).all()
         return [
-            {
-                "sample_id": s.id,
-                "file": name,
-                "sha256": sha,
-                "patient": s.patient,
-                "timepoint": s.timepoint,
-                "nominal_day": s.nominal_day,
-                "tube": s.tube,
-                "panel_id": s.panel_id,
-                "blood_volume_ul": s.blood_volume_ul,
-                "beads_per_tube": s.beads_per_tube,
-                "sample_date": s.sample_date,
-            }
+            StoredSample(
+                sample_id=s.id,
+                file=name,
+                sha256=sha,
+                patient=s.patient,
+                timepoint=s.timepoint,
+                nominal_day=s.nominal_day,
+                tube=s.tube,
+                panel_id=s.panel_id,
+                blood_volume_ul=s.blood_volume_ul,
+                beads_per_tube=s.beads_per_tube,
+                sample_date=s.sample_date,
+            )
             for s, sha, name in rows
         ]
 

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from cartflow.pipeline.records import PopulationCount
 from cartflow.store.corrections import Corrections
 from cartflow.store.schema import (
     TABLES,
@@ -36,7 +37,7 @@ class Provenance(Corrections):
             .subquery()
         )
 
-    def latest_counts(self) -> list[dict[str, Any]]:
+    def latest_counts(self) -> list[PopulationCount]:
         """Each sample's population counts from its newest gating, with its identity
         (samples under an active exclusion left out)."""
         latest = self._latest_gatings()
@@ -52,27 +53,27 @@ class Provenance(Corrections):
                 .order_by(PopulationRow.id)
             ).all()
         return [
-            {
-                "sample_id": s.id,
-                "run_id": g.run_id,
-                "file": name,
-                "sha256": sha,
-                "patient": s.patient,
-                "timepoint": s.timepoint,
-                "nominal_day": s.nominal_day,
-                "tube": s.tube,
-                "panel_id": s.panel_id,
-                "blood_volume_ul": s.blood_volume_ul,
-                "beads_per_tube": s.beads_per_tube,
-                "bead_lot": s.bead_lot,
-                "sample_date": s.sample_date,
-                "template_id": g.template_id,
-                "template_sha256": g.template_sha256,
-                "population": p.population,
-                "parent": p.parent,
-                "count": p.count,
-                "parent_count": p.parent_count,
-            }
+            PopulationCount(
+                sample_id=s.id,
+                run_id=g.run_id,
+                file=name,
+                sha256=sha,
+                patient=s.patient,
+                timepoint=s.timepoint,
+                nominal_day=s.nominal_day,
+                tube=s.tube,
+                panel_id=s.panel_id,
+                blood_volume_ul=s.blood_volume_ul,
+                beads_per_tube=s.beads_per_tube,
+                bead_lot=s.bead_lot,
+                sample_date=s.sample_date,
+                template_id=g.template_id,
+                template_sha256=g.template_sha256,
+                population=p.population,
+                parent=p.parent,
+                count=p.count,
+                parent_count=p.parent_count,
+            )
             for p, g, s, sha, name in rows
         ]
 

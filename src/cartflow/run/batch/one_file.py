@@ -135,19 +135,19 @@ def regate_sample(
     the file gates it)."""
     from cartflow.run.ingest import sha256_of
 
-    sample = next((s for s in store.samples() if s["sample_id"] == sample_id), None)
+    sample = next((s for s in store.samples() if s.sample_id == sample_id), None)
     if sample is None:
         return None
     for name in store.sample_paths(sample_id):
         path = Path(name)
         try:
-            if path.is_file() and sha256_of(path) == sample["sha256"]:
+            if path.is_file() and sha256_of(path) == sample.sha256:
                 break
         except OSError:
             continue
     else:
         return None
-    [pending] = pending_gating(store, [(path, sample["sha256"])], report_dir, config) or [None]
+    [pending] = pending_gating(store, [(path, sample.sha256)], report_dir, config) or [None]
     if pending is None:
         return None
     work = gate_one(pending)

@@ -137,7 +137,7 @@ def pending_gating(
     lab_gates = lab_gates or {}
     resolving = config if config is not None else load_config(DEFAULT_CONFIG_DIR)
     panel_shas: dict[str, str] = {}
-    by_sha = {s["sha256"]: s for s in store.samples()}
+    by_sha = {s.sha256: s for s in store.samples()}
     matched = store.sample_panels()
     trails: dict[int, list[dict[str, Any]]] = {}
     for entry in store.corrections():
@@ -151,7 +151,7 @@ def pending_gating(
         sample = by_sha.get(sha)
         if sample is None:
             continue
-        tube = sample["tube"]
+        tube = sample.tube
         lab = lab_gates.get(tube)
         if lab is not None:
             panel_sha = ""
@@ -159,10 +159,10 @@ def pending_gating(
             panel_sha = panel_shas[tube] = resolving.panel_sha256(tube)
         else:
             panel_sha = panel_shas[tube]
-        corrections = sample_corrections(trails.get(sample["sample_id"], []))
+        corrections = sample_corrections(trails.get(sample.sample_id, []))
         try:
             gating_sha = lab.sha256 if lab else tube_template(tube, config).sha256
-            done = (sample["sample_id"], gating_sha, panel_sha, corrections.key) in tried
+            done = (sample.sample_id, gating_sha, panel_sha, corrections.key) in tried
         except CartflowError:
             done = False  # gating will say what is missing
         if not done:
@@ -173,7 +173,7 @@ def pending_gating(
                 PendingFile(
                     path,
                     sha,
-                    sample["sample_id"],
+                    sample.sample_id,
                     tube,
                     plots,
                     config,
@@ -184,7 +184,7 @@ def pending_gating(
                     corrections.cuts,
                     corrections.gates,
                     _stored_panel(
-                        resolving, matched, panels_gated, sample["sample_id"], tube, panel_sha
+                        resolving, matched, panels_gated, sample.sample_id, tube, panel_sha
                     ),
                 )
             )
