@@ -348,8 +348,23 @@ def peak_items(
                 yield _item(sample, NEEDS_REVIEW, "subset", flag, why)
 
 
+@dataclass(frozen=True)
+class StoreState:
+    """What triage reads of the store's current state (read once by the caller)."""
+
+    samples: Mapping[int, StoredSample]
+    excluded: frozenset[int]
+    flags: Mapping[int, list[str]]
+    fallbacks: Mapping[tuple[int, str], str]
+    quarantined: tuple[Mapping[str, str], ...]
+    accepted: Mapping[int, int]
+    """Sample → the gating a reviewer accepted."""
+    newest: Mapping[int, int]
+    """Sample → its newest gating."""
+
+
 def review_items(
-    store,
+    state: StoreState,
     timepoints: pd.DataFrame | None,
     peaks: Mapping[str, int] | None = None,
     lod_events: int = 20,
@@ -359,13 +374,11 @@ def review_items(
     """Every flag of the store's current state as an item with its severity (quarantined
     files included), samples under an exclusion left out; ``config``: the lab configuration
     whose templates say which cuts define reported populations."""
-    samples = {s.sample_id: s for s in store.samples()}
-    excluded = store.excluded_samples()
-    samples = {i: s for i, s in samples.items() if i not in excluded}
-    items = [*_gating_items(samples, store.sample_flags(), store.fallback_reasons(), config)]
+    samples = {i: s for i, s in state.samples.items() if i not in state.excluded}
+    items = [*_gating_items(samples, state.flags, state.fallbacks, config)]
     items += _count_items(samples, timepoints if timepoints is not None else pd.DataFrame())
     items += peak_items(samples, timepoints, peaks or {}, lod_events, lloq_events)
-    for q in store.quarantined():
+    for q in state.quarantined:
         name = q["path"].rsplit("/", 1)[-1]
         items.append(
             ReviewItem(
@@ -381,7 +394,7 @@ def review_items(
 
 
 def review_queue(
-    store,
+    state: StoreState,
     timepoints: pd.DataFrame | None,
     peaks: Mapping[str, int] | None = None,
     lod_events: int = 20,
@@ -391,13 +404,14 @@ def review_queue(
 ) -> list[ReviewItem]:
     """What needs a human: items of severity "needs review" of samples not accepted since
     their last gating, ordered by patient, timepoint and tube."""
-    accepted = store.accepted()
-    newest = store.newest_gatings()
     queue = [
         item
-        for item in review_items(store, timepoints, peaks, lod_events, lloq_events, config)
+        for item in review_items(state, timepoints, peaks, lod_events, lloq_events, config)
         if item.severity == NEEDS_REVIEW
-        and (item.sample_id is None or accepted.get(item.sample_id) != newest.get(item.sample_id))
+        and (
+            item.sample_id is None
+            or state.accepted.get(item.sample_id) != state.newest.get(item.sample_id)
+        )
         and (patient is None or item.patient == patient)
     ]
     return sorted(queue, key=lambda i: (i.patient, i.timepoint, i.tube, i.file, i.flag))

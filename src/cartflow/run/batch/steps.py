@@ -16,6 +16,7 @@ from cartflow.pipeline.clinical import ClinicalTable, HematotoxTable, infusion_d
 from cartflow.pipeline.counts import CountSettings
 from cartflow.pipeline.kinetics import KineticsOptions, patient_kinetics
 from cartflow.pipeline.timepoints import Haematology, TimepointSettings, timepoint_table
+from cartflow.pipeline.triage import StoreState
 from cartflow.run.batch.work import GateWork
 from cartflow.run.ingest import IngestReport
 from cartflow.store import Store
@@ -76,7 +77,21 @@ def review_state(
 
     peaks = peak_days(timepoints, options)
     return review_queue(
-        store, timepoints, peaks, counts.lod_events, counts.lloq_events, patient, config
+        store_state(store), timepoints, peaks, counts.lod_events, counts.lloq_events, patient,
+        config,
+    )  # fmt: skip
+
+
+def store_state(store: Store) -> StoreState:
+    """What triage reads of the store, read once."""
+    return StoreState(
+        samples={s.sample_id: s for s in store.samples()},
+        excluded=frozenset(store.excluded_samples()),
+        flags=store.sample_flags(),
+        fallbacks=store.fallback_reasons(),
+        quarantined=tuple(store.quarantined()),
+        accepted=store.accepted(),
+        newest=store.newest_gatings(),
     )
 
 
