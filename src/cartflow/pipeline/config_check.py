@@ -27,12 +27,6 @@ if TYPE_CHECKING:
     from cartflow.pipeline.outcomes import OutcomeConfig
 
 
-def load_checked_config(directory: Path | None = None) -> LabConfig:
-    """:func:`load_config`, with the folder's ALL-Hematotox table and analysis settings read
-    now (a bad one raises here, naming its file and line)."""
-    return load_checked_setup(directory).config
-
-
 @dataclass(frozen=True)
 class CheckedConfig:
     """A configuration folder with its ALL-Hematotox table and analysis settings as read."""
@@ -45,7 +39,9 @@ class CheckedConfig:
 
 
 def load_checked_setup(directory: Path | None = None) -> CheckedConfig:
-    """:func:`load_checked_config` keeping what it read, for a command to hand down."""
+    """:func:`load_config`, with the folder's ALL-Hematotox table and analysis settings read
+    now (a bad one raises here, naming its file and line) and kept, for a command to hand
+    down."""
     from cartflow.pipeline.outcomes import OutcomeConfig
 
     config = load_config(directory)
